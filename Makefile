@@ -1,0 +1,33 @@
+# The two commands a new user needs: `make demo` and `make test`. Both set up what is missing first.
+VENV := .venv/bin
+
+.PHONY: setup demo test test-fast lint bench stack-up stack-down clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(VENV)/vitalchain demo
+
+test: setup
+	$(VENV)/ruff check .
+	$(VENV)/pytest -p no:cacheprovider -q -ra --durations=15
+
+test-fast: setup
+	$(VENV)/pytest -q -m "not e2e"
+
+lint: setup
+	$(VENV)/ruff check .
+
+bench: setup
+	$(VENV)/python bench/run_all.py
+
+stack-up: setup
+	$(VENV)/vitalchain stack up
+
+stack-down:
+	$(VENV)/vitalchain stack down
+
+clean:
+	-$(VENV)/vitalchain stack down
+	rm -rf .state

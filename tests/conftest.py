@@ -1,0 +1,70 @@
+"""Fixtures that start vitalchain's real services on free loopback ports.
+
+The session's ``stack`` is shared by the tests that only read and write; tests that stop or kill a
+service take ``fresh_stack`` and get services of their own. ``isolated`` hands each test its own
+topics, database and ledger on the shared stack, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from vitalchain.config import Settings, load_settings
+from vitalchain.stack.ports import free_ports
+from vitalchain.stack.supervisor import Stack
+from vitalchain.stack.topology import ensure_database, ensure_topics
+
+_counter = itertools.count()
+
+
+def stack_settings(state_dir: Path, **overrides: object) -> Settings:
+    mqtt, kafka, influx, eth, rpc = free_ports(5)
+    values: dict[str, object] = dict(state_dir=state_dir, mqtt_port=mqtt, kafka_port=kafka,
+                                     influx_port=influx, eth_port=eth, influx_rpc_port=rpc)
+    values.update(overrides)
+    return load_settings(environ={}, **values)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = Stack(stack_settings(tmp_path_factory.mktemp("stack")))
+    try:
+        running.up()
+        yield running
+    finally:
+        running.down()
+
+
+@pytest.fixture
+def fresh_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Stack]]:
+    """A factory for stacks of the test's own (for tests that stop, kill or restart services)."""
+    started: list[Stack] = []
+
+    def make(services: tuple[str, ...] | None = None, **overrides: object) -> Stack:
+        running = Stack(stack_settings(tmp_path_factory.mktemp("fresh"), **overrides))
+        started.append(running)
+        running.up(services)
+        return running
+
+    try:
+        yield make
+    finally:
+        for running in started:
+            running.down()
+
+
+@pytest.fixture
+def isolated(stack: Stack, tmp_path: Path) -> Settings:
+    """Settings on the shared stack with topics, database and ledger of this test's own."""
+    tag = f"t{next(_counter)}{uuid.uuid4().hex[:6]}"
+    settings = stack.settings.with_overrides(
+        raw_topic=f"vitals.raw.{tag}", dlq_topic=f"vitals.dlq.{tag}", influx_db=f"vc_{tag}",
+        ledger_file=str(tmp_path / "ledger.sqlite"))
+    ensure_topics(settings)
+    ensure_database(settings)
+    return settings

@@ -1,0 +1,35 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 30.0, message: str = "condition",
+               interval: float = 0.1) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail with ``message`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: T = predicate()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message}")
+        time.sleep(interval)
+        last = predicate()
+    return last
+
+
+async def wait_until_async(predicate: Callable[[], Awaitable[T]], timeout: float = 30.0,
+                           message: str = "condition", interval: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout
+    last = await predicate()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message}")
+        await asyncio.sleep(interval)
+        last = await predicate()
+    return last

@@ -1,0 +1,3 @@
+from vitalchain.cli import main
+
+main()

@@ -1,0 +1,162 @@
+"""One place for vitalchain's configuration.
+
+Every setting is an environment variable named ``VITALCHAIN_<FIELD>`` (upper case).  Values that
+vitalchain itself records at run time (the anchor contract's address after ``vitalchain anchor
+deploy``) go into ``<state_dir>/settings.env``; the environment always wins over that file, so an
+operator can pin anything.  Secrets are never settings: they are read from files under
+``<state_dir>/secrets`` (created with fresh random bytes in development) or from the files the
+``*_FILE`` settings name, so that nothing secret ever sits in the repository.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "VITALCHAIN_"
+SETTINGS_FILE_NAME = "settings.env"
+
+# anvil's first development account: public knowledge, so production mode refuses it.
+DEV_ANCHOR_PRIVATE_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration. Field ``foo_bar`` is read from ``VITALCHAIN_FOO_BAR``."""
+
+    mode: str = "dev"  # dev | production
+    state_dir: Path = Path(".state")
+    host: str = "127.0.0.1"
+
+    mqtt_port: int = 1883
+    kafka_port: int = 9092
+    influx_port: int = 8086
+    eth_port: int = 8545
+    # Ports the services need besides their client port (InfluxDB's backup RPC listener).
+    influx_rpc_port: int = 8088
+
+    influx_db: str = "vitalchain"
+    raw_topic: str = "vitals.raw"
+    dlq_topic: str = "vitals.dlq"
+    partitions: int = 4
+    window_seconds: float = 10.0
+    idle_seal_seconds: float = 5.0
+    max_payload_bytes: int = 65536
+    max_future_seconds: float = 300.0
+
+    eth_chain_id: int = 31337
+    eth_block_time: float = 1.0
+    anchor_contract: str = ""
+    anchor_private_key_file: str = ""
+    anchor_interval_seconds: float = 30.0
+    anchor_every_windows: int = 20
+    anchor_confirmations: int = 2
+
+    salt_key_file: str = ""
+    ledger_file: str = ""
+
+    # --- derived locations -------------------------------------------------------------
+    @property
+    def mqtt_url(self) -> str:
+        return f"mqtt://{self.host}:{self.mqtt_port}"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def influx_url(self) -> str:
+        return f"http://{self.host}:{self.influx_port}"
+
+    @property
+    def eth_rpc_url(self) -> str:
+        return f"http://{self.host}:{self.eth_port}"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.state_dir / "secrets"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def ledger_path(self) -> Path:
+        """SQLite file holding the window log, reading index and anchor records."""
+        return Path(self.ledger_file) if self.ledger_file else self.state_dir / "ledger.sqlite"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(name: str, raw: str, target: Any) -> Any:
+    try:
+        if target is int:
+            return int(raw)
+        if target is float:
+            return float(raw)
+        if target is Path:
+            return Path(raw)
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {target.__name__}") from exc
+
+
+def read_settings_file(path: Path) -> dict[str, str]:
+    """Parse a ``KEY=value`` file (comments with ``#``); missing file means no values."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        values[key.strip()] = value.strip()
+    return values
+
+
+def record_setting(settings: Settings, key: str, value: str) -> Path:
+    """Persist ``VITALCHAIN_<KEY>=value`` in the state folder's settings file."""
+    path = settings.state_dir / SETTINGS_FILE_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = read_settings_file(path)
+    values[f"{ENV_PREFIX}{key.upper()}"] = value
+    path.write_text("".join(f"{k}={v}\n" for k, v in sorted(values.items())))
+    return path
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Resolve settings: defaults < ``<state_dir>/settings.env`` < environment < ``overrides``."""
+    env = dict(os.environ if environ is None else environ)
+    types = {f.name: type(f.default) for f in fields(Settings)}
+    state_dir = Path(overrides.get("state_dir") or env.get(f"{ENV_PREFIX}STATE_DIR", ".state"))
+    merged: dict[str, str] = {}
+    merged.update(read_settings_file(state_dir / SETTINGS_FILE_NAME))
+    merged.update({k: v for k, v in env.items() if k.startswith(ENV_PREFIX)})
+    values: dict[str, Any] = {}
+    for key, raw in merged.items():
+        name = key[len(ENV_PREFIX):].lower()
+        if name in types:
+            values[name] = _coerce(name, raw, types[name])
+    values.update(overrides)
+    values["state_dir"] = Path(values.get("state_dir", state_dir)).absolute()
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    if settings.mode not in ("dev", "production"):
+        raise ConfigError(f"{ENV_PREFIX}MODE must be 'dev' or 'production', not {settings.mode!r}")
+    if settings.partitions < 1:
+        raise ConfigError(f"{ENV_PREFIX}PARTITIONS must be at least 1")
+    if settings.window_seconds <= 0:
+        raise ConfigError(f"{ENV_PREFIX}WINDOW_SECONDS must be positive")
