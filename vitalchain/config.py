@@ -42,6 +42,15 @@ class Settings:
     # Ports the services need besides their client port (InfluxDB's backup RPC listener).
     influx_rpc_port: int = 8088
 
+    # Where the clients find each service when it is not the local stack (production, compose):
+    # empty means ``host`` and the port above.
+    mqtt_host: str = ""
+    mqtt_tls_ca_file: str = ""
+    kafka_servers: str = ""
+    influx_endpoint: str = ""
+    influx_token_file: str = ""
+    eth_rpc: str = ""
+
     influx_db: str = "vitalchain"
     raw_topic: str = "vitals.raw"
     dlq_topic: str = "vitals.dlq"
@@ -64,20 +73,25 @@ class Settings:
 
     # --- derived locations -------------------------------------------------------------
     @property
+    def mqtt_broker_host(self) -> str:
+        return self.mqtt_host or self.host
+
+    @property
     def mqtt_url(self) -> str:
-        return f"mqtt://{self.host}:{self.mqtt_port}"
+        scheme = "mqtts" if self.mqtt_tls_ca_file else "mqtt"
+        return f"{scheme}://{self.mqtt_broker_host}:{self.mqtt_port}"
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.host}:{self.kafka_port}"
+        return self.kafka_servers or f"{self.host}:{self.kafka_port}"
 
     @property
     def influx_url(self) -> str:
-        return f"http://{self.host}:{self.influx_port}"
+        return self.influx_endpoint or f"http://{self.host}:{self.influx_port}"
 
     @property
     def eth_rpc_url(self) -> str:
-        return f"http://{self.host}:{self.eth_port}"
+        return self.eth_rpc or f"http://{self.host}:{self.eth_port}"
 
     @property
     def secrets_dir(self) -> Path:

@@ -14,6 +14,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -118,7 +119,13 @@ class InfluxClient:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(base_url=self.settings.influx_url, timeout=self.timeout_s)
+            headers = {}
+            if self.settings.influx_token_file:
+                # InfluxDB 2/3 accept a token on their v1 compatibility endpoints.
+                token = Path(self.settings.influx_token_file).read_text().strip()
+                headers["Authorization"] = f"Token {token}"
+            self._client = httpx.AsyncClient(base_url=self.settings.influx_url, timeout=self.timeout_s,
+                                             headers=headers)
         return self._client
 
     async def close(self) -> None:
