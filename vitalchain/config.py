@@ -174,3 +174,12 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"{ENV_PREFIX}PARTITIONS must be at least 1")
     if settings.window_seconds <= 0:
         raise ConfigError(f"{ENV_PREFIX}WINDOW_SECONDS must be positive")
+
+
+def to_environ(settings: Settings) -> dict[str, str]:
+    """The ``VITALCHAIN_*`` variables that make a child process resolve exactly these settings."""
+    env: dict[str, str] = {}
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        env[f"{ENV_PREFIX}{f.name.upper()}"] = str(value)
+    return env

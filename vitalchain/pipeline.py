@@ -1,0 +1,111 @@
+"""Run the pipeline's long-lived components (bridge, stream workers, anchoring worker) as processes.
+
+Each component is the same ``vitalchain <component> run`` command an operator would start, with the
+settings passed through ``VITALCHAIN_*`` variables and its output in ``<state>/logs``. The demo, the
+end-to-end tests and the benchmarks use this, so what they exercise is what production runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vitalchain.config import Settings, to_environ
+
+COMMANDS = {
+    "bridge": ["bridge", "run"],
+    "stream": ["stream", "run"],
+    "anchor": ["anchor", "run"],
+}
+
+
+@dataclass
+class Component:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    extra_env: dict[str, str] = field(default_factory=dict)
+    components: dict[str, Component] = field(default_factory=dict)
+
+    def start(self, kind: str, instance: str | None = None, *args: str) -> Component:
+        name = instance or kind
+        if name in self.components and self.components[name].alive():
+            raise RuntimeError(f"{name} is already running")
+        env = dict(os.environ)
+        env.update(to_environ(self.settings))
+        env.update(self.extra_env)
+        env["PYTHONUNBUFFERED"] = "1"
+        self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        log = self.settings.logs_dir / f"{name}.log"
+        with open(log, "ab") as out:
+            process = subprocess.Popen([sys.executable, "-m", "vitalchain", *COMMANDS[kind], *args],
+                                       stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env=env, start_new_session=True)
+        component = Component(name, process, log)
+        self.components[name] = component
+        return component
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: the crash the tests inflict."""
+        component = self.components[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(component.process.pid, signal.SIGKILL)
+        component.process.wait(30)
+
+    def stop(self, name: str, timeout: float = 30.0) -> int | None:
+        component = self.components.get(name)
+        if component is None:
+            return None
+        if component.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(component.process.pid, signal.SIGTERM)
+            try:
+                component.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(component.process.pid, signal.SIGKILL)
+                component.process.wait(30)
+        return component.process.returncode
+
+    def stop_all(self) -> None:
+        for name in list(self.components):
+            self.stop(name)
+
+    def check_alive(self) -> None:
+        """Raise with the log's tail if a component died on its own."""
+        for component in self.components.values():
+            if not component.alive():
+                tail = "\n".join(component.log.read_text(errors="replace").splitlines()[-20:])
+                raise RuntimeError(f"{component.name} exited with {component.process.returncode}; "
+                                   f"{component.log} ends with:\n{tail}")
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
