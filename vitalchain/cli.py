@@ -15,6 +15,7 @@ _REGISTRARS = (
     ("devices.cli", "register"),
     ("ingest.cli", "register"),
     ("anchor.cli", "register"),
+    ("vitalchain.demo", "register"),
 )
 
 

@@ -1,0 +1,92 @@
+"""Assemble ``vitalchain-proof/1`` bundles (the producer side; checking lives in verify).
+
+:func:`build_bundle` re-checks everything it is handed before it emits a bundle, because a
+proof service that hands out bundles that do not verify is worse than one that fails loudly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .hashing import blake3_hasher
+from .leaves import reading_leaf_hash, window_leaf_hash
+from .log import MerkleLog
+from .merkle import inclusion_proof, root, verify_inclusion
+
+PROOF_FORMAT = "vitalchain-proof/1"
+ANCHOR_FIELDS = ("chain_id", "contract", "tx_hash", "block_number", "block_hash", "log_index")
+
+
+def build_bundle(
+    reading: Mapping[str, Any],
+    reading_index: int,
+    reading_leaf_hashes: Sequence[bytes],
+    window_header: Mapping[str, Any],
+    window_index: int,
+    log: MerkleLog | Sequence[bytes],
+    checkpoint_size: int,
+    anchor: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build the proof bundle for one reading.
+
+    - ``reading``: the canonical reading (salt included), leaf ``reading_index`` of its window;
+    - ``reading_leaf_hashes``: all leaf hashes of that window, in order;
+    - ``window_header``: the window's header; it is leaf ``window_index`` of the log;
+    - ``log``: a :class:`MerkleLog` of window leaf hashes, or the list of them (BLAKE3);
+    - ``checkpoint_size``: size of the checkpoint to prove against (``window_index <
+      checkpoint_size <= len(log)``), normally the latest anchored one;
+    - ``anchor``: ``None`` (not anchored yet) or the dict of :data:`ANCHOR_FIELDS`.
+
+    Raises ``ValueError`` if the pieces do not fit together (leaf not in window, header root
+    or size different from the leaves, header not in the log, bad anchor fields).
+    """
+    if not isinstance(log, MerkleLog):
+        log = MerkleLog(log, blake3_hasher)
+    if log.hasher is not blake3_hasher:
+        raise ValueError("bundles use BLAKE3; the log was built with another hash")
+    reading_obj = dict(reading)
+    header = dict(window_header)
+    leaves = list(reading_leaf_hashes)
+    if not 0 <= reading_index < len(leaves):
+        raise ValueError(f"reading_index {reading_index} outside window of {len(leaves)}")
+    leaf = reading_leaf_hash(reading_obj)
+    if leaf != leaves[reading_index]:
+        raise ValueError("reading does not hash to reading_leaf_hashes[reading_index]")
+    if header.get("size") != len(leaves) or header.get("root") != root(leaves).hex():
+        raise ValueError("window header's root/size do not match reading_leaf_hashes")
+    if not 0 <= window_index < checkpoint_size <= log.size:
+        raise ValueError(
+            f"need 0 <= window_index ({window_index}) < checkpoint_size ({checkpoint_size})"
+            f" <= log size ({log.size})"
+        )
+    wleaf = window_leaf_hash(header)
+    if log.leaf(window_index) != wleaf:
+        raise ValueError("window header does not hash to log leaf window_index")
+    reading_path = inclusion_proof(leaves, reading_index)
+    window_path = log.inclusion_proof(window_index, checkpoint_size)
+    checkpoint_root = log.root(checkpoint_size)
+    verify_inclusion(wleaf, window_index, checkpoint_size, window_path, checkpoint_root)
+    if anchor is not None:
+        missing = [f for f in ANCHOR_FIELDS if f not in anchor]
+        if missing:
+            raise ValueError(f"anchor lacks field(s) {missing}")
+        anchor = {f: anchor[f] for f in ANCHOR_FIELDS}
+    return {
+        "format": PROOF_FORMAT,
+        "hash": "blake3",
+        "reading": reading_obj,
+        "reading_proof": {
+            "index": reading_index,
+            "size": len(leaves),
+            "path": [p.hex() for p in reading_path],
+        },
+        "window": header,
+        "window_proof": {
+            "index": window_index,
+            "size": checkpoint_size,
+            "path": [p.hex() for p in window_path],
+        },
+        "checkpoint": {"size": checkpoint_size, "root": checkpoint_root.hex()},
+        "anchor": anchor,
+    }

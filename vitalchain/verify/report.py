@@ -1,0 +1,80 @@
+"""Verification results: one record per step, so a failure always names where it broke."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+VALID = "valid"  # every hash checks out (and, with --rpc, the anchor is on chain)
+PENDING = "pending"  # every hash checks out; not anchored yet (offline only)
+INVALID = "invalid"  # some step failed
+ERROR = "error"  # the input is unreadable (not JSON, wrong format, missing fields)
+
+EXIT_CODES = {VALID: 0, PENDING: 0, INVALID: 1, ERROR: 2}
+
+
+@dataclass
+class StepResult:
+    """Outcome of one named step: ``ok`` is True, False, or None when skipped."""
+
+    step: str
+    ok: bool | None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        status = "skipped" if self.ok is None else ("ok" if self.ok else "failed")
+        return {"step": self.step, "status": status, "detail": self.detail}
+
+
+@dataclass
+class VerificationReport:
+    """All step results for one bundle plus the overall ``status`` (see module constants)."""
+
+    source: str | None = None
+    steps: list[StepResult] = field(default_factory=list)
+    error: str | None = None  # set when the input itself is unusable (status "error")
+    anchor_checked: bool = False
+    pending: bool = False
+
+    def add(self, step: str, ok: bool | None, detail: str = "") -> bool:
+        self.steps.append(StepResult(step, ok, detail))
+        return bool(ok)
+
+    @property
+    def failed_steps(self) -> list[StepResult]:
+        return [s for s in self.steps if s.ok is False]
+
+    @property
+    def failed_step(self) -> str | None:
+        """Name of the first failed step (or ``"input"`` for unusable input), else None."""
+        if self.error is not None:
+            return "input"
+        failed = self.failed_steps
+        return failed[0].step if failed else None
+
+    @property
+    def status(self) -> str:
+        if self.error is not None:
+            return ERROR
+        if self.failed_steps:
+            return INVALID
+        return PENDING if self.pending else VALID
+
+    @property
+    def ok(self) -> bool:
+        """True for ``valid`` and ``pending`` (hashes hold)."""
+        return self.status in (VALID, PENDING)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "status": self.status,
+            "failed_step": self.failed_step,
+            "anchor_checked": self.anchor_checked,
+            "error": self.error,
+            "steps": [s.to_dict() for s in self.steps],
+        }
