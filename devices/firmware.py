@@ -1,0 +1,235 @@
+"""The behaviour of one wearable: sample, buffer, publish, forget only what the broker acknowledged.
+
+A reading leaves the device's memory only on PUBACK. Until then it sits in a bounded buffer: new
+readings are appended, the oldest are dropped (and counted) when the bound is hit, and whatever was
+in flight when the link went down goes back to the front, in seq order, to be sent again after the
+reconnect. That makes delivery at-least-once: a reading whose PUBACK was lost is sent twice with
+the same ``(device_id, seq)``, which is exactly what the pipeline deduplicates on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from devices.limits import MAX_BATCH, MIN_BATCH
+from devices.physiology import Patient
+from devices.registry import DeviceIdentity
+from devices.seqstore import SeqCounter
+from devices.transport import ConnectRefused, LinkDown, MqttLink, PublishRejected
+
+Reading = dict[str, Any]
+AckSink = Callable[[str, list[int]], None]
+
+
+def encode(readings: list[Reading]) -> bytes:
+    """One reading as itself, several as ``{"readings": [...]}``; compact JSON, UTF-8."""
+    body: Any = readings[0] if len(readings) == 1 else {"readings": readings}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+@dataclass
+class DeviceConfig:
+    host: str
+    port: int
+    rate: float = 1.0  # readings per second
+    batch: int = 1  # readings per message
+    buffer_limit: int = 10_000  # readings kept while unacknowledged
+    max_inflight: int = 10  # messages awaiting PUBACK at once
+    keepalive: int = 30
+    episodes_per_hour: float = 1.0
+    seed: int = 0
+
+    def check(self) -> None:
+        if not self.rate > 0:
+            raise ValueError("rate must be positive (readings per second per device)")
+        if not MIN_BATCH <= self.batch <= MAX_BATCH:
+            raise ValueError(f"batch must be within {MIN_BATCH}..{MAX_BATCH}")
+        if self.buffer_limit < self.batch:
+            raise ValueError("buffer_limit must hold at least one batch")
+        if self.max_inflight < 1:
+            raise ValueError("max_inflight must be at least 1")
+
+
+class Device:
+    def __init__(self, identity: DeviceIdentity, config: DeviceConfig, seq: SeqCounter,
+                 on_ack: AckSink | None = None, clock: Callable[[], float] = time.time) -> None:
+        config.check()
+        self.identity = identity
+        self.config = config
+        self.seq = seq
+        self.on_ack = on_ack
+        self.clock = clock
+        self.patient = Patient(identity.patient_id, config.seed, config.episodes_per_hour)
+        self._rng = random.Random(f"vitalchain-device/{config.seed}/{identity.device_id}")
+        self.queue: deque[Reading] = deque()
+        self.inflight: dict[asyncio.Future[None], list[Reading]] = {}
+        self.link: MqttLink | None = None
+        self.generating = True
+        self.last_error = ""
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        # counters (readings unless named otherwise)
+        self.generated = self.published = self.acked = self.dropped = self.rejected = 0
+        self.messages = self.connects = 0
+
+    # --- state ---------------------------------------------------------------------------
+    @property
+    def buffered(self) -> int:
+        """Readings held because the broker has not acknowledged them yet."""
+        return len(self.queue) + sum(len(r) for r in self.inflight.values())
+
+    @property
+    def connected(self) -> bool:
+        return self.link is not None and not self.link.closed.done()
+
+    @property
+    def drained(self) -> bool:
+        return not self.generating and not self.queue and not self.inflight
+
+    # --- sampling ------------------------------------------------------------------------
+    def sample(self) -> Reading:
+        """Take one reading now and put it in the buffer."""
+        reading = {"device_id": self.identity.device_id, "patient_id": self.identity.patient_id,
+                   "seq": self.seq.take(), "ts_us": int(self.clock() * 1_000_000),
+                   "vitals": self.patient.sample(1.0 / self.config.rate)}
+        self.generated += 1
+        self.queue.append(reading)
+        self._trim()
+        self._wake.set()
+        return reading
+
+    def _trim(self) -> None:
+        while self.queue and self.buffered > self.config.buffer_limit:
+            self.queue.popleft()
+            self.dropped += 1
+
+    async def generate(self, count: int | None, duration: float | None, start: float) -> None:
+        """Sample at ``rate`` from loop time ``start`` until ``count`` or ``duration`` is reached."""
+        loop = asyncio.get_running_loop()
+        interval = 1.0 / self.config.rate
+        offset = self._rng.random() * min(interval, 1.0)
+        k = 0
+        try:
+            while count is None or k < count:
+                due = start + offset + k * interval
+                if duration is not None and due - start >= duration:
+                    break
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                self.sample()
+                k += 1
+        finally:
+            self.generating = False
+            self._wake.set()
+
+    # --- sending -------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask ``run_link`` to disconnect now, whatever is still buffered."""
+        self._stop.set()
+        self._wake.set()
+
+    async def run_link(self, first_delay: float = 0.0) -> None:
+        """Keep a connection up and the buffer flowing until drained or stopped."""
+        stop = self._stop
+        backoff = 0.1
+        if first_delay > 0:
+            await _sleep_unless(stop, first_delay)
+        while not stop.is_set() and not self.drained:
+            cfg = self.config
+            link = MqttLink(cfg.host, cfg.port, self.identity.device_id, self.identity.username,
+                            self.identity.password, cfg.keepalive)
+            try:
+                await link.connect()
+            except LinkDown as exc:
+                self.last_error = str(exc)
+                if isinstance(exc, ConnectRefused):
+                    backoff = max(backoff, 1.0)  # credentials do not fix themselves quickly
+                await _sleep_unless(stop, backoff * (0.5 + self._rng.random()))
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.1
+            self.connects += 1
+            self.link = link
+            link.closed.add_done_callback(lambda _f: self._wake.set())
+            try:
+                await self._pump(link)
+            except LinkDown as exc:
+                self.last_error = str(exc)
+            finally:
+                self._recover_inflight()
+                self.link = None
+            if self.drained or stop.is_set():
+                await link.close()
+            else:
+                link.abort()
+
+    async def _pump(self, link: MqttLink) -> None:
+        batch = self.config.batch
+        topic = self.identity.topic
+        while not self._stop.is_set():
+            self._wake.clear()
+            if link.closed.done():
+                raise LinkDown("connection lost")
+            while (self.queue and len(self.inflight) < self.config.max_inflight
+                   and (len(self.queue) >= batch or not self.generating)):
+                readings = [self.queue.popleft() for _ in range(min(batch, len(self.queue)))]
+                try:
+                    future = link.publish(topic, encode(readings))
+                except LinkDown:
+                    self.queue.extendleft(reversed(readings))
+                    raise
+                self.inflight[future] = readings
+                self.published += len(readings)
+                self.messages += 1
+                future.add_done_callback(self._settled)
+            if self.drained:
+                return
+            await self._wake.wait()
+
+    def _settled(self, future: asyncio.Future[None]) -> None:
+        readings = self.inflight.pop(future, None)
+        self._wake.set()
+        if readings is None:
+            return
+        error = future.exception() if not future.cancelled() else LinkDown("cancelled")
+        if error is None:
+            self.acked += len(readings)
+            if self.on_ack is not None:
+                self.on_ack(self.identity.device_id, [r["seq"] for r in readings])
+        elif isinstance(error, PublishRejected):
+            self.rejected += len(readings)
+            self.last_error = str(error)
+        else:
+            self.inflight[future] = readings  # put back: _recover_inflight requeues it
+
+    def _recover_inflight(self) -> None:
+        """After the link dropped: acked ones count, the rest go back to the front in seq order."""
+        unacked: list[Reading] = []
+        for future, readings in list(self.inflight.items()):
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self._settled(future)
+            else:
+                unacked += readings
+        self.inflight.clear()
+        unacked.sort(key=lambda r: r["seq"])
+        self.queue.extendleft(reversed(unacked))
+        self._trim()
+
+    def tick(self) -> None:
+        link = self.link
+        if link is not None:
+            link.tick()
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -1,0 +1,183 @@
+"""Many simulated wearables in one process, all on one asyncio loop.
+
+Each device is two coroutines (sampling and its MQTT link) and one socket, so thousands fit in a
+process: the only hard limit is file descriptors, which ``run_fleet`` raises to the hard limit.
+Devices start spread over the first second (or sampling interval) so a fleet does not hit the
+broker with one burst of CONNECTs and one of PUBLISHes every tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from devices.firmware import Device, DeviceConfig
+from devices.registry import DeviceIdentity, identities
+from devices.seqstore import SeqCounter
+from vitalchain.config import Settings
+
+
+@dataclass
+class FleetStats:
+    """Counters in readings (``messages`` counts MQTT messages)."""
+
+    devices: int = 0
+    generated: int = 0
+    published: int = 0  # readings sent in PUBLISH packets, resends included
+    acked: int = 0  # readings whose message got a successful PUBACK
+    buffered: int = 0  # readings held now, not yet acknowledged
+    dropped: int = 0  # readings discarded because a device's buffer was full (oldest first)
+    rejected: int = 0  # readings whose PUBACK carried a failure reason code
+    messages: int = 0
+    connected: int = 0  # devices connected right now
+    elapsed_s: float = 0.0
+    acked_ids: set[tuple[str, int]] = field(default_factory=set)
+    errors: dict[str, str] = field(default_factory=dict)  # last error of devices not connected
+
+    @property
+    def ack_rate(self) -> float:
+        return self.acked / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def line(self) -> str:
+        return (f"{self.elapsed_s:7.1f}s  devices {self.connected}/{self.devices} connected  "
+                f"published {self.published}  acknowledged {self.acked}  buffered {self.buffered}  "
+                f"dropped {self.dropped}" + (f"  rejected {self.rejected}" if self.rejected else ""))
+
+
+ProgressCallback = Callable[[FleetStats], None]
+
+
+def raise_nofile_limit() -> int:
+    """Lift the soft descriptor limit to the hard one (one socket per device); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
+
+
+class Fleet:
+    def __init__(self, devices: list[Device], stats: FleetStats) -> None:
+        self.devices = devices
+        self.stats = stats
+        self.started = time.monotonic()
+
+    def snapshot(self) -> FleetStats:
+        s = self.stats
+        s.devices = len(self.devices)
+        s.generated = sum(d.generated for d in self.devices)
+        s.published = sum(d.published for d in self.devices)
+        s.acked = sum(d.acked for d in self.devices)
+        s.buffered = sum(d.buffered for d in self.devices)
+        s.dropped = sum(d.dropped for d in self.devices)
+        s.rejected = sum(d.rejected for d in self.devices)
+        s.messages = sum(d.messages for d in self.devices)
+        s.connected = sum(d.connected for d in self.devices)
+        s.elapsed_s = time.monotonic() - self.started
+        s.errors = {d.identity.device_id: d.last_error for d in self.devices
+                    if d.last_error and not d.connected}
+        return s
+
+
+async def run_fleet(settings: Settings, device_ids: Sequence[str | DeviceIdentity], rate: float,
+                    duration: float | None = None, count: int | None = None, batch: int = 1,
+                    seed: int = 0, on_progress: ProgressCallback | None = None, *,
+                    buffer_limit: int = 10_000, max_inflight: int = 10,
+                    progress_interval: float = 1.0, drain_timeout: float = 30.0,
+                    track_acked: bool = True, episodes_per_hour: float = 1.0,
+                    stop: asyncio.Event | None = None) -> FleetStats:
+    """Run provisioned devices until each took ``count`` readings or ``duration`` seconds passed
+    (or ``stop`` is set), then give them up to ``drain_timeout`` s to empty their buffers.
+
+    ``on_progress`` gets the live ``FleetStats`` every ``progress_interval`` s and once at the end.
+    With neither ``count`` nor ``duration`` the fleet runs until ``stop`` is set.
+    """
+    if count is not None and count < 0:
+        raise ValueError("count must not be negative")
+    if duration is not None and duration < 0:
+        raise ValueError("duration must not be negative")
+    if count is None and duration is None and stop is None:
+        raise ValueError("give count, duration or a stop event, or the fleet never ends")
+    if not device_ids:
+        raise ValueError("no devices to run")
+    raise_nofile_limit()
+    named = [d for d in device_ids if isinstance(d, str)]
+    looked_up = {i.device_id: i for i in identities(settings, named)} if named else {}
+    people = [d if isinstance(d, DeviceIdentity) else looked_up[d] for d in device_ids]
+    twice = sorted(d for d, n in Counter(p.device_id for p in people).items() if n > 1)
+    if twice:
+        raise ValueError(f"devices listed twice (they would keep kicking each other off): {twice}")
+
+    stats = FleetStats()
+
+    def on_ack(device_id: str, seqs: list[int]) -> None:
+        stats.acked_ids.update((device_id, s) for s in seqs)
+
+    config = DeviceConfig(settings.host, settings.mqtt_port, rate=rate, batch=batch,
+                          buffer_limit=buffer_limit, max_inflight=max_inflight,
+                          episodes_per_hour=episodes_per_hour, seed=seed)
+    config.check()
+    counters = [SeqCounter.for_device(settings, p.device_id) for p in people]
+    devices = [Device(p, config, c, on_ack if track_acked else None)
+               for p, c in zip(people, counters, strict=True)]
+    fleet = Fleet(devices, stats)
+    loop = asyncio.get_running_loop()
+    spread = min(1.0, 1.0 / rate)
+    start = loop.time() + 0.01
+    links = [asyncio.create_task(d.run_link(first_delay=spread * i / len(devices)))
+             for i, d in enumerate(devices)]
+    sampling = asyncio.gather(*(d.generate(count, duration, start) for d in devices))
+    reporter = asyncio.create_task(_report(fleet, on_progress, progress_interval))
+    stop_wait = asyncio.ensure_future((stop or asyncio.Event()).wait())
+    try:
+        await asyncio.wait((sampling, stop_wait), return_when=asyncio.FIRST_COMPLETED)
+        if not sampling.done():
+            sampling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampling  # surfaces a sampling error (a corrupt seq file, say)
+        _, pending = await asyncio.wait(links, timeout=drain_timeout)
+        for device in devices:
+            device.stop()
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
+        for task in links:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        stop_wait.cancel()
+        sampling.cancel()
+        reporter.cancel()
+        for task in links:
+            task.cancel()
+        await asyncio.gather(*links, reporter, return_exceptions=True)
+        for device in devices:
+            if device.link is not None:
+                device.link.abort()
+        for counter in counters:
+            counter.close()
+    final = fleet.snapshot()
+    if on_progress is not None:
+        on_progress(final)
+    return final
+
+
+async def _report(fleet: Fleet, on_progress: ProgressCallback | None, interval: float) -> None:
+    """Progress callbacks, plus the once-a-second keepalive bookkeeping of every link."""
+    loop = asyncio.get_running_loop()
+    next_tick = next_report = loop.time()
+    while True:
+        now = loop.time()
+        if now >= next_tick:
+            for device in fleet.devices:
+                device.tick()
+            next_tick = now + 1.0
+        if now >= next_report:
+            if on_progress is not None:
+                on_progress(fleet.snapshot())
+            next_report = now + interval
+        await asyncio.sleep(max(0.01, min(next_tick, next_report) - loop.time()))

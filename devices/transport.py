@@ -1,0 +1,171 @@
+"""One MQTT connection driven by the asyncio event loop: no thread, no busy loop.
+
+paho does the protocol; its socket callbacks hand the socket to the loop's reader/writer watches,
+so thousands of devices share one thread. (aiomqtt does the same but leaves a publish waiting
+until its timeout when the connection drops, and starts a timer task per client; here every
+pending publish fails the moment the link goes down, and one fleet-wide timer drives keepalives.)
+
+MQTT 5 with ``clean_start=False`` and a session expiry: the device keeps a persistent session
+under its stable client id. A PUBACK with a failure reason code (5.0 brokers tell a client it was
+not authorised) fails the publish with ``PublishRejected``; only a successful PUBACK resolves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+SESSION_EXPIRY_S = 7 * 24 * 3600
+
+
+class LinkDown(ConnectionError):
+    """The connection is gone (or never came up); pending publishes are unacknowledged."""
+
+
+class ConnectRefused(LinkDown):
+    """The broker answered CONNECT with a failure (bad credentials, not authorised, ...)."""
+
+
+class PublishRejected(RuntimeError):
+    """The broker acknowledged the publish with a failure reason code; resending will not help."""
+
+
+class MqttLink:
+    def __init__(self, host: str, port: int, client_id: str, username: str, password: str,
+                 keepalive: int = 30, max_inflight: int = 20) -> None:
+        self.host, self.port, self.keepalive = host, port, keepalive
+        self._loop = asyncio.get_running_loop()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv5, reconnect_on_failure=False)
+        client.username_pw_set(username, password)
+        client.max_inflight_messages_set(max_inflight)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        self._client = client
+        self._connected: asyncio.Future[None] = self._loop.create_future()
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+        self._pending: dict[int, asyncio.Future[None]] = {}
+
+    # --- paho callbacks (all run on the loop's thread) -------------------------------------
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._loop.add_reader(sock, self._read)
+
+    def _read(self) -> None:
+        self._client.loop_read(max_packets=16)
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._loop.remove_reader(sock)
+        self._loop.remove_writer(sock)
+
+    def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._loop.add_writer(sock, self._client.loop_write)
+
+    def _on_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._loop.remove_writer(sock)
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if self._connected.done():
+            return
+        if reason.is_failure:
+            self._connected.set_exception(ConnectRefused(f"CONNACK refused: {reason}"))
+        else:
+            self._connected.set_result(None)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        error = LinkDown(f"disconnected: {reason}")
+        if not self._connected.done():
+            self._connected.set_exception(error)
+            self._connected.exception()  # whoever awaits still gets it; nobody must
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+                future.exception()
+        self._pending.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any,
+                    properties: Any) -> None:
+        future = self._pending.pop(mid, None)
+        if future is None or future.done():
+            return
+        if getattr(reason, "is_failure", False):
+            future.set_exception(PublishRejected(f"PUBACK {reason}"))
+        else:
+            future.set_result(None)
+
+    # --- API -------------------------------------------------------------------------------
+    async def connect(self, timeout: float = 10.0) -> None:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        try:
+            # Blocking TCP connect; on loopback it returns (or is refused) at once.
+            self._client.connect(self.host, self.port, keepalive=self.keepalive,
+                                 clean_start=False, properties=properties)
+        except (TimeoutError, OSError) as exc:
+            self._fail_closed()
+            raise LinkDown(f"cannot reach {self.host}:{self.port}: {exc}") from exc
+        try:
+            await asyncio.wait_for(asyncio.shield(self._connected), timeout)
+        except TimeoutError as exc:
+            self.abort()
+            raise LinkDown(f"no CONNACK within {timeout}s") from exc
+        except LinkDown:
+            self.abort()
+            raise
+
+    def _fail_closed(self) -> None:
+        if not self._connected.done():
+            self._connected.set_exception(LinkDown("not connected"))
+            self._connected.exception()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def publish(self, topic: str, payload: bytes) -> asyncio.Future[None]:
+        """Send with QoS 1; the future resolves on a successful PUBACK."""
+        if self.closed.done():
+            raise LinkDown("link is closed")
+        info = self._client.publish(topic, payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise LinkDown(f"publish failed: {mqtt.error_string(info.rc)}")
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._pending[info.mid] = future
+        return future
+
+    def tick(self) -> None:
+        """Keepalive bookkeeping; the fleet calls this about once a second for every link."""
+        if not self.closed.done():
+            self._client.loop_misc()
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Orderly DISCONNECT (the broker keeps the session)."""
+        if self.closed.done():
+            return
+        self._client.disconnect()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.closed), timeout)
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the socket without DISCONNECT (as a device losing power or radio would)."""
+        sock = self._client.socket()
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(sock)
+                self._loop.remove_writer(sock)
+        with contextlib.suppress(Exception):
+            self._client._reset_sockets()  # paho has no public "close without DISCONNECT"
+        self._on_disconnect(self._client, None, None, "aborted", None)

@@ -1,0 +1,101 @@
+"""Simulated physiology: within physical limits always, reproducible, patient-specific; and the
+per-device seq counter never repeats."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from devices.limits import VITAL_LIMITS, vital_violations
+from devices.physiology import EPISODES, Patient
+from devices.seqstore import SeqCounter
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32), rate=st.sampled_from([0.05, 0.5, 1.0, 10.0]),
+       episodes=st.floats(0, 120), patient=st.text("abcdef0123", min_size=1, max_size=8))
+def test_always_within_limits(seed: int, rate: float, episodes: float, patient: str) -> None:
+    person = Patient(patient, seed=seed, episodes_per_hour=episodes)
+    for _ in range(400):
+        vitals = person.sample(1.0 / rate)
+        assert vital_violations(vitals) == [], vitals
+        assert isinstance(vitals["temp_c"], float) and round(vitals["temp_c"], 1) == vitals["temp_c"]
+        assert all(type(vitals[k]) is int for k in VITAL_LIMITS if k != "temp_c")
+
+
+def test_long_run_stays_plausible_and_has_episodes() -> None:
+    """Six simulated hours at 1 Hz with frequent episodes, for a few patients."""
+    for n in range(3):
+        person = Patient(f"patient-{n}", seed=11, episodes_per_hour=4)
+        hr = []
+        for _ in range(6 * 3600):
+            vitals = person.sample(1.0)
+            assert vital_violations(vitals) == []
+            hr.append(vitals["hr"])
+        assert person.episodes_seen, "no episode in six hours at 4 per hour"
+        assert set(person.episodes_seen) <= set(EPISODES)
+        # Drift and episodes move the heart rate, but the median stays near the baseline.
+        assert abs(statistics.median(hr) - person.baseline["hr"]) < 15
+        assert max(hr) - min(hr) > 10
+
+
+def test_deterministic_and_patient_specific() -> None:
+    def series(patient: str, seed: int) -> list[dict]:
+        person = Patient(patient, seed=seed, episodes_per_hour=10)
+        return [person.sample(1.0) for _ in range(500)]
+
+    assert series("p1", 7) == series("p1", 7)
+    assert series("p1", 7) != series("p1", 8)
+    assert series("p1", 7) != series("p2", 7)
+    assert Patient("p1", 7).baseline != Patient("p2", 7).baseline
+
+
+def test_episode_changes_the_vitals() -> None:
+    person = Patient("p-tachy", seed=1, episodes_per_hour=3600)  # one starts at once
+    before_baseline = person.baseline["hr"]
+    person.sample(1.0)
+    assert person.episode is not None
+    episode = person.episode
+    peak_time = episode.start_s + episode.duration_s / 2
+    while person.t_s < peak_time:
+        vitals = person.sample(1.0)
+    assert episode.envelope(person.t_s) == 1.0
+    if "hr" in episode.peak:
+        assert abs(vitals["hr"] - (before_baseline + episode.peak["hr"])) < 25
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        Patient("p", episodes_per_hour=-1)
+    with pytest.raises(ValueError):
+        Patient("p").sample(0)
+
+
+def test_seq_counter_survives_clean_restart_and_crash(tmp_path: Path) -> None:
+    path = tmp_path / "dev.json"
+    counter = SeqCounter(path, block=10)
+    assert [counter.take() for _ in range(3)] == [0, 1, 2]
+    counter.close()
+    assert json.loads(path.read_text()) == {"next_seq": 3}
+    restarted = SeqCounter(path, block=10)
+    assert restarted.take() == 3  # a clean stop leaves no gap
+    # crash: no close(); the reservation on disk is above everything handed out
+    used = [restarted.take() for _ in range(15)]
+    after_crash = SeqCounter(path, block=10)
+    assert after_crash.peek > max(used)
+    assert after_crash.take() > max(used)
+
+
+def test_seq_counter_refuses_corrupt_state(tmp_path: Path) -> None:
+    path = tmp_path / "dev.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt"):
+        SeqCounter(path)
+    path.write_text('{"next_seq": -4}')
+    with pytest.raises(ValueError):
+        SeqCounter(path)
