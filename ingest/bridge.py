@@ -1,0 +1,412 @@
+"""The MQTT→Kafka bridge: at-least-once from Mosquitto to the raw and dead-letter topics.
+
+Guarantee: an MQTT message is acknowledged (PUBACK) to Mosquitto only after Kafka has acknowledged
+(``acks='all'``) every record made from it: each good reading on ``raw_topic`` and each rejection on
+``dlq_topic``. Until then the message belongs to the bridge's persistent session in Mosquitto, so a
+crash of the bridge, a Kafka outage or a broker restart redelivers it instead of losing it. The
+price is duplicates (a record produced, the ack lost); the stream removes those.
+
+Threads and who does what:
+- paho's network thread (``loop_start``) only turns each PUBLISH into an event on ``_events``;
+- kafka-python's I/O thread only turns each delivery result into an event on ``_events``;
+- :meth:`Bridge.run`'s thread owns all state: validates, produces, counts, retries and acks.
+  ``Client.ack`` from a thread other than paho's is safe with ``loop_start``: like ``publish`` it
+  only appends to paho's outgoing deque and wakes the network thread through its socket pair.
+
+Memory is bounded by MQTT 5's Receive Maximum (``max_inflight``): Mosquitto sends at most that many
+unacknowledged QoS 1 messages, so the bridge never holds more, however long Kafka is away.
+
+Shared subscriptions and broker restarts (measured on Mosquitto 2.0.11, see
+``tests/test_bridge_resilience.py``): the broker restores a persistent session and its *plain*
+subscriptions from its persistence file, but not its *shared* ones. Messages published after a
+Mosquitto restart and before the bridge has reconnected and re-subscribed therefore reach no
+subscriber and are dropped by the broker. ``group=None`` subscribes to plain ``vitals/+`` instead,
+which loses nothing across broker restarts but does not split load between bridges (each bridge
+would get every message). The bridge re-subscribes on every connect in both modes.
+
+Shared subscription caveat 2 (Mosquitto 2.0): members of ``$share/<group>/...`` with a persistent
+session keep getting their round-robin share while offline (queued for them), so a bridge instance
+that is retired for good must have its session removed (:func:`forget_session`), or its share
+waits until an instance with the same client id comes back. The ACL (``topic read vitals/#``) is
+checked against the filter without the ``$share/<group>/`` prefix, which ``tests/test_bridge_*``
+exercises on the real broker.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ingest.deadletter import dead_letter_record
+from ingest.validation import validate
+from vitalchain.config import Settings
+from vitalchain.stack.mqtt_auth import BRIDGE_USER, MqttCredentials
+
+log = logging.getLogger("vitalchain.bridge")
+
+DEFAULT_GROUP = "vitalchain-bridges"
+SUBSCRIPTION = "vitals/+"
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+
+
+def client_id(instance: int) -> str:
+    """Stable per instance: the persistent session (and what it holds) is found again by it."""
+    return f"{BRIDGE_USER}-{instance}"
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass
+class BridgeCounters:
+    """Running totals; read from any thread (plain ints, updated by the bridge's thread only)."""
+
+    received: int = 0  # MQTT messages taken from Mosquitto (first deliveries and redeliveries)
+    forwarded: int = 0  # readings acked by Kafka on the raw topic
+    dead_lettered: Counter[str] = field(default_factory=Counter)  # acked DLQ records by reason
+    acked: int = 0  # MQTT messages acknowledged to Mosquitto
+    redelivered_in_flight: int = 0  # redeliveries of a message still being produced (ignored)
+    produce_errors: int = 0  # failed sends/deliveries (each retried)
+
+    def line(self, in_flight: int) -> str:
+        dlq = sum(self.dead_lettered.values())
+        reasons = ",".join(f"{k}={v}" for k, v in sorted(self.dead_lettered.items()))
+        return (f"received={self.received} forwarded={self.forwarded} dead_lettered={dlq}"
+                f"{f' ({reasons})' if reasons else ''} acked={self.acked} in_flight={in_flight}"
+                f" produce_errors={self.produce_errors}")
+
+
+@dataclass
+class _Message:
+    """One MQTT message in flight: acked when ``outstanding`` reaches zero."""
+
+    mid: int
+    qos: int
+    outstanding: int
+
+
+@dataclass
+class _Record:
+    token: int  # the message it came from
+    topic: str
+    key: bytes
+    value: bytes
+    reason: str | None  # None: a reading for the raw topic; else the dead-letter reason
+    attempts: int = 0
+
+
+class Bridge:
+    """One bridge instance. ``run()`` blocks until ``stop()``; counters are live on ``counters``."""
+
+    def __init__(self, settings: Settings, *, instance: int = 0, group: str | None = DEFAULT_GROUP,
+                 max_inflight: int = 1000, clock_us: Callable[[], int] = now_us,
+                 retry_backoff: tuple[float, float] = (0.2, 10.0)) -> None:
+        if not 1 <= max_inflight <= 65535:
+            raise ValueError("max_inflight must be within 1..65535 (MQTT Receive Maximum)")
+        self.settings = settings
+        self.instance = instance
+        self.group = group
+        self.subscription = f"$share/{group}/{SUBSCRIPTION}" if group else SUBSCRIPTION
+        self.max_inflight = max_inflight
+        self.clock_us = clock_us
+        self.retry_backoff = retry_backoff
+        self.counters = BridgeCounters()
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self._stop = threading.Event()
+        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._messages: dict[int, _Message] = {}
+        self._by_mid: dict[int, int] = {}  # MQTT packet id -> token, for QoS 1 messages in flight
+        self._tokens = itertools.count(1)
+        self._retries: list[tuple[float, int, _Record]] = []
+        self._retry_seq = itertools.count()
+        self._failures_in_row = 0
+        self._client: mqtt.Client | None = None
+        self._producer: KafkaProducer | None = None
+
+    # --- public ----------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return len(self._messages)
+
+    def stop(self) -> None:
+        """Ask ``run()`` to finish: take no more messages, flush, ack, disconnect. Thread-safe."""
+        self._stop.set()
+        self._events.put(("wake",))
+
+    def run(self, progress: Callable[[BridgeCounters], None] | None = None,
+            progress_every: float = 5.0) -> None:
+        self._producer = self._connect_producer()
+        if self._producer is None:
+            return  # stopped before Kafka was ever reachable
+        self._client = self._make_client()
+        next_progress = time.monotonic() + progress_every
+        try:
+            self._client.connect_async(self.settings.host, self.settings.mqtt_port, keepalive=30,
+                                       clean_start=False, properties=self._connect_properties())
+            self._client.loop_start()
+            while not self._stop.is_set():
+                self._step(timeout=self._next_timeout())
+                if progress is not None and time.monotonic() >= next_progress:
+                    progress(self.counters)
+                    next_progress = time.monotonic() + progress_every
+        finally:
+            self._shutdown()
+            if progress is not None:
+                progress(self.counters)
+
+    # --- set-up ----------------------------------------------------------------------
+    def _connect_producer(self) -> KafkaProducer | None:
+        """Kafka must be reachable before MQTT messages are taken; wait for it, never crash."""
+        low, high = self.retry_backoff
+        delay = low
+        while not self._stop.is_set():
+            try:
+                return self._make_producer()
+            except KafkaError as exc:
+                log.warning("Kafka at %s unreachable (%s); not taking MQTT messages yet, "
+                            "retrying in %.1fs", self.settings.kafka_bootstrap, exc, delay)
+                self._stop.wait(delay)
+                delay = min(high, delay * 2)
+        return None
+
+    def _make_producer(self) -> KafkaProducer:
+        return KafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            client_id=client_id(self.instance),
+            acks="all",
+            # Idempotence off: tansu keeps producer ids in memory, and after a Kafka restart an
+            # idempotent kafka-python producer loops on UnknownProducerIdError forever (seen in
+            # test_kafka_outage_*). Duplicates are allowed here; the stream dedups.
+            enable_idempotence=False,
+            linger_ms=5,
+            retries=5,
+            # send() must not block the bridge for long when Kafka is away: it fails fast and
+            # the record is retried with backoff while MQTT keeps the message unacked.
+            max_block_ms=2000,
+            request_timeout_ms=5000,
+            delivery_timeout_ms=10000,
+            reconnect_backoff_ms=100,
+            reconnect_backoff_max_ms=2000,
+            # A rejected (oversized) payload is dead-lettered whole, base64: up to ~1.4x of
+            # Mosquitto's message_size_limit (4x max_payload_bytes).
+            max_request_size=max(1 << 20, self.settings.max_payload_bytes * 8),
+        )
+
+    def _connect_properties(self) -> Properties:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+        props.ReceiveMaximum = self.max_inflight
+        return props
+
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id(self.instance),
+                             protocol=mqtt.MQTTv5, manual_ack=True)
+        client.username_pw_set(BRIDGE_USER,
+                               MqttCredentials(self.settings.state_dir).password(BRIDGE_USER))
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    # --- paho thread -----------------------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if reason.is_failure:
+            log.error("MQTT connect to %s refused: %s (retrying)", self.settings.mqtt_url, reason)
+            return
+        log.info("connected to %s as %s (session present: %s)", self.settings.mqtt_url,
+                 client_id(self.instance), flags.session_present)
+        self.connected.set()
+        client.subscribe(self.subscription, qos=1)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                      properties: Any) -> None:
+        failed = [r for r in reasons if r.is_failure]
+        if failed:
+            log.error("subscription to %s refused: %s", self.subscription, failed[0])
+        else:
+            self.subscribed.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                       properties: Any) -> None:
+        self.connected.clear()
+        self.subscribed.clear()
+        if not self._stop.is_set():
+            log.warning("MQTT connection lost (%s); reconnecting, unacked messages will be "
+                        "redelivered", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._events.put(("msg", message.mid, message.qos, message.topic, bytes(message.payload),
+                          self.clock_us()))
+
+    # --- bridge thread ---------------------------------------------------------------
+    def _next_timeout(self) -> float:
+        if self._retries:
+            return max(0.0, min(0.5, self._retries[0][0] - time.monotonic()))
+        return 0.5
+
+    def _step(self, timeout: float) -> None:
+        try:
+            event = self._events.get(timeout=timeout)
+        except queue.Empty:
+            event = None
+        while event is not None:
+            self._handle(event)
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                event = None
+        self._run_due_retries()
+
+    def _handle(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "msg":
+            if not self._stop.is_set():
+                self._accept(*event[1:])
+        elif kind == "ok":
+            self._delivered(event[1])
+        elif kind == "err":
+            self._failed(event[1], event[2])
+
+    def _accept(self, mid: int, qos: int, topic: str, payload: bytes, received_us: int) -> None:
+        self.counters.received += 1
+        if qos > 0 and mid in self._by_mid:
+            # Mosquitto resent (after a reconnect) a message we are still producing: the
+            # pending ack covers it; a second entry would ack that packet id twice.
+            self.counters.redelivered_in_flight += 1
+            return
+        outcome = validate(topic, payload, received_us,
+                           max_payload_bytes=self.settings.max_payload_bytes,
+                           max_future_seconds=self.settings.max_future_seconds)
+        token = next(self._tokens)
+        records: list[_Record] = []
+        key = outcome.device_id.encode() if outcome.device_id else b""
+        for reading in outcome.readings:
+            value = _raw_value(reading, received_us)
+            records.append(_Record(token, self.settings.raw_topic, key, value, None))
+        for rejection in outcome.rejections:
+            dlq_topic, dlq_key, value = dead_letter_record(
+                self.settings.dlq_topic, outcome.device_id, rejection, topic, payload, received_us)
+            records.append(_Record(token, dlq_topic, dlq_key, value, rejection.reason))
+            log.debug("rejected %s: %s %s", topic, rejection.reason, rejection.detail)
+        self._messages[token] = _Message(mid, qos, len(records))
+        if qos > 0:
+            self._by_mid[mid] = token
+        for record in records:
+            self._send(record)
+
+    def _send(self, record: _Record) -> None:
+        record.attempts += 1
+        assert self._producer is not None
+        try:
+            future = self._producer.send(record.topic, key=record.key, value=record.value)
+        except KafkaError as exc:
+            self._failed(record, exc)
+            return
+        future.add_callback(lambda _meta, r=record: self._events.put(("ok", r)))
+        future.add_errback(lambda exc, r=record: self._events.put(("err", r, exc)))
+
+    def _delivered(self, record: _Record) -> None:
+        self._failures_in_row = 0
+        if record.reason is None:
+            self.counters.forwarded += 1
+        else:
+            self.counters.dead_lettered[record.reason] += 1
+        message = self._messages.get(record.token)
+        if message is None:
+            return
+        message.outstanding -= 1
+        if message.outstanding == 0:
+            self._ack(record.token, message)
+
+    def _ack(self, token: int, message: _Message) -> None:
+        del self._messages[token]
+        if message.qos > 0:
+            self._by_mid.pop(message.mid, None)
+            assert self._client is not None
+            self._client.ack(message.mid, message.qos)
+        self.counters.acked += 1
+
+    def _failed(self, record: _Record, exc: BaseException) -> None:
+        self.counters.produce_errors += 1
+        self._failures_in_row += 1
+        if self._stop.is_set():
+            return  # left unacked: Mosquitto redelivers it to this session later
+        low, high = self.retry_backoff
+        delay = min(high, low * 2 ** min(self._failures_in_row - 1, 16))
+        log.warning("Kafka did not take a record for %s (attempt %d: %s: %s); message stays "
+                    "unacked in MQTT, retrying in %.1fs", record.topic, record.attempts,
+                    type(exc).__name__, exc, delay)
+        heapq.heappush(self._retries, (time.monotonic() + delay, next(self._retry_seq), record))
+
+    def _run_due_retries(self) -> None:
+        now = time.monotonic()
+        while self._retries and self._retries[0][0] <= now and not self._stop.is_set():
+            _, _, record = heapq.heappop(self._retries)
+            self._send(record)
+
+    def _shutdown(self, flush_timeout: float = 10.0) -> None:
+        """Stop taking messages, flush Kafka, ack what Kafka took, then disconnect."""
+        self._stop.set()
+        client, producer = self._client, self._producer
+        if producer is not None:
+            try:
+                producer.flush(timeout=flush_timeout)
+            except KafkaError as exc:
+                log.warning("Kafka flush incomplete at stop (%s); unacked messages will be "
+                            "redelivered", exc)
+            while True:
+                try:
+                    self._handle(self._events.get_nowait())
+                except queue.Empty:
+                    break
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+        if producer is not None:
+            producer.close(timeout=flush_timeout)
+        log.info("bridge stopped: %s", self.counters.line(self.in_flight))
+
+
+def _raw_value(reading: dict[str, Any], received_us: int) -> bytes:
+    """The raw topic's record value: the device's fields exactly, plus the bridge's clock."""
+    return json.dumps({**reading, "received_us": received_us}, separators=(",", ":"),
+                      ensure_ascii=False).encode()
+
+
+def forget_session(settings: Settings, instance: int, timeout: float = 10.0) -> None:
+    """Remove a retired instance's persistent session (and the messages queued for it)."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id(instance),
+                         protocol=mqtt.MQTTv5)
+    client.username_pw_set(BRIDGE_USER, MqttCredentials(settings.state_dir).password(BRIDGE_USER))
+    done = threading.Event()
+    client.on_connect = lambda *args: done.set()
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 0
+    client.connect(settings.host, settings.mqtt_port, clean_start=True, properties=props)
+    client.loop_start()
+    try:
+        if not done.wait(timeout):
+            raise TimeoutError(f"no CONNACK from {settings.mqtt_url} within {timeout}s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
