@@ -57,6 +57,8 @@ class Settings:
     partitions: int = 4
     window_seconds: float = 10.0
     idle_seal_seconds: float = 5.0
+    # Faust app id = Kafka consumer group of the stream workers (tests use a unique one).
+    stream_app_id: str = "vitalchain-stream"
     max_payload_bytes: int = 65536
     max_future_seconds: float = 300.0
 

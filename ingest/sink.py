@@ -1,0 +1,84 @@
+"""Sealing one cut window: InfluxDB first, then the ledger, then (by the caller) the Kafka ack.
+
+Order matters.  Readings go to InfluxDB before the ledger names them, so the ledger never points
+at readings that are not stored; a crash between the two leaves points that the replay rewrites
+identically (same measurement, tags and timestamp).  The ``windows`` point carries the ledger's
+log index, so it is written right after the append; if the process dies in between, the point is
+restored by :meth:`Sealer.repair_window_point` when the partition is next assigned (only a
+partition's *last* window can be missing its point, since a partition seals one window at a time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from ingest.readings import reading_point, window_point
+from ingest.windowing import ClosedWindow, DeadLetter
+from vitalchain.influx import InfluxClient
+from vitalchain.ledger import Ledger, ReadingIndexRow, StaleWindow, WindowConflict
+
+DeadLetterSend = Callable[[DeadLetter], Awaitable[None]]
+
+
+class SealRefused(RuntimeError):
+    """The ledger refused the window (another worker sealed this range): resync from the ledger."""
+
+
+@dataclass(frozen=True, slots=True)
+class SealResult:
+    log_index: int | None  # None for a range without readings (offsets marked done only)
+    readings: int
+
+
+class Sealer:
+    def __init__(self, ledger: Ledger, influx: InfluxClient, send_dead_letter: DeadLetterSend):
+        self.ledger = ledger
+        self.influx = influx
+        self.send_dead_letter = send_dead_letter
+
+    async def seal(self, closed: ClosedWindow) -> SealResult:
+        """Make ``closed`` durable; raises :class:`SealRefused` if the ledger fences it off."""
+        sealed = self.ledger.last_sealed_offset(closed.topic, closed.partition)
+        if sealed is not None and sealed >= closed.last_offset:
+            existing = (self.ledger.window_by_id(closed.header["window_id"])
+                        if closed.header else None)
+            if closed.header is None or (existing and existing.header == closed.header):
+                return SealResult(existing.log_index if existing else None, 0)
+        if sealed is not None and closed.first_offset != sealed + 1:
+            raise SealRefused(f"{closed.topic}[{closed.partition}] is sealed up to {sealed}; "
+                              f"window starting at {closed.first_offset} is stale")
+        # Dead letters first: once the range is sealed its records are never read again.
+        for letter in closed.dead_letters:
+            await self.send_dead_letter(letter)
+        if closed.header is None:
+            try:
+                self.ledger.advance_offset(closed.topic, closed.partition, closed.first_offset,
+                                           closed.last_offset)
+            except StaleWindow as exc:
+                raise SealRefused(str(exc)) from exc
+            return SealResult(None, 0)
+        header = closed.header
+        window_id = header["window_id"]
+        await self.influx.write([
+            reading_point(r.canonical, r.leaf, window_id, r.late, r.received_us)
+            for r in closed.readings])
+        rows = [ReadingIndexRow(r.canonical["device_id"], r.canonical["seq"],
+                                r.canonical["ts_us"], i, r.leaf)
+                for i, r in enumerate(closed.readings)]
+        try:
+            index = self.ledger.append_window(closed.topic, closed.partition, header,
+                                              closed.leaf_hashes, rows, closed.idle_cut)
+        except (StaleWindow, WindowConflict) as exc:
+            # Our readings points may have overwritten the winner's window_id fields; the
+            # winner's window point is restored here, the readings when the range is replayed.
+            await self.repair_window_point(closed.topic, closed.partition)
+            raise SealRefused(str(exc)) from exc
+        await self.influx.write([window_point(header, index)])
+        return SealResult(index, len(closed.readings))
+
+    async def repair_window_point(self, topic: str, partition: int) -> None:
+        """Rewrite the ``windows`` point of the partition's last sealed window (idempotent)."""
+        last = self.ledger.last_window(topic, partition)
+        if last is not None:
+            await self.influx.write([window_point(last.header, last.log_index)])

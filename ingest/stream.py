@@ -1,0 +1,153 @@
+"""The Faust app and agent that seal windows from the raw topic.
+
+Faust is used for what it does well (consumer group membership, partition assignment, fetching,
+committing acked offsets) and nothing else: no windowed tables (windows are lost on rebalance and
+expiry does not fire after recovery in faust-streaming), no Faust-managed positions.  How offsets
+stay safe:
+
+- the agent iterates ``stream.noack()``, so Faust never acks a record on its own; the processor
+  acks records only once their window is sealed, in offset order.  ``Consumer._new_offset``
+  (faust/transport/consumer.py) commits the end of the first run of consecutive acked offsets,
+  so the committed offset never passes an unsealed record;
+- ``stream_wait_empty=False``: on revocation Faust would otherwise wait for every unacked message
+  (``Consumer.wait_empty``), i.e. for open windows that can only be sealed later;
+- after assignment Faust seeks to Kafka's committed offsets (``Recovery._resume_streams`` ->
+  ``Consumer.perform_seek``), *after* the ``on_partitions_assigned`` signal, so a seek there would
+  be undone; instead the processor checks every record against the ledger's position and seeks
+  back (``app.consumer.seek``) when the consumer is ahead of what is sealed;
+- the producer (dead letters only) keeps aiokafka's default ``enable_idempotence=False``: tansu
+  rejects idempotent producers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from ingest.processor import StreamProcessor
+from ingest.sink import Sealer
+from ingest.windowing import DeadLetter
+from vitalchain.config import Settings
+from vitalchain.influx import InfluxClient
+from vitalchain.integrity import load_or_create_salt_key, salt_key_id
+from vitalchain.ledger import Ledger
+
+log = logging.getLogger("vitalchain.stream")
+
+# Short group timeouts: a new group's first join otherwise waits out the rebalance timeout
+# (tansu), and a killed worker's partitions should move within seconds.
+SESSION_TIMEOUT_S = 6.0
+HEARTBEAT_S = 1.0
+REBALANCE_TIMEOUT_S = 3.0
+IDLE_TICK_S = 0.25
+
+
+def faust_datadir(settings: Settings, worker_name: str) -> str:
+    return str(settings.state_dir / "faust" / f"{settings.stream_app_id}-{worker_name}")
+
+
+def create_app(settings: Settings, worker_name: str | None = None,
+               progress_every_s: float = 2.0) -> faust.App:
+    """The Faust app of one stream worker (several workers share partitions via the group)."""
+    worker_name = worker_name or str(os.getpid())
+    # Faust creates only the last level of its data dir.
+    (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.stream_app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        datadir=faust_datadir(settings, worker_name),
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        topic_allow_declare=False,
+        stream_wait_empty=False,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=SESSION_TIMEOUT_S,
+        broker_heartbeat_interval=HEARTBEAT_S,
+        broker_rebalance_timeout=REBALANCE_TIMEOUT_S,
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+    )
+    raw = app.topic(settings.raw_topic, key_type=bytes, value_type=bytes,
+                    key_serializer="raw", value_serializer="raw",
+                    partitions=settings.partitions)
+    dlq = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes,
+                    key_serializer="raw", value_serializer="raw")
+    state: dict[str, Any] = {}
+
+    async def send_dead_letter(letter: DeadLetter) -> None:
+        future = await dlq.send(key=letter.key, value=letter.value)
+        await future  # wait for the broker's ack before the range can be sealed
+
+    async def seek(partition: int, offset: int) -> None:
+        await app.consumer.seek(TP(settings.raw_topic, partition), offset)
+
+    async def earliest(partition: int) -> int:
+        tp = TP(settings.raw_topic, partition)
+        offsets = await app.consumer.earliest_offsets(tp)
+        return int(offsets.get(tp) or 0)
+
+    def highwater(partition: int) -> int | None:
+        try:
+            value = app.consumer.highwater(TP(settings.raw_topic, partition))
+        except Exception:  # not assigned / consumer not started: unknown
+            return None
+        return value if isinstance(value, int) else None
+
+    def processor() -> StreamProcessor:
+        if "processor" not in state:
+            key = load_or_create_salt_key(settings)
+            ledger = Ledger(settings.ledger_path)
+            influx = InfluxClient(settings)
+            state["processor"] = StreamProcessor(
+                settings.raw_topic, ledger=ledger,
+                sealer=Sealer(ledger, influx, send_dead_letter),
+                window_seconds=settings.window_seconds,
+                idle_seal_seconds=settings.idle_seal_seconds, salt_key=key,
+                salt_key_id=salt_key_id(key), seek=seek, earliest=earliest,
+                highwater=highwater)
+        return state["processor"]
+
+    @app.agent(raw, name=f"{settings.stream_app_id}.seal", concurrency=1)
+    async def seal_windows(stream: faust.StreamT) -> None:
+        proc = processor()
+        async for event in stream.noack().events():
+            message = event.message
+            await proc.handle(message.partition, message.offset, message.key or b"",
+                              message.value or b"", event.ack)
+
+    @app.timer(interval=IDLE_TICK_S)
+    async def idle_seal() -> None:
+        await processor().idle_tick()
+
+    @app.timer(interval=progress_every_s)
+    async def progress() -> None:
+        print(processor().stats.line(), file=sys.stderr, flush=True)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        await processor().revoke({tp.partition for tp in revoked
+                                  if tp.topic == settings.raw_topic})
+
+    @app.on_before_shutdown.connect
+    def on_shutdown(sender: Any, **kwargs: Any) -> None:
+        if "processor" in state:
+            state["processor"].stopping = True
+            print(state["processor"].stats.line(), file=sys.stderr, flush=True)
+
+    app.vitalchain_processor = processor  # type: ignore[attr-defined]
+    return app
+
+
+def run_worker(settings: Settings, worker_name: str | None = None, loglevel: str = "warning",
+               progress_every_s: float = 2.0) -> None:
+    """Run one stream worker until SIGTERM/SIGINT (blocks; exits the process)."""
+    app = create_app(settings, worker_name, progress_every_s)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

@@ -1,0 +1,273 @@
+"""Cutting one partition's records into windows: pure logic, no I/O, so it is testable alone.
+
+A window is a contiguous offset range of one partition.  The cut rule is a function of the
+records alone (so a replay after a crash reproduces the same windows):
+
+- **event-time cut**: a reading whose ``ts_us`` minus the open window's first ``ts_us`` reaches
+  ``window_us`` closes the open window and opens the next one with itself;
+- **idle cut** (wall clock, so quiet partitions still seal): :meth:`PartitionWindower.cut_idle`,
+  called by the stream when nothing arrived for ``idle_seal_seconds``.  Not reproducible by
+  replay, which is why the ledger records it and sealed ranges are never re-cut.
+
+Every record of the range belongs to the window, kept or not:
+
+- *duplicate* (same ``(device_id, seq)`` and same leaf, sealed already or in the open window):
+  dropped, counted;
+- *conflict* (same ``(device_id, seq)``, different leaf): dead-lettered (``seq_conflict``);
+- *invalid* record (should never pass the bridge, but the raw topic is not trusted blindly):
+  dead-lettered (``invalid_record``);
+- *late* reading (``ts_us`` before the previous window's ``end_us``): kept, flagged, counted in
+  the header's ``late``.  Never dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vitalchain.integrity import (
+    CanonicalError,
+    build_window_header,
+    canonical_reading,
+    reading_leaf_hash,
+)
+
+STAGE = "stream"
+MAX_DETAIL = 300
+
+SealedLeafLookup = Callable[[str, int], bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowReading:
+    """A kept reading: its canonical object (leaf input), leaf hash and pipeline metadata."""
+
+    offset: int
+    canonical: dict[str, Any]
+    leaf: bytes
+    late: bool
+    received_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    key: bytes
+    value: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedWindow:
+    """A cut window, ready to seal.  ``header`` is None when no reading was kept (the range held
+    only duplicates/conflicts): then only the offsets are marked done."""
+
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    readings: tuple[WindowReading, ...]
+    header: dict[str, Any] | None
+    idle_cut: bool
+    dead_letters: tuple[DeadLetter, ...]
+    duplicates: int
+
+    @property
+    def leaf_hashes(self) -> list[bytes]:
+        return [r.leaf for r in self.readings]
+
+
+@dataclass
+class _OpenWindow:
+    first_offset: int
+    last_offset: int
+    first_ts: int | None = None
+    readings: list[WindowReading] = field(default_factory=list)
+    leaves: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    duplicates: int = 0
+    late: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Offered:
+    """What happened to one offered record.  ``outcome`` is one of ``kept``, ``duplicate``,
+    ``conflict``, ``invalid``, ``already_done`` (offset at or below what is sealed or open)."""
+
+    outcome: str
+    closed: ClosedWindow | None = None
+    late: bool = False
+
+
+def dead_letter(reason: str, detail: str, topic: str, payload: bytes, received_us: int,
+                key: bytes) -> DeadLetter:
+    value = {"reason": reason, "detail": detail[:MAX_DETAIL], "topic": topic,
+             "payload_b64": base64.b64encode(payload).decode("ascii"),
+             "received_us": received_us, "stage": STAGE}
+    return DeadLetter(key=key, value=json.dumps(value, separators=(",", ":")).encode(),
+                      reason=reason)
+
+
+def parse_record(value: bytes) -> tuple[dict[str, Any], int]:
+    """Split a raw-topic value into (device reading, received_us); raises ValueError."""
+    from ingest.validation import check_reading, parse
+
+    try:
+        obj = parse(value)
+    except Exception as exc:
+        raise ValueError(getattr(exc, "detail", None) or str(exc)) from None
+    if type(obj) is not dict:
+        raise ValueError("record value is not a JSON object")
+    received_us = obj.pop("received_us", None)
+    if type(received_us) is not int or received_us < 0:
+        raise ValueError("record lacks integer received_us")
+    try:
+        check_reading(obj)
+    except Exception as exc:
+        raise ValueError(getattr(exc, "detail", None) or str(exc)) from None
+    return obj, received_us
+
+
+class PartitionWindower:
+    """The open window of one partition, fed records in offset order."""
+
+    def __init__(self, topic: str, partition: int, *, window_us: int, salt_key: bytes,
+                 salt_key_id: str, sealed_offset: int | None, prev_end_us: int | None,
+                 sealed_leaf: SealedLeafLookup) -> None:
+        if window_us <= 0:
+            raise ValueError("window_us must be positive")
+        self.topic = topic
+        self.partition = partition
+        self.window_us = window_us
+        self._salt_key = salt_key
+        self._salt_key_id = salt_key_id
+        self.sealed_offset = sealed_offset
+        self.prev_end_us = prev_end_us
+        self._sealed_leaf = sealed_leaf
+        self._open: _OpenWindow | None = None
+        # Cut but not yet sealed: their offsets are taken and their readings count for dedup.
+        self._cut_offset: int | None = None
+        self._unsealed_leaves: dict[tuple[str, int], bytes] = {}
+
+    # --- state ------------------------------------------------------------------------------
+    @property
+    def done_offset(self) -> int | None:
+        """Highest offset already taken in (sealed, cut, or in the open window)."""
+        if self._open is not None:
+            return self._open.last_offset
+        if self._cut_offset is not None:
+            return max(self._cut_offset, self.sealed_offset or 0)
+        return self.sealed_offset
+
+    @property
+    def expected_offset(self) -> int | None:
+        done = self.done_offset
+        return None if done is None else done + 1
+
+    @property
+    def open_first_offset(self) -> int | None:
+        return None if self._open is None else self._open.first_offset
+
+    @property
+    def has_open(self) -> bool:
+        return self._open is not None
+
+    # --- feeding ----------------------------------------------------------------------------
+    def offer(self, offset: int, value: bytes, key: bytes = b"") -> Offered:
+        """Take the record at ``offset``; may return the window it closed (event-time cut)."""
+        done = self.done_offset
+        if done is not None and offset <= done:
+            return Offered("already_done")
+        try:
+            reading, received_us = parse_record(value)
+            canonical = canonical_reading(reading, self._salt_key)
+            leaf = reading_leaf_hash(canonical)
+        except (ValueError, KeyError, CanonicalError) as exc:
+            window = self._extend(offset)
+            window.dead_letters.append(dead_letter(
+                "invalid_record", str(exc), self.topic, value, _received_us(value), key))
+            return Offered("invalid")
+        identity = (canonical["device_id"], canonical["seq"])
+        known = self._open.leaves.get(identity) if self._open is not None else None
+        if known is None:
+            known = self._unsealed_leaves.get(identity)
+        if known is None:
+            known = self._sealed_leaf(*identity)
+        if known is not None:
+            window = self._extend(offset)
+            if known == leaf:
+                window.duplicates += 1
+                return Offered("duplicate")
+            window.dead_letters.append(dead_letter(
+                "seq_conflict",
+                f"device {identity[0]} seq {identity[1]} already has a different reading "
+                f"(leaf {known.hex()[:16]}..., this one {leaf.hex()[:16]}...)",
+                self.topic, value, received_us, key or identity[0].encode()))
+            return Offered("conflict")
+        ts = canonical["ts_us"]
+        closed = None
+        if (self._open is not None and self._open.first_ts is not None
+                and ts - self._open.first_ts >= self.window_us):
+            closed = self._close(idle_cut=False)
+        window = self._extend(offset)
+        if window.first_ts is None:
+            window.first_ts = ts
+        late = self.prev_end_us is not None and ts < self.prev_end_us
+        if late:
+            window.late += 1
+        window.readings.append(WindowReading(offset, canonical, leaf, late, received_us))
+        window.leaves[identity] = leaf
+        return Offered("kept", closed, late)
+
+    def cut_idle(self) -> ClosedWindow | None:
+        """Close the open window on the wall-clock idle rule (None when nothing is open)."""
+        if self._open is None:
+            return None
+        return self._close(idle_cut=True)
+
+    def mark_sealed(self, closed: ClosedWindow) -> None:
+        """Record that ``closed`` is durably sealed (its offsets are done for good)."""
+        if self.sealed_offset is None or closed.last_offset > self.sealed_offset:
+            self.sealed_offset = closed.last_offset
+        for reading in closed.readings:
+            self._unsealed_leaves.pop((reading.canonical["device_id"], reading.canonical["seq"]),
+                                      None)
+
+    # --- internals ----------------------------------------------------------------------------
+    def _extend(self, offset: int) -> _OpenWindow:
+        if self._open is None:
+            self._open = _OpenWindow(first_offset=offset, last_offset=offset)
+        else:
+            self._open.last_offset = offset
+        return self._open
+
+    def _close(self, idle_cut: bool) -> ClosedWindow:
+        window = self._open
+        assert window is not None
+        self._open = None
+        header = None
+        if window.readings:
+            header = build_window_header(
+                [r.canonical for r in window.readings], partition=self.partition,
+                first_offset=window.first_offset, last_offset=window.last_offset,
+                salt_key_id=self._salt_key_id, late=window.late,
+                leaf_hashes=[r.leaf for r in window.readings])
+            # Readings of the next window are late relative to this one, sealed or not yet.
+            self.prev_end_us = header["end_us"]
+        # The closed window's offsets count as taken: the next window starts after them.
+        self._cut_offset = window.last_offset
+        self._unsealed_leaves.update(window.leaves)
+        return ClosedWindow(self.topic, self.partition, window.first_offset, window.last_offset,
+                            tuple(window.readings), header, idle_cut,
+                            tuple(window.dead_letters), window.duplicates)
+
+
+def _received_us(value: bytes) -> int:
+    try:
+        obj = json.loads(value)
+        received = obj.get("received_us") if isinstance(obj, dict) else None
+        return received if type(received) is int else 0
+    except (ValueError, UnicodeDecodeError):
+        return 0
