@@ -1,0 +1,31 @@
+"""Anchoring the window log on Ethereum, and the proof service.
+
+Modules: ``contract/VitalAnchor.sol`` + ``contract/VitalAnchor.json`` (committed artifact),
+``compile`` (reproducible solc build; ``python -m anchor.compile --check``), ``chain`` (node,
+key, fees), ``deploy``, ``store`` (anchor tables in the ledger file), ``worker`` (``vitalchain
+anchor run``), ``proofs`` (``vitalchain proof ...``), ``synthetic`` (sealed windows for tests and
+the benchmark), ``cli``.
+
+Decisions:
+
+- Contract: ``anchor(bytes32 root, uint64 size)`` by the owner only (``NotOwner``); the same
+  root and size again is a no-op (no event); a new root must have ``size > latestSize``
+  (``SizeNotGreater``): the log only grows, so a smaller or equal size can only be a bug or an
+  attack; a known root with another size reverts (``RootAnchoredWithOtherSize``).  Ownership is
+  transferable (key rotation).  ``checkpoints(root) -> (size, blockNumber)``.
+- Cadence: a checkpoint is recorded when ``anchor_every_windows`` new windows exist or
+  ``anchor_interval_seconds`` passed since the last one (and at least one new window); with no
+  checkpoint yet, the first window is due at once.  One transaction in flight at a time, always
+  for the latest recorded checkpoint.
+- "Nothing skipped": every recorded checkpoint ends ``anchored`` or ``superseded`` by a larger
+  anchored one (which covers the same windows); "nothing twice": the contract never emits a root
+  twice, retries reuse the open nonce.  Details in :mod:`anchor.worker`.
+- Proofs cite the largest *anchored* checkpoint that contains the window (confirmed after
+  ``anchor_confirmations`` blocks); before that, ``"anchor": null`` (verifier: pending).
+
+API for other packages: ``anchor.worker.run_worker(settings, stop_event, on_progress=None)``,
+``anchor.worker.status(settings)``, ``anchor.proofs.build_proof(settings, device_id, seq=None,
+ts_us=None) -> dict``, ``anchor.proofs.ProofService`` (reuse for many proofs),
+``anchor.proofs.build_consistency(settings, size1, size2)`` and
+``anchor.proofs.verify_consistency_document(doc, rpc_url=None)``.
+"""

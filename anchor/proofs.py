@@ -1,0 +1,286 @@
+"""The proof service: ``vitalchain-proof/1`` bundles for readings, consistency proofs for
+checkpoints.
+
+Where each piece comes from, and why:
+
+- the *reading* from InfluxDB (rebuilt by :mod:`ingest.readings`): that is the stored data a
+  bundle vouches for; if it no longer hashes to its sealed leaf the service refuses, naming the
+  reading, rather than hand out a bundle that cannot verify;
+- the window's *leaf hashes and header* from the ledger, never from InfluxDB: so a proof for one
+  reading keeps working after *another* reading of the same window was altered in InfluxDB;
+- the *checkpoint*: the latest anchored one that contains the window (status ``anchored``);
+  until there is one, the latest recorded checkpoint containing it, or the log's current size,
+  with ``"anchor": null`` (the verifier reports that as ``pending``).  Every root served is
+  recomputed from the ledger and compared with the recorded checkpoint root, so an altered ledger
+  is refused here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from anchor import chain
+from anchor.store import AnchorStore, Checkpoint
+from ingest.readings import READINGS_MEASUREMENT, point_time_ns, reading_from_row
+from vitalchain.config import Settings
+from vitalchain.influx import InfluxClient, quote_ident
+from vitalchain.integrity import (
+    MerkleLog,
+    ProofError,
+    build_bundle,
+    reading_leaf_hash,
+    verify_consistency,
+)
+from vitalchain.ledger import Ledger, ReadingLocation
+
+CONSISTENCY_FORMAT = "vitalchain-consistency/1"
+
+
+class ProofUnavailable(LookupError):
+    """No proof can be built: unknown reading, missing data, or stored data that was altered."""
+
+
+@dataclass(frozen=True)
+class ProofResult:
+    bundle: dict[str, Any]
+    status: str  # "anchored" | "pending"
+    checkpoint: Checkpoint | None
+
+
+def _check_device(device_id: str) -> str:
+    if not isinstance(device_id, str) or not device_id or len(device_id) > 128:
+        raise ValueError("device id must be a non-empty string of at most 128 characters")
+    return device_id
+
+
+def _check_nonneg(name: str, value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer")
+    return value
+
+
+class ProofService:
+    """Builds proofs from one ledger file and one InfluxDB database; keeps the log in memory."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ledger = Ledger(settings.ledger_path)
+        self.store = AnchorStore(settings.ledger_path)
+        self.contract = (chain.contract_address(settings) if settings.anchor_contract else None)
+        self.log = MerkleLog()
+        self._influx = InfluxClient(settings)
+        self._loop = asyncio.new_event_loop()
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._influx.close())
+        self._loop.close()
+        self.ledger.close()
+        self.store.close()
+
+    def __enter__(self) -> ProofService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- pieces -----------------------------------------------------------------------------
+    def _sync_log(self) -> int:
+        size = self.ledger.log_size()
+        if size > self.log.size:
+            self.log.extend(self.ledger.log_leaf_hashes(size)[self.log.size:])
+        return self.log.size
+
+    def _stored_reading(self, loc: ReadingLocation) -> dict[str, Any]:
+        time_ns = point_time_ns(loc.ts_us, loc.seq)
+        q = (f"SELECT * FROM {quote_ident(READINGS_MEASUREMENT)} "
+             f"WHERE \"device_id\" = $device AND time = {time_ns}")
+        rows = self._loop.run_until_complete(self._influx.query(q, {"device": loc.device_id}))
+        rows = [r for r in rows if r.get("seq") == loc.seq]
+        if not rows:
+            raise ProofUnavailable(f"reading {loc.device_id}/{loc.seq} is sealed in window "
+                                   f"{loc.window_id} but missing from InfluxDB")
+        try:
+            return reading_from_row(rows[0]).canonical
+        except ValueError as exc:
+            raise ProofUnavailable(f"reading {loc.device_id}/{loc.seq} in InfluxDB is "
+                                   f"malformed: {exc}") from exc
+
+    def _checkpoint_for(self, log_index: int, log_size: int) -> tuple[int, Checkpoint | None]:
+        if self.contract is not None:
+            for statuses in (("anchored",), ()):
+                cp = self.store.covering(self.contract, log_index, *statuses)
+                if cp is not None:
+                    if cp.size > log_size or self.log.root(cp.size).hex() != cp.root:
+                        raise ProofUnavailable(
+                            f"the ledger's root at size {cp.size} differs from the recorded "
+                            f"checkpoint root {cp.root}: the window log was altered")
+                    return cp.size, cp
+        return log_size, None
+
+    def locate(self, device_id: str, seq: int | None = None,
+               ts_us: int | None = None) -> ReadingLocation:
+        _check_device(device_id)
+        if (seq is None) == (ts_us is None):
+            raise ValueError("give exactly one of seq and ts_us")
+        if seq is not None:
+            loc = self.ledger.locate(device_id, _check_nonneg("seq", seq))
+            if loc is None:
+                raise ProofUnavailable(f"no sealed reading {device_id}/{seq} in the ledger")
+            return loc
+        found = self.ledger.locate_by_time(device_id, _check_nonneg("ts_us", ts_us or 0))
+        if not found:
+            raise ProofUnavailable(f"no sealed reading of {device_id} at ts_us {ts_us}")
+        if len(found) > 1:
+            raise ProofUnavailable(f"{len(found)} readings of {device_id} at ts_us {ts_us} "
+                                   f"(seq {[f.seq for f in found]}): ask by seq")
+        return found[0]
+
+    # --- bundles ----------------------------------------------------------------------------
+    def proof(self, device_id: str, seq: int | None = None,
+              ts_us: int | None = None) -> ProofResult:
+        loc = self.locate(device_id, seq, ts_us)
+        window = self.ledger.window_by_index(loc.log_index)
+        if window is None:
+            raise ProofUnavailable(f"window {loc.log_index} of {device_id}/{loc.seq} is missing")
+        reading = self._stored_reading(loc)
+        if reading_leaf_hash(reading) != window.leaf_hashes[loc.index_in_window]:
+            raise ProofUnavailable(
+                f"reading {loc.device_id}/{loc.seq} in InfluxDB does not hash to its sealed leaf "
+                f"(window {loc.window_id}, index {loc.index_in_window}): altered after sealing")
+        size = self._sync_log()
+        cp_size, cp = self._checkpoint_for(loc.log_index, size)
+        anchor = cp.anchor() if cp is not None else None
+        try:
+            bundle = build_bundle(reading, loc.index_in_window, window.leaf_hashes, window.header,
+                                  loc.log_index, self.log, cp_size, anchor)
+        except ValueError as exc:
+            raise ProofUnavailable(f"the ledger's records for {device_id}/{loc.seq} do not fit "
+                                   f"together (altered?): {exc}") from exc
+        return ProofResult(bundle, "anchored" if anchor else "pending", cp)
+
+    # --- consistency ------------------------------------------------------------------------
+    def consistency(self, old_size: int, new_size: int) -> dict[str, Any]:
+        """Proof that anchored checkpoint ``old_size`` is a prefix of anchored ``new_size``."""
+        _check_nonneg("size1", old_size)
+        _check_nonneg("size2", new_size)
+        if not 0 < old_size <= new_size:
+            raise ValueError("need 0 < SIZE1 <= SIZE2")
+        if self.contract is None:
+            raise ProofUnavailable("no anchor contract configured")
+        log_size = self._sync_log()
+        ends = []
+        for size in (old_size, new_size):
+            cp = self.store.checkpoint(self.contract, size)
+            if cp is None or cp.status != "anchored":
+                anchored = [c.size for c in self.store.checkpoints(self.contract, "anchored")]
+                raise ProofUnavailable(f"{size} is not an anchored checkpoint (anchored sizes: "
+                                       f"{anchored[-20:]})")
+            if size > log_size or self.log.root(size).hex() != cp.root:
+                raise ProofUnavailable(f"the ledger's root at size {size} differs from the "
+                                       "anchored root: the window log was altered")
+            ends.append(cp)
+        old, new = ends
+        path = self.log.consistency_proof(old_size, new_size)
+        return {
+            "format": CONSISTENCY_FORMAT,
+            "hash": "blake3",
+            "old": {"size": old.size, "root": old.root},
+            "new": {"size": new.size, "root": new.root},
+            "path": [p.hex() for p in path],
+            "anchors": {"old": old.anchor(), "new": new.anchor()},
+        }
+
+
+def build_proof(settings: Settings, device_id: str, seq: int | None = None,
+                ts_us: int | None = None) -> dict[str, Any]:
+    """One-shot: the ``vitalchain-proof/1`` bundle of reading ``(device_id, seq)`` (or at ts_us).
+
+    Raises :class:`ProofUnavailable` (unknown or altered reading) or ``ValueError`` (bad input).
+    """
+    with ProofService(settings) as service:
+        return service.proof(device_id, seq, ts_us).bundle
+
+
+def build_consistency(settings: Settings, old_size: int, new_size: int) -> dict[str, Any]:
+    with ProofService(settings) as service:
+        return service.consistency(old_size, new_size)
+
+
+# --- verification of consistency documents ---------------------------------------------------
+@dataclass
+class ConsistencyReport:
+    ok: bool
+    steps: list[tuple[str, bool, str]]
+
+    @property
+    def failed_step(self) -> str | None:
+        return next((name for name, ok, _ in self.steps if not ok), None)
+
+
+def _hex32(value: Any, where: str) -> bytes:
+    if not isinstance(value, str) or len(value) != 64:
+        raise ValueError(f"{where} must be 64 hex characters")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise ValueError(f"{where} must be 64 hex characters") from None
+
+
+def verify_consistency_document(doc: Any, rpc_url: str | None = None) -> ConsistencyReport:
+    """Check a ``vitalchain-consistency/1`` document; with ``rpc_url`` also both anchors on chain.
+
+    Never raises for bad input: the report's steps say what failed.
+    """
+    steps: list[tuple[str, bool, str]] = []
+    try:
+        if not isinstance(doc, dict) or doc.get("format") != CONSISTENCY_FORMAT:
+            raise ValueError(f"format must be {CONSISTENCY_FORMAT!r}")
+        if doc.get("hash") != "blake3":
+            raise ValueError("hash must be 'blake3'")
+        ends = {}
+        for key in ("old", "new"):
+            end = doc.get(key)
+            if not isinstance(end, dict) or not isinstance(end.get("size"), int) \
+                    or isinstance(end.get("size"), bool):
+                raise ValueError(f"{key} must be {{size, root}}")
+            ends[key] = (end["size"], _hex32(end.get("root"), f"{key}.root"))
+        path = doc.get("path")
+        if not isinstance(path, list):
+            raise ValueError("path must be an array")
+        proof = [_hex32(p, f"path[{i}]") for i, p in enumerate(path)]
+    except ValueError as exc:
+        return ConsistencyReport(False, [("format", False, str(exc))])
+    steps.append(("format", True, CONSISTENCY_FORMAT))
+    try:
+        verify_consistency(ends["old"][0], ends["new"][0], ends["old"][1], ends["new"][1], proof)
+        steps.append(("consistency", True,
+                      f"size {ends['old'][0]} is a prefix of size {ends['new'][0]}"))
+    except ProofError as exc:
+        steps.append(("consistency", False, str(exc)))
+    if rpc_url is not None:
+        from vitalchain.verify.anchor import verify_anchor
+        from vitalchain.verify.checks import BundleFormatError, check_anchor_fields
+        from vitalchain.verify.report import VerificationReport
+
+        anchors = doc.get("anchors") if isinstance(doc.get("anchors"), dict) else {}
+        for key in ("old", "new"):
+            anchor = anchors.get(key)
+            try:
+                check_anchor_fields(anchor)
+            except BundleFormatError as exc:
+                steps.append((f"anchor-{key}", False, str(exc)))
+                continue
+            report = VerificationReport()
+            verify_anchor({"anchor": anchor, "checkpoint": doc[key]}, rpc_url, report)
+            failed = report.failed_steps
+            steps.append((f"anchor-{key}", not failed,
+                          "; ".join(f"{s.step}: {s.detail}" for s in failed)
+                          or f"checkpoint {doc[key]['size']} anchored on chain"))
+    return ConsistencyReport(all(ok for _, ok, _ in steps), steps)
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,260 @@
+"""Anchor records: checkpoints and the transactions that anchor them, in the ledger's SQLite file.
+
+Living next to the window log means a proof's checkpoint and the windows it covers come from one
+file.  Two tables, both owned by the anchor package:
+
+``anchor_checkpoints`` (one row per checkpoint of one contract):
+    ``pending``     recorded, no transaction in flight for it;
+    ``submitted``   a signed transaction for it exists (sent, or about to be);
+    ``mined``       its ``Anchored`` event is in a block, fewer than the required confirmations;
+    ``anchored``    confirmed: proofs may cite it;
+    ``superseded``  never anchored itself, but a larger checkpoint was (the log is append-only,
+                    so the larger checkpoint covers every window of this one).
+
+``anchor_txs`` (one row per signed transaction, written *before* it is sent, so a crash between
+signing and sending is recovered by asking the node about the recorded hash and nonce):
+    ``signed`` / ``sent`` (open: its nonce is not consumed yet), ``mined``, ``reverted``,
+    ``replaced`` (another transaction on the same nonce was mined), ``dropped`` (the nonce was
+    consumed by a transaction we did not send).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS anchor_checkpoints (
+    contract       TEXT    NOT NULL,
+    size           INTEGER NOT NULL,
+    root           TEXT    NOT NULL,
+    chain_id       INTEGER NOT NULL,
+    status         TEXT    NOT NULL,
+    created_us     INTEGER NOT NULL,
+    superseded_by  INTEGER,
+    tx_hash        TEXT,
+    block_number   INTEGER,
+    block_hash     TEXT,
+    log_index      INTEGER,
+    gas_used       INTEGER,
+    confirmations  INTEGER,
+    anchored_us    INTEGER,
+    influx_written INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (contract, size)
+);
+CREATE TABLE IF NOT EXISTS anchor_txs (
+    tx_hash      TEXT    PRIMARY KEY,
+    contract     TEXT    NOT NULL,
+    size         INTEGER NOT NULL,
+    nonce        INTEGER NOT NULL,
+    max_fee      INTEGER NOT NULL,
+    priority_fee INTEGER NOT NULL,
+    gas          INTEGER NOT NULL,
+    raw          TEXT    NOT NULL,
+    status       TEXT    NOT NULL,
+    created_us   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS anchor_txs_open ON anchor_txs (contract, status);
+"""
+
+CHECKPOINT_STATUSES = ("pending", "submitted", "mined", "anchored", "superseded")
+OPEN_TX_STATUSES = ("signed", "sent")
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    contract: str
+    size: int
+    root: str
+    chain_id: int
+    status: str
+    created_us: int
+    superseded_by: int | None = None
+    tx_hash: str | None = None
+    block_number: int | None = None
+    block_hash: str | None = None
+    log_index: int | None = None
+    gas_used: int | None = None
+    confirmations: int | None = None
+    anchored_us: int | None = None
+    influx_written: int = 0
+
+    def anchor(self) -> dict[str, Any] | None:
+        """The bundle's ``anchor`` object, or None unless confirmed."""
+        if self.status != "anchored":
+            return None
+        return {"chain_id": self.chain_id, "contract": self.contract, "tx_hash": self.tx_hash,
+                "block_number": self.block_number, "block_hash": self.block_hash,
+                "log_index": self.log_index}
+
+
+@dataclass(frozen=True)
+class AnchorTx:
+    tx_hash: str
+    contract: str
+    size: int
+    nonce: int
+    max_fee: int
+    priority_fee: int
+    gas: int
+    raw: str
+    status: str
+    created_us: int
+
+
+class AnchorStore:
+    """The anchor tables of one ledger file.  Every method is its own short transaction."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # autocommit mode; writes go through :meth:`_tx` (BEGIN IMMEDIATE), so the stream
+        # appending windows to the same file waits on the busy timeout instead of failing.
+        self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None,
+                                   check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA busy_timeout = 30000")
+        self._db.executescript(SCHEMA)  # IF NOT EXISTS: safe for concurrent openers
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> AnchorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def add_checkpoint(self, contract: str, chain_id: int, size: int, root: str) -> Checkpoint:
+        """Record a checkpoint (idempotent; a different root for a known size is an error)."""
+        if size < 1:
+            raise ValueError("a checkpoint covers at least one window")
+        with self._tx() as db:
+            row = db.execute("SELECT root FROM anchor_checkpoints WHERE contract=? AND size=?",
+                             (contract, size)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO anchor_checkpoints (contract, size, root, chain_id, status,"
+                           " created_us) VALUES (?, ?, ?, ?, 'pending', ?)",
+                           (contract, size, root, chain_id, now_us()))
+            elif row["root"] != root:
+                raise ValueError(f"checkpoint {size} was recorded with root {row['root']}, "
+                                 f"now {root}: the window log changed under the anchor worker")
+        found = self.checkpoint(contract, size)
+        assert found is not None
+        return found
+
+    def checkpoint(self, contract: str, size: int) -> Checkpoint | None:
+        row = self._db.execute("SELECT * FROM anchor_checkpoints WHERE contract=? AND size=?",
+                               (contract, size)).fetchone()
+        return Checkpoint(**dict(row)) if row else None
+
+    def checkpoints(self, contract: str, *statuses: str) -> list[Checkpoint]:
+        """Checkpoints of ``contract`` in size order, optionally only those in ``statuses``."""
+        q = "SELECT * FROM anchor_checkpoints WHERE contract=?"
+        args: list[Any] = [contract]
+        if statuses:
+            q += f" AND status IN ({','.join('?' * len(statuses))})"
+            args += statuses
+        return [Checkpoint(**dict(r)) for r in self._db.execute(q + " ORDER BY size", args)]
+
+    def latest(self, contract: str, *statuses: str) -> Checkpoint | None:
+        found = self.checkpoints(contract, *statuses)
+        return found[-1] if found else None
+
+    def covering(self, contract: str, window_index: int, *statuses: str) -> Checkpoint | None:
+        """The largest checkpoint (in ``statuses``) that contains log leaf ``window_index``."""
+        q = "SELECT * FROM anchor_checkpoints WHERE contract=? AND size>?"
+        args: list[Any] = [contract, window_index]
+        if statuses:
+            q += f" AND status IN ({','.join('?' * len(statuses))})"
+            args += statuses
+        row = self._db.execute(q + " ORDER BY size DESC LIMIT 1", args).fetchone()
+        return Checkpoint(**dict(row)) if row else None
+
+    def set_status(self, contract: str, size: int, status: str, **fields: Any) -> None:
+        if status not in CHECKPOINT_STATUSES:
+            raise ValueError(f"unknown checkpoint status {status!r}")
+        fields["status"] = status
+        sets = ", ".join(f"{k}=?" for k in fields)
+        with self._tx() as db:
+            db.execute(f"UPDATE anchor_checkpoints SET {sets} WHERE contract=? AND size=?",
+                       (*fields.values(), contract, size))
+
+    def mark_mined(self, contract: str, size: int, *, tx_hash: str, block_number: int,
+                   block_hash: str, log_index: int, gas_used: int, confirmations: int) -> None:
+        self.set_status(contract, size, "mined", tx_hash=tx_hash, block_number=block_number,
+                        block_hash=block_hash, log_index=log_index, gas_used=gas_used,
+                        confirmations=confirmations)
+
+    def mark_anchored(self, contract: str, size: int, confirmations: int) -> None:
+        """Confirm ``size`` and supersede every smaller checkpoint that was never anchored."""
+        with self._tx() as db:
+            db.execute("UPDATE anchor_checkpoints SET status='anchored', confirmations=?, "
+                       "anchored_us=? WHERE contract=? AND size=?",
+                       (confirmations, now_us(), contract, size))
+            db.execute("UPDATE anchor_checkpoints SET status='superseded', superseded_by=? "
+                       "WHERE contract=? AND size<? AND status IN ('pending', 'submitted')",
+                       (size, contract, size))
+
+    def unwritten_influx(self, contract: str) -> list[Checkpoint]:
+        return [c for c in self.checkpoints(contract, "anchored") if not c.influx_written]
+
+    def mark_influx_written(self, contract: str, size: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE anchor_checkpoints SET influx_written=1 WHERE contract=? AND size=?",
+                       (contract, size))
+
+    # --- transactions ---------------------------------------------------------------------
+    def record_tx(self, tx: AnchorTx) -> None:
+        """Record a signed transaction and mark its checkpoint submitted (before sending)."""
+        with self._tx() as db:
+            db.execute("INSERT INTO anchor_txs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (tx.tx_hash, tx.contract, tx.size, tx.nonce, tx.max_fee, tx.priority_fee,
+                        tx.gas, tx.raw, tx.status, tx.created_us))
+            db.execute("UPDATE anchor_checkpoints SET status='submitted', tx_hash=? "
+                       "WHERE contract=? AND size=? AND status IN ('pending', 'submitted')",
+                       (tx.tx_hash, tx.contract, tx.size))
+
+    def txs(self, contract: str, *statuses: str) -> list[AnchorTx]:
+        q = "SELECT * FROM anchor_txs WHERE contract=?"
+        args: list[Any] = [contract]
+        if statuses:
+            q += f" AND status IN ({','.join('?' * len(statuses))})"
+            args += statuses
+        return [AnchorTx(**dict(r)) for r in self._db.execute(q + " ORDER BY created_us", args)]
+
+    def open_txs(self, contract: str) -> list[AnchorTx]:
+        return self.txs(contract, *OPEN_TX_STATUSES)
+
+    def set_tx_status(self, tx_hash: str, status: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE anchor_txs SET status=? WHERE tx_hash=?", (status, tx_hash))
+
+    def close_nonce(self, contract: str, nonce: int, mined_tx: str | None, others: str) -> None:
+        """The nonce is consumed: ``mined_tx`` (ours, if any) is mined, other open ones ``others``."""
+        with self._tx() as db:
+            db.execute("UPDATE anchor_txs SET status=? WHERE contract=? AND nonce=? AND status IN "
+                       "('signed', 'sent') AND tx_hash IS NOT ?", (others, contract, nonce,
+                                                                   mined_tx))
+            if mined_tx is not None:
+                db.execute("UPDATE anchor_txs SET status='mined' WHERE tx_hash=?", (mined_tx,))
