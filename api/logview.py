@@ -1,0 +1,87 @@
+"""The window log as auditors see it: windows, checkpoints, and which checkpoint proves what.
+
+Checkpoint choice follows the proof service (``anchor/proofs.py``): the largest *anchored*
+checkpoint containing the window, else the largest recorded one, else the log's current size
+(unanchored).  Every root handed out is recomputed from the ledger and compared with the recorded
+one, so an edited ledger is refused rather than proven.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from anchor import chain
+from anchor.store import AnchorStore, Checkpoint
+from vitalchain.config import Settings
+from vitalchain.integrity import MerkleLog
+from vitalchain.ledger import Ledger
+
+
+class LogAltered(RuntimeError):
+    """The ledger no longer produces a recorded checkpoint's root."""
+
+
+@dataclass(frozen=True)
+class CheckpointChoice:
+    size: int
+    root: str
+    checkpoint: Checkpoint | None
+
+    @property
+    def anchor(self) -> dict[str, Any] | None:
+        return self.checkpoint.anchor() if self.checkpoint is not None else None
+
+
+class LogView:
+    """Shared by request threads: the in-memory Merkle log is extended under a lock."""
+
+    def __init__(self, settings: Settings, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.store = AnchorStore(settings.ledger_path)
+        self.contract = chain.contract_address(settings) if settings.anchor_contract else None
+        self.log = MerkleLog()
+        self._lock = threading.RLock()  # also guards the AnchorStore connection
+
+    def close(self) -> None:
+        self.store.close()
+
+    def sync(self) -> int:
+        with self._lock:
+            size = self.ledger.log_size()
+            if size > self.log.size:
+                self.log.extend(self.ledger.log_leaf_hashes(size)[self.log.size:])
+            return self.log.size
+
+    def checkpoints(self) -> list[Checkpoint]:
+        with self._lock:
+            return self.store.checkpoints(self.contract) if self.contract else []
+
+    def checkpoint_for(self, log_index: int) -> CheckpointChoice:
+        with self._lock:
+            return self._checkpoint_for(log_index)
+
+    def _checkpoint_for(self, log_index: int) -> CheckpointChoice:
+        size = self.sync()
+        if self.contract is not None:
+            for statuses in (("anchored",), ()):
+                cp = self.store.covering(self.contract, log_index, *statuses)
+                if cp is not None:
+                    if cp.size > size or self.log.root(cp.size).hex() != cp.root:
+                        raise LogAltered(f"the ledger's root at size {cp.size} differs from the "
+                                         f"recorded checkpoint root {cp.root}")
+                    return CheckpointChoice(cp.size, cp.root, cp)
+        return CheckpointChoice(size, self.log.root(size).hex(), None)
+
+    def window_status(self, log_index: int, checkpoints: list[Checkpoint]) -> dict[str, Any]:
+        """Anchor status of log leaf ``log_index`` given the contract's checkpoints."""
+        covering = [c for c in checkpoints if c.size > log_index]
+        anchored = [c for c in covering if c.status == "anchored"]
+        if anchored:
+            return {"status": "anchored", "checkpoint_size": anchored[0].size,
+                    "tx_hash": anchored[0].tx_hash}
+        live = [c for c in covering if c.status != "superseded"]
+        if live:
+            return {"status": live[0].status, "checkpoint_size": live[0].size, "tx_hash": None}
+        return {"status": "unanchored", "checkpoint_size": None, "tx_hash": None}
