@@ -1,0 +1,130 @@
+"""Builds a sealed, anchored state for the audit tests without Kafka or Faust.
+
+Readings, windows and ledger entries are produced with the stream's own primitives
+(``canonical_reading``, ``build_window_header``, ``Ledger.append_window``, the ``readings`` and
+``windows`` point builders), and checkpoints are anchored by the real anchor worker on anvil.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from anchor.deploy import deploy
+from anchor.store import AnchorStore
+from anchor.worker import AnchorWorker
+from ingest.readings import reading_point, window_point
+from tests.helpers import wait_until
+from vitalchain.config import Settings
+from vitalchain.influx import InfluxClient, Point
+from vitalchain.integrity import build_window_header, canonical_reading, reading_leaf_hash, salt_key_id
+from vitalchain.ledger import Ledger, ReadingIndexRow
+
+SALT_KEY = b"\x11" * 32
+TOPIC = "vitals.audit"
+T0 = 1_750_000_000_000_000  # epoch us of the first reading
+DEVICES = ("dev-a", "dev-b", "dev-c")
+
+
+@dataclass
+class World:
+    settings: Settings
+    readings: list[dict[str, Any]] = field(default_factory=list)  # canonical, in seal order
+    headers: list[dict[str, Any]] = field(default_factory=list)
+    offset: int = 0
+    seq: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def end_us(self) -> int:
+        return max(r["ts_us"] for r in self.readings)
+
+    def reading(self, device: str, seq: int) -> dict[str, Any]:
+        return next(r for r in self.readings if r["device_id"] == device and r["seq"] == seq)
+
+    def header_of(self, device: str, seq: int) -> dict[str, Any]:
+        return next(h for h in self.headers
+                    if device in h["devices"] and h["devices"][device]["first_seq"] <= seq
+                    <= h["devices"][device]["last_seq"])
+
+    def seal(self, size: int, skip: Iterable[tuple[str, int]] = ()) -> None:
+        """Seal one window of ``size`` readings round-robin over DEVICES, skipping given seqs."""
+        skipped = set(skip)
+        batch: list[dict[str, Any]] = []
+        i = 0
+        while len(batch) < size:
+            device = DEVICES[i % len(DEVICES)]
+            i += 1
+            seq = self.seq.get(device, 0)
+            self.seq[device] = seq + 1
+            if (device, seq) in skipped:
+                continue
+            ts = T0 + (self.offset + len(batch)) * 10_000
+            raw = {"device_id": device, "patient_id": f"pat-{device}", "seq": seq, "ts_us": ts,
+                   "vitals": {"hr": 60 + seq % 30, "spo2": 97, "rr": 14, "temp_c": 36.6,
+                              "sys": 120, "dia": 80}}
+            batch.append(canonical_reading(raw, SALT_KEY))
+        leaves = [reading_leaf_hash(r) for r in batch]
+        first, last = self.offset, self.offset + size - 1
+        header = build_window_header(batch, partition=0, first_offset=first, last_offset=last,
+                                     salt_key_id=salt_key_id(SALT_KEY), leaf_hashes=leaves)
+        points: list[Point] = [reading_point(r, leaf, header["window_id"], False, r["ts_us"])
+                               for r, leaf in zip(batch, leaves, strict=True)]
+        rows = [ReadingIndexRow(r["device_id"], r["seq"], r["ts_us"], i, leaf)
+                for i, (r, leaf) in enumerate(zip(batch, leaves, strict=True))]
+        with Ledger(self.settings.ledger_path) as ledger:
+            index = ledger.append_window(TOPIC, 0, header, leaves, rows, False)
+        points.append(window_point(header, index))
+        influx_write(self.settings, points)
+        self.offset = last + 1
+        self.readings.extend(batch)
+        self.headers.append(header)
+
+    def anchor(self) -> None:
+        """Anchor the whole log with the real worker (one checkpoint per call)."""
+        worker = AnchorWorker(self.settings)
+        try:
+            with Ledger(self.settings.ledger_path) as ledger:
+                size = ledger.log_size()
+
+            def anchored() -> bool:
+                worker.tick()
+                with AnchorStore(self.settings.ledger_path) as store:
+                    cp = store.latest(self.settings.anchor_contract, "anchored")
+                return cp is not None and cp.size == size
+
+            wait_until(anchored, 30, f"checkpoint {size} anchored", interval=0.2)
+        finally:
+            worker.close()
+
+
+def influx_write(settings: Settings, points: list[Point]) -> None:
+    async def write() -> None:
+        async with InfluxClient(settings) as client:
+            await client.write(points)
+
+    asyncio.run(write())
+
+
+def influx_query(settings: Settings, q: str) -> list[dict[str, Any]]:
+    async def query() -> list[dict[str, Any]]:
+        async with InfluxClient(settings) as client:
+            return await client.query(q)
+
+    return asyncio.run(query())
+
+
+def build_world(isolated: Settings, gap: tuple[str, int] | None = None) -> World:
+    """Four windows of 9 readings in two anchored checkpoints (sizes 2 and 4)."""
+    settings = isolated.with_overrides(anchor_every_windows=1, anchor_interval_seconds=0.0,
+                                       anchor_confirmations=1)
+    settings = settings.with_overrides(anchor_contract=deploy(settings, record=False).address)
+    world = World(settings)
+    world.seal(9)
+    world.seal(9, skip=[gap] if gap else [])
+    world.anchor()
+    world.seal(9)
+    world.seal(9)
+    world.anchor()
+    return world
