@@ -30,6 +30,15 @@ that is retired for good must have its session removed (:func:`forget_session`),
 waits until an instance with the same client id comes back. The ACL (``topic read vitals/#``) is
 checked against the filter without the ``$share/<group>/`` prefix, which ``tests/test_bridge_*``
 exercises on the real broker.
+
+Flood rule (``ingest.ratelimit``, documented for firmware authors in ``docs/DEVICES.md``): each
+device has a token bucket of ``flood_burst`` readings refilled at ``flood_rate_per_second``; every
+valid reading takes a token. Valid readings that find the bucket empty are not forwarded: they go
+to the dead-letter topic as one ``rate_limited`` record per MQTT message (original bytes kept, the
+detail lists the readings), counted in ``counters.rate_limited_readings``, and the message is acked
+only after that record is in Kafka like any other. One flooding device therefore cannot fill the
+raw topic, the windows and storage at the other devices' expense; the bridge still reads every
+message (the broker has no per-client rate limit), which ``tests/test_hostile_flood.py`` measures.
 """
 
 from __future__ import annotations
@@ -53,7 +62,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ingest.deadletter import dead_letter_record
-from ingest.validation import validate
+from ingest.ratelimit import DeviceRateLimiter
+from ingest.validation import Outcome, Rejection, validate
 from vitalchain.config import Settings
 from vitalchain.stack.mqtt_auth import BRIDGE_USER, MqttCredentials
 
@@ -83,13 +93,15 @@ class BridgeCounters:
     acked: int = 0  # MQTT messages acknowledged to Mosquitto
     redelivered_in_flight: int = 0  # redeliveries of a message still being produced (ignored)
     produce_errors: int = 0  # failed sends/deliveries (each retried)
+    rate_limited_readings: int = 0  # valid readings dead-lettered by the flood rule
 
     def line(self, in_flight: int) -> str:
         dlq = sum(self.dead_lettered.values())
         reasons = ",".join(f"{k}={v}" for k, v in sorted(self.dead_lettered.items()))
         return (f"received={self.received} forwarded={self.forwarded} dead_lettered={dlq}"
                 f"{f' ({reasons})' if reasons else ''} acked={self.acked} in_flight={in_flight}"
-                f" produce_errors={self.produce_errors}")
+                f" produce_errors={self.produce_errors}"
+                f" rate_limited_readings={self.rate_limited_readings}")
 
 
 @dataclass
@@ -127,6 +139,7 @@ class Bridge:
         self.clock_us = clock_us
         self.retry_backoff = retry_backoff
         self.counters = BridgeCounters()
+        self.limiter = DeviceRateLimiter(settings.flood_rate_per_second, settings.flood_burst)
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self._stop = threading.Event()
@@ -158,7 +171,8 @@ class Bridge:
         self._client = self._make_client()
         next_progress = time.monotonic() + progress_every
         try:
-            self._client.connect_async(self.settings.host, self.settings.mqtt_port, keepalive=30,
+            self._client.connect_async(self.settings.mqtt_broker_host, self.settings.mqtt_port,
+                                       keepalive=30,
                                        clean_start=False, properties=self._connect_properties())
             self._client.loop_start()
             while not self._stop.is_set():
@@ -220,6 +234,8 @@ class Bridge:
                              protocol=mqtt.MQTTv5, manual_ack=True)
         client.username_pw_set(BRIDGE_USER,
                                MqttCredentials(self.settings.state_dir).password(BRIDGE_USER))
+        if self.settings.mqtt_tls_ca_file:  # production requires it (vitalchain.production)
+            client.tls_set(ca_certs=self.settings.mqtt_tls_ca_file)
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -297,6 +313,7 @@ class Bridge:
         outcome = validate(topic, payload, received_us,
                            max_payload_bytes=self.settings.max_payload_bytes,
                            max_future_seconds=self.settings.max_future_seconds)
+        self._apply_flood_rule(outcome, received_us)
         token = next(self._tokens)
         records: list[_Record] = []
         key = outcome.device_id.encode() if outcome.device_id else b""
@@ -313,6 +330,24 @@ class Bridge:
             self._by_mid[mid] = token
         for record in records:
             self._send(record)
+
+    def _apply_flood_rule(self, outcome: Outcome, received_us: int) -> None:
+        """Keep the readings the device's bucket pays for; the rest become one rejection."""
+        if not outcome.readings or outcome.device_id is None:
+            return
+        wanted = len(outcome.readings)
+        granted = self.limiter.take(outcome.device_id, wanted, received_us)
+        if granted == wanted:
+            return
+        over = outcome.reading_indexes[granted:]
+        del outcome.readings[granted:]
+        del outcome.reading_indexes[granted:]
+        self.counters.rate_limited_readings += len(over)
+        s = self.settings
+        outcome.rejections.append(Rejection(
+            "rate_limited",
+            f"device over {s.flood_rate_per_second:g} readings/s (burst {s.flood_burst}): "
+            f"{len(over)} reading(s) not forwarded, indexes {over}", over[0]))
 
     def _send(self, record: _Record) -> None:
         record.attempts += 1

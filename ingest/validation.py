@@ -46,6 +46,8 @@ REASONS: dict[str, str] = {
     "batch_empty": "batch with no readings",
     "batch_too_large": f"batch with more than {MAX_BATCH} readings",
     "batch_mixed_devices": "batch whose readings name more than one device",
+    "rate_limited": ("valid readings over the device's flood limit (ingest.ratelimit); one record "
+                     "per message, the detail lists the readings not forwarded"),
 }
 
 READING_FIELDS = frozenset({"device_id", "patient_id", "seq", "ts_us", "vitals"})
@@ -55,6 +57,13 @@ _VITAL_SET = frozenset(VITAL_FIELDS)
 # so what is forwarded is exactly what a strict reader expects.
 _NUMBER_VITALS = frozenset({"temp_c"})
 _INT_RANGES = {"seq": (0, MAX_JSON_INT), "ts_us": (MIN_TS_US, MAX_JSON_INT)}
+# A valid message nests 4 deep ({"readings": [{... "vitals": {}}]}). Deeper is refused before
+# parsing: json's C parser bounds nesting only by the interpreter's recursion limit, which other
+# code (test frameworks, libraries) may raise, and then absurd nesting would parse, slowly, or
+# overflow the C stack.
+MAX_DEPTH = 32
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(rb"[\[\]{}]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +85,8 @@ class Outcome:
 
     device_id: str | None  # from the topic; None when the topic is malformed
     readings: list[dict[str, Any]] = field(default_factory=list)
+    # Position of each of ``readings`` in its batch (0 for a single reading), for dead letters.
+    reading_indexes: list[int] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
 
 
@@ -108,8 +119,22 @@ def _no_constants(name: str) -> Any:
     raise _Reject("malformed_json", f"{name} is not JSON")
 
 
+def _too_deep(payload: bytes) -> bool:
+    """Whether brackets outside strings nest deeper than :data:`MAX_DEPTH` (cheap when shallow)."""
+    if payload.count(b"[") + payload.count(b"{") <= MAX_DEPTH:
+        return False
+    depth = 0
+    for bracket in _BRACKETS.findall(_JSON_STRING.sub(b"", payload)):
+        depth += 1 if bracket in b"[{" else -1
+        if depth > MAX_DEPTH:
+            return True
+    return False
+
+
 def parse(payload: bytes) -> Any:
     """Strict JSON: UTF-8, no NaN/Infinity, no duplicate keys (two parsers must never disagree)."""
+    if _too_deep(payload):
+        raise _Reject("malformed_json", f"nesting deeper than {MAX_DEPTH}")
     try:
         return json.loads(payload.decode("utf-8"), object_pairs_hook=_no_duplicates,
                           parse_constant=_no_constants)
@@ -239,4 +264,5 @@ def validate(topic: str, payload: bytes, now_us: int, *, max_payload_bytes: int,
                                                 index if batch else None))
         else:
             outcome.readings.append(reading)
+            outcome.reading_indexes.append(index)
     return outcome

@@ -40,7 +40,9 @@ def _bridge_env(settings: Settings) -> dict[str, str]:
     env.update(VITALCHAIN_STATE_DIR=str(settings.state_dir),
                VITALCHAIN_MQTT_PORT=str(settings.mqtt_port),
                VITALCHAIN_KAFKA_PORT=str(settings.kafka_port),
-               VITALCHAIN_RAW_TOPIC=settings.raw_topic, VITALCHAIN_DLQ_TOPIC=settings.dlq_topic)
+               VITALCHAIN_RAW_TOPIC=settings.raw_topic, VITALCHAIN_DLQ_TOPIC=settings.dlq_topic,
+               VITALCHAIN_FLOOD_RATE_PER_SECOND=str(settings.flood_rate_per_second),
+               VITALCHAIN_FLOOD_BURST=str(settings.flood_burst))
     return env
 
 
@@ -73,6 +75,8 @@ def _publish_in_background(device: Device, dev: str, count: int, pause: float
 
 @pytest.mark.e2e
 def test_sigkill_mid_stream_loses_nothing(isolated: Settings, tmp_path: Path) -> None:
+    # One device at ~1000 readings/s: lift the flood rule, this is about crash recovery.
+    isolated = isolated.with_overrides(flood_rate_per_second=1e9, flood_burst=10**9)
     dev = unique_device("kill")
     device = Device(isolated, dev, provision_device(isolated, dev))
     raw = Records(isolated, isolated.raw_topic)

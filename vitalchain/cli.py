@@ -7,6 +7,7 @@ import importlib
 import click
 
 from vitalchain.config import ConfigError, load_settings
+from vitalchain.production import check_production
 
 # (module, function) pairs; each function takes the root group and adds its commands.
 _REGISTRARS = (
@@ -16,7 +17,12 @@ _REGISTRARS = (
     ("ingest.cli", "register"),
     ("anchor.cli", "register"),
     ("vitalchain.demo", "register"),
+    ("audit.cli", "register"),
+    ("api.cli", "register"),
 )
+
+# Commands that run in production mode without its secrets: the local stack and the offline verifier.
+_NO_SECRETS_NEEDED = frozenset({"stack", "verify"})
 
 
 @click.group()
@@ -25,6 +31,8 @@ def main(ctx: click.Context) -> None:
     """vitalchain: vital signs in, provable readings out."""
     try:
         ctx.obj = load_settings()
+        if ctx.invoked_subcommand not in _NO_SECRETS_NEEDED:
+            check_production(ctx.obj)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
 
@@ -34,8 +42,8 @@ def _register_all() -> None:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # that package has no commands yet
+            if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+                continue  # that package is not installed in this build
             raise
         getattr(module, function)(main)
 

@@ -61,6 +61,9 @@ class Settings:
     stream_app_id: str = "vitalchain-stream"
     max_payload_bytes: int = 65536
     max_future_seconds: float = 300.0
+    # The bridge's per-device flood rule (ingest.ratelimit): sustained readings/s and burst.
+    flood_rate_per_second: float = 50.0
+    flood_burst: int = 500
 
     eth_chain_id: int = 31337
     eth_block_time: float = 1.0
@@ -176,6 +179,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"{ENV_PREFIX}PARTITIONS must be at least 1")
     if settings.window_seconds <= 0:
         raise ConfigError(f"{ENV_PREFIX}WINDOW_SECONDS must be positive")
+    if not settings.flood_rate_per_second > 0:
+        raise ConfigError(f"{ENV_PREFIX}FLOOD_RATE_PER_SECOND must be positive")
+    if settings.flood_burst < 1:
+        raise ConfigError(f"{ENV_PREFIX}FLOOD_BURST must be at least 1")
 
 
 def to_environ(settings: Settings) -> dict[str, str]:
