@@ -102,6 +102,9 @@ def run_demo(settings: Settings, devices: int, seconds: float, rate: float, say:
     with Pipeline(settings) as pipeline:
         for kind in ("bridge", "stream", "anchor"):
             pipeline.start(kind)
+        baseline = progress.stored()
+        _wait_flowing(settings, identities[0], progress, baseline, pipeline, say)
+        baseline, sealed_before = progress.stored(), progress.sealed()
         say(f"4/5 running the pipeline for {seconds:.0f}s (logs in {settings.logs_dir})")
 
         def on_progress(stats) -> None:  # type: ignore[no-untyped-def]
@@ -115,13 +118,13 @@ def run_demo(settings: Settings, devices: int, seconds: float, rate: float, say:
             click.echo("", err=True)
         say("    waiting until every acknowledged reading is stored and sealed, and a checkpoint "
             "covering it is anchored")
-        target = stats.acked
+        target = baseline + stats.acked
         deadline = time.monotonic() + 180
         picked = None
         while time.monotonic() < deadline:
             pipeline.check_alive()
             progress.show(stats.published, stats.acked)
-            picked = _anchored_reading(settings) if progress.stored() >= target else None
+            picked = _anchored_reading(settings, sealed_before) if progress.stored() >= target else None
             if picked:
                 break
             time.sleep(1)
@@ -153,19 +156,41 @@ def run_demo(settings: Settings, devices: int, seconds: float, rate: float, say:
     return verdict.returncode
 
 
-def _anchored_reading(settings: Settings) -> tuple[str, int] | None:
-    """A (device, seq) whose window lies inside an anchored checkpoint, if any."""
+def _wait_flowing(settings: Settings, probe, progress: Progress, baseline: int,  # type: ignore[no-untyped-def]
+                  pipeline: Pipeline, say: Say, timeout: float = 90.0) -> None:
+    """Send probe readings until one is stored: Mosquitto acknowledges and drops what devices
+    publish before the bridge's first subscription exists, so the fleet waits for the path."""
+    from devices.fleet import run_fleet
+
+    say("    waiting for the bridge and the stream worker to be ready (probe readings)")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pipeline.check_alive()
+        asyncio.run(run_fleet(settings, [probe], rate=5.0, count=1, drain_timeout=5.0))
+        settle = time.monotonic() + settings.idle_seal_seconds + 3
+        while time.monotonic() < settle:
+            if progress.stored() > baseline:
+                return
+            time.sleep(0.25)
+    raise click.ClickException(f"no probe reading reached InfluxDB within {timeout:.0f}s; "
+                               f"see the logs in {settings.logs_dir}")
+
+
+def _anchored_reading(settings: Settings, after: int) -> tuple[str, int] | None:
+    """A (device, seq) of a window sealed during this run (log index >= ``after``) that lies
+    inside an anchored checkpoint, if any."""
     from anchor.store import AnchorStore
     from vitalchain.ledger import Ledger
 
     with AnchorStore(settings.ledger_path) as store:
         latest = store.latest(settings.anchor_contract, "anchored")
-    if latest is None:
+    if latest is None or latest.size <= after:
         return None
     with Ledger(settings.ledger_path) as ledger:
-        for index in range(latest.size - 1, -1, -1):
+        for index in range(latest.size - 1, after - 1, -1):
             window = ledger.window_by_index(index)
-            if window is not None and window.header["devices"]:
+            if window is not None and window.header.get("format") == "vitalchain-window/1" \
+                    and window.header.get("devices"):
                 device_id, span = sorted(window.header["devices"].items())[0]
                 return device_id, int(span["first_seq"])
     return None
