@@ -71,7 +71,8 @@ def test_one_device_flooding_does_not_starve_the_others(isolated: Settings) -> N
         with running_bridge(settings) as bridge:
             ticker = threading.Thread(target=_ticker, args=(calm, ticks, sent, stop))
             ticker.start()
-            time.sleep(0.5)  # let the first calm readings go in before the flood (not a wait)
+            # The calm devices are publishing before the flood starts.
+            wait_until(lambda: all(sent[n] for n in names), 15, "first calm readings")
             start = time.monotonic()
             for seq in range(flood_total):
                 flooder.publish(make_reading(flooder_id, seq))
