@@ -39,6 +39,7 @@ class Settings:
     kafka_port: int = 9092
     influx_port: int = 8086
     eth_port: int = 8545
+    api_port: int = 8700
     # Ports the services need besides their client port (InfluxDB's backup RPC listener).
     influx_rpc_port: int = 8088
 

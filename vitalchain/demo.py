@@ -81,7 +81,7 @@ class Progress:
 
 
 def run_demo(settings: Settings, devices: int, seconds: float, rate: float, say: Say,
-             out_dir: Path | None = None) -> int:
+             out_dir: Path | None = None, serve: bool = False) -> int:
     from anchor.deploy import deploy
     from devices.fleet import run_fleet
     from devices.registry import provision_devices
@@ -98,10 +98,17 @@ def run_demo(settings: Settings, devices: int, seconds: float, rate: float, say:
     say(f"3/5 provisioning {devices} wearables")
     identities = provision_devices(settings, devices, prefix="demo")
 
+    access = _demo_users(settings, identities)
     progress = Progress(settings)
     with Pipeline(settings) as pipeline:
         for kind in ("bridge", "stream", "anchor"):
             pipeline.start(kind)
+        pipeline.start("api", None, "--port", str(settings.api_port))
+        dashboard = f"http://{settings.host}:{settings.api_port}/"
+        _wait_api(settings, pipeline)
+        say(f"    dashboard and API: {dashboard}  (OpenAPI: {dashboard}docs)")
+        for role, token in access.items():
+            say(f"    {role} token: {token}")
         baseline = progress.stored()
         _wait_flowing(settings, identities[0], progress, baseline, pipeline, say)
         baseline, sealed_before = progress.stored(), progress.sealed()
@@ -135,7 +142,20 @@ def run_demo(settings: Settings, devices: int, seconds: float, rate: float, say:
             say("no reading reached an anchored checkpoint in time; see the logs in "
                 f"{settings.logs_dir}")
             return 1
+        code = _prove(settings, picked, out_dir, say)
+        if serve:
+            say(f"serving until Ctrl-C: {dashboard} (the wearables keep publishing)")
+            try:
+                asyncio.run(run_fleet(settings, identities, rate=rate,
+                                      on_progress=lambda s: progress.show(s.published, s.acked)))
+            except KeyboardInterrupt:
+                say("stopping the pipeline")
+        return code
 
+
+def _prove(settings: Settings, picked: tuple[str, int], out_dir: Path | None, say: Say) -> int:
+    """Write the reading's bundle and verify it the way an auditor would: a separate
+    ``vitalchain verify --rpc`` process that trusts nothing but the bundle and the chain."""
     device_id, seq = picked
     say(f"5/5 proof for reading {device_id} #{seq}")
     from anchor.proofs import build_proof
@@ -154,6 +174,38 @@ def run_demo(settings: Settings, devices: int, seconds: float, rate: float, say:
     say("    verdict: " + ("VALID" if verdict.returncode == 0 else f"INVALID (exit {verdict.returncode})"))
     say("the stack is still running: `vitalchain stack status`, `vitalchain stack down`")
     return verdict.returncode
+
+
+def _demo_users(settings: Settings, identities) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """A clinician granted every demo patient for a day, and an auditor; fresh tokens each run
+    (tokens are stored hashed, so earlier ones cannot be shown again)."""
+    from api.app import api_path
+    from api.store import ApiStore
+
+    run = time.strftime("%Y%m%d%H%M%S")
+    store = ApiStore(api_path(settings))
+    try:
+        clinician = store.add_user(f"demo-clinician-{run}", "clinician")
+        auditor = store.add_user(f"demo-auditor-{run}", "auditor")
+        until = int((time.time() + 86400) * 1_000_000)
+        for patient in sorted({i.patient_id for i in identities}):
+            store.add_grant(patient, f"demo-clinician-{run}", until, "vitalchain demo")
+    finally:
+        store.close()
+    return {f"clinician demo-clinician-{run}": clinician, f"auditor demo-auditor-{run}": auditor}
+
+
+def _wait_api(settings: Settings, pipeline: Pipeline, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pipeline.check_alive()
+        try:
+            if httpx.get(f"http://{settings.host}:{settings.api_port}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise click.ClickException(f"the API did not answer on port {settings.api_port} within {timeout:.0f}s")
 
 
 def _wait_flowing(settings: Settings, probe, progress: Progress, baseline: int,  # type: ignore[no-untyped-def]
@@ -201,8 +253,11 @@ def register(main: click.Group) -> None:
     @click.option("--devices", default=30, show_default=True, help="Simulated wearables.")
     @click.option("--seconds", default=60.0, show_default=True, help="How long the fleet publishes.")
     @click.option("--rate", default=1.0, show_default=True, help="Readings per second per device.")
+    @click.option("--serve", is_flag=True,
+                  help="Afterwards keep the wearables, pipeline and dashboard running until Ctrl-C.")
     @click.pass_obj
-    def demo(settings: Settings, devices: int, seconds: float, rate: float) -> None:
+    def demo(settings: Settings, devices: int, seconds: float, rate: float, serve: bool) -> None:
         """Run the whole pipeline end to end on the local stack and verify one proof."""
-        code = run_demo(settings, devices, seconds, rate, say=lambda m: click.echo(m, err=True))
+        code = run_demo(settings, devices, seconds, rate, say=lambda m: click.echo(m, err=True),
+                        serve=serve)
         sys.exit(code)

@@ -22,6 +22,7 @@ COMMANDS = {
     "bridge": ["bridge", "run"],
     "stream": ["stream", "run"],
     "anchor": ["anchor", "run"],
+    "api": ["api"],
 }
 
 
