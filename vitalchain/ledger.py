@@ -141,6 +141,19 @@ def _split_hashes(blob: bytes) -> list[bytes]:
     return [blob[i:i + HASH_BYTES] for i in range(0, len(blob), HASH_BYTES)]
 
 
+def _checked_header(header: Mapping[str, Any], partition: int) -> tuple[dict[str, Any], str, int]:
+    """The fields every appended window must carry, checked before any write."""
+    header = dict(header)
+    window_id = header.get("window_id")
+    if not isinstance(window_id, str) or not window_id:
+        raise ValueError("header has no window_id")
+    if header.get("partition") != partition:
+        raise ValueError(f"header partition {header.get('partition')!r} != {partition}")
+    _check_int("first_offset", header.get("first_offset"))
+    _check_int("last_offset", header.get("last_offset"))
+    return header, window_id, _check_int("size", header.get("size"))
+
+
 def _check_int(name: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -244,34 +257,14 @@ class Ledger:
                       leaf_hashes: Sequence[bytes], readings: Sequence[ReadingIndexRow],
                       idle_cut: bool) -> int:
         """Seal one window; returns its log index (see the module docstring for guarantees)."""
-        header = dict(header)
-        window_id = header.get("window_id")
-        if not isinstance(window_id, str) or not window_id:
-            raise ValueError("header has no window_id")
-        if header.get("partition") != partition:
-            raise ValueError(f"header partition {header.get('partition')!r} != {partition}")
-        first_offset = _check_int("first_offset", header.get("first_offset"))
-        last_offset = _check_int("last_offset", header.get("last_offset"))
-        size = _check_int("size", header.get("size"))
+        header, window_id, size = _checked_header(header, partition)
         if len(leaf_hashes) != size or len(readings) != size:
             raise ValueError(f"window {window_id}: size {size} but {len(leaf_hashes)} leaf hashes "
                              f"and {len(readings)} index rows")
         for i, (leaf, row) in enumerate(zip(leaf_hashes, readings, strict=True)):
             if len(leaf) != HASH_BYTES or row.leaf_hash != leaf or row.index_in_window != i:
                 raise ValueError(f"window {window_id}: index row {i} does not match its leaf")
-        header_json = canonical_json(header).decode()
-        window_leaf = window_leaf_hash(header)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                index = self._append_locked(topic, partition, header, header_json, window_leaf,
-                                            leaf_hashes, readings, idle_cut,
-                                            first_offset, last_offset)
-                self._db.execute("COMMIT")
-                return index
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        return self._append(topic, partition, header, leaf_hashes, readings, idle_cut)
 
     def append_entry_window(self, topic: str, partition: int, header: Mapping[str, Any],
                             leaf_hashes: Sequence[bytes]) -> int:
@@ -281,26 +274,25 @@ class Ledger:
         ``(topic, partition)``, atomic) but no reading index rows: the entries are not readings,
         so ``locate``/``reading_count`` never see them.  Reading windows cannot come this way.
         """
-        header = dict(header)
         if header.get("format") == WINDOW_FORMAT:
             raise ValueError("reading windows must be appended with append_window")
-        window_id = header.get("window_id")
-        if not isinstance(window_id, str) or not window_id:
-            raise ValueError("header has no window_id")
-        if header.get("partition") != partition:
-            raise ValueError(f"header partition {header.get('partition')!r} != {partition}")
-        first_offset = _check_int("first_offset", header.get("first_offset"))
-        last_offset = _check_int("last_offset", header.get("last_offset"))
-        size = _check_int("size", header.get("size"))
+        header, window_id, size = _checked_header(header, partition)
         if size < 1 or len(leaf_hashes) != size or any(len(h) != HASH_BYTES for h in leaf_hashes):
             raise ValueError(f"window {window_id}: size {size} but {len(leaf_hashes)} leaf hashes")
+        return self._append(topic, partition, header, leaf_hashes, (), False)
+
+    def _append(self, topic: str, partition: int, header: dict[str, Any],
+                leaf_hashes: Sequence[bytes], readings: Sequence[ReadingIndexRow],
+                idle_cut: bool) -> int:
+        """One ``BEGIN IMMEDIATE`` transaction around the append, so concurrent writers queue."""
         header_json = canonical_json(header).decode()
+        window_leaf = window_leaf_hash(header)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                index = self._append_locked(topic, partition, header, header_json,
-                                            window_leaf_hash(header), leaf_hashes, (), False,
-                                            first_offset, last_offset)
+                index = self._append_locked(topic, partition, header, header_json, window_leaf,
+                                            leaf_hashes, readings, idle_cut,
+                                            header["first_offset"], header["last_offset"])
                 self._db.execute("COMMIT")
                 return index
             except BaseException:
