@@ -16,19 +16,22 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from anchor.proofs import ProofService, ProofUnavailable
-from api import fhir, vitals
+from api import dashboard, fhir, rejected, vitals
 from api.accesslog import ACCESS_TOPIC, AccessLog, AccessProofUnavailable, verify_access_proof
+from api.auditrun import AuditRange, AuditRunner
 from api.auth import check_patient, require
 from api.bodyguard import BodyGuard
-from api.ids import ID_REGEX, ROLES, USER_REGEX, iso_from_us, parse_time_us
+from api.ids import ID_REGEX, MAX_ANY_US, MAX_TIME_US, ROLES, USER_REGEX, iso_from_us, parse_time_us
 from api.logview import LogAltered, LogView
 from api.news2 import news2
 from api.recorder import AccessRecorder
 from api.store import ApiStore, StoreError, User, now_us
+from devices.registry import ProvisioningError, load_registry
 from vitalchain.config import Settings
 from vitalchain.influx import InfluxClient, InfluxError
 from vitalchain.ledger import Ledger
@@ -95,13 +98,32 @@ class GrantRef(BaseModel):
     clinician: str = Field(pattern=USER_REGEX)
 
 
-def _time(value: str | None, name: str) -> int | None:
+def _time(value: str | None, name: str, max_us: int = MAX_TIME_US) -> int | None:
+    """A user's time; query bounds default to what InfluxDB's int64 nanoseconds can hold."""
     if value is None:
         return None
     try:
-        return parse_time_us(value)
+        return parse_time_us(value, max_us)
     except ValueError as exc:
         raise HTTPException(422, f"{name}: {exc}") from None
+
+
+def _range(start: str | None, end: str | None) -> tuple[int, int]:
+    """``start``/``end`` query values to microseconds: default the last 24 h, at most 400 days."""
+    end_us = now_us() if end is None else _time(end, "end")
+    start_us = max(0, end_us - 86400 * 1_000_000) if start is None else _time(start, "start")
+    assert start_us is not None and end_us is not None
+    if not 0 <= end_us - start_us <= MAX_RANGE_US:
+        raise HTTPException(422, "need 1970 <= start <= end and a range of at most 400 days")
+    return start_us, end_us
+
+
+def _devices_of(settings: Settings, patient_id: str) -> list[str]:
+    try:
+        registry = load_registry(settings)
+    except ProvisioningError as exc:
+        raise HTTPException(503, f"device registry unreadable: {exc}") from None
+    return sorted(d for d, p in registry.items() if p == patient_id)
 
 
 def _ctx(request: Request) -> ApiContext:
@@ -138,6 +160,7 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
                   description="Clinician and auditor access to provable vital signs. "
                               "Bearer tokens from `vitalchain users add`.")
     app.state.ctx = ctx
+    auditor = AuditRunner(settings)
     app.add_middleware(BodyGuard, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(AccessRecorder, access_log=ctx.access_log)  # outermost: sees refusals too
 
@@ -179,14 +202,28 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
     ) -> dict[str, Any]:
         """A patient's vitals over a range, downsampled by InfluxDB to at most ``max_points``."""
         check_patient(request, user, patient_id)
-        end_us = _time(end, "end") or now_us()
-        start_us = _time(start, "start") or end_us - 86400 * 1_000_000
-        if not 0 <= end_us - start_us <= MAX_RANGE_US:
-            raise HTTPException(422, "need start <= end and a range of at most 400 days")
+        start_us, end_us = _range(start, end)
         async with _influx(request) as influx:
             series = await vitals.downsampled(influx, patient_id, start_us, end_us, max_points)
         return {"patient_id": patient_id, "start": iso_from_us(start_us),
                 "end": iso_from_us(end_us), **series}
+
+    @app.get("/clinician/patients/{patient_id}/rejected", tags=["clinician"])
+    async def patient_rejected(*,
+        request: Request, patient_id: PatientId,
+        start: Annotated[str | None, Query(max_length=40, description="ISO 8601; default end-24h")] = None,
+        end: Annotated[str | None, Query(max_length=40, description="ISO 8601; default now")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        user: Clinician,
+    ) -> dict[str, Any]:
+        """Messages from the patient's devices that the bridge rejected (newest first)."""
+        check_patient(request, user, patient_id)
+        start_us, end_us = _range(start, end)
+        devices = _devices_of(ctx.settings, patient_id)
+        async with _influx(request) as influx:
+            rows = await rejected.rejected(influx, start_us, end_us, limit, devices=devices)
+        return {"patient_id": patient_id, "devices": devices, "start": iso_from_us(start_us),
+                "end": iso_from_us(end_us), "rejected": rows}
 
     @app.get("/fhir/Observation", tags=["fhir"])
     async def fhir_observations(*,
@@ -198,6 +235,9 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
         user: Clinician,
     ) -> JSONResponse:
         """FHIR R4 search: vital-signs Observations of one patient (searchset Bundle)."""
+        if len(request.query_params.getlist("patient")) != 1:
+            # FastAPI keeps only the last of repeated values: refuse rather than guess which.
+            raise HTTPException(422, "give exactly one patient parameter")
         check_patient(request, user, patient)
         codes: set[str] = set()
         for item in code or []:
@@ -245,8 +285,11 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
     @app.post("/audit/verify", tags=["audit"])
     def verify(*, bundle: Annotated[dict[str, Any], Body()],
                rpc: Annotated[bool, Query(description="also check the anchor on chain")] = False,
-               user: Auditor) -> dict[str, Any]:
-        """Run the offline verifier (and with ``rpc=true`` the on-chain check) on a bundle."""
+               user: Prover) -> dict[str, Any]:
+        """Run the offline verifier (and with ``rpc=true`` the on-chain check) on a bundle.
+
+        Clinicians may verify too: the bundle is the caller's own and the check reveals nothing
+        beyond it, so the dashboard can show a clinician the verdict of a proof it downloaded."""
         report = verify_bundle(bundle, ctx.settings.eth_rpc_url if rpc else None, source="upload")
         return report.to_dict()
 
@@ -267,6 +310,28 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
                         "topic": window.topic, "header": window.header,
                         "anchor": ctx.view.window_status(index, checkpoints)})
         return {"log_size": size, "windows": out}
+
+    @app.get("/audit/rejected", tags=["audit"])
+    async def audit_rejected(*,
+        request: Request,
+        start: Annotated[str | None, Query(max_length=40, description="ISO 8601; default end-24h")] = None,
+        end: Annotated[str | None, Query(max_length=40, description="ISO 8601; default now")] = None,
+        device: Annotated[str | None, Query(pattern=ID_REGEX)] = None,
+        reason: Annotated[str | None, Query(pattern=r"^[a-z0-9_.-]{1,64}$")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        user: Auditor,
+    ) -> dict[str, Any]:
+        """Every archived reject (any device, or none known), optionally one device or reason."""
+        start_us, end_us = _range(start, end)
+        async with _influx(request) as influx:
+            rows = await rejected.rejected(influx, start_us, end_us, limit,
+                                           devices=[device] if device else None, reason=reason)
+        return {"start": iso_from_us(start_us), "end": iso_from_us(end_us), "rejected": rows}
+
+    @app.post("/audit/run", tags=["audit"])
+    async def audit_run(*, body: AuditRange, user: AuditorOrAdmin) -> dict[str, Any]:
+        """The tamper audit (``vitalchain audit``) over a bounded range; one at a time."""
+        return await auditor.run(body)
 
     @app.get("/audit/checkpoints", tags=["audit"])
     def checkpoints(*, user: Auditor) -> dict[str, Any]:
@@ -338,7 +403,7 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
 
     @app.post("/admin/grants", tags=["admin"], status_code=201)
     def add_grant(*, request: Request, body: NewGrant, user: Admin) -> dict[str, Any]:
-        until = _time(body.until, "until")
+        until = _time(body.until, "until", MAX_ANY_US)
         assert until is not None
         request.scope["vitalchain.access"]["patient_id"] = body.patient_id
         try:
@@ -354,4 +419,25 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
         except StoreError as exc:
             raise HTTPException(404, str(exc)) from None
 
+    app.include_router(dashboard.router)  # GET / and /static/...: the browser dashboard
+    app.openapi = lambda: describe(app)  # type: ignore[method-assign]
     return app
+
+
+def describe(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's OpenAPI description, corrected where the generated one says something false.
+
+    A 422 is either FastAPI's own validation error (``detail``: a list of errors) or one of ours
+    raised with a message (``detail``: a string); the generated schema only admits the list.
+    """
+    if app.openapi_schema is None:
+        spec = get_openapi(title=app.title, version=app.version, description=app.description,
+                           routes=app.routes)
+        error = spec.get("components", {}).get("schemas", {}).get("HTTPValidationError")
+        if error is not None:
+            listed = error["properties"]["detail"]
+            error["properties"]["detail"] = {"title": "Detail", "anyOf": [
+                {k: v for k, v in listed.items() if k != "title"},
+                {"type": "string", "description": "why the request was refused"}]}
+        app.openapi_schema = spec
+    return app.openapi_schema

@@ -59,7 +59,10 @@ def run(settings: Settings, workers: int, worker_name: str | None, progress_seco
 
 
 def register(main: click.Group) -> None:
+    from ingest.deadletters_cli import register_deadletters
+
     main.add_command(stream_group)
+    register_deadletters(main)
     try:
         bridge_cli = importlib.import_module("ingest.bridge_cli")
     except ModuleNotFoundError as exc:

@@ -10,7 +10,7 @@ root=$(pwd)
 say() { printf '[setup] %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------------------------
-apt_packages=(mosquitto influxdb)
+apt_packages=(mosquitto influxdb chromium)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -101,7 +101,7 @@ def run_demo(settings: Settings, devices: int, seconds: float, rate: float, say:
     access = _demo_users(settings, identities)
     progress = Progress(settings)
     with Pipeline(settings) as pipeline:
-        for kind in ("bridge", "stream", "anchor"):
+        for kind in ("bridge", "stream", "anchor", "deadletters"):
             pipeline.start(kind)
         pipeline.start("api", None, "--port", str(settings.api_port))
         dashboard = f"http://{settings.host}:{settings.api_port}/"

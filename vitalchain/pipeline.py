@@ -23,6 +23,7 @@ COMMANDS = {
     "stream": ["stream", "run"],
     "anchor": ["anchor", "run"],
     "api": ["api"],
+    "deadletters": ["deadletters", "run"],
 }
 
 
