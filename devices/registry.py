@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitalchain.config import Settings
-from vitalchain.stack.mqtt_auth import DEVICE_ID_PATTERN, SERVICE_USERS, MqttCredentials
+from vitalchain.stack.mqtt_auth import (
+    DEVICE_ID_PATTERN,
+    RESERVED_PREFIX,
+    MqttCredentials,
+    is_reserved,
+)
 from vitalchain.stack.supervisor import Stack
 
 
@@ -110,8 +115,9 @@ def provision_devices(settings: Settings, n: int, prefix: str = "wearable",
         raise ProvisioningError(
             f"prefix {prefix!r} gives invalid device ids like {ids[-1]!r}: use letters, digits, "
             "'_', '.', '-', starting with a letter or digit, at most 64 characters in all")
-    if set(ids) & set(SERVICE_USERS):
-        raise ProvisioningError(f"prefix {prefix!r} collides with a service user")
+    if is_reserved(ids[0]):
+        raise ProvisioningError(f"prefix {prefix!r} collides with vitalchain's service users "
+                                f"(names starting with {RESERVED_PREFIX!r} are reserved)")
     with _locked(settings):
         registry = load_registry(settings)
         new = [d for d in ids if d not in registry]

@@ -65,7 +65,7 @@ from ingest.deadletter import dead_letter_record
 from ingest.ratelimit import DeviceRateLimiter
 from ingest.validation import Outcome, Rejection, validate
 from vitalchain.config import Settings
-from vitalchain.stack.mqtt_auth import BRIDGE_USER, MqttCredentials
+from vitalchain.stack.mqtt_auth import MqttCredentials, bridge_user
 
 log = logging.getLogger("vitalchain.bridge")
 
@@ -75,8 +75,14 @@ SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 
 
 def client_id(instance: int) -> str:
-    """Stable per instance: the persistent session (and what it holds) is found again by it."""
-    return f"{BRIDGE_USER}-{instance}"
+    """Stable per instance: the persistent session (and what it holds) is found again by it.
+
+    Equal to the instance's MQTT username on purpose: Mosquitto runs with
+    ``use_username_as_clientid`` and replaces any client id with the username anyway (D7), so
+    only this instance's credentials reach this session. (Same ids as before D7, so sessions
+    persisted by an older version are found again.)
+    """
+    return bridge_user(instance)
 
 
 def now_us() -> int:
@@ -232,8 +238,8 @@ class Bridge:
     def _make_client(self) -> mqtt.Client:
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id(self.instance),
                              protocol=mqtt.MQTTv5, manual_ack=True)
-        client.username_pw_set(BRIDGE_USER,
-                               MqttCredentials(self.settings.state_dir).password(BRIDGE_USER))
+        user = bridge_user(self.instance)
+        client.username_pw_set(user, MqttCredentials(self.settings.state_dir).password(user))
         if self.settings.mqtt_tls_ca_file:  # production requires it (vitalchain.production)
             client.tls_set(ca_certs=self.settings.mqtt_tls_ca_file)
         client.reconnect_delay_set(min_delay=1, max_delay=10)
@@ -432,7 +438,8 @@ def forget_session(settings: Settings, instance: int, timeout: float = 10.0) -> 
     """Remove a retired instance's persistent session (and the messages queued for it)."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id(instance),
                          protocol=mqtt.MQTTv5)
-    client.username_pw_set(BRIDGE_USER, MqttCredentials(settings.state_dir).password(BRIDGE_USER))
+    user = bridge_user(instance)
+    client.username_pw_set(user, MqttCredentials(settings.state_dir).password(user))
     done = threading.Event()
     client.on_connect = lambda *args: done.set()
     props = Properties(PacketTypes.CONNECT)

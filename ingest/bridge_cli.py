@@ -14,6 +14,7 @@ from types import FrameType
 import click
 
 from ingest.bridge import DEFAULT_GROUP, Bridge, BridgeCounters, client_id, forget_session
+from ingest.bridge_provision import provision_bridge
 from vitalchain.config import Settings
 
 
@@ -28,8 +29,9 @@ def bridge() -> None:
 
 @bridge.command("run")
 @click.option("--instance", type=click.IntRange(0, 9999), default=0, show_default=True,
-              help="Instance number; the MQTT client id (and persistent session) is "
-                   "vitalchain-bridge-<instance>, so keep it stable per instance.")
+              help="Instance number; the MQTT user, client id and persistent session are "
+                   "vitalchain-bridge-<instance>, so keep it stable per instance. In dev mode a "
+                   "missing user is provisioned (see `bridge provision`).")
 @click.option("--group", default=None,
               help=f"Join a shared-subscription group (e.g. {DEFAULT_GROUP}) so several bridges split "
                    "the devices' messages. Caveat: Mosquitto 2.0 does not restore shared subscriptions "
@@ -49,13 +51,15 @@ def run(settings: Settings, instance: int, group: str, exclusive: bool, max_infl
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.ERROR if not verbose else logging.WARNING)
+    if exclusive and group:
+        raise click.UsageError("--exclusive and --group exclude each other")
     try:
-        if exclusive and group:
-            raise click.UsageError("--exclusive and --group exclude each other")
+        if settings.mode == "dev" and provision_bridge(settings, instance):
+            click.echo(f"bridge: provisioned MQTT user {client_id(instance)}", err=True)
         the_bridge = Bridge(settings, instance=instance, group=group,
                             max_inflight=max_inflight)
-    except (KeyError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from exc
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         click.echo(f"bridge: {signal.Signals(signum).name}, stopping", err=True)
@@ -83,5 +87,26 @@ def run(settings: Settings, instance: int, group: str, exclusive: bool, max_infl
 @click.pass_obj
 def forget(settings: Settings, instance: int) -> None:
     """Delete a retired instance's persistent MQTT session and the messages queued for it."""
-    forget_session(settings, instance)
+    try:
+        forget_session(settings, instance)
+    except (KeyError, OSError, TimeoutError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from exc
     click.echo(f"removed the MQTT session of {client_id(instance)}")
+
+
+@bridge.command("provision")
+@click.option("--instance", type=click.IntRange(0, 9999), required=True)
+@click.pass_obj
+def provision(settings: Settings, instance: int) -> None:
+    """Create the MQTT user of one bridge instance (each instance has its own; D7).
+
+    Its password goes to the state folder's secret store, and Mosquitto's password file and ACL
+    (read access to vitals/#) are rewritten; a running local Mosquitto is reloaded. A production
+    broker needs the same user added to its own password file and ACL.
+    """
+    try:
+        created = provision_bridge(settings, instance)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    state = "created" if created else "already provisioned"
+    click.echo(f"MQTT user {client_id(instance)}: {state}")

@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 from kafka import KafkaConsumer
 
 from ingest.bridge import Bridge, forget_session
+from ingest.bridge_provision import provision_bridge
 from tests.helpers import wait_until
 from vitalchain.config import Settings
 from vitalchain.stack.mqtt_auth import MqttCredentials
@@ -135,6 +136,7 @@ def running_bridge(settings: Settings, **options: Any) -> Iterator[Bridge]:
     """A bridge in a thread with a group and instance of its own; its session removed after."""
     options.setdefault("group", f"test-{uuid.uuid4().hex[:8]}")
     options.setdefault("instance", random.randint(1000, 9999))
+    provision_bridge(settings, options["instance"])  # each instance is its own MQTT user (D7)
     bridge = Bridge(settings, **options)
     thread = threading.Thread(target=bridge.run, name="bridge", daemon=True)
     thread.start()

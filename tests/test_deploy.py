@@ -7,7 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from vitalchain.config import ENV_PREFIX, Settings
-from vitalchain.stack.mqtt_auth import ACL_TEMPLATE, BRIDGE_USER, PROBE_USER
+from vitalchain.stack.mqtt_auth import BRIDGE_USER, PROBE_USER, is_bridge_user, render_acl
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -23,10 +23,20 @@ def test_production_mosquitto_acl_matches_the_generated_one() -> None:
     def rules(text: str) -> list[str]:
         return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
-    generated = ACL_TEMPLATE.format(bridge=BRIDGE_USER, probe=PROBE_USER)
-    assert rules((DEPLOY / "mosquitto" / "acl").read_text()) == rules(generated)
+    deployed = rules((DEPLOY / "mosquitto" / "acl").read_text())
+    users = [line.split(None, 1)[1] for line in deployed if line.startswith("user ")]
+    bridges = [u for u in users if is_bridge_user(u)]
+    # Every ``user`` block is a bridge instance or the probe (no other reader can hide here), the
+    # first bridge instance is there, and the rules are exactly what the code generates for them.
+    assert set(users) - set(bridges) == {PROBE_USER}
+    assert BRIDGE_USER in bridges and len(bridges) == len(set(bridges))
+    assert deployed == rules(render_acl(bridges))
     conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
     assert "allow_anonymous false" in conf and "certfile" in conf
+    # Client identity = username (D7), set on the listener (a listener option in Mosquitto 2.0).
+    settings = [line.split() for line in conf.splitlines() if line.strip() and not line.startswith("#")]
+    listener = next(i for i, words in enumerate(settings) if words[0] == "listener")
+    assert ["use_username_as_clientid", "true"] in settings[listener:]
 
 
 def test_readme_documents_every_setting() -> None:

@@ -17,7 +17,9 @@ def probe_mqtt(settings: Settings, timeout: float = 3.0) -> str:
     import paho.mqtt.client as mqtt
 
     password = MqttCredentials(settings.state_dir).password(PROBE_USER)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{PROBE_USER}-probe",
+    # The broker uses the username as client id (D7): concurrent probes kick each other off,
+    # harmless since each needs only its CONNACK, which comes first.
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=PROBE_USER,
                          clean_session=True)
     client.username_pw_set(PROBE_USER, password)
     try:

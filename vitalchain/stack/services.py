@@ -45,6 +45,10 @@ def _prepare_mosquitto(settings: Settings) -> list[str]:
         f"password_file {creds.password_file}\n"
         f"acl_file {creds.acl_file}\n"
         f"listener {settings.mqtt_port} {settings.host}\n"
+        # The broker replaces each client id with the username: nobody can connect under another
+        # client's id, kick it off or take over its persistent session (D7). A listener option,
+        # so it follows the listener line; Mosquitto applies it at start only, not on SIGHUP.
+        "use_username_as_clientid true\n"
         "persistence true\n"
         f"persistence_location {base}/\n"
         "autosave_interval 1\n"
