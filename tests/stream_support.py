@@ -123,8 +123,9 @@ class Worker:
             start_new_session=True)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
+        if self.proc.poll() is None:  # a reaped pid may already belong to another process
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
         try:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:

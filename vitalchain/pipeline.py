@@ -64,8 +64,9 @@ class Pipeline:
     def kill(self, name: str) -> None:
         """SIGKILL: the crash the tests inflict."""
         component = self.components[name]
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(component.process.pid, signal.SIGKILL)
+        if component.alive():  # never signal a reaped (possibly recycled) pid
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(component.process.pid, signal.SIGKILL)
         component.process.wait(30)
 
     def stop(self, name: str, timeout: float = 30.0) -> int | None:
@@ -78,6 +79,7 @@ class Pipeline:
             try:
                 component.process.wait(timeout)
             except subprocess.TimeoutExpired:
+                # still unreaped, so the pid is still this child's: safe to signal
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(component.process.pid, signal.SIGKILL)
                 component.process.wait(30)

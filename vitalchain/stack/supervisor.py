@@ -46,6 +46,17 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+def process_start_ticks(pid: int) -> int | None:
+    """When the process started (clock ticks since boot): with ``pid`` it names one process for
+    good, because pids are recycled (pid_max is 32768 here) and a signal to a recycled pid would hit
+    an unrelated process, possibly another stack's service of the same binary."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -92,7 +103,10 @@ class Stack:
 
     @staticmethod
     def _is_ours(pid: int, record: dict) -> bool:
-        """Guard against a recycled pid: the process must still run the recorded binary."""
+        """Guard against a recycled pid: the process must be the very one we started."""
+        started = record.get("start_ticks")
+        if started is not None:
+            return process_start_ticks(pid) == started
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
         except OSError:
@@ -114,7 +128,7 @@ class Stack:
                                        cwd=self.settings.state_dir)
         self._record_path(name).write_text(json.dumps(
             {"pid": process.pid, "argv": argv, "port": svc.port(self.settings),
-             "started": time.time()}))
+             "started": time.time(), "start_ticks": process_start_ticks(process.pid)}))
         self._children[name] = process
 
     def wait_healthy(self, name: str, deadline_s: float = 60.0) -> str:
@@ -155,18 +169,19 @@ class Stack:
         svc = service(name)
         record = self._read_record(name)
         pid = self.pid(name)
-        if pid is not None:
+        if pid is not None and record is not None:
+            still_ours = lambda: pid_alive(pid) and self._is_ours(pid, record)  # noqa: E731
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, sig)
             deadline = time.monotonic() + svc.stop_timeout
-            while pid_alive(pid) and time.monotonic() < deadline:
+            while still_ours() and time.monotonic() < deadline:
                 self._reap(name)
                 time.sleep(0.05)
-            if pid_alive(pid):
+            if still_ours():
                 self.log(f"{name} ignored SIGTERM for {svc.stop_timeout:.0f}s; killing it")
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
-                while pid_alive(pid):
+                while still_ours():
                     self._reap(name)
                     time.sleep(0.05)
             self._reap(name)
@@ -175,10 +190,11 @@ class Stack:
 
     def kill(self, name: str) -> None:
         """SIGKILL a service without cleaning up its record (for failure tests)."""
+        record = self._read_record(name)
         pid = self.pid(name)
-        if pid is not None:
+        if pid is not None and record is not None:
             os.killpg(pid, signal.SIGKILL)
-            while pid_alive(pid):
+            while pid_alive(pid) and self._is_ours(pid, record):
                 self._reap(name)
                 time.sleep(0.02)
 
@@ -221,12 +237,7 @@ class Stack:
 
 def child_pids_of_stack(stack: Stack) -> list[int]:
     """Pids still alive from this stack's records (empty after a clean ``down``)."""
-    pids = []
-    for svc in SERVICES:
-        record = stack._read_record(svc.name)
-        if record and pid_alive(int(record["pid"])):
-            pids.append(int(record["pid"]))
-    return pids
+    return [pid for svc in SERVICES if (pid := stack.pid(svc.name)) is not None]
 
 
 def describe(svc: Service, settings: Settings) -> str:
