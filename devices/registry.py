@@ -14,20 +14,19 @@ import fcntl
 import hashlib
 import json
 import os
-import signal
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from vitalchain.config import Settings
+from vitalchain.stack import mqtt_reload
 from vitalchain.stack.mqtt_auth import (
     DEVICE_ID_PATTERN,
     RESERVED_PREFIX,
     MqttCredentials,
     is_reserved,
 )
-from vitalchain.stack.supervisor import Stack
+from vitalchain.stack.mqtt_reload import connack  # noqa: F401 - part of this module's API
 
 
 class ProvisioningError(RuntimeError):
@@ -160,49 +159,13 @@ def identities(settings: Settings, device_ids: list[str]) -> list[DeviceIdentity
     return result
 
 
-def connack(settings: Settings, username: str, password: str, timeout: float = 3.0) -> str:
-    """Try one MQTT CONNECT; ``"accepted"``, the broker's refusal reason, or the socket error."""
-    import paho.mqtt.client as mqtt
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{username}-check",
-                         protocol=mqtt.MQTTv5)
-    client.username_pw_set(username, password)
-    result: dict[str, object] = {}
-    client.on_connect = lambda c, u, flags, reason, props: result.setdefault("rc", reason)
-    try:
-        client.connect(settings.host, settings.mqtt_port, keepalive=10)
-    except OSError as exc:
-        return f"connect failed: {exc}"
-    deadline = time.monotonic() + timeout
-    try:
-        while "rc" not in result and time.monotonic() < deadline:
-            if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
-                break
-    finally:
-        client.disconnect()
-    if "rc" not in result:
-        return "no CONNACK"
-    reason = result["rc"]
-    return str(reason) if getattr(reason, "is_failure", False) else "accepted"
-
-
 def reload_mosquitto(settings: Settings, probe: DeviceIdentity | None = None,
                      timeout: float = 15.0) -> bool:
-    """SIGHUP Mosquitto so it rereads passwords and ACL; with ``probe``, wait until that device is
-    accepted. Returns False when Mosquitto is not running (it reads the files when it starts)."""
-    pid = Stack(settings).pid("mosquitto")
-    if pid is None:
-        return False
-    os.kill(pid, signal.SIGHUP)
-    if probe is None:
-        return True
-    deadline = time.monotonic() + timeout
-    outcome = "not tried"
-    while time.monotonic() < deadline:
-        outcome = connack(settings, probe.username, probe.password)
-        if outcome == "accepted":
-            return True
-        time.sleep(0.1)
-    raise ProvisioningError(
-        f"Mosquitto (pid {pid}) still refuses new device {probe.device_id!r} {timeout:.0f}s "
-        f"after reload: {outcome}")
+    """SIGHUP Mosquitto so it rereads passwords and ACL; with ``probe``, wait until that (new)
+    device is accepted. Returns False when Mosquitto is not running (it reads the files when it
+    starts)."""
+    try:
+        return mqtt_reload.reload_mosquitto(
+            settings, None if probe is None else (probe.username, probe.password), timeout)
+    except mqtt_reload.ReloadFailed as exc:
+        raise ProvisioningError(str(exc)) from None
