@@ -70,6 +70,15 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+def _with_statuses(query: str, contract: str, statuses: tuple[str, ...]) -> tuple[str, list[Any]]:
+    """``query`` (filtered by contract) narrowed to ``statuses`` when any are given."""
+    args: list[Any] = [contract]
+    if statuses:
+        query += f" AND status IN ({','.join('?' * len(statuses))})"
+        args += statuses
+    return query, args
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     contract: str
@@ -170,11 +179,7 @@ class AnchorStore:
 
     def checkpoints(self, contract: str, *statuses: str) -> list[Checkpoint]:
         """Checkpoints of ``contract`` in size order, optionally only those in ``statuses``."""
-        q = "SELECT * FROM anchor_checkpoints WHERE contract=?"
-        args: list[Any] = [contract]
-        if statuses:
-            q += f" AND status IN ({','.join('?' * len(statuses))})"
-            args += statuses
+        q, args = _with_statuses("SELECT * FROM anchor_checkpoints WHERE contract=?", contract, statuses)
         return [Checkpoint(**dict(r)) for r in self._db.execute(q + " ORDER BY size", args)]
 
     def latest(self, contract: str, *statuses: str) -> Checkpoint | None:
@@ -236,11 +241,7 @@ class AnchorStore:
                        (tx.tx_hash, tx.contract, tx.size))
 
     def txs(self, contract: str, *statuses: str) -> list[AnchorTx]:
-        q = "SELECT * FROM anchor_txs WHERE contract=?"
-        args: list[Any] = [contract]
-        if statuses:
-            q += f" AND status IN ({','.join('?' * len(statuses))})"
-            args += statuses
+        q, args = _with_statuses("SELECT * FROM anchor_txs WHERE contract=?", contract, statuses)
         return [AnchorTx(**dict(r)) for r in self._db.execute(q + " ORDER BY created_us", args)]
 
     def open_txs(self, contract: str) -> list[AnchorTx]:

@@ -118,6 +118,12 @@ class AccessRow:
     window_id: str | None
 
 
+
+def _equal_to(**filters: Any) -> tuple[list[str], list[Any]]:
+    """SQL equality clauses (and their bound values) for the filters that are given."""
+    given = {column: value for column, value in filters.items() if value is not None}
+    return [f"{column}=?" for column in given], list(given.values())
+
 class ApiStore:
     """The API's SQLite file; one connection shared by threads under a lock."""
 
@@ -214,13 +220,7 @@ class ApiStore:
         return cur.rowcount
 
     def grants(self, patient_id: str | None = None, clinician: str | None = None) -> list[Grant]:
-        clauses, args = [], []
-        if patient_id is not None:
-            clauses.append("patient_id=?")
-            args.append(patient_id)
-        if clinician is not None:
-            clauses.append("clinician=?")
-            args.append(clinician)
+        clauses, args = _equal_to(patient_id=patient_id, clinician=clinician)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         return [Grant(*r) for r in self._all(f"SELECT * FROM api_grants {where} ORDER BY id", args)]
 
@@ -280,13 +280,8 @@ class ApiStore:
 
     def access_entries(self, after: int = 0, limit: int = 100, user: str | None = None,
                        patient_id: str | None = None) -> list[AccessRow]:
-        clauses, args = ["seq > ?"], [after]
-        if user is not None:
-            clauses.append("user=?")
-            args.append(user)
-        if patient_id is not None:
-            clauses.append("patient_id=?")
-            args.append(patient_id)
+        clauses, args = _equal_to(user=user, patient_id=patient_id)
+        clauses, args = ["seq > ?", *clauses], [after, *args]
         rows = self._all(f"SELECT seq, entry, leaf_hash, window_id FROM api_access WHERE "
                          f"{' AND '.join(clauses)} ORDER BY seq LIMIT ?", [*args, limit])
         return [self._access(r) for r in rows]
