@@ -1,7 +1,7 @@
 """Anchoring the window log on Ethereum, and the proof service.
 
 Modules: ``contract/VitalAnchor.sol`` + ``contract/VitalAnchor.json`` (committed artifact),
-``compile`` (reproducible solc build; ``python -m anchor.compile --check``), ``chain`` (node,
+``compile`` (reproducible solc build; ``vitalchain anchor compile --check``), ``chain`` (node,
 key, fees), ``deploy``, ``store`` (anchor tables in the ledger file), ``worker`` (``vitalchain
 anchor run``), ``proofs`` (``vitalchain proof ...``), ``synthetic`` (sealed windows for tests and
 the benchmark), ``cli``.
@@ -19,13 +19,13 @@ Decisions:
   for the latest recorded checkpoint.
 - "Nothing skipped": every recorded checkpoint ends ``anchored`` or ``superseded`` by a larger
   anchored one (which covers the same windows); "nothing twice": the contract never emits a root
-  twice, retries reuse the open nonce.  Details in :mod:`anchor.worker`.
+  twice, retries reuse the open nonce.  Details in :mod:`vitalchain.anchor.worker`.
 - Proofs cite the largest *anchored* checkpoint that contains the window (confirmed after
   ``anchor_confirmations`` blocks); before that, ``"anchor": null`` (verifier: pending).
 
-API for other packages: ``anchor.worker.run_worker(settings, stop_event, on_progress=None)``,
-``anchor.worker.status(settings)``, ``anchor.proofs.build_proof(settings, device_id, seq=None,
-ts_us=None) -> dict``, ``anchor.proofs.ProofService`` (reuse for many proofs),
-``anchor.proofs.build_consistency(settings, size1, size2)`` and
-``anchor.proofs.verify_consistency_document(doc, rpc_url=None)``.
+API for other packages: ``vitalchain.anchor.worker.run_worker(settings, stop_event, on_progress=None)``,
+``vitalchain.anchor.worker.status(settings)``, ``vitalchain.anchor.proofs.build_proof(settings, device_id, seq=None,
+ts_us=None) -> dict``, ``vitalchain.anchor.proofs.ProofService`` (reuse for many proofs),
+``vitalchain.anchor.proofs.build_consistency(settings, size1, size2)`` and
+``vitalchain.anchor.proofs.verify_consistency_document(doc, rpc_url=None)``.
 """

@@ -14,11 +14,11 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from vitalchain.anchor.compile import load_artifact
 from web3 import HTTPProvider, Web3
 from web3._utils.empty import empty as EMPTY
 from web3.contract import Contract
 
-from anchor.compile import load_artifact
 from vitalchain.config import DEV_ANCHOR_PRIVATE_KEY, Settings
 
 _KEY = re.compile(r"(0x)?[0-9a-fA-F]{64}")

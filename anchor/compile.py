@@ -2,7 +2,7 @@
 
 The compiled artifact is committed, so deploying never needs a compiler; this module exists so
 anyone can check that the committed bytecode really is what the committed source compiles to
-(``python -m anchor.compile --check``, and ``tests/test_contract.py``).  That only works if the
+(``vitalchain anchor compile --check``, and ``tests/test_contract.py``).  That only works if the
 build is reproducible, hence: a fixed compiler version, fixed optimizer runs and EVM version,
 and no metadata hash/CBOR tail (which would embed the source's IPFS hash and compiler build).
 """
@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
-
-from vitalchain.stack import tools
 
 CONTRACT_DIR = Path(__file__).resolve().parent / "contract"
 SOURCE_PATH = CONTRACT_DIR / "VitalAnchor.sol"
@@ -43,20 +40,21 @@ def standard_json_input(source: str) -> dict[str, Any]:
             "settings": SETTINGS}
 
 
-def compiler_version() -> str:
-    out = subprocess.run([str(tools.solcjs()), "--version"], capture_output=True, text=True,
+def compiler_version(solc: Path) -> str:
+    """The version ``solc`` (solcjs, from tools/) reports; the caller finds the binary."""
+    out = subprocess.run([str(solc), "--version"], capture_output=True, text=True,
                          check=True, timeout=120).stdout.strip()
     return out
 
 
-def compile_source(source: str | None = None) -> dict[str, Any]:
-    """Compile and return the artifact dict (abi, bytecode, deployed bytecode, compiler, settings)."""
+def compile_source(solc: Path, source: str | None = None) -> dict[str, Any]:
+    """Compile with ``solc`` and return the artifact (abi, bytecode, deployed bytecode, compiler, settings)."""
     if source is None:
         source = SOURCE_PATH.read_text()
-    version = compiler_version()
+    version = compiler_version(solc)
     if not version.startswith(COMPILER_VERSION + "+"):
         raise CompileError(f"solcjs is {version}, the contract is pinned to {COMPILER_VERSION}")
-    proc = subprocess.run([str(tools.solcjs()), "--standard-json"],
+    proc = subprocess.run([str(solc), "--standard-json"],
                           input=json.dumps(standard_json_input(source)), capture_output=True,
                           text=True, timeout=300)
     if proc.returncode != 0:
@@ -88,19 +86,7 @@ def write_artifact(artifact: dict[str, Any], path: Path = ARTIFACT_PATH) -> None
     path.write_text(json.dumps(artifact, indent=2, sort_keys=True) + "\n")
 
 
-def main(argv: list[str]) -> int:
-    artifact = compile_source()
-    if "--check" in argv:
-        committed = load_artifact()
-        same = all(committed.get(k) == artifact[k]
-                   for k in ("abi", "bytecode", "deployedBytecode", "compiler"))
-        print("committed artifact matches the source" if same else
-              "committed artifact DIFFERS from what the source compiles to")
-        return 0 if same else 1
-    write_artifact(artifact)
-    print(f"wrote {ARTIFACT_PATH} ({len(artifact['deployedBytecode']) // 2 - 1} bytes deployed)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def matches_committed(artifact: dict[str, Any]) -> bool:
+    """Whether ``artifact`` has the committed ABI, bytecode and compiler."""
+    committed = load_artifact()
+    return all(committed.get(k) == artifact[k] for k in ("abi", "bytecode", "deployedBytecode", "compiler"))

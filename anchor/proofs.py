@@ -3,7 +3,7 @@ checkpoints.
 
 Where each piece comes from, and why:
 
-- the *reading* from InfluxDB (rebuilt by :mod:`ingest.readings`): that is the stored data a
+- the *reading* from InfluxDB (rebuilt by :mod:`vitalchain.storage.readings`): that is the stored data a
   bundle vouches for; if it no longer hashes to its sealed leaf the service refuses, naming the
   reading, rather than hand out a bundle that cannot verify;
 - the window's *leaf hashes and header* from the ledger, never from InfluxDB: so a proof for one
@@ -22,19 +22,20 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from anchor import chain
-from anchor.store import AnchorStore, Checkpoint
-from ingest.readings import READINGS_MEASUREMENT, point_time_ns, reading_from_row
+from vitalchain.anchor import chain
+
 from vitalchain.config import Settings
-from vitalchain.influx import InfluxClient, quote_ident
-from vitalchain.integrity import (
+from vitalchain.core.integrity import (
     MerkleLog,
     ProofError,
     build_bundle,
     reading_leaf_hash,
     verify_consistency,
 )
-from vitalchain.ledger import Ledger, ReadingLocation
+from vitalchain.storage.anchors import AnchorStore, Checkpoint
+from vitalchain.storage.influx import InfluxClient, quote_ident
+from vitalchain.storage.ledger import Ledger, ReadingLocation
+from vitalchain.storage.readings import READINGS_MEASUREMENT, point_time_ns, reading_from_row
 
 CONSISTENCY_FORMAT = "vitalchain-consistency/1"
 
@@ -261,9 +262,9 @@ def verify_consistency_document(doc: Any, rpc_url: str | None = None) -> Consist
     except ProofError as exc:
         steps.append(("consistency", False, str(exc)))
     if rpc_url is not None:
-        from vitalchain.verify.anchor import verify_anchor
-        from vitalchain.verify.checks import BundleFormatError, check_anchor_fields
-        from vitalchain.verify.report import VerificationReport
+        from vitalchain.core.verify.anchor import verify_anchor
+        from vitalchain.core.verify.checks import BundleFormatError, check_anchor_fields
+        from vitalchain.core.verify.report import VerificationReport
 
         anchors = doc.get("anchors") if isinstance(doc.get("anchors"), dict) else {}
         for key in ("old", "new"):

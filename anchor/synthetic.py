@@ -1,7 +1,7 @@
 """Synthetic sealed windows, for the anchor tests and the benchmark.
 
 Seals windows exactly as the stream does (canonical readings with salts, window header, ledger
-append, ``readings`` points through :mod:`ingest.readings`), minus Kafka and MQTT, so the anchor
+append, ``readings`` points through :mod:`vitalchain.storage.readings`), minus Kafka and MQTT, so the anchor
 worker and proof service can be exercised at any rate without the rest of the pipeline.
 """
 
@@ -13,16 +13,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.readings import reading_point
 from vitalchain.config import Settings
-from vitalchain.influx import InfluxClient
-from vitalchain.integrity import (
+from vitalchain.core.integrity import (
     build_window_header,
     canonical_reading,
     reading_leaf_hash,
     salt_key_id,
 )
-from vitalchain.ledger import Ledger, ReadingIndexRow
+from vitalchain.storage.influx import InfluxClient
+from vitalchain.storage.ledger import Ledger, ReadingIndexRow
+from vitalchain.storage.readings import reading_point
 
 TOPIC = "vitals.synthetic"
 

@@ -9,7 +9,7 @@ What "nothing anchored twice, nothing skipped" means here, precisely:
 
 - every recorded checkpoint ends ``anchored`` or ``superseded``; ``superseded`` only ever by a
   *larger anchored* checkpoint of the same log (append-only, so it covers all the same windows
-  and the smaller root is provably a prefix of it: see :mod:`anchor.proofs` consistency proofs);
+  and the smaller root is provably a prefix of it: see :mod:`vitalchain.anchor.proofs` consistency proofs);
 - so every window below the latest anchored size is covered by an anchored checkpoint, and once
   the log stops growing the latest anchored size reaches the log size;
 - no root is emitted twice by the contract: each transaction is recorded (hash, nonce, fees, raw
@@ -37,14 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vitalchain.anchor import chain
 from web3.exceptions import TransactionNotFound
 
-from anchor import chain
-from anchor.store import AnchorStore, AnchorTx, Checkpoint, now_us
 from vitalchain.config import Settings
-from vitalchain.influx import InfluxClient, Point
-from vitalchain.integrity import MerkleLog
-from vitalchain.ledger import Ledger
+from vitalchain.core.integrity import MerkleLog
+from vitalchain.storage.anchors import AnchorStore, AnchorTx, Checkpoint, now_us
+from vitalchain.storage.influx import InfluxClient, Point
+from vitalchain.storage.ledger import Ledger
 
 log = logging.getLogger("vitalchain.anchor")
 

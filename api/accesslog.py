@@ -26,9 +26,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from api.logview import LogView
-from api.store import AccessRow, ApiStore, now_us
-from vitalchain.integrity import (
+from vitalchain.api.logview import LogView
+
+from vitalchain.core.integrity import (
     ProofError,
     blake3_hasher,
     canonical_json,
@@ -37,7 +37,8 @@ from vitalchain.integrity import (
     verify_inclusion,
     window_leaf_hash,
 )
-from vitalchain.ledger import Ledger, LedgerError
+from vitalchain.storage.apistore import AccessRow, ApiStore, now_us
+from vitalchain.storage.ledger import Ledger, LedgerError
 
 ACCESS_TOPIC = "access-log"
 ACCESS_PARTITION = 0

@@ -19,23 +19,23 @@ from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from vitalchain.anchor.proofs import ProofService, ProofUnavailable
+from vitalchain.api import dashboard, fhir, rejected, vitals
+from vitalchain.api.accesslog import ACCESS_TOPIC, AccessLog, AccessProofUnavailable, verify_access_proof
+from vitalchain.api.auditrun import AuditRange, AuditRunner
+from vitalchain.api.auth import check_patient, require
+from vitalchain.api.bodyguard import BodyGuard
+from vitalchain.api.ids import ID_REGEX, MAX_ANY_US, MAX_TIME_US, ROLES, USER_REGEX, iso_from_us, parse_time_us
+from vitalchain.api.logview import LogAltered, LogView
+from vitalchain.api.news2 import news2
+from vitalchain.api.recorder import AccessRecorder
+from vitalchain.devices.registry import ProvisioningError, load_registry
 
-from anchor.proofs import ProofService, ProofUnavailable
-from api import dashboard, fhir, rejected, vitals
-from api.accesslog import ACCESS_TOPIC, AccessLog, AccessProofUnavailable, verify_access_proof
-from api.auditrun import AuditRange, AuditRunner
-from api.auth import check_patient, require
-from api.bodyguard import BodyGuard
-from api.ids import ID_REGEX, MAX_ANY_US, MAX_TIME_US, ROLES, USER_REGEX, iso_from_us, parse_time_us
-from api.logview import LogAltered, LogView
-from api.news2 import news2
-from api.recorder import AccessRecorder
-from api.store import ApiStore, StoreError, User, now_us
-from devices.registry import ProvisioningError, load_registry
 from vitalchain.config import Settings
-from vitalchain.influx import InfluxClient, InfluxError
-from vitalchain.ledger import Ledger
-from vitalchain.verify import verify_bundle
+from vitalchain.core.verify import verify_bundle
+from vitalchain.storage.apistore import ApiStore, StoreError, User, now_us
+from vitalchain.storage.influx import InfluxClient, InfluxError
+from vitalchain.storage.ledger import Ledger
 
 MAX_BODY_BYTES = 1_000_000
 MAX_RANGE_US = 400 * 86400 * 1_000_000

@@ -1,4 +1,4 @@
-"""``POST /audit/run``: the tamper audit of :mod:`audit.engine` for auditors over HTTP.
+"""``POST /audit/run``: the tamper audit of :mod:`vitalchain.audit.engine` for auditors over HTTP.
 
 An audit reads every reading of its range from InfluxDB, so the range is bounded and only one
 audit runs at a time per API process (409 otherwise): a caller cannot queue up scans that starve
@@ -12,9 +12,9 @@ from typing import Any
 
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
+from vitalchain.audit.engine import AuditUnavailable, run_audit
+from vitalchain.audit.timearg import TimeArgError, parse_time_us
 
-from audit.engine import AuditUnavailable, run_audit
-from audit.timearg import TimeArgError, parse_time_us
 from vitalchain.config import Settings
 
 MAX_AUDIT_RANGE_US = 31 * 86400 * 1_000_000

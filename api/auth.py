@@ -1,7 +1,7 @@
 """Who may do what: bearer-token authentication, role checks, patient consent checks.
 
 Every decision is written into the request's access record (``scope["vitalchain.access"]``),
-which :mod:`api.recorder` turns into an access-log entry after the response, so a refusal is
+which :mod:`vitalchain.api.recorder` turns into an access-log entry after the response, so a refusal is
 logged with the same reason the caller is told.  Tokens are never recorded or logged.
 """
 
@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 
-from api.store import ApiStore, User
+from vitalchain.storage.apistore import ApiStore, User
 
 ACCESS_KEY = "vitalchain.access"
 

@@ -12,11 +12,12 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from anchor import chain
-from anchor.store import AnchorStore, Checkpoint
+from vitalchain.anchor import chain
+
 from vitalchain.config import Settings
-from vitalchain.integrity import MerkleLog
-from vitalchain.ledger import Ledger
+from vitalchain.core.integrity import MerkleLog
+from vitalchain.storage.anchors import AnchorStore, Checkpoint
+from vitalchain.storage.ledger import Ledger
 
 
 class LogAltered(RuntimeError):

@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-
-from api.auth import ACCESS_KEY
+from vitalchain.api.auth import ACCESS_KEY
 
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 

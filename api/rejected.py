@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.ids import iso_from_us
-from ingest.deadletters import REJECTED_MEASUREMENT
-from vitalchain.influx import InfluxClient, quote_ident
+from vitalchain.api.ids import iso_from_us
+from vitalchain.ingest.deadletters import REJECTED_MEASUREMENT
+
+from vitalchain.storage.influx import InfluxClient, quote_ident
 
 MAX_DEVICES = 200  # devices of one patient looked up per query
 _M = quote_ident(REJECTED_MEASUREMENT)

@@ -9,14 +9,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ingest.readings import (
+from vitalchain.storage.influx import InfluxClient, quote_ident
+from vitalchain.storage.readings import (
     READINGS_MEASUREMENT,
     VITAL_FIELDS,
     StoredReadingError,
     reading_from_row,
     ts_us_from_time_ns,
 )
-from vitalchain.influx import InfluxClient, quote_ident
 
 MAX_POINTS = 500
 # Intervals a series may be grouped by: round numbers, so buckets line up with clock time.

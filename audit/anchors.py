@@ -11,14 +11,14 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from vitalchain.anchor import chain
+from vitalchain.audit.report import AuditReport, CheckpointFinding
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
 
-from anchor import chain
-from audit.ledger_view import LedgerView
-from audit.report import AuditReport, CheckpointFinding
 from vitalchain.config import Settings
-from vitalchain.integrity import MerkleLog, ProofError, verify_consistency
+from vitalchain.core.integrity import MerkleLog, ProofError, verify_consistency
+from vitalchain.storage.ledger_view import LedgerView
 
 ON_CHAIN_STATUSES = ("mined", "anchored")
 

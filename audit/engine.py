@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from audit.anchors import ChainUnavailable, check_checkpoints
-from audit.ledger_view import IndexedReading, LedgerUnavailable, LedgerView, WindowInfo
-from audit.report import AuditReport, GapFinding, ReadingFinding, WindowFinding, reading_id
-from ingest.readings import READINGS_MEASUREMENT, WINDOWS_MEASUREMENT, StoredReadingError, reading_from_row
+from vitalchain.audit.anchors import ChainUnavailable, check_checkpoints
+from vitalchain.audit.report import AuditReport, GapFinding, ReadingFinding, WindowFinding, reading_id
+
 from vitalchain.config import Settings
-from vitalchain.influx import InfluxClient, InfluxError, quote_ident
-from vitalchain.integrity import CanonicalError, reading_leaf_hash
+from vitalchain.core.integrity import CanonicalError, reading_leaf_hash
+from vitalchain.storage.influx import InfluxClient, InfluxError, quote_ident
+from vitalchain.storage.ledger_view import IndexedReading, LedgerUnavailable, LedgerView, WindowInfo
+from vitalchain.storage.readings import READINGS_MEASUREMENT, WINDOWS_MEASUREMENT, StoredReadingError, reading_from_row
 
 Progress = Callable[[int, int], None]
 WINDOW_FIELDS = ("root", "size", "start_us", "end_us", "first_offset", "last_offset", "log_index")

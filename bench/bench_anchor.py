@@ -27,16 +27,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anchor.deploy import deploy
-from anchor.proofs import ProofService
-from anchor.store import AnchorStore
-from anchor.synthetic import SyntheticSealer, write_readings
-from anchor.worker import Progress, run_worker
+from vitalchain.anchor.deploy import deploy
+from vitalchain.anchor.proofs import ProofService
+from vitalchain.anchor.synthetic import SyntheticSealer, write_readings
+from vitalchain.anchor.worker import Progress, run_worker
+
+from vitalchain.app.stack.ports import free_ports
+from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import load_settings
-from vitalchain.ledger import Ledger
-from vitalchain.stack.ports import free_ports
-from vitalchain.stack.supervisor import Stack
-from vitalchain.verify import verify_bundle
+from vitalchain.core.verify import verify_bundle
+from vitalchain.storage.anchors import AnchorStore
+from vitalchain.storage.ledger import Ledger
 
 
 def _ms(samples: list[float]) -> str:

@@ -21,14 +21,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vitalchain.integrity import (
+from vitalchain.core.integrity import (
     MerkleLog,
     blake3_hasher,
     sha256_hasher,
     verify_consistency,
     verify_inclusion,
 )
-from vitalchain.integrity.hashing import Hasher
+from vitalchain.core.integrity.hashing import Hasher
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:

@@ -41,15 +41,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
+from vitalchain.devices.fleet import run_fleet
+from vitalchain.devices.registry import DeviceIdentity, provision_devices
 
-from devices.fleet import run_fleet
-from devices.registry import DeviceIdentity, provision_devices
+from vitalchain.app.pipeline import Pipeline
+from vitalchain.app.stack.ports import free_ports
+from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings, load_settings
-from vitalchain.influx import rows_of
-from vitalchain.ledger import Ledger
-from vitalchain.pipeline import Pipeline
-from vitalchain.stack.ports import free_ports
-from vitalchain.stack.supervisor import Stack
+from vitalchain.storage.influx import rows_of
+from vitalchain.storage.ledger import Ledger
 
 POLL_S = 0.2
 SERVICES = ("mosquitto", "kafka", "influxdb")

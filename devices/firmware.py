@@ -19,11 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from devices.limits import MAX_BATCH, MIN_BATCH
-from devices.physiology import Patient
-from devices.registry import DeviceIdentity
-from devices.seqstore import SeqCounter
-from devices.transport import ConnectRefused, LinkDown, MqttLink, PublishRejected
+from vitalchain.devices.physiology import Patient
+from vitalchain.devices.registry import DeviceIdentity
+from vitalchain.devices.seqstore import SeqCounter
+from vitalchain.devices.transport import ConnectRefused, LinkDown, MqttLink, PublishRejected
+
+from vitalchain.core.payload.limits import MAX_BATCH, MIN_BATCH
 
 Reading = dict[str, Any]
 AckSink = Callable[[str, list[int]], None]

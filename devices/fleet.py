@@ -16,9 +16,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from devices.firmware import Device, DeviceConfig
-from devices.registry import DeviceIdentity, identities
-from devices.seqstore import SeqCounter
+from vitalchain.devices.firmware import Device, DeviceConfig
+from vitalchain.devices.registry import DeviceIdentity, identities
+from vitalchain.devices.seqstore import SeqCounter
+
 from vitalchain.config import Settings
 
 

@@ -5,7 +5,7 @@ so values wander for minutes but always come back), measurement noise, and now a
 (tachycardia, desaturation, fever, hypotension) that ramps in, holds and ramps out. Everything is
 drawn from one ``random.Random`` seeded by ``(seed, patient_id)``, so a given seed, patient and
 sampling interval always produce the same series: tests and demos are repeatable, and two patients
-never share a trajectory. Results are clamped to ``devices.limits`` so nothing the simulator emits
+never share a trajectory. Results are clamped to ``vitalchain.core.payload.limits`` so nothing the simulator emits
 can be rejected for being physically impossible.
 """
 
@@ -15,7 +15,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from devices.limits import VITAL_LIMITS
+from vitalchain.core.payload.limits import VITAL_LIMITS
 
 Vitals = dict[str, int | float]
 

@@ -18,15 +18,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitalchain.config import Settings
-from vitalchain.stack import mqtt_reload
-from vitalchain.stack.mqtt_auth import (
+from vitalchain.devices import mqtt_reload
+from vitalchain.devices.mqtt_auth import (
     DEVICE_ID_PATTERN,
     RESERVED_PREFIX,
     MqttCredentials,
     is_reserved,
 )
-from vitalchain.stack.mqtt_reload import connack  # noqa: F401 - part of this module's API
+from vitalchain.devices.mqtt_reload import connack  # noqa: F401 - part of this module's API
+
+from vitalchain.config import Settings
 
 
 class ProvisioningError(RuntimeError):

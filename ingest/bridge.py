@@ -31,7 +31,7 @@ waits until an instance with the same client id comes back. The ACL (``topic rea
 checked against the filter without the ``$share/<group>/`` prefix, which ``tests/test_bridge_*``
 exercises on the real broker.
 
-Flood rule (``ingest.ratelimit``, documented for firmware authors in ``docs/DEVICES.md``): each
+Flood rule (``vitalchain.ingest.ratelimit``, documented for firmware authors in ``docs/DEVICES.md``): each
 device has a token bucket of ``flood_burst`` readings refilled at ``flood_rate_per_second``; every
 valid reading takes a token. Valid readings that find the bucket empty are not forwarded: they go
 to the dead-letter topic as one ``rate_limited`` record per MQTT message (original bytes kept, the
@@ -60,12 +60,12 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from vitalchain.devices.mqtt_auth import MqttCredentials, bridge_user
+from vitalchain.ingest.deadletter import dead_letter_record
+from vitalchain.ingest.ratelimit import DeviceRateLimiter
 
-from ingest.deadletter import dead_letter_record
-from ingest.ratelimit import DeviceRateLimiter
-from ingest.validation import Outcome, Rejection, validate
 from vitalchain.config import Settings
-from vitalchain.stack.mqtt_auth import MqttCredentials, bridge_user
+from vitalchain.core.payload.validation import Outcome, Rejection, validate
 
 log = logging.getLogger("vitalchain.bridge")
 

@@ -8,9 +8,10 @@ and a running local Mosquitto is reloaded so the new user can connect at once.
 
 from __future__ import annotations
 
+from vitalchain.devices.mqtt_auth import MqttCredentials, bridge_user
+from vitalchain.devices.mqtt_reload import reload_mosquitto
+
 from vitalchain.config import Settings
-from vitalchain.stack.mqtt_auth import MqttCredentials, bridge_user
-from vitalchain.stack.mqtt_reload import reload_mosquitto
 
 
 def provision_bridge(settings: Settings, instance: int) -> bool:

@@ -1,7 +1,7 @@
 """Dead-letter records: what a rejected message looks like on ``settings.dlq_topic``.
 
 The record keeps the original bytes (base64) so an operator can replay or inspect exactly what the
-device sent, whatever its encoding; the reason code (see ``ingest.validation.REASONS``) is stable
+device sent, whatever its encoding; the reason code (see ``vitalchain.core.payload.validation.REASONS``) is stable
 for alerting, the detail is for humans.
 """
 
@@ -11,7 +11,7 @@ import base64
 import json
 from typing import Any
 
-from ingest.validation import Rejection
+from vitalchain.core.payload.validation import Rejection
 
 STAGE = "bridge"
 

@@ -25,7 +25,7 @@ from typing import Any
 from blake3 import blake3
 
 from vitalchain.config import Settings
-from vitalchain.influx import InfluxClient, InfluxError, Point
+from vitalchain.storage.influx import InfluxClient, InfluxError, Point
 
 REJECTED_MEASUREMENT = "rejected"
 GROUP_ID = "vitalchain-deadletters"

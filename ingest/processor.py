@@ -20,9 +20,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from ingest.sink import Sealer, SealRefused
-from ingest.windowing import ClosedWindow, PartitionWindower
-from vitalchain.ledger import Ledger
+from vitalchain.ingest.sink import Sealer, SealRefused
+from vitalchain.ingest.windowing import ClosedWindow, PartitionWindower
+
+from vitalchain.storage.ledger import Ledger
 
 log = logging.getLogger("vitalchain.stream")
 

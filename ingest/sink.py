@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from ingest.readings import reading_point, window_point
-from ingest.windowing import ClosedWindow, DeadLetter
-from vitalchain.influx import InfluxClient
-from vitalchain.ledger import Ledger, ReadingIndexRow, StaleWindow, WindowConflict
+from vitalchain.ingest.windowing import ClosedWindow, DeadLetter
+
+from vitalchain.storage.influx import InfluxClient
+from vitalchain.storage.ledger import Ledger, ReadingIndexRow, StaleWindow, WindowConflict
+from vitalchain.storage.readings import reading_point, window_point
 
 DeadLetterSend = Callable[[DeadLetter], Awaitable[None]]
 

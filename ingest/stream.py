@@ -28,14 +28,14 @@ from typing import Any
 
 import faust
 from faust.types import TP
+from vitalchain.ingest.processor import StreamProcessor
+from vitalchain.ingest.sink import Sealer
+from vitalchain.ingest.windowing import DeadLetter
 
-from ingest.processor import StreamProcessor
-from ingest.sink import Sealer
-from ingest.windowing import DeadLetter
 from vitalchain.config import Settings
-from vitalchain.influx import InfluxClient
-from vitalchain.integrity import load_or_create_salt_key, salt_key_id
-from vitalchain.ledger import Ledger
+from vitalchain.core.integrity import load_or_create_salt_key, salt_key_id
+from vitalchain.storage.influx import InfluxClient
+from vitalchain.storage.ledger import Ledger
 
 log = logging.getLogger("vitalchain.stream")
 

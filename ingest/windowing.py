@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vitalchain.integrity import (
+from vitalchain.core.integrity import (
     CanonicalError,
     build_window_header,
     canonical_reading,
@@ -112,7 +112,7 @@ def dead_letter(reason: str, detail: str, topic: str, payload: bytes, received_u
 
 def parse_record(value: bytes) -> tuple[dict[str, Any], int]:
     """Split a raw-topic value into (device reading, received_us); raises ValueError."""
-    from ingest.validation import check_reading, parse
+    from vitalchain.core.payload.validation import check_reading, parse
 
     try:
         obj = parse(value)

@@ -65,7 +65,7 @@ fi
 
 # --- check -----------------------------------------------------------------------------------
 .venv/bin/python - <<'PY'
-from vitalchain.stack import tools
+from vitalchain.app.stack import tools
 for name in ("mosquitto", "influxd", "tansu", "anvil", "solcjs"):
     getattr(tools, name)()
 PY

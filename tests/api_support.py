@@ -16,14 +16,14 @@ from pathlib import Path
 
 import httpx
 import uvicorn
+from vitalchain.api.app import create_app
 
-from api.app import create_app
-from api.store import ApiStore
 from tests.helpers import wait_until
 from tests.test_api_http import MINUTE_US, seal, vitals_at
+from vitalchain.app.stack.ports import free_port
 from vitalchain.config import Settings
-from vitalchain.ledger import Ledger
-from vitalchain.stack.ports import free_port
+from vitalchain.storage.apistore import ApiStore
+from vitalchain.storage.ledger import Ledger
 
 # name -> role; "dave" is disabled after creation, "bob" has no grant, "alice" has pat-a.
 USERS = (("root", "admin"), ("alice", "clinician"), ("bob", "clinician"), ("audrey", "auditor"),

@@ -12,15 +12,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from anchor.deploy import deploy
-from anchor.store import AnchorStore
-from anchor.worker import AnchorWorker
-from ingest.readings import reading_point, window_point
+from vitalchain.anchor.deploy import deploy
+from vitalchain.anchor.worker import AnchorWorker
+
 from tests.helpers import wait_until
 from vitalchain.config import Settings
-from vitalchain.influx import InfluxClient, Point
-from vitalchain.integrity import build_window_header, canonical_reading, reading_leaf_hash, salt_key_id
-from vitalchain.ledger import Ledger, ReadingIndexRow
+from vitalchain.core.integrity import build_window_header, canonical_reading, reading_leaf_hash, salt_key_id
+from vitalchain.storage.anchors import AnchorStore
+from vitalchain.storage.influx import InfluxClient, Point
+from vitalchain.storage.ledger import Ledger, ReadingIndexRow
+from vitalchain.storage.readings import reading_point, window_point
 
 SALT_KEY = b"\x11" * 32
 TOPIC = "vitals.audit"

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from vitalchain.app.stack.ports import free_ports
+from vitalchain.app.stack.supervisor import Stack
+from vitalchain.app.stack.topology import ensure_database, ensure_topics
 from vitalchain.config import Settings, load_settings
-from vitalchain.stack.ports import free_ports
-from vitalchain.stack.supervisor import Stack
-from vitalchain.stack.topology import ensure_database, ensure_topics
 
 _counter = itertools.count()
 

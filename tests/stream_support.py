@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 
-from ingest.readings import reading_from_row
 from vitalchain.config import Settings
-from vitalchain.integrity import reading_leaf_hash, root
-from vitalchain.ledger import Ledger
+from vitalchain.core.integrity import reading_leaf_hash, root
+from vitalchain.storage.ledger import Ledger
+from vitalchain.storage.readings import reading_from_row
 
 SECOND = 1_000_000
 T0 = 1_750_000_000 * SECOND
@@ -117,7 +117,7 @@ class Worker:
         self.log_path = log_dir / f"worker-{name}.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from vitalchain.cli import main; main()", "stream", "run",
+            [sys.executable, "-c", "from vitalchain.app.cli import main; main()", "stream", "run",
              "--worker-name", name, "--progress-seconds", "1"],
             env=settings_env(settings), stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True)
@@ -152,7 +152,7 @@ def all_done(settings: Settings, highwaters: dict[int, int]) -> bool:
 
 
 def influx_rows(settings: Settings, q: str) -> list[dict[str, Any]]:
-    from vitalchain.influx import rows_of
+    from vitalchain.storage.influx import rows_of
 
     response = httpx.post(f"{settings.influx_url}/query",
                           data={"q": q, "db": settings.influx_db, "epoch": "ns"}, timeout=30)

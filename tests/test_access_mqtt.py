@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from vitalchain.devices.mqtt_auth import BRIDGE_USER, PROBE_USER, MqttCredentials
 
 from tests.helpers import wait_until
 from tests.test_bridge_support import (
@@ -29,7 +30,6 @@ from tests.test_bridge_support import (
     unique_device,
 )
 from vitalchain.config import Settings
-from vitalchain.stack.mqtt_auth import BRIDGE_USER, PROBE_USER, MqttCredentials
 
 pytestmark = pytest.mark.e2e
 

@@ -18,17 +18,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from vitalchain.anchor import chain
+from vitalchain.anchor.deploy import deploy
+from vitalchain.anchor.synthetic import SyntheticSealer
+from vitalchain.anchor.worker import Progress, WorkerLockedError, run_worker
 from web3 import Web3
 
-from anchor import chain
-from anchor.deploy import deploy
-from anchor.store import AnchorStore
-from anchor.synthetic import SyntheticSealer
-from anchor.worker import Progress, WorkerLockedError, run_worker
 from tests.helpers import wait_until
 from vitalchain.config import Settings
-from vitalchain.integrity import MerkleLog
-from vitalchain.ledger import Ledger
+from vitalchain.core.integrity import MerkleLog
+from vitalchain.storage.anchors import AnchorStore
+from vitalchain.storage.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,8 +18,8 @@ from fastapi.routing import APIRoute
 
 from tests.api_support import seed, served
 from tests.helpers import wait_until
+from vitalchain.app.stack.ports import free_port
 from vitalchain.config import Settings, to_environ
-from vitalchain.stack.ports import free_port
 
 NONE: frozenset[str] = frozenset()
 CLIN, AUD, ADM = frozenset({"clinician"}), frozenset({"auditor"}), frozenset({"admin"})
@@ -80,7 +80,7 @@ def call(world: Any, who: str | None, method: str, request: dict[str, Any]) -> h
 
 
 def test_every_route_for_every_caller(world: Any) -> None:
-    from api.app import create_app
+    from vitalchain.api.app import create_app
 
     app = create_app(world.settings, store_path=str(world.store_path))
     try:

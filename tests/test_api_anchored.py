@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from vitalchain.anchor.deploy import deploy
+from vitalchain.anchor.worker import AnchorWorker
 
-from anchor.deploy import deploy
-from anchor.store import AnchorStore
-from anchor.worker import AnchorWorker
 from tests.helpers import wait_until
 from tests.test_api_http import make_world
 from vitalchain.config import Settings
+from vitalchain.storage.anchors import AnchorStore
 
 
 def anchor_all(settings: Settings) -> int:

@@ -7,12 +7,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.store import ApiStore
-from ingest.readings import point_time_ns
 from tests.api_support import served
 from tests.audit_support import T0, build_world, influx_query
 from vitalchain.config import Settings
-from vitalchain.influx import quote_string
+from vitalchain.storage.apistore import ApiStore
+from vitalchain.storage.influx import quote_string
+from vitalchain.storage.readings import point_time_ns
 
 pytestmark = pytest.mark.e2e
 

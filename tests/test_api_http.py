@@ -1,7 +1,7 @@
 """The HTTP API in-process (FastAPI TestClient) on the real InfluxDB and ledger.
 
 Data is sealed exactly as the stream seals it (canonical readings with salts, ``readings`` points
-from ingest/readings.py, windows appended to the ledger), so proofs served here are real proofs.
+from vitalchain.ingest/readings.py, windows appended to the ledger), so proofs served here are real proofs.
 """
 
 from __future__ import annotations
@@ -20,22 +20,22 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
+from vitalchain.api.app import create_app
+from vitalchain.api.ids import iso_from_us
 
-from api.app import create_app
-from api.cli import register
-from api.ids import iso_from_us
-from api.store import ApiStore
-from ingest.readings import reading_point, window_point
 from tests.helpers import wait_until
+from vitalchain.app.commands.api import register
 from vitalchain.config import Settings
-from vitalchain.influx import InfluxClient
-from vitalchain.integrity import (
+from vitalchain.core.integrity import (
     build_window_header,
     canonical_reading,
     reading_leaf_hash,
     salt_key_id,
 )
-from vitalchain.ledger import Ledger, ReadingIndexRow
+from vitalchain.storage.apistore import ApiStore
+from vitalchain.storage.influx import InfluxClient
+from vitalchain.storage.ledger import Ledger, ReadingIndexRow
+from vitalchain.storage.readings import reading_point, window_point
 
 SALT_KEY = b"\x11" * 32
 MINUTE_US = 60 * 1_000_000

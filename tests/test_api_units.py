@@ -6,9 +6,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
-from api.ids import iso_from_us, parse_time_us
-from api.news2 import (
+from vitalchain.api.ids import iso_from_us, parse_time_us
+from vitalchain.api.news2 import (
     news2,
     score_pulse,
     score_rr,
@@ -16,8 +15,9 @@ from api.news2 import (
     score_systolic,
     score_temperature,
 )
-from api.store import ApiStore
-from api.vitals import choose_interval_s
+from vitalchain.api.vitals import choose_interval_s
+
+from vitalchain.storage.apistore import ApiStore
 
 # (value, expected points) at every band edge of the RCP 2017 NEWS2 chart.
 RR = [(5, 3), (8, 3), (9, 1), (11, 1), (12, 0), (20, 0), (21, 2), (24, 2), (25, 3), (40, 3)]

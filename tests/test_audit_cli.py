@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from vitalchain.audit.timearg import TimeArgError, parse_time_us
 
-from audit.cli import audit_command
-from audit.timearg import TimeArgError, parse_time_us
-from ingest.readings import point_time_ns
 from tests.audit_support import T0, World, build_world, influx_query
-from vitalchain.cli import main
+from vitalchain.app.cli import main
+from vitalchain.app.commands.audit import audit_command
+from vitalchain.app.stack.ports import free_ports
 from vitalchain.config import Settings
-from vitalchain.influx import quote_string
-from vitalchain.stack.ports import free_ports
+from vitalchain.storage.influx import quote_string
+from vitalchain.storage.readings import point_time_ns
 
 
 def run(settings: Settings, *args: str) -> Result:

@@ -7,15 +7,15 @@ import sqlite3
 from typing import Any
 
 import pytest
+from vitalchain.audit.engine import run_audit
+from vitalchain.audit.report import AuditReport, GapFinding
 
-from audit.engine import run_audit
-from audit.report import AuditReport, GapFinding
-from ingest.readings import point_time_ns, reading_point, window_point
 from tests.audit_support import T0, World, build_world, influx_query, influx_write
 from vitalchain.config import Settings
-from vitalchain.influx import quote_string
-from vitalchain.integrity import canonical_reading, reading_leaf_hash
-from vitalchain.ledger import Ledger
+from vitalchain.core.integrity import canonical_reading, reading_leaf_hash
+from vitalchain.storage.influx import quote_string
+from vitalchain.storage.ledger import Ledger
+from vitalchain.storage.readings import point_time_ns, reading_point, window_point
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from ingest.validation import MAX_BATCH
 from tests.helpers import wait_until
 from tests.test_bridge_support import (
     Device,
@@ -23,6 +22,7 @@ from tests.test_bridge_support import (
     unique_device,
 )
 from vitalchain.config import Settings
+from vitalchain.core.payload.validation import MAX_BATCH
 
 
 def _strip_received(value: dict[str, Any]) -> dict[str, Any]:

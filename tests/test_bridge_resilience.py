@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from vitalchain.ingest.bridge import forget_session
 
-from ingest.bridge import forget_session
 from tests.helpers import wait_until
 from tests.test_bridge_support import (
     Device,
@@ -25,14 +25,12 @@ from tests.test_bridge_support import (
     running_bridge,
     unique_device,
 )
+from vitalchain.app.stack.supervisor import Stack
+from vitalchain.app.stack.topology import ensure_topics
 from vitalchain.config import Settings
-from vitalchain.stack.supervisor import Stack
-from vitalchain.stack.topology import ensure_topics
 
-# `vitalchain bridge run`, registering the command here if ingest/cli.py does not (yet).
-_LAUNCH = ("import sys; from vitalchain.cli import main; from ingest.bridge_cli import "
-           "register_bridge; 'bridge' in main.commands or register_bridge(main); "
-           "sys.argv[0] = 'vitalchain'; main()")
+# `vitalchain bridge run` in a child process of the test's own.
+_LAUNCH = "import sys; from vitalchain.app.cli import main; sys.argv[0] = 'vitalchain'; main()"
 
 
 def _bridge_env(settings: Settings) -> dict[str, str]:

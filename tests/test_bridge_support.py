@@ -15,13 +15,13 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from kafka import KafkaConsumer
+from vitalchain.devices.mqtt_auth import MqttCredentials
+from vitalchain.ingest.bridge import Bridge, forget_session
+from vitalchain.ingest.bridge_provision import provision_bridge
 
-from ingest.bridge import Bridge, forget_session
-from ingest.bridge_provision import provision_bridge
 from tests.helpers import wait_until
+from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings
-from vitalchain.stack.mqtt_auth import MqttCredentials
-from vitalchain.stack.supervisor import Stack
 
 
 def unique_device(prefix: str = "dev") -> str:

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 from eth_account import Account
+from vitalchain.anchor import chain
+from vitalchain.anchor.compile import compile_source, load_artifact
+from vitalchain.anchor.deploy import deploy
 from web3 import Web3
 from web3.exceptions import ContractCustomError
 
-from anchor import chain
-from anchor.compile import compile_source, load_artifact
-from anchor.deploy import deploy
+from vitalchain.app.stack import tools
+from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import DEV_ANCHOR_PRIVATE_KEY, Settings, load_settings, read_settings_file
-from vitalchain.stack.supervisor import Stack
 
 # A fresh account (funded per test with anvil_setBalance): not the owner.
 OTHER_KEY = "0x" + "5a" * 32
@@ -21,7 +22,7 @@ OTHER_KEY = "0x" + "5a" * 32
 
 def test_committed_bytecode_matches_recompiled_source() -> None:
     committed = load_artifact()
-    fresh = compile_source()
+    fresh = compile_source(tools.solcjs())
     assert fresh["compiler"].startswith("0.8.37+")
     assert fresh["bytecode"] == committed["bytecode"]
     assert fresh["deployedBytecode"] == committed["deployedBytecode"]
@@ -31,7 +32,7 @@ def test_committed_bytecode_matches_recompiled_source() -> None:
 
 def test_a_changed_source_compiles_to_other_bytes() -> None:
     source = (Path(__file__).parents[1] / "anchor/contract/VitalAnchor.sol").read_text()
-    changed = compile_source(source.replace("if (size <= latestSize)", "if (size < latestSize)"))
+    changed = compile_source(tools.solcjs(), source.replace("if (size <= latestSize)", "if (size < latestSize)"))
     assert changed["deployedBytecode"] != load_artifact()["deployedBytecode"]
 
 

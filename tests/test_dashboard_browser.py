@@ -21,17 +21,17 @@ from typing import Any
 
 import pytest
 import uvicorn
+from vitalchain.anchor.deploy import deploy
+from vitalchain.api.app import create_app
+from vitalchain.api.news2 import news2
 
-from anchor.deploy import deploy
-from api.app import create_app
-from api.news2 import news2
-from api.store import ApiStore
 from tests.helpers import wait_until
 from tests.test_api_anchored import anchor_all
 from tests.test_api_http import seal
+from vitalchain.app.stack.ports import free_ports
 from vitalchain.config import Settings
-from vitalchain.ledger import Ledger
-from vitalchain.stack.ports import free_ports
+from vitalchain.storage.apistore import ApiStore
+from vitalchain.storage.ledger import Ledger
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 

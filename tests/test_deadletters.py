@@ -8,16 +8,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from vitalchain.ingest.deadletter import dead_letter_value
+from vitalchain.ingest.deadletters import MAX_PAYLOAD_BYTES, Archiver, rejected_point
 
-from ingest.deadletter import dead_letter_value
-from ingest.deadletters import MAX_PAYLOAD_BYTES, Archiver, rejected_point
-from ingest.validation import Rejection
 from tests.api_support import seed, served
 from tests.audit_support import influx_query
 from tests.helpers import wait_until
 from tests.stream_support import producer
+from vitalchain.app.pipeline import Pipeline
 from vitalchain.config import Settings
-from vitalchain.pipeline import Pipeline
+from vitalchain.core.payload.validation import Rejection
 
 
 def produce_rejects(settings: Settings, now_us: int) -> None:

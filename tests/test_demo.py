@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vitalchain.stack.ports import free_ports
-from vitalchain.verify import verify_bundle
+from vitalchain.app.stack.ports import free_ports
+from vitalchain.core.verify import verify_bundle
 
 
 @pytest.mark.e2e

@@ -6,8 +6,9 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
+from vitalchain.devices.mqtt_auth import BRIDGE_USER, PROBE_USER, is_bridge_user, render_acl
+
 from vitalchain.config import ENV_PREFIX, Settings
-from vitalchain.stack.mqtt_auth import BRIDGE_USER, PROBE_USER, is_bridge_user, render_acl
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 

@@ -16,21 +16,21 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-
-from devices.fleet import FleetStats, run_fleet
-from devices.registry import (
+from vitalchain.devices.fleet import FleetStats, run_fleet
+from vitalchain.devices.mqtt_auth import BRIDGE_USER, MqttCredentials
+from vitalchain.devices.registry import (
     ProvisioningError,
     connack,
     load_registry,
     patient_for,
     provision_devices,
 )
-from devices.schema import message_problems
-from devices.transport import ConnectRefused, MqttLink, PublishRejected
+from vitalchain.devices.transport import ConnectRefused, MqttLink, PublishRejected
+
 from tests.helpers import wait_until
+from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings
-from vitalchain.stack.mqtt_auth import BRIDGE_USER, MqttCredentials
-from vitalchain.stack.supervisor import Stack
+from vitalchain.core.payload.schema import message_problems
 
 pytestmark = pytest.mark.e2e
 

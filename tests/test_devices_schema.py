@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from vitalchain.devices.physiology import Patient
 
-import devices
-from devices.limits import MAX_BATCH, VITAL_LIMITS
-from devices.physiology import Patient
-from devices.schema import SCHEMA_FILE, build_schema, load_schema, message_problems
+import vitalchain.core.payload as payload
+from vitalchain.core.payload.limits import MAX_BATCH, VITAL_LIMITS
+from vitalchain.core.payload.schema import SCHEMA_FILE, build_schema, load_schema, message_problems
 
 
 def reading(seq: int = 0, device: str = "wearable-00001", **vitals: Any) -> dict[str, Any]:
@@ -23,8 +23,8 @@ def reading(seq: int = 0, device: str = "wearable-00001", **vitals: Any) -> dict
 
 
 def test_schema_file_is_generated_from_limits() -> None:
-    on_disk = json.loads((Path(devices.__file__).parent / SCHEMA_FILE).read_text())
-    assert on_disk == build_schema(), "run `python -m devices.schema` to regenerate"
+    on_disk = json.loads((Path(payload.__file__).parent / SCHEMA_FILE).read_text())
+    assert on_disk == build_schema(), "run `python -m vitalchain.core.payload.schema` to regenerate"
     assert load_schema() == on_disk
     bounds = load_schema()["$defs"]["reading"]["properties"]["vitals"]["properties"]
     assert {k: (v["minimum"], v["maximum"]) for k, v in bounds.items()} == VITAL_LIMITS

@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing of ``ingest.validation`` with atheris (libFuzzer), bounded.
+"""Coverage-guided fuzzing of ``vitalchain.core.payload.validation`` with atheris (libFuzzer), bounded.
 
 atheris takes over its process (libFuzzer's main loop, ``sys.exit`` at the end), so the fuzz
 target runs in a child process for a fixed number of runs, seeded with a valid reading and a
@@ -30,8 +30,8 @@ TARGET = textwrap.dedent('''
     import atheris
 
     with atheris.instrument_imports(include=["ingest", "devices"]):
-        from ingest.bridge import _raw_value
-        from ingest.validation import REASONS, check_reading, validate
+        from vitalchain.ingest.bridge import _raw_value
+        from vitalchain.core.payload.validation import REASONS, check_reading, validate
 
     NOW = 1_767_225_600_000_000
     TOPICS = ("vitals/fuzz-1", "vitals/other", "vitals/", "nope/fuzz-1", "vitals/fuzz-1/x")

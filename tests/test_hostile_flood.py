@@ -1,5 +1,5 @@
 """Floods: one device far above its rate is cut back by the per-device token bucket
-(``ingest.ratelimit``), its excess dead-lettered ``rate_limited``, the other devices untouched."""
+(``vitalchain.ingest.ratelimit``), its excess dead-lettered ``rate_limited``, the other devices untouched."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import threading
 import time
 
 import pytest
+from vitalchain.ingest.ratelimit import DeviceRateLimiter
 
-from ingest.ratelimit import DeviceRateLimiter
 from tests.helpers import wait_until
 from tests.test_bridge_support import (
     Device,

@@ -24,7 +24,6 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from ingest.validation import REASONS
 from tests.helpers import wait_until
 from tests.test_bridge_support import (
     Device,
@@ -35,6 +34,7 @@ from tests.test_bridge_support import (
     unique_device,
 )
 from vitalchain.config import Settings
+from vitalchain.core.payload.validation import REASONS
 
 HOSTILE = int(os.environ.get("VITALCHAIN_HOSTILE_PAYLOADS", "200"))
 VITALS = ("hr", "spo2", "rr", "temp_c", "sys", "dia")
@@ -225,7 +225,7 @@ def test_payload_above_the_broker_limit_never_reaches_the_bridge(isolated: Setti
 def test_deep_nesting_is_refused_whatever_the_recursion_limit() -> None:
     """json's C parser bounds nesting by the interpreter's recursion limit; the validator bounds
     it itself, so a raised limit (test frameworks do raise it) changes nothing."""
-    from ingest.validation import validate
+    from vitalchain.core.payload.validation import validate
 
     before = sys.getrecursionlimit()
     sys.setrecursionlimit(200_000)

@@ -6,19 +6,19 @@ import json
 import re
 from pathlib import Path
 
-from vitalchain.integrity import (
+from vitalchain.core.integrity import (
     blake3_hasher,
     canonical_json,
     derive_salt,
     root,
 )
-from vitalchain.integrity.example import (
+from vitalchain.core.integrity.example import (
     EXAMPLE_KEY,
     example_bundle,
     example_windows,
     render_markdown,
 )
-from vitalchain.verify import verify_bundle
+from vitalchain.core.verify import verify_bundle
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PROOFS.md"
 BEGIN, END = "<!-- example:begin -->\n", "<!-- example:end -->"

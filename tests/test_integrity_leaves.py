@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from vitalchain.config import load_settings
-from vitalchain.integrity import (
+from vitalchain.core.integrity import (
     CanonicalError,
     MerkleLog,
     SaltKeyError,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vitalchain.integrity import (
+from vitalchain.core.integrity import (
     MerkleLog,
     ProofError,
     blake3_hasher,
@@ -20,7 +20,7 @@ from vitalchain.integrity import (
     verify_consistency,
     verify_inclusion,
 )
-from vitalchain.integrity.merkle import split_point
+from vitalchain.core.integrity.merkle import split_point
 
 # RFC 6962 / certificate-transparency merkle_test leaves and known answers (SHA-256), as also
 # used by transparency-dev/merkle's reference tests.

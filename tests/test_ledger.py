@@ -1,4 +1,4 @@
-"""vitalchain.ledger: append-only, idempotent, fenced, multi-process safe window log."""
+"""vitalchain.storage.ledger: append-only, idempotent, fenced, multi-process safe window log."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vitalchain.integrity import build_window_header, canonical_reading, reading_leaf_hash, window_leaf_hash
-from vitalchain.ledger import Ledger, ReadingIndexRow, StaleWindow, WindowConflict
+from vitalchain.core.integrity import build_window_header, canonical_reading, reading_leaf_hash, window_leaf_hash
+from vitalchain.storage.ledger import Ledger, ReadingIndexRow, StaleWindow, WindowConflict
 
 KEY = bytes(32)
 T0 = 1_700_000_000_000_000
@@ -111,7 +111,7 @@ def test_no_vitals_in_the_ledger(tmp_path: Path) -> None:
 APPENDER = """
 import sys
 from tests.test_ledger import window
-from vitalchain.ledger import Ledger
+from vitalchain.storage.ledger import Ledger
 ledger = Ledger(sys.argv[1])
 part = int(sys.argv[2])
 for i in range(40):

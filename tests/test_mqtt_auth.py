@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-from ingest.bridge import client_id
-from ingest.bridge_cli import bridge as bridge_group
-from vitalchain.config import load_settings
-from vitalchain.stack.mqtt_auth import (
+from vitalchain.devices.mqtt_auth import (
     BRIDGE_USER,
     PROBE_USER,
     MqttCredentials,
     bridge_user,
     render_acl,
 )
+from vitalchain.ingest.bridge import client_id
+
+from vitalchain.app.commands.bridge import bridge as bridge_group
+from vitalchain.config import load_settings
 
 
 def _acl_users(creds: MqttCredentials) -> dict[str, list[str]]:

@@ -14,13 +14,13 @@ import contextlib
 from collections.abc import Callable
 
 import pytest
+from vitalchain.devices.mqtt_auth import BRIDGE_USER, MqttCredentials
 
 from tests.helpers import wait_until
 from tests.test_access_mqtt import Client
 from tests.test_bridge_support import provision_device, unique_device
+from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings
-from vitalchain.stack.mqtt_auth import BRIDGE_USER, MqttCredentials
-from vitalchain.stack.supervisor import Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ What "exactly once, provably" means here, checked from the outside after the run
   ``(device_id, seq)``), and in exactly one sealed window of the ledger, at the slot whose leaf the
   ledger holds;
 - every sealed window's root is recomputed from what InfluxDB holds (canonical readings rebuilt by
-  ``ingest.readings``, leaves rehashed), so the stored data and the log agree byte for byte;
+  ``vitalchain.storage.readings``, leaves rehashed), so the stored data and the log agree byte for byte;
 - window sizes add up to the readings stored: no reading sits in two windows, no slot is empty.
 
 The second test SIGKILLs the bridge and restarts Mosquitto mid-run on a private stack, and still
@@ -27,24 +27,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from vitalchain.devices.fleet import FleetStats, run_fleet
+from vitalchain.devices.registry import DeviceIdentity, provision_devices
+from vitalchain.ingest.bridge import forget_session
 
-from devices.fleet import FleetStats, run_fleet
-from devices.registry import DeviceIdentity, provision_devices
-from ingest.bridge import forget_session
-from ingest.readings import StoredReading, reading_from_row, reading_point
 from tests.helpers import wait_until
+from vitalchain.app.pipeline import Pipeline
+from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings
-from vitalchain.influx import InfluxClient
-from vitalchain.integrity import (
+from vitalchain.core.integrity import (
     WINDOW_FORMAT,
     derive_salt,
     load_or_create_salt_key,
     reading_leaf_hash,
     root,
 )
-from vitalchain.ledger import Ledger
-from vitalchain.pipeline import Pipeline
-from vitalchain.stack.supervisor import Stack
+from vitalchain.storage.influx import InfluxClient
+from vitalchain.storage.ledger import Ledger
+from vitalchain.storage.readings import StoredReading, reading_from_row, reading_point
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

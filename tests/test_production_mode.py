@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from vitalchain.cli import main
+from vitalchain.app.cli import main
+from vitalchain.app.production import check_production, production_problems
 from vitalchain.config import DEV_ANCHOR_PRIVATE_KEY, ConfigError, Settings, load_settings
-from vitalchain.production import check_production, production_problems
 
 REPO = Path(__file__).resolve().parent.parent
 

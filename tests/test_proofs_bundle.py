@@ -12,26 +12,26 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-
-from anchor.cli import proof_group
-from anchor.deploy import deploy
-from anchor.proofs import (
+from vitalchain.anchor.deploy import deploy
+from vitalchain.anchor.proofs import (
     ProofService,
     ProofUnavailable,
     build_consistency,
     build_proof,
     verify_consistency_document,
 )
-from anchor.store import AnchorStore
-from anchor.synthetic import SyntheticSealer, write_readings
-from anchor.worker import run_worker
-from ingest.readings import reading_point
+from vitalchain.anchor.synthetic import SyntheticSealer, write_readings
+from vitalchain.anchor.worker import run_worker
+
 from tests.helpers import wait_until
+from vitalchain.app.commands.anchor import proof_group
 from vitalchain.config import Settings
-from vitalchain.influx import InfluxClient
-from vitalchain.integrity import reading_leaf_hash
-from vitalchain.ledger import Ledger
-from vitalchain.verify import verify_bundle
+from vitalchain.core.integrity import reading_leaf_hash
+from vitalchain.core.verify import verify_bundle
+from vitalchain.storage.anchors import AnchorStore
+from vitalchain.storage.influx import InfluxClient
+from vitalchain.storage.ledger import Ledger
+from vitalchain.storage.readings import reading_point
 
 
 def _anchored(settings: Settings) -> int:

@@ -14,11 +14,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from kafka import KafkaProducer
+from vitalchain.devices.mqtt_auth import BRIDGE_USER, MqttCredentials
 
 from tests.helpers import wait_until
-from vitalchain.influx import InfluxClient, Point, quote_string
-from vitalchain.stack.mqtt_auth import BRIDGE_USER, MqttCredentials
-from vitalchain.stack.supervisor import ServiceStartError, Stack, pid_alive
+from vitalchain.app.stack.supervisor import ServiceStartError, Stack, pid_alive
+from vitalchain.storage.influx import InfluxClient, Point, quote_string
 
 
 def _stack_env(stack: Stack) -> dict[str, str]:
@@ -142,8 +142,8 @@ async def test_influx_write_and_query(stack: Stack) -> None:
 
 
 async def test_influx_down_gives_a_clear_error(stack: Stack) -> None:
-    from vitalchain.influx import InfluxUnavailable
-    from vitalchain.stack.ports import free_port
+    from vitalchain.app.stack.ports import free_port
+    from vitalchain.storage.influx import InfluxUnavailable
 
     settings = stack.settings.with_overrides(influx_port=free_port())
     client = InfluxClient(settings, retries=1, backoff_s=0.01)

@@ -18,9 +18,9 @@ from tests.stream_support import (
     make_input,
     produce,
 )
+from vitalchain.app.stack.topology import ensure_database
 from vitalchain.config import Settings
-from vitalchain.ledger import Ledger
-from vitalchain.stack.topology import ensure_database
+from vitalchain.storage.ledger import Ledger
 
 pytestmark = pytest.mark.e2e
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devices.limits import MAX_JSON_INT, MIN_TS_US, VITAL_LIMITS
-from devices.schema import message_problems
-from ingest.validation import REASONS, Outcome, Rejection, check_reading, validate
+from vitalchain.core.payload.limits import MAX_JSON_INT, MIN_TS_US, VITAL_LIMITS
+from vitalchain.core.payload.schema import message_problems
+from vitalchain.core.payload.validation import REASONS, Outcome, Rejection, check_reading, validate
 
 NOW_US = 1_760_000_000_000_000
 LIMITS = dict(max_payload_bytes=65536, max_future_seconds=300.0)

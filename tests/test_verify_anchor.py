@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from click.testing import CliRunner
 
-from vitalchain.integrity.example import EXAMPLE_ANCHOR, example_bundle
-from vitalchain.verify import ANCHORED_SIGNATURE, ANCHORED_TOPIC, verify_bundle
-from vitalchain.verify.cli import verify_command
+from vitalchain.app.commands.verify import verify_command
+from vitalchain.core.integrity.example import EXAMPLE_ANCHOR, example_bundle
+from vitalchain.core.verify import ANCHORED_SIGNATURE, ANCHORED_TOPIC, verify_bundle
 
 
 def test_event_topic_is_keccak_of_signature():

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vitalchain.integrity import (
+from vitalchain.core.integrity import (
     MerkleLog,
     build_bundle,
     build_window_header,
@@ -17,8 +17,8 @@ from vitalchain.integrity import (
     salt_key_id,
     window_leaf_hash,
 )
-from vitalchain.integrity.example import example_bundle
-from vitalchain.verify import verify_bundle
+from vitalchain.core.integrity.example import example_bundle
+from vitalchain.core.verify import verify_bundle
 
 KEY = bytes(range(1, 33))
 

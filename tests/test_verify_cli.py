@@ -7,8 +7,8 @@ import json
 import click
 from click.testing import CliRunner
 
-from vitalchain.integrity.example import example_bundle
-from vitalchain.verify.cli import register, verify_command
+from vitalchain.app.commands.verify import register, verify_command
+from vitalchain.core.integrity.example import example_bundle
 
 
 def write(tmp_path, name, content):
@@ -81,11 +81,11 @@ def test_verifier_needs_no_services_and_no_web3_offline():
     import sys
 
     code = (
-        "import sys, json; import vitalchain.verify as v;"
-        "from vitalchain.integrity.example import example_bundle;"
+        "import sys, json; import vitalchain.core.verify as v;"
+        "from vitalchain.core.integrity.example import example_bundle;"
         "assert v.verify_bundle(example_bundle()).ok;"
         "bad = [m for m in sys.modules if m == 'web3' or m.startswith('vitalchain.')"
-        " and not m.startswith(('vitalchain.integrity', 'vitalchain.verify'))];"
+        " and not m.startswith(('vitalchain.core.integrity', 'vitalchain.core.verify'))];"
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
@@ -96,6 +96,6 @@ def test_python_dash_m(tmp_path):
     import sys
 
     path = write(tmp_path, "b.json", example_bundle())
-    r = subprocess.run([sys.executable, "-m", "vitalchain.verify", path, "--json"],
+    r = subprocess.run([sys.executable, "-m", "vitalchain.core.verify", path, "--json"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and json.loads(r.stdout)[0]["status"] == "valid"

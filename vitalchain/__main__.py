@@ -1,3 +1,3 @@
-from vitalchain.cli import main
+from vitalchain.app.cli import main
 
 main()

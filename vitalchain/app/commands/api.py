@@ -1,0 +1,139 @@
+"""``vitalchain api``, ``vitalchain users ...`` and ``vitalchain grants ...``.
+
+User and grant changes made here are written to the access log too (method ``CLI``), so the
+history of who was given access is as tamper-evident as the history of who used it.
+"""
+
+from __future__ import annotations
+
+import getpass
+
+import click
+
+from vitalchain.api.accesslog import record_access
+from vitalchain.api.app import api_path
+from vitalchain.api.ids import ROLES, check_id, check_user, iso_from_us, parse_time_us
+from vitalchain.config import Settings
+from vitalchain.storage.apistore import ApiStore, StoreError
+
+
+def _operator() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:
+        return "cli"
+
+
+def _record(store: ApiStore, action: str, patient_id: str | None, reason: str) -> None:
+    # Only api.sqlite is written here; the running API seals the entry into the ledger.
+    record_access(
+        store, user=None, role="operator", method="CLI", path=action, query="", patient_id=patient_id,
+        allowed=True, status=0, reason=f"{reason} by {_operator()}")
+
+
+def register(main: click.Group) -> None:
+    @main.command("api")
+    @click.option("--host", default=None, help="Listen address (default: the settings' host).")
+    @click.option("--port", default=8700, show_default=True, type=click.IntRange(1, 65535))
+    @click.option("--seal-seconds", default=5.0, show_default=True, type=click.FloatRange(0.1),
+                  help="How often access-log entries are sealed into the ledger.")
+    @click.pass_obj
+    def api_command(settings: Settings, host: str | None, port: int, seal_seconds: float) -> None:
+        """Serve the clinician/auditor HTTP API (OpenAPI at /docs)."""
+        import uvicorn
+
+        from vitalchain.api.app import create_app
+
+        uvicorn.run(create_app(settings, seal_seconds=seal_seconds), host=host or settings.host,
+                    port=port, log_level="info")
+
+    @main.group("users")
+    def users() -> None:
+        """API users (bearer tokens)."""
+
+    @users.command("add")
+    @click.argument("name")
+    @click.option("--role", required=True, type=click.Choice(ROLES))
+    @click.pass_obj
+    def users_add(settings: Settings, name: str, role: str) -> None:
+        """Create a user and print its token (shown once, stored only as a hash)."""
+        store = ApiStore(api_path(settings))
+        try:
+            token = store.add_user(check_user(name), role)
+            _record(store, f"users add {name} --role {role}", None, "user created")
+        except (StoreError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            store.close()
+        click.echo(token)
+
+    @users.command("list")
+    @click.pass_obj
+    def users_list(settings: Settings) -> None:
+        store = ApiStore(api_path(settings))
+        for user in store.users():
+            click.echo(f"{user.name}\t{user.role}\t{'disabled' if user.disabled else 'active'}")
+        store.close()
+
+    @users.command("disable")
+    @click.argument("name")
+    @click.pass_obj
+    def users_disable(settings: Settings, name: str) -> None:
+        """Disable a user: its token stops working at once."""
+        store = ApiStore(api_path(settings))
+        try:
+            store.disable_user(name)
+            _record(store, f"users disable {name}", None, "user disabled")
+        except StoreError as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            store.close()
+
+    @main.group("grants")
+    def grants() -> None:
+        """Patient consent: which clinician may see which patient, until when."""
+
+    @grants.command("add")
+    @click.argument("patient")
+    @click.argument("clinician")
+    @click.option("--until", "until", required=True, help="Expiry, ISO 8601 (UTC if no offset).")
+    @click.pass_obj
+    def grants_add(settings: Settings, patient: str, clinician: str, until: str) -> None:
+        store = ApiStore(api_path(settings))
+        try:
+            grant = store.add_grant(check_id(patient, "patient id"), clinician,
+                                    parse_time_us(until), _operator())
+            _record(store, f"grants add {patient} {clinician}", patient,
+                    f"grant until {iso_from_us(grant.until_us)}")
+        except (StoreError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            store.close()
+        click.echo(f"grant {grant.id}: {patient} -> {clinician} until {iso_from_us(grant.until_us)}")
+
+    @grants.command("revoke")
+    @click.argument("patient")
+    @click.argument("clinician")
+    @click.pass_obj
+    def grants_revoke(settings: Settings, patient: str, clinician: str) -> None:
+        store = ApiStore(api_path(settings))
+        try:
+            count = store.revoke(patient, clinician, _operator())
+            _record(store, f"grants revoke {patient} {clinician}", patient, "grant revoked")
+        except StoreError as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            store.close()
+        click.echo(f"revoked {count} grant(s) of {patient} to {clinician}")
+
+    @grants.command("list")
+    @click.option("--patient", default=None)
+    @click.option("--clinician", default=None)
+    @click.pass_obj
+    def grants_list(settings: Settings, patient: str | None, clinician: str | None) -> None:
+        store = ApiStore(api_path(settings))
+        for g in store.grants(patient, clinician):
+            d = g.to_dict()
+            state = "active" if d["active"] else ("revoked" if d["revoked"] else "expired")
+            click.echo(f"{g.id}\t{g.patient_id}\t{g.clinician}\tuntil {d['until']}\t{state}")
+        store.close()

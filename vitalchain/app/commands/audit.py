@@ -1,0 +1,77 @@
+"""``vitalchain audit --from T1 --to T2``: exit 0 clean, 1 findings, 2 could not run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from vitalchain.config import Settings
+
+EXIT_FINDINGS = 1
+EXIT_CANNOT_RUN = 2
+
+
+class _ProgressLine:
+    """``windows checked N/M`` on stderr, rewritten in place on a terminal, every 5% otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.last_step = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.quiet or total == 0:
+            return
+        step = done * 20 // total
+        if self.tty:
+            click.echo(f"\rwindows checked {done}/{total}", err=True, nl=done == total)
+        elif step != self.last_step or done == total:
+            click.echo(f"windows checked {done}/{total}", err=True)
+        self.last_step = step
+
+
+@click.command("audit")
+@click.option("--from", "start", required=True, metavar="T1",
+              help="Start of the range: ISO 8601 (naive = UTC) or epoch microseconds.")
+@click.option("--to", "end", required=True, metavar="T2", help="End of the range (inclusive).")
+@click.option("--rpc", default=None, metavar="URL",
+              help="Ethereum JSON-RPC endpoint [default: settings.eth_rpc_url].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE", help="Also write the machine-readable report to FILE.")
+@click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.pass_obj
+def audit_command(settings: Settings, start: str, end: str, rpc: str | None,
+                  json_path: Path | None, quiet: bool) -> None:
+    """Check every reading, window and checkpoint of a time range against ledger and chain."""
+    from vitalchain.audit.engine import AuditUnavailable, run_audit
+    from vitalchain.audit.timearg import TimeArgError, parse_range
+
+    try:
+        start_us, end_us = parse_range(start, end)
+    except TimeArgError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if rpc is not None and not rpc.startswith(("http://", "https://")):
+        raise click.UsageError(f"--rpc {rpc!r} must be an http(s):// URL")
+    try:
+        report = asyncio.run(run_audit(settings, start_us, end_us, rpc_url=rpc,
+                                       progress=_ProgressLine(quiet)))
+    except AuditUnavailable as exc:
+        click.echo(f"audit could not run: {exc}", err=True)
+        sys.exit(EXIT_CANNOT_RUN)
+    if json_path is not None:
+        try:
+            json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        except OSError as exc:
+            click.echo(f"cannot write {json_path}: {exc.strerror}", err=True)
+            sys.exit(EXIT_CANNOT_RUN)
+    click.echo(report.to_text())
+    if not report.ok:
+        sys.exit(EXIT_FINDINGS)
+
+
+def register(main: click.Group) -> None:
+    main.add_command(audit_command)

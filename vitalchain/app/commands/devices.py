@@ -1,0 +1,150 @@
+"""``vitalchain devices``: provision simulated wearables and run them against the stack's broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+import click
+
+from vitalchain.config import Settings
+from vitalchain.core.payload.limits import MAX_BATCH, MIN_BATCH
+from vitalchain.core.payload.schema import schema_text
+from vitalchain.devices.fleet import FleetStats, run_fleet
+from vitalchain.devices.registry import (
+    DeviceIdentity,
+    ProvisioningError,
+    load_registry,
+    provision_devices,
+    registry_path,
+)
+
+
+def _progress_printer(stream: TextIO) -> tuple[Callable[[FleetStats], None], Callable[[], None]]:
+    """A progress callback: in place on a terminal, one line per report otherwise (logs, CI)."""
+    tty = stream.isatty()
+    width = 0
+
+    def show(stats: FleetStats) -> None:
+        nonlocal width
+        line = stats.line()
+        if tty:
+            stream.write("\r" + line + " " * max(0, width - len(line)))
+            width = len(line)
+        else:
+            stream.write(line + "\n")
+        stream.flush()
+
+    def finish() -> None:
+        if tty and width:
+            stream.write("\n")
+            stream.flush()
+
+    return show, finish
+
+
+def register(main: click.Group) -> None:
+    @main.group("devices")
+    def devices_group() -> None:
+        """Simulated wearables publishing vital signs over MQTT."""
+
+    @devices_group.command("provision")
+    @click.argument("count", type=click.IntRange(1, 100_000))
+    @click.option("--prefix", default="wearable", show_default=True,
+                  help="Device ids are <prefix>-00001, <prefix>-00002, ...")
+    @click.pass_obj
+    def provision(settings: Settings, count: int, prefix: str) -> None:
+        """Create credentials and registry entries for COUNT devices (idempotent)."""
+        before = load_registry(settings)
+        try:
+            devices = provision_devices(settings, count, prefix)
+        except (ProvisioningError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        new = sum(d.device_id not in before for d in devices)
+        click.echo(f"{len(devices)} devices ({new} new): {devices[0].device_id} .. "
+                   f"{devices[-1].device_id}; registry {registry_path(settings)}")
+
+    @devices_group.command("schema")
+    def schema() -> None:
+        """Print the JSON Schema every device message must satisfy."""
+        click.echo(schema_text(), nl=False)
+
+    @devices_group.command("run")
+    @click.option("--devices", "n_devices", type=click.IntRange(1, 100_000), default=10,
+                  show_default=True, help="How many devices (provisioned on demand).")
+    @click.option("--prefix", default="wearable", show_default=True)
+    @click.option("--rate", type=click.FloatRange(min=0.001), default=1.0, show_default=True,
+                  help="Readings per second per device.")
+    @click.option("--duration", type=click.FloatRange(min=0), default=None,
+                  help="Seconds to sample (default: until Ctrl-C).")
+    @click.option("--count", type=click.IntRange(min=0), default=None,
+                  help="Readings per device, instead of --duration.")
+    @click.option("--batch", type=click.IntRange(MIN_BATCH, MAX_BATCH), default=1,
+                  show_default=True, help="Readings per MQTT message.")
+    @click.option("--seed", type=int, default=0, show_default=True,
+                  help="Seed of the simulated physiology.")
+    @click.option("--buffer", "buffer_limit", type=click.IntRange(min=1), default=10_000,
+                  show_default=True, help="Unacknowledged readings each device keeps.")
+    @click.option("--episodes-per-hour", type=click.FloatRange(min=0), default=1.0,
+                  show_default=True, help="Mean rate of clinical episodes per patient.")
+    @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+                  help="Seconds between progress reports.")
+    @click.pass_obj
+    def run(settings: Settings, n_devices: int, prefix: str, rate: float,
+            duration: float | None, count: int | None, batch: int, seed: int,
+            buffer_limit: int, episodes_per_hour: float, interval: float) -> None:
+        """Run devices against the broker until --duration/--count, then drain and summarise."""
+        if duration is not None and count is not None:
+            raise click.UsageError("give --duration or --count, not both")
+        if buffer_limit < batch:
+            raise click.UsageError("--buffer must hold at least one --batch")
+        try:
+            devices = provision_devices(settings, n_devices, prefix)
+        except (ProvisioningError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        show, finish = _progress_printer(click.get_text_stream("stderr"))
+        stats = asyncio.run(_run(settings, devices, rate, duration, count, batch, seed,
+                                 buffer_limit, episodes_per_hour, interval, show))
+        finish()
+        click.echo(f"devices       {stats.devices}\n"
+                   f"elapsed       {stats.elapsed_s:.1f} s\n"
+                   f"generated     {stats.generated}\n"
+                   f"published     {stats.published} readings in {stats.messages} messages\n"
+                   f"acknowledged  {stats.acked} ({stats.ack_rate:.0f} readings/s)\n"
+                   f"buffered      {stats.buffered}\n"
+                   f"dropped       {stats.dropped}\n"
+                   f"rejected      {stats.rejected}")
+        for device_id, error in sorted(stats.errors.items())[:5]:
+            click.echo(f"  {device_id}: {error}", err=True)
+        if stats.buffered or stats.rejected:
+            raise click.ClickException(
+                f"{stats.buffered + stats.rejected} readings were not acknowledged")
+
+    _ = (provision, schema, run)
+
+
+async def _run(settings: Settings, devices: list[DeviceIdentity], rate: float, duration: float | None,
+               count: int | None, batch: int, seed: int, buffer_limit: int,
+               episodes_per_hour: float, interval: float,
+               show: Callable[[FleetStats], None]) -> FleetStats:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    if duration is None and count is None:
+        print("running until Ctrl-C", file=sys.stderr)
+    try:
+        return await run_fleet(settings, devices, rate, duration, count, batch, seed,
+                               show,
+                               buffer_limit=buffer_limit, progress_interval=interval,
+                               track_acked=False, episodes_per_hour=episodes_per_hour,
+                               stop=stop, drain_timeout=30.0)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)

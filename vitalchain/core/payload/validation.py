@@ -1,0 +1,268 @@
+"""Validation of device payloads arriving on MQTT: pure functions, no I/O.
+
+A device is untrusted input. Every message is checked strictly (exact field set, exact JSON types,
+physical limits from ``vitalchain.core.payload.limits``) before anything reaches Kafka, because a reading that gets
+in is sealed into a Merkle window for good: rejecting late is not possible.
+
+The checks are hand-written rather than ``jsonschema`` because the bridge validates every message
+and jsonschema costs tens of microseconds per object; ``tests/test_validation.py`` checks on
+generated samples that this validator and ``devices/reading.schema.json`` agree.
+
+Batch policy (``{"readings": [...]}``): *structural* problems of the batch itself (not a list,
+empty, more than :data:`MAX_BATCH` readings, readings naming different devices) reject the whole
+message, since they mean a broken sender and no reading in it is trustworthy. Problems of
+individual readings are per reading: the good readings are forwarded and each bad one is
+dead-lettered on its own with its index in the detail. A device that sent one implausible value
+does not lose its other 99 readings, and the MQTT message is still acked only once every record
+from it (forwarded or dead-lettered) is in Kafka.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from vitalchain.core.payload.limits import ID_PATTERN, MAX_BATCH, MAX_JSON_INT, MIN_TS_US, VITAL_LIMITS
+
+TOPIC_PREFIX = "vitals/"
+# fullmatch, not match: Python's ``$`` also matches before a trailing newline.
+_ID = re.compile(ID_PATTERN.removeprefix("^").removesuffix("$"))
+
+# Reason codes of dead-letter records with stage "bridge" (the value's "reason" field).
+REASONS: dict[str, str] = {
+    "oversized": "payload larger than max_payload_bytes; not parsed",
+    "bad_topic": "MQTT topic is not vitals/<device id>",
+    "malformed_json": ("payload is not UTF-8 JSON, or has NaN/Infinity, duplicate keys "
+                       "or absurd nesting"),
+    "not_an_object": "top-level JSON value is not an object",
+    "schema": "missing, unexpected or wrongly typed field; the detail names the field",
+    "out_of_range": ("value outside physical limits (or dia >= sys); the detail names "
+                     "field, value and limit"),
+    "device_mismatch": "reading's device_id differs from the topic's device id",
+    "future_timestamp": "ts_us more than max_future_seconds ahead of the bridge clock",
+    "batch_empty": "batch with no readings",
+    "batch_too_large": f"batch with more than {MAX_BATCH} readings",
+    "batch_mixed_devices": "batch whose readings name more than one device",
+    "rate_limited": ("valid readings over the device's flood limit (ingest.ratelimit); one record "
+                     "per message, the detail lists the readings not forwarded"),
+}
+
+READING_FIELDS = frozenset({"device_id", "patient_id", "seq", "ts_us", "vitals"})
+VITAL_FIELDS = tuple(VITAL_LIMITS)
+_VITAL_SET = frozenset(VITAL_FIELDS)
+# Integers must be JSON integers (80, not 80.0): stricter than JSON Schema's "integer", on purpose,
+# so what is forwarded is exactly what a strict reader expects.
+_NUMBER_VITALS = frozenset({"temp_c"})
+_INT_RANGES = {"seq": (0, MAX_JSON_INT), "ts_us": (MIN_TS_US, MAX_JSON_INT)}
+# A valid message nests 4 deep ({"readings": [{... "vitals": {}}]}). Deeper is refused before
+# parsing: json's C parser bounds nesting only by the interpreter's recursion limit, which other
+# code (test frameworks, libraries) may raise, and then absurd nesting would parse, slowly, or
+# overflow the C stack.
+MAX_DEPTH = 32
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why (part of) a message is refused; ``index`` is the reading's position in a batch."""
+
+    reason: str
+    detail: str
+    index: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.reason not in REASONS:
+            raise ValueError(f"unknown reason code {self.reason!r}")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The result of validating one MQTT message: what to forward, what to dead-letter."""
+
+    device_id: str | None  # from the topic; None when the topic is malformed
+    readings: list[dict[str, Any]] = field(default_factory=list)
+    # Position of each of ``readings`` in its batch (0 for a single reading), for dead letters.
+    reading_indexes: list[int] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def device_id_from_topic(topic: str) -> str | None:
+    if not topic.startswith(TOPIC_PREFIX):
+        return None
+    device_id = topic[len(TOPIC_PREFIX):]
+    return device_id if _ID.fullmatch(device_id) else None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Reject("malformed_json", f"duplicate key {key!r}")
+            seen.add(key)
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise _Reject("malformed_json", f"{name} is not JSON")
+
+
+def _too_deep(payload: bytes) -> bool:
+    """Whether brackets outside strings nest deeper than :data:`MAX_DEPTH` (cheap when shallow)."""
+    if payload.count(b"[") + payload.count(b"{") <= MAX_DEPTH:
+        return False
+    depth = 0
+    for bracket in _BRACKETS.findall(_JSON_STRING.sub(b"", payload)):
+        depth += 1 if bracket in b"[{" else -1
+        if depth > MAX_DEPTH:
+            return True
+    return False
+
+
+def parse(payload: bytes) -> Any:
+    """Strict JSON: UTF-8, no NaN/Infinity, no duplicate keys (two parsers must never disagree)."""
+    if _too_deep(payload):
+        raise _Reject("malformed_json", f"nesting deeper than {MAX_DEPTH}")
+    try:
+        return json.loads(payload.decode("utf-8"), object_pairs_hook=_no_duplicates,
+                          parse_constant=_no_constants)
+    except _Reject:
+        raise
+    except UnicodeDecodeError as exc:
+        raise _Reject("malformed_json", f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except json.JSONDecodeError as exc:
+        raise _Reject("malformed_json", f"invalid JSON: {exc.msg} at char {exc.pos}") from None
+    except (ValueError, RecursionError) as exc:  # huge int literals, absurd nesting
+        raise _Reject("malformed_json", f"invalid JSON: {type(exc).__name__}") from None
+
+
+def _check_id(obj: dict[str, Any], name: str) -> None:
+    value = obj[name]
+    if type(value) is not str:
+        raise _Reject("schema", f"{name} must be a string, got {type(value).__name__}")
+    if not _ID.fullmatch(value):
+        raise _Reject("schema", f"{name} {value[:80]!r} does not match {ID_PATTERN}")
+
+
+def check_reading(obj: Any) -> dict[str, Any]:
+    """Context-free checks of one reading (types, field set, limits); raises ``_Reject``."""
+    if type(obj) is not dict:
+        raise _Reject("schema", f"reading must be an object, got {type(obj).__name__}")
+    keys = obj.keys()
+    if keys != READING_FIELDS:
+        missing = sorted(READING_FIELDS - keys)
+        if missing:
+            raise _Reject("schema", f"missing field {missing[0]}")
+        raise _Reject("schema", f"unexpected field {sorted(keys - READING_FIELDS)[0]}")
+    _check_id(obj, "device_id")
+    _check_id(obj, "patient_id")
+    for name, (low, high) in _INT_RANGES.items():
+        value = obj[name]
+        if type(value) is not int:
+            raise _Reject("schema", f"{name} must be an integer, got {type(value).__name__}")
+        if not low <= value <= high:
+            raise _Reject("out_of_range", f"{name}={value} outside limit {low}..{high}")
+    vitals = obj["vitals"]
+    if type(vitals) is not dict:
+        raise _Reject("schema", f"vitals must be an object, got {type(vitals).__name__}")
+    vkeys = vitals.keys()
+    if vkeys != _VITAL_SET:
+        missing = [v for v in VITAL_FIELDS if v not in vkeys]
+        if missing:
+            raise _Reject("schema", f"missing field vitals.{missing[0]}")
+        raise _Reject("schema", f"unexpected field vitals.{sorted(vkeys - _VITAL_SET)[0]}")
+    for name in VITAL_FIELDS:
+        value = vitals[name]
+        kind = type(value)
+        if name in _NUMBER_VITALS:
+            if kind is not float and kind is not int:
+                raise _Reject("schema", f"vitals.{name} must be a number, got {kind.__name__}")
+            if not math.isfinite(value):
+                raise _Reject("out_of_range", f"vitals.{name}={value} is not finite")
+        elif kind is not int:
+            raise _Reject("schema", f"vitals.{name} must be an integer, got {kind.__name__}")
+        low, high = VITAL_LIMITS[name]
+        if not low <= value <= high:
+            raise _Reject("out_of_range",
+                          f"vitals.{name}={value} outside limit {low}..{high}")
+    if vitals["dia"] >= vitals["sys"]:
+        raise _Reject("out_of_range",
+                      f"vitals.dia={vitals['dia']} must be below vitals.sys={vitals['sys']}")
+    return obj
+
+
+def _check_context(reading: dict[str, Any], device_id: str, now_us: int, latest_us: int) -> None:
+    if reading["device_id"] != device_id:
+        raise _Reject("device_mismatch",
+                      f"device_id {reading['device_id']!r} does not match the topic's "
+                      f"device {device_id!r}")
+    if reading["ts_us"] > latest_us:
+        ahead = (reading["ts_us"] - now_us) / 1e6
+        raise _Reject("future_timestamp",
+                      f"ts_us={reading['ts_us']} is {ahead:.1f}s ahead of the bridge clock, "
+                      f"limit {(latest_us - now_us) / 1e6:g}s")
+
+
+def validate(topic: str, payload: bytes, now_us: int, *, max_payload_bytes: int,
+             max_future_seconds: float) -> Outcome:
+    """Validate one MQTT message. Never raises: every problem becomes a :class:`Rejection`."""
+    device_id = device_id_from_topic(topic)
+    outcome = Outcome(device_id)
+    if len(payload) > max_payload_bytes:
+        outcome.rejections.append(Rejection(
+            "oversized", f"payload is {len(payload)} bytes, limit {max_payload_bytes}"))
+        return outcome
+    if device_id is None:
+        outcome.rejections.append(Rejection("bad_topic", f"topic {topic[:200]!r} is not "
+                                                         "vitals/<device id>"))
+        return outcome
+    latest_us = now_us + int(max_future_seconds * 1_000_000)
+    try:
+        doc = parse(payload)
+        if type(doc) is not dict:
+            raise _Reject("not_an_object", f"top-level JSON value is {type(doc).__name__}")
+        if "readings" not in doc:
+            items, batch = [doc], False
+        else:
+            if len(doc) != 1:
+                extra = sorted(k for k in doc if k != "readings")[0]
+                raise _Reject("schema", f"unexpected field {extra} next to readings")
+            items, batch = doc["readings"], True
+            if type(items) is not list:
+                raise _Reject("schema", f"readings must be an array, got {type(items).__name__}")
+            if not items:
+                raise _Reject("batch_empty", "readings is empty")
+            if len(items) > MAX_BATCH:
+                raise _Reject("batch_too_large", f"{len(items)} readings, limit {MAX_BATCH}")
+            named = {r["device_id"] for r in items
+                     if type(r) is dict and type(r.get("device_id")) is str}
+            if len(named) > 1:
+                raise _Reject("batch_mixed_devices",
+                              f"readings name devices {sorted(named)[:5]}")
+    except _Reject as reject:
+        outcome.rejections.append(Rejection(reject.reason, reject.detail))
+        return outcome
+    for index, item in enumerate(items):
+        try:
+            reading = check_reading(item)
+            _check_context(reading, device_id, now_us, latest_us)
+        except _Reject as reject:
+            where = f"readings[{index}]: " if batch else ""
+            outcome.rejections.append(Rejection(reject.reason, where + reject.detail,
+                                                index if batch else None))
+        else:
+            outcome.readings.append(reading)
+            outcome.reading_indexes.append(index)
+    return outcome

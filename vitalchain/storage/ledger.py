@@ -1,0 +1,422 @@
+"""The durable window log: sealed windows in log order, their leaf hashes, the reading index.
+
+The ledger is the record of truth for *what was sealed*: Kafka (tansu) is memory only and
+InfluxDB holds the readings, but which readings form which window, in which order, under which
+root, and which offsets of each partition are done, lives here.  Everything in it is a hash or an
+identity (device id, sequence number, timestamps, offsets): no vital-sign value is ever stored,
+so the ledger can be copied to an auditor without leaking health data.
+
+Storage is one SQLite file in WAL mode with a busy timeout, so several stream workers (and the
+anchor worker, which keeps its own tables in the same file) on one host can share it; writes take
+``BEGIN IMMEDIATE`` so appends are serialised.  In production the same schema lives on a shared
+SQL database (one log for all hosts); nothing here depends on SQLite beyond the connection.
+
+Guarantees of :meth:`Ledger.append_window`:
+
+- *append-only*: windows get consecutive log indexes 0, 1, 2, ...; triggers refuse any UPDATE or
+  DELETE of sealed windows and index rows;
+- *idempotent*: appending a window whose ``window_id`` is already sealed with the *same* header
+  returns the existing index and changes nothing; a *different* header under that id raises
+  :class:`WindowConflict`;
+- *fenced*: a window must start right after the partition's last sealed offset, otherwise
+  :class:`StaleWindow` is raised (a worker that lost its partition cannot seal stale data);
+- *atomic*: header, leaf hashes, reading index rows and the partition's sealed offset are written
+  in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vitalchain.core.integrity import WINDOW_FORMAT, canonical_json, window_leaf_hash
+
+HASH_BYTES = 32
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger_windows (
+    log_index     INTEGER PRIMARY KEY,
+    window_id     TEXT    NOT NULL UNIQUE,
+    topic         TEXT    NOT NULL,
+    partition     INTEGER NOT NULL,
+    first_offset  INTEGER NOT NULL,
+    last_offset   INTEGER NOT NULL,
+    start_us      INTEGER NOT NULL,
+    end_us        INTEGER NOT NULL,
+    size          INTEGER NOT NULL,
+    root          TEXT    NOT NULL,
+    header        TEXT    NOT NULL,
+    window_leaf   BLOB    NOT NULL,
+    leaf_hashes   BLOB    NOT NULL,
+    idle_cut      INTEGER NOT NULL,
+    sealed_at_us  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_windows_time ON ledger_windows (start_us, end_us);
+CREATE INDEX IF NOT EXISTS ledger_windows_partition
+    ON ledger_windows (topic, partition, last_offset);
+CREATE TABLE IF NOT EXISTS ledger_readings (
+    device_id        TEXT    NOT NULL,
+    seq              INTEGER NOT NULL,
+    ts_us            INTEGER NOT NULL,
+    window_id        TEXT    NOT NULL,
+    log_index        INTEGER NOT NULL,
+    index_in_window  INTEGER NOT NULL,
+    leaf_hash        BLOB    NOT NULL,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ledger_readings_time ON ledger_readings (device_id, ts_us);
+CREATE TABLE IF NOT EXISTS ledger_partitions (
+    topic          TEXT    NOT NULL,
+    partition      INTEGER NOT NULL,
+    sealed_offset  INTEGER NOT NULL,
+    last_end_us    INTEGER,
+    PRIMARY KEY (topic, partition)
+);
+CREATE TRIGGER IF NOT EXISTS ledger_windows_no_update BEFORE UPDATE ON ledger_windows
+BEGIN SELECT RAISE(ABORT, 'ledger_windows is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_windows_no_delete BEFORE DELETE ON ledger_windows
+BEGIN SELECT RAISE(ABORT, 'ledger_windows is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_readings_no_update BEFORE UPDATE ON ledger_readings
+BEGIN SELECT RAISE(ABORT, 'ledger_readings is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_readings_no_delete BEFORE DELETE ON ledger_readings
+BEGIN SELECT RAISE(ABORT, 'ledger_readings is append-only'); END;
+"""
+
+
+class LedgerError(RuntimeError):
+    """Base class of refusals by the ledger."""
+
+
+class WindowConflict(LedgerError):
+    """A different header (or a reading) is already sealed under the same identity."""
+
+
+class StaleWindow(LedgerError):
+    """The window does not start right after the partition's last sealed offset."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingIndexRow:
+    """One reading's place in its window (identity and hash only: no vitals)."""
+
+    device_id: str
+    seq: int
+    ts_us: int
+    index_in_window: int
+    leaf_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SealedWindow:
+    log_index: int
+    header: dict[str, Any]
+    leaf_hashes: list[bytes]
+    window_leaf: bytes
+    idle_cut: bool
+    topic: str
+
+    @property
+    def window_id(self) -> str:
+        return str(self.header["window_id"])
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingLocation:
+    device_id: str
+    seq: int
+    window_id: str
+    log_index: int
+    index_in_window: int
+    leaf_hash: bytes
+    ts_us: int
+
+
+def _split_hashes(blob: bytes) -> list[bytes]:
+    return [blob[i:i + HASH_BYTES] for i in range(0, len(blob), HASH_BYTES)]
+
+
+def _checked_header(header: Mapping[str, Any], partition: int) -> tuple[dict[str, Any], str, int]:
+    """The fields every appended window must carry, checked before any write."""
+    header = dict(header)
+    window_id = header.get("window_id")
+    if not isinstance(window_id, str) or not window_id:
+        raise ValueError("header has no window_id")
+    if header.get("partition") != partition:
+        raise ValueError(f"header partition {header.get('partition')!r} != {partition}")
+    _check_int("first_offset", header.get("first_offset"))
+    _check_int("last_offset", header.get("last_offset"))
+    return header, window_id, _check_int("size", header.get("size"))
+
+
+def _check_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+class Ledger:
+    """The window log in one SQLite file; safe to open from several processes at once."""
+
+    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(self.path), timeout=busy_timeout_s,
+                                   isolation_level=None, check_same_thread=False)
+        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in SCHEMA.split(";\n"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _one(self, sql: str, args: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        with self._lock:
+            return self._db.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # --- partitions -----------------------------------------------------------------------
+    def last_sealed_offset(self, topic: str, partition: int) -> int | None:
+        """Highest offset of ``(topic, partition)`` that is done (sealed or dropped), or None."""
+        row = self._one("SELECT sealed_offset FROM ledger_partitions WHERE topic=? AND partition=?",
+                        (topic, partition))
+        return None if row is None else int(row[0])
+
+    def previous_window_end_us(self, topic: str, partition: int) -> int | None:
+        """``end_us`` of the partition's last sealed window: readings before it are late."""
+        row = self._one("SELECT last_end_us FROM ledger_partitions WHERE topic=? AND partition=?",
+                        (topic, partition))
+        return None if row is None or row[0] is None else int(row[0])
+
+    def last_window(self, topic: str, partition: int) -> SealedWindow | None:
+        row = self._one("SELECT log_index FROM ledger_windows WHERE topic=? AND partition=? "
+                        "ORDER BY last_offset DESC LIMIT 1", (topic, partition))
+        return None if row is None else self.window_by_index(int(row[0]))
+
+    def advance_offset(self, topic: str, partition: int, first_offset: int,
+                       last_offset: int) -> None:
+        """Mark a range that held no sealable reading (only duplicates/conflicts) as done.
+
+        Fenced like :meth:`append_window`; re-marking the same range is a no-op.
+        """
+        _check_int("first_offset", first_offset)
+        _check_int("last_offset", last_offset)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                sealed = self._sealed_offset_locked(topic, partition)
+                if sealed is not None and sealed >= last_offset:
+                    self._db.execute("COMMIT")
+                    return
+                if sealed is not None and first_offset != sealed + 1:
+                    raise StaleWindow(f"range {first_offset}..{last_offset} of {topic}[{partition}] "
+                                      f"does not follow sealed offset {sealed}")
+                self._db.execute(
+                    "INSERT INTO ledger_partitions (topic, partition, sealed_offset) "
+                    "VALUES (?, ?, ?) ON CONFLICT (topic, partition) "
+                    "DO UPDATE SET sealed_offset=excluded.sealed_offset",
+                    (topic, partition, last_offset))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _sealed_offset_locked(self, topic: str, partition: int) -> int | None:
+        row = self._db.execute("SELECT sealed_offset FROM ledger_partitions "
+                               "WHERE topic=? AND partition=?", (topic, partition)).fetchone()
+        return None if row is None else int(row[0])
+
+    # --- appending --------------------------------------------------------------------------
+    def append_window(self, topic: str, partition: int, header: Mapping[str, Any],
+                      leaf_hashes: Sequence[bytes], readings: Sequence[ReadingIndexRow],
+                      idle_cut: bool) -> int:
+        """Seal one window; returns its log index (see the module docstring for guarantees)."""
+        header, window_id, size = _checked_header(header, partition)
+        if len(leaf_hashes) != size or len(readings) != size:
+            raise ValueError(f"window {window_id}: size {size} but {len(leaf_hashes)} leaf hashes "
+                             f"and {len(readings)} index rows")
+        for i, (leaf, row) in enumerate(zip(leaf_hashes, readings, strict=True)):
+            if len(leaf) != HASH_BYTES or row.leaf_hash != leaf or row.index_in_window != i:
+                raise ValueError(f"window {window_id}: index row {i} does not match its leaf")
+        return self._append(topic, partition, header, leaf_hashes, readings, idle_cut)
+
+    def append_entry_window(self, topic: str, partition: int, header: Mapping[str, Any],
+                            leaf_hashes: Sequence[bytes]) -> int:
+        """Seal a window of non-reading entries (the API's access log) into the same log.
+
+        Same guarantees as :meth:`append_window` (append-only, idempotent, fenced on
+        ``(topic, partition)``, atomic) but no reading index rows: the entries are not readings,
+        so ``locate``/``reading_count`` never see them.  Reading windows cannot come this way.
+        """
+        if header.get("format") == WINDOW_FORMAT:
+            raise ValueError("reading windows must be appended with append_window")
+        header, window_id, size = _checked_header(header, partition)
+        if size < 1 or len(leaf_hashes) != size or any(len(h) != HASH_BYTES for h in leaf_hashes):
+            raise ValueError(f"window {window_id}: size {size} but {len(leaf_hashes)} leaf hashes")
+        return self._append(topic, partition, header, leaf_hashes, (), False)
+
+    def _append(self, topic: str, partition: int, header: dict[str, Any],
+                leaf_hashes: Sequence[bytes], readings: Sequence[ReadingIndexRow],
+                idle_cut: bool) -> int:
+        """One ``BEGIN IMMEDIATE`` transaction around the append, so concurrent writers queue."""
+        header_json = canonical_json(header).decode()
+        window_leaf = window_leaf_hash(header)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                index = self._append_locked(topic, partition, header, header_json, window_leaf,
+                                            leaf_hashes, readings, idle_cut,
+                                            header["first_offset"], header["last_offset"])
+                self._db.execute("COMMIT")
+                return index
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _append_locked(self, topic: str, partition: int, header: dict[str, Any],
+                       header_json: str, window_leaf: bytes, leaf_hashes: Sequence[bytes],
+                       readings: Sequence[ReadingIndexRow], idle_cut: bool,
+                       first_offset: int, last_offset: int) -> int:
+        window_id = header["window_id"]
+        existing = self._db.execute(
+            "SELECT log_index, header FROM ledger_windows WHERE window_id=?",
+            (window_id,)).fetchone()
+        if existing is not None:
+            if existing[1] == header_json:
+                return int(existing[0])
+            raise WindowConflict(f"window {window_id} is already sealed with a different header")
+        sealed = self._sealed_offset_locked(topic, partition)
+        if sealed is not None and first_offset != sealed + 1:
+            raise StaleWindow(f"window {window_id} of {topic}[{partition}] does not follow the "
+                              f"sealed offset {sealed}")
+        row = self._db.execute("SELECT COALESCE(MAX(log_index) + 1, 0) FROM ledger_windows")
+        index = int(row.fetchone()[0])
+        self._db.execute(
+            "INSERT INTO ledger_windows (log_index, window_id, topic, partition, first_offset, "
+            "last_offset, start_us, end_us, size, root, header, window_leaf, leaf_hashes, "
+            "idle_cut, sealed_at_us) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (index, window_id, topic, partition, first_offset, last_offset,
+             int(header["start_us"]), int(header["end_us"]), int(header["size"]),
+             str(header["root"]), header_json, window_leaf, b"".join(leaf_hashes),
+             1 if idle_cut else 0, time.time_ns() // 1000))
+        try:
+            self._db.executemany(
+                "INSERT INTO ledger_readings (device_id, seq, ts_us, window_id, log_index, "
+                "index_in_window, leaf_hash) VALUES (?,?,?,?,?,?,?)",
+                [(r.device_id, r.seq, r.ts_us, window_id, index, r.index_in_window, r.leaf_hash)
+                 for r in readings])
+        except sqlite3.IntegrityError as exc:
+            raise WindowConflict(f"window {window_id}: a reading is already sealed in another "
+                                 f"window ({exc})") from exc
+        self._db.execute(
+            "INSERT INTO ledger_partitions (topic, partition, sealed_offset, last_end_us) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE SET "
+            "sealed_offset=excluded.sealed_offset, last_end_us=excluded.last_end_us",
+            (topic, partition, last_offset, int(header["end_us"])))
+        return index
+
+    # --- reading the log --------------------------------------------------------------------
+    def log_size(self) -> int:
+        row = self._one("SELECT COUNT(*) FROM ledger_windows")
+        return int(row[0]) if row else 0
+
+    def log_leaf_hashes(self, size: int | None = None) -> list[bytes]:
+        """Window leaf hashes in log order (the first ``size`` of them)."""
+        if size is None:
+            rows = self._all("SELECT window_leaf FROM ledger_windows ORDER BY log_index")
+        else:
+            rows = self._all("SELECT window_leaf FROM ledger_windows WHERE log_index < ? "
+                             "ORDER BY log_index", (_check_int("size", size),))
+        return [bytes(r[0]) for r in rows]
+
+    _WINDOW_COLUMNS = "log_index, header, leaf_hashes, window_leaf, idle_cut, topic"
+
+    def _window(self, row: tuple[Any, ...] | None) -> SealedWindow | None:
+        if row is None:
+            return None
+        return SealedWindow(log_index=int(row[0]), header=json.loads(row[1]),
+                            leaf_hashes=_split_hashes(bytes(row[2])), window_leaf=bytes(row[3]),
+                            idle_cut=bool(row[4]), topic=str(row[5]))
+
+    def window_by_index(self, index: int) -> SealedWindow | None:
+        return self._window(self._one(
+            f"SELECT {self._WINDOW_COLUMNS} FROM ledger_windows WHERE log_index=?", (index,)))
+
+    def window_by_id(self, window_id: str) -> SealedWindow | None:
+        return self._window(self._one(
+            f"SELECT {self._WINDOW_COLUMNS} FROM ledger_windows WHERE window_id=?", (window_id,)))
+
+    def windows(self, start_us: int | None = None, end_us: int | None = None,
+                topic: str | None = None) -> Iterator[SealedWindow]:
+        """Sealed windows in log order whose time span overlaps ``[start_us, end_us]``."""
+        clauses, args = [], []
+        if start_us is not None:
+            clauses.append("end_us >= ?")
+            args.append(start_us)
+        if end_us is not None:
+            clauses.append("start_us <= ?")
+            args.append(end_us)
+        if topic is not None:
+            clauses.append("topic = ?")
+            args.append(topic)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._all(f"SELECT {self._WINDOW_COLUMNS} FROM ledger_windows {where} "
+                         "ORDER BY log_index", args)
+        for row in rows:
+            window = self._window(row)
+            assert window is not None
+            yield window
+
+    # --- reading index ------------------------------------------------------------------------
+    def sealed_leaf(self, device_id: str, seq: int) -> bytes | None:
+        row = self._one("SELECT leaf_hash FROM ledger_readings WHERE device_id=? AND seq=?",
+                        (device_id, seq))
+        return None if row is None else bytes(row[0])
+
+    def _location(self, row: tuple[Any, ...]) -> ReadingLocation:
+        return ReadingLocation(device_id=row[0], seq=int(row[1]), window_id=row[2],
+                               log_index=int(row[3]), index_in_window=int(row[4]),
+                               leaf_hash=bytes(row[5]), ts_us=int(row[6]))
+
+    _LOCATION_COLUMNS = "device_id, seq, window_id, log_index, index_in_window, leaf_hash, ts_us"
+
+    def locate(self, device_id: str, seq: int) -> ReadingLocation | None:
+        row = self._one(f"SELECT {self._LOCATION_COLUMNS} FROM ledger_readings "
+                        "WHERE device_id=? AND seq=?", (device_id, seq))
+        return None if row is None else self._location(row)
+
+    def locate_by_time(self, device_id: str, ts_us: int) -> list[ReadingLocation]:
+        """All sealed readings of a device stamped exactly ``ts_us`` (usually zero or one)."""
+        rows = self._all(f"SELECT {self._LOCATION_COLUMNS} FROM ledger_readings "
+                         "WHERE device_id=? AND ts_us=? ORDER BY seq", (device_id, ts_us))
+        return [self._location(r) for r in rows]
+
+    def reading_count(self) -> int:
+        row = self._one("SELECT COUNT(*) FROM ledger_readings")
+        return int(row[0]) if row else 0

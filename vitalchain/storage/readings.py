@@ -1,0 +1,140 @@
+"""How a canonical reading is stored in InfluxDB and rebuilt from it: the ONE definition.
+
+Sealing writes, and auditing/proving reads back, so both directions live here and nowhere else.
+
+Measurement ``readings``: tags ``device_id``, ``patient_id``; fields ``hr, spo2, rr, temp_c, sys,
+dia`` (always floats, so InfluxDB never sees a field type change), ``seq`` (integer), ``salt``
+(hex string), ``leaf`` (hex of the leaf hash), ``window_id`` (string), ``late`` (bool),
+``received_us`` (integer).
+
+Timestamp rule: ``time_ns = ts_us * 1000 + seq % 1000``.  InfluxDB identifies a point by
+measurement + tag set + timestamp, so two readings of one device stamped in the same microsecond
+would otherwise overwrite each other; the sub-microsecond digits carry ``seq % 1000`` and
+``ts_us = (time_ns - seq % 1000) // 1000`` recovers the device's timestamp exactly.  Two readings
+of one device collide only if they share ``ts_us`` *and* ``seq % 1000`` (a device repeating a
+timestamp across 1000 sequence numbers), which the stream never expects from a working device.
+
+Measurement ``windows``: tags ``partition``, ``window_id``; fields ``root``, ``size``,
+``start_us``, ``end_us``, ``first_offset``, ``last_offset``, ``log_index``, ``status``;
+timestamp ``start_us * 1000`` ns.
+
+Rewriting the same point replaces it with identical data, which is what makes sealing idempotent
+under replay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from vitalchain.storage.influx import Point
+
+READINGS_MEASUREMENT = "readings"
+WINDOWS_MEASUREMENT = "windows"
+VITAL_FIELDS = ("hr", "spo2", "rr", "temp_c", "sys", "dia")
+# Vitals the devices send as integers (docs/ARCHITECTURE.md); temp_c is a float.
+INTEGER_VITALS = frozenset({"hr", "spo2", "rr", "sys", "dia"})
+SUB_US_SLOTS = 1000
+
+
+class StoredReadingError(ValueError):
+    """A point read back from InfluxDB cannot be turned into a canonical reading."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    """A reading as read back: the canonical object plus what the pipeline recorded with it."""
+
+    canonical: dict[str, Any]
+    leaf_hex: str
+    window_id: str
+    late: bool
+    received_us: int
+
+
+def point_time_ns(ts_us: int, seq: int) -> int:
+    """The InfluxDB timestamp of a reading (see the module docstring)."""
+    return ts_us * 1000 + seq % SUB_US_SLOTS
+
+
+def ts_us_from_time_ns(time_ns: int, seq: int) -> int:
+    rest = time_ns - seq % SUB_US_SLOTS
+    if rest % 1000:
+        raise StoredReadingError(f"timestamp {time_ns} does not match seq {seq}")
+    return rest // 1000
+
+
+def reading_point(canonical: Mapping[str, Any], leaf: bytes, window_id: str, late: bool,
+                  received_us: int) -> Point:
+    """The ``readings`` point of one canonical reading (device fields + salt)."""
+    vitals = canonical["vitals"]
+    fields: dict[str, float | int | bool | str] = {
+        name: float(vitals[name]) for name in VITAL_FIELDS
+    }
+    fields.update(seq=int(canonical["seq"]), salt=str(canonical["salt"]), leaf=leaf.hex(),
+                  window_id=window_id, late=bool(late), received_us=int(received_us))
+    return Point(READINGS_MEASUREMENT,
+                 {"device_id": canonical["device_id"], "patient_id": canonical["patient_id"]},
+                 fields, point_time_ns(int(canonical["ts_us"]), int(canonical["seq"])))
+
+
+def window_point(header: Mapping[str, Any], log_index: int, status: str = "sealed") -> Point:
+    """The ``windows`` point of a sealed window (``log_index`` is the ledger's)."""
+    fields: dict[str, float | int | bool | str] = {
+        "root": str(header["root"]), "size": int(header["size"]),
+        "start_us": int(header["start_us"]), "end_us": int(header["end_us"]),
+        "first_offset": int(header["first_offset"]), "last_offset": int(header["last_offset"]),
+        "log_index": int(log_index), "status": status,
+    }
+    return Point(WINDOWS_MEASUREMENT,
+                 {"partition": str(header["partition"]), "window_id": str(header["window_id"])},
+                 fields, int(header["start_us"]) * 1000)
+
+
+def _int(row: Mapping[str, Any], name: str) -> int:
+    value = row.get(name)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise StoredReadingError(f"stored reading has no integer {name!r}: {value!r}")
+    return value
+
+
+def _str(row: Mapping[str, Any], name: str) -> str:
+    value = row.get(name)
+    if not isinstance(value, str) or not value:
+        raise StoredReadingError(f"stored reading has no {name!r}")
+    return value
+
+
+def reading_from_row(row: Mapping[str, Any]) -> StoredReading:
+    """Rebuild the canonical reading from one row of ``SELECT * FROM readings`` (epoch=ns).
+
+    The result hashes to the same leaf as the reading that was sealed (JCS writes ``72.0`` and
+    ``72`` identically, and the integer vitals are restored as integers anyway).
+    """
+    seq = _int(row, "seq")
+    vitals: dict[str, Any] = {}
+    for name in VITAL_FIELDS:
+        value = row.get(name)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise StoredReadingError(f"stored reading lacks vital {name!r}")
+        if name in INTEGER_VITALS:
+            if not float(value).is_integer():
+                raise StoredReadingError(f"stored vital {name}={value!r} is not an integer")
+            vitals[name] = int(value)
+        else:
+            vitals[name] = float(value)
+    canonical = {
+        "device_id": _str(row, "device_id"),
+        "patient_id": _str(row, "patient_id"),
+        "seq": seq,
+        "ts_us": ts_us_from_time_ns(_int(row, "time"), seq),
+        "vitals": vitals,
+        "salt": _str(row, "salt"),
+    }
+    late = row.get("late")
+    return StoredReading(canonical=canonical, leaf_hex=_str(row, "leaf"),
+                         window_id=_str(row, "window_id"), late=late is True,
+                         received_us=_int(row, "received_us"))
