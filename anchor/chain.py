@@ -20,6 +20,7 @@ from web3._utils.empty import empty as EMPTY
 from web3.contract import Contract
 
 from vitalchain.config import DEV_ANCHOR_PRIVATE_KEY, Settings
+from vitalchain.errors import InvalidInput, Unavailable
 
 _KEY = re.compile(r"(0x)?[0-9a-fA-F]{64}")
 ANCHORED_SIGNATURE = "Anchored(bytes32,uint64)"
@@ -32,11 +33,11 @@ GAS_MARGIN = 1.25  # estimate_gas is exact for this contract, but state can chan
 REPLACEMENT_BUMP = 1.25  # nodes require >= +10% on both fee fields to replace a pending tx
 
 
-class AnchorKeyError(RuntimeError):
+class AnchorKeyError(InvalidInput):
     """The anchoring key is missing, unreadable, malformed, or the dev key in production."""
 
 
-class ChainError(RuntimeError):
+class ChainError(Unavailable):
     """The node is unreachable or the contract is not where the settings say."""
 
 

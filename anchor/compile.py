@@ -14,6 +14,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from vitalchain.errors import VitalchainError
+
 CONTRACT_DIR = Path(__file__).resolve().parent / "contract"
 SOURCE_PATH = CONTRACT_DIR / "VitalAnchor.sol"
 ARTIFACT_PATH = CONTRACT_DIR / "VitalAnchor.json"
@@ -31,7 +33,7 @@ SETTINGS: dict[str, Any] = {
 }
 
 
-class CompileError(RuntimeError):
+class CompileError(VitalchainError):
     """solc rejected the source or is not the pinned version."""
 
 

@@ -26,22 +26,24 @@ from vitalchain.anchor import chain
 
 from vitalchain.config import Settings
 from vitalchain.core.integrity import (
-    MerkleLog,
-    ProofError,
     build_bundle,
     reading_leaf_hash,
-    verify_consistency,
 )
+from vitalchain.core.verify.consistency import CONSISTENCY_FORMAT
+from vitalchain.errors import Altered, NotFound
 from vitalchain.storage.anchors import AnchorStore, Checkpoint
 from vitalchain.storage.influx import InfluxClient, quote_ident
 from vitalchain.storage.ledger import Ledger, ReadingLocation
+from vitalchain.storage.logmirror import LogMirror
 from vitalchain.storage.readings import READINGS_MEASUREMENT, point_time_ns, reading_from_row
 
-CONSISTENCY_FORMAT = "vitalchain-consistency/1"
 
-
-class ProofUnavailable(LookupError):
+class ProofUnavailable(NotFound):
     """No proof can be built: unknown reading, missing data, or stored data that was altered."""
+
+
+class ProofAltered(Altered, ProofUnavailable):
+    """No proof, because what is stored disagrees with what was sealed (InfluxDB or the log altered)."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ class ProofService:
         self.ledger = Ledger(settings.ledger_path)
         self.store = AnchorStore(settings.ledger_path)
         self.contract = (chain.contract_address(settings) if settings.anchor_contract else None)
-        self.log = MerkleLog()
+        self.mirror = LogMirror(self.ledger)
+        self.log = self.mirror.log
         self._influx = InfluxClient(settings)
         self._loop = asyncio.new_event_loop()
 
@@ -88,12 +91,6 @@ class ProofService:
         self.close()
 
     # --- pieces -----------------------------------------------------------------------------
-    def _sync_log(self) -> int:
-        size = self.ledger.log_size()
-        if size > self.log.size:
-            self.log.extend(self.ledger.log_leaf_hashes(size)[self.log.size:])
-        return self.log.size
-
     def _stored_reading(self, loc: ReadingLocation) -> dict[str, Any]:
         time_ns = point_time_ns(loc.ts_us, loc.seq)
         q = (f"SELECT * FROM {quote_ident(READINGS_MEASUREMENT)} "
@@ -106,7 +103,7 @@ class ProofService:
         try:
             return reading_from_row(rows[0]).canonical
         except ValueError as exc:
-            raise ProofUnavailable(f"reading {loc.device_id}/{loc.seq} in InfluxDB is "
+            raise ProofAltered(f"reading {loc.device_id}/{loc.seq} in InfluxDB is "
                                    f"malformed: {exc}") from exc
 
     def _checkpoint_for(self, log_index: int, log_size: int) -> tuple[int, Checkpoint | None]:
@@ -115,7 +112,7 @@ class ProofService:
                 cp = self.store.covering(self.contract, log_index, *statuses)
                 if cp is not None:
                     if cp.size > log_size or self.log.root(cp.size).hex() != cp.root:
-                        raise ProofUnavailable(
+                        raise ProofAltered(
                             f"the ledger's root at size {cp.size} differs from the recorded "
                             f"checkpoint root {cp.root}: the window log was altered")
                     return cp.size, cp
@@ -148,17 +145,17 @@ class ProofService:
             raise ProofUnavailable(f"window {loc.log_index} of {device_id}/{loc.seq} is missing")
         reading = self._stored_reading(loc)
         if reading_leaf_hash(reading) != window.leaf_hashes[loc.index_in_window]:
-            raise ProofUnavailable(
+            raise ProofAltered(
                 f"reading {loc.device_id}/{loc.seq} in InfluxDB does not hash to its sealed leaf "
                 f"(window {loc.window_id}, index {loc.index_in_window}): altered after sealing")
-        size = self._sync_log()
+        size = self.mirror.sync()
         cp_size, cp = self._checkpoint_for(loc.log_index, size)
         anchor = cp.anchor() if cp is not None else None
         try:
             bundle = build_bundle(reading, loc.index_in_window, window.leaf_hashes, window.header,
                                   loc.log_index, self.log, cp_size, anchor)
         except ValueError as exc:
-            raise ProofUnavailable(f"the ledger's records for {device_id}/{loc.seq} do not fit "
+            raise ProofAltered(f"the ledger's records for {device_id}/{loc.seq} do not fit "
                                    f"together (altered?): {exc}") from exc
         return ProofResult(bundle, "anchored" if anchor else "pending", cp)
 
@@ -171,7 +168,7 @@ class ProofService:
             raise ValueError("need 0 < SIZE1 <= SIZE2")
         if self.contract is None:
             raise ProofUnavailable("no anchor contract configured")
-        log_size = self._sync_log()
+        log_size = self.mirror.sync()
         ends = []
         for size in (old_size, new_size):
             cp = self.store.checkpoint(self.contract, size)
@@ -180,7 +177,7 @@ class ProofService:
                 raise ProofUnavailable(f"{size} is not an anchored checkpoint (anchored sizes: "
                                        f"{anchored[-20:]})")
             if size > log_size or self.log.root(size).hex() != cp.root:
-                raise ProofUnavailable(f"the ledger's root at size {size} differs from the "
+                raise ProofAltered(f"the ledger's root at size {size} differs from the "
                                        "anchored root: the window log was altered")
             ends.append(cp)
         old, new = ends
@@ -208,79 +205,6 @@ def build_proof(settings: Settings, device_id: str, seq: int | None = None,
 def build_consistency(settings: Settings, old_size: int, new_size: int) -> dict[str, Any]:
     with ProofService(settings) as service:
         return service.consistency(old_size, new_size)
-
-
-# --- verification of consistency documents ---------------------------------------------------
-@dataclass
-class ConsistencyReport:
-    ok: bool
-    steps: list[tuple[str, bool, str]]
-
-    @property
-    def failed_step(self) -> str | None:
-        return next((name for name, ok, _ in self.steps if not ok), None)
-
-
-def _hex32(value: Any, where: str) -> bytes:
-    if not isinstance(value, str) or len(value) != 64:
-        raise ValueError(f"{where} must be 64 hex characters")
-    try:
-        return bytes.fromhex(value)
-    except ValueError:
-        raise ValueError(f"{where} must be 64 hex characters") from None
-
-
-def verify_consistency_document(doc: Any, rpc_url: str | None = None) -> ConsistencyReport:
-    """Check a ``vitalchain-consistency/1`` document; with ``rpc_url`` also both anchors on chain.
-
-    Never raises for bad input: the report's steps say what failed.
-    """
-    steps: list[tuple[str, bool, str]] = []
-    try:
-        if not isinstance(doc, dict) or doc.get("format") != CONSISTENCY_FORMAT:
-            raise ValueError(f"format must be {CONSISTENCY_FORMAT!r}")
-        if doc.get("hash") != "blake3":
-            raise ValueError("hash must be 'blake3'")
-        ends = {}
-        for key in ("old", "new"):
-            end = doc.get(key)
-            if not isinstance(end, dict) or not isinstance(end.get("size"), int) \
-                    or isinstance(end.get("size"), bool):
-                raise ValueError(f"{key} must be {{size, root}}")
-            ends[key] = (end["size"], _hex32(end.get("root"), f"{key}.root"))
-        path = doc.get("path")
-        if not isinstance(path, list):
-            raise ValueError("path must be an array")
-        proof = [_hex32(p, f"path[{i}]") for i, p in enumerate(path)]
-    except ValueError as exc:
-        return ConsistencyReport(False, [("format", False, str(exc))])
-    steps.append(("format", True, CONSISTENCY_FORMAT))
-    try:
-        verify_consistency(ends["old"][0], ends["new"][0], ends["old"][1], ends["new"][1], proof)
-        steps.append(("consistency", True,
-                      f"size {ends['old'][0]} is a prefix of size {ends['new'][0]}"))
-    except ProofError as exc:
-        steps.append(("consistency", False, str(exc)))
-    if rpc_url is not None:
-        from vitalchain.core.verify.anchor import verify_anchor
-        from vitalchain.core.verify.checks import BundleFormatError, check_anchor_fields
-        from vitalchain.core.verify.report import VerificationReport
-
-        anchors = doc.get("anchors") if isinstance(doc.get("anchors"), dict) else {}
-        for key in ("old", "new"):
-            anchor = anchors.get(key)
-            try:
-                check_anchor_fields(anchor)
-            except BundleFormatError as exc:
-                steps.append((f"anchor-{key}", False, str(exc)))
-                continue
-            report = VerificationReport()
-            verify_anchor({"anchor": anchor, "checkpoint": doc[key]}, rpc_url, report)
-            failed = report.failed_steps
-            steps.append((f"anchor-{key}", not failed,
-                          "; ".join(f"{s.step}: {s.detail}" for s in failed)
-                          or f"checkpoint {doc[key]['size']} anchored on chain"))
-    return ConsistencyReport(all(ok for _, ok, _ in steps), steps)
 
 
 def dumps(doc: dict[str, Any]) -> str:

@@ -41,21 +41,23 @@ from vitalchain.anchor import chain
 from web3.exceptions import TransactionNotFound
 
 from vitalchain.config import Settings
-from vitalchain.core.integrity import MerkleLog
-from vitalchain.storage.anchors import AnchorStore, AnchorTx, Checkpoint, now_us
+from vitalchain.core.timeutil import now_us
+from vitalchain.errors import Altered, Refused
+from vitalchain.storage.anchors import AnchorStore, AnchorTx, Checkpoint
 from vitalchain.storage.influx import InfluxClient, Point
 from vitalchain.storage.ledger import Ledger
+from vitalchain.storage.logmirror import LogMirror
 
 log = logging.getLogger("vitalchain.anchor")
 
 ANCHORS_MEASUREMENT = "anchors"
 
 
-class WorkerLockedError(RuntimeError):
+class WorkerLockedError(Refused):
     """Another anchor worker already runs on this ledger."""
 
 
-class LedgerDivergedError(RuntimeError):
+class LedgerDivergedError(Altered):
     """The ledger's window log no longer matches a checkpoint this worker recorded."""
 
 
@@ -100,7 +102,8 @@ class AnchorWorker:
                              else max(10 * settings.eth_block_time, 5.0))
         self.ledger = Ledger(settings.ledger_path)
         self.store = AnchorStore(settings.ledger_path)
-        self.log = MerkleLog()
+        self.mirror = LogMirror(self.ledger)
+        self.log = self.mirror.log
         self._influx_retry_at = 0.0
         self._chain_retry_at = 0.0
         self._chain_failures = 0
@@ -113,15 +116,9 @@ class AnchorWorker:
         self.store.close()
 
     # --- the window log -------------------------------------------------------------------
-    def _sync_log(self) -> int:
-        size = self.ledger.log_size()
-        if size > self.log.size:
-            self.log.extend(self.ledger.log_leaf_hashes(size)[self.log.size:])
-        return self.log.size
-
     def _check_recorded_roots(self) -> None:
         """Refuse to run if the ledger no longer has the roots we recorded (altered log)."""
-        size = self._sync_log()
+        size = self.mirror.sync()
         for cp in self.store.checkpoints(self.contract_address):
             if cp.size > size:
                 raise LedgerDivergedError(f"checkpoint {cp.size} is larger than the ledger's log "
@@ -344,7 +341,7 @@ class AnchorWorker:
     # --- one step -------------------------------------------------------------------------
     def tick(self) -> Progress:
         progress = Progress()
-        size = self._sync_log()
+        size = self.mirror.sync()
         progress.log_size = size
         self._maybe_checkpoint(size, progress)
         if self.clock() >= self._chain_retry_at:

@@ -16,44 +16,38 @@ other fields are guessable.  Window header: ``{"format": "vitalchain-access-wind
 
 Proof document ``vitalchain-access-proof/1`` mirrors the reading bundle: ``entry``,
 ``entry_proof`` (in the window's tree), ``window``, ``window_proof`` (in the log),
-``checkpoint``, ``anchor``.  :func:`verify_access_proof` checks it offline.
+``checkpoint``, ``anchor``; :func:`vitalchain.core.verify.verify_access_proof` checks it.
 """
 
 from __future__ import annotations
 
 import secrets
 import threading
-from dataclasses import dataclass, field
 from typing import Any
 
 from vitalchain.api.logview import LogView
 
 from vitalchain.core.integrity import (
-    ProofError,
-    blake3_hasher,
-    canonical_json,
     inclusion_proof,
     root,
-    verify_inclusion,
-    window_leaf_hash,
 )
-from vitalchain.storage.apistore import AccessRow, ApiStore, now_us
+from vitalchain.core.integrity.access import ENTRY_FORMAT, PROOF_FORMAT, WINDOW_FORMAT, entry_leaf
+from vitalchain.core.timeutil import now_us
+from vitalchain.errors import Altered, NotFound
+from vitalchain.storage.apistore import AccessRow, ApiStore
 from vitalchain.storage.ledger import Ledger, LedgerError
 
 ACCESS_TOPIC = "access-log"
 ACCESS_PARTITION = 0
-ENTRY_FORMAT = "vitalchain-access/1"
-WINDOW_FORMAT = "vitalchain-access-window/1"
-PROOF_FORMAT = "vitalchain-access-proof/1"
 MAX_WINDOW = 1000
 
 
-class AccessProofUnavailable(LookupError):
+class AccessProofUnavailable(NotFound):
     """No proof: unknown entry, or the stored entry no longer matches what was sealed."""
 
 
-def entry_leaf(entry: dict[str, Any]) -> bytes:
-    return blake3_hasher.leaf(canonical_json(entry))
+class AccessEntryAltered(Altered, AccessProofUnavailable):
+    """The stored access entry or its window no longer matches what was sealed."""
 
 
 def build_entry(seq: int, *, ts_us: int, user: str | None, role: str | None, method: str,
@@ -137,12 +131,12 @@ class AccessLog:
             assert row is not None
         window = self.ledger.window_by_id(str(row.window_id))
         if window is None or window.topic != ACCESS_TOPIC:
-            raise AccessProofUnavailable(f"access window {row.window_id} is not in the ledger")
+            raise AccessEntryAltered(f"access window {row.window_id} is not in the ledger")
         index = seq - int(window.header["first_offset"])
         if not 0 <= index < len(window.leaf_hashes):
-            raise AccessProofUnavailable(f"entry {seq} is outside window {row.window_id}")
+            raise AccessEntryAltered(f"entry {seq} is outside window {row.window_id}")
         if entry_leaf(row.entry) != window.leaf_hashes[index]:
-            raise AccessProofUnavailable(
+            raise AccessEntryAltered(
                 f"access entry {seq} no longer hashes to the leaf sealed in window "
                 f"{row.window_id}: it was altered after sealing")
         choice = self.view.checkpoint_for(window.log_index)
@@ -159,70 +153,3 @@ class AccessLog:
             "checkpoint": {"size": choice.size, "root": choice.root},
             "anchor": choice.anchor,
         }
-
-
-@dataclass
-class AccessProofReport:
-    steps: list[dict[str, str]] = field(default_factory=list)
-
-    def add(self, step: str, ok: bool, detail: str) -> bool:
-        self.steps.append({"step": step, "status": "ok" if ok else "failed", "detail": detail})
-        return ok
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.steps) and all(s["status"] == "ok" for s in self.steps)
-
-    def to_dict(self) -> dict[str, Any]:
-        failed = next((s["step"] for s in self.steps if s["status"] != "ok"), None)
-        return {"status": "valid" if self.ok else "invalid", "failed_step": failed,
-                "anchor_checked": False, "steps": self.steps}
-
-
-def _hexes(values: Any) -> list[bytes]:
-    if not isinstance(values, list) or not all(isinstance(v, str) and len(v) == 64 for v in values):
-        raise ValueError("path must be a list of 64-hex-character hashes")
-    return [bytes.fromhex(v) for v in values]
-
-
-def verify_access_proof(doc: Any) -> AccessProofReport:
-    """Check an access proof offline (hashes only; the anchor is checked like a bundle's)."""
-    report = AccessProofReport()
-    try:
-        if not isinstance(doc, dict) or doc.get("format") != PROOF_FORMAT or doc.get("hash") != "blake3":
-            raise ValueError(f"format must be {PROOF_FORMAT} with hash blake3")
-        entry, window = doc["entry"], doc["window"]
-        ep, wp, cp = doc["entry_proof"], doc["window_proof"], doc["checkpoint"]
-        if not all(isinstance(x, dict) for x in (entry, window, ep, wp, cp)):
-            raise ValueError("entry, window, proofs and checkpoint must be objects")
-        entry_path, window_path = _hexes(ep["path"]), _hexes(wp["path"])
-        window_root, cp_root = bytes.fromhex(window["root"]), bytes.fromhex(cp["root"])
-    except (KeyError, TypeError, ValueError) as exc:
-        report.add("format", False, f"unreadable access proof: {exc}")
-        return report
-    report.add("format", True, PROOF_FORMAT)
-    try:
-        leaf = entry_leaf(entry)
-        if entry.get("format") != ENTRY_FORMAT or window.get("format") != WINDOW_FORMAT:
-            raise ProofError("entry or window has the wrong format")
-        if ep["size"] != window["size"]:
-            raise ProofError("entry_proof.size differs from window.size")
-        verify_inclusion(leaf, ep["index"], ep["size"], entry_path, window_root)
-        report.add("entry-inclusion", True, f"entry {entry.get('seq')} is leaf {ep['index']}")
-    except (ProofError, ValueError, TypeError) as exc:
-        report.add("entry-inclusion", False, str(exc) or type(exc).__name__)
-        return report
-    if not (window["first_offset"] <= entry["seq"] <= window["last_offset"]
-            and window["start_us"] <= entry["ts_us"] <= window["end_us"]
-            and entry["seq"] - window["first_offset"] == ep["index"]):
-        report.add("window-contents", False, "entry seq/time/index outside the window's ranges")
-        return report
-    report.add("window-contents", True, "seq and time within the window")
-    try:
-        if wp["size"] != cp["size"]:
-            raise ProofError("window_proof.size differs from checkpoint.size")
-        verify_inclusion(window_leaf_hash(window), wp["index"], wp["size"], window_path, cp_root)
-        report.add("checkpoint", True, f"window is leaf {wp['index']} of the log at size {cp['size']}")
-    except (ProofError, ValueError, TypeError) as exc:
-        report.add("checkpoint", False, str(exc) or type(exc).__name__)
-    return report

@@ -21,19 +21,22 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from vitalchain.anchor.proofs import ProofService, ProofUnavailable
 from vitalchain.api import dashboard, fhir, rejected, vitals
-from vitalchain.api.accesslog import ACCESS_TOPIC, AccessLog, AccessProofUnavailable, verify_access_proof
+from vitalchain.api.accesslog import ACCESS_TOPIC, AccessLog, AccessProofUnavailable
 from vitalchain.api.auditrun import AuditRange, AuditRunner
 from vitalchain.api.auth import check_patient, require
 from vitalchain.api.bodyguard import BodyGuard
-from vitalchain.api.ids import ID_REGEX, MAX_ANY_US, MAX_TIME_US, ROLES, USER_REGEX, iso_from_us, parse_time_us
 from vitalchain.api.logview import LogAltered, LogView
 from vitalchain.api.news2 import news2
 from vitalchain.api.recorder import AccessRecorder
 from vitalchain.devices.registry import ProvisioningError, load_registry
 
 from vitalchain.config import Settings
-from vitalchain.core.verify import verify_bundle
-from vitalchain.storage.apistore import ApiStore, StoreError, User, now_us
+from vitalchain.core.ids import ID_REGEX, ROLES, USER_REGEX
+from vitalchain.core.timeutil import MAX_ANY_US, MAX_TIME_US, iso_from_us, now_us, parse_time_us
+from vitalchain.core.verify import verify_access_proof, verify_bundle
+from vitalchain.errors import VitalchainError, status_for
+from vitalchain.storage.apistore import ApiStore, StoreError, User
+from vitalchain.storage.chainrpc import JsonRpc
 from vitalchain.storage.influx import InfluxClient, InfluxError
 from vitalchain.storage.ledger import Ledger
 
@@ -103,9 +106,9 @@ def _time(value: str | None, name: str, max_us: int = MAX_TIME_US) -> int | None
     if value is None:
         return None
     try:
-        return parse_time_us(value, max_us)
+        return parse_time_us(value, name, max_us=max_us, integers=False)
     except ValueError as exc:
-        raise HTTPException(422, f"{name}: {exc}") from None
+        raise HTTPException(422, str(exc)) from None
 
 
 def _range(start: str | None, end: str | None) -> tuple[int, int]:
@@ -167,6 +170,11 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
     @app.exception_handler(InfluxError)
     async def influx_down(request: Request, exc: InfluxError) -> JSONResponse:
         return JSONResponse({"detail": f"InfluxDB unavailable: {exc}"}, status_code=503)
+
+    @app.exception_handler(VitalchainError)
+    async def by_kind(request: Request, exc: VitalchainError) -> JSONResponse:
+        """Any vitalchain error a route lets through: its kind decides the status (vitalchain.errors)."""
+        return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
 
 
     @app.get("/health", tags=["meta"])
@@ -290,7 +298,7 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
 
         Clinicians may verify too: the bundle is the caller's own and the check reveals nothing
         beyond it, so the dashboard can show a clinician the verdict of a proof it downloaded."""
-        report = verify_bundle(bundle, ctx.settings.eth_rpc_url if rpc else None, source="upload")
+        report = verify_bundle(bundle, JsonRpc(ctx.settings.eth_rpc_url) if rpc else None, source="upload")
         return report.to_dict()
 
     @app.get("/audit/windows", tags=["audit"])
@@ -370,15 +378,13 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
         """Proof that access entry ``seq`` is in the (anchored) window log, as stored."""
         try:
             return ctx.access_log.proof(seq)
-        except AccessProofUnavailable as exc:
-            raise HTTPException(404 if "no access entry" in str(exc) else 409, str(exc)) from None
-        except LogAltered as exc:
-            raise HTTPException(409, str(exc)) from None
+        except (AccessProofUnavailable, LogAltered) as exc:
+            raise HTTPException(status_for(exc), str(exc)) from None
 
     @app.post("/audit/access/verify", tags=["audit"])
     def access_verify(*, doc: Annotated[dict[str, Any], Body()],
                       user: Auditor) -> dict[str, Any]:
-        return verify_access_proof(doc).to_dict()
+        return verify_access_proof(doc, source="upload").to_dict()
 
     # --- admin -----------------------------------------------------------------------------
     @app.get("/admin/users", tags=["admin"])

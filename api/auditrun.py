@@ -13,9 +13,9 @@ from typing import Any
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from vitalchain.audit.engine import AuditUnavailable, run_audit
-from vitalchain.audit.timearg import TimeArgError, parse_time_us
 
 from vitalchain.config import Settings
+from vitalchain.core.timeutil import TimeArgError, parse_time_us
 
 MAX_AUDIT_RANGE_US = 31 * 86400 * 1_000_000
 

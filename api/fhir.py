@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from vitalchain.api.ids import iso_from_us
+from vitalchain.core.timeutil import iso_from_us
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"

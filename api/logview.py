@@ -15,12 +15,13 @@ from typing import Any
 from vitalchain.anchor import chain
 
 from vitalchain.config import Settings
-from vitalchain.core.integrity import MerkleLog
+from vitalchain.errors import Altered
 from vitalchain.storage.anchors import AnchorStore, Checkpoint
 from vitalchain.storage.ledger import Ledger
+from vitalchain.storage.logmirror import LogMirror
 
 
-class LogAltered(RuntimeError):
+class LogAltered(Altered):
     """The ledger no longer produces a recorded checkpoint's root."""
 
 
@@ -42,7 +43,8 @@ class LogView:
         self.ledger = ledger
         self.store = AnchorStore(settings.ledger_path)
         self.contract = chain.contract_address(settings) if settings.anchor_contract else None
-        self.log = MerkleLog()
+        self.mirror = LogMirror(ledger)
+        self.log = self.mirror.log
         self._lock = threading.RLock()  # also guards the AnchorStore connection
 
     def close(self) -> None:
@@ -50,10 +52,7 @@ class LogView:
 
     def sync(self) -> int:
         with self._lock:
-            size = self.ledger.log_size()
-            if size > self.log.size:
-                self.log.extend(self.ledger.log_leaf_hashes(size)[self.log.size:])
-            return self.log.size
+            return self.mirror.sync()
 
     def checkpoints(self) -> list[Checkpoint]:
         with self._lock:

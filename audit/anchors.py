@@ -18,12 +18,13 @@ from web3.exceptions import TransactionNotFound
 
 from vitalchain.config import Settings
 from vitalchain.core.integrity import MerkleLog, ProofError, verify_consistency
+from vitalchain.errors import Unavailable
 from vitalchain.storage.ledger_view import LedgerView
 
 ON_CHAIN_STATUSES = ("mined", "anchored")
 
 
-class ChainUnavailable(RuntimeError):
+class ChainUnavailable(Unavailable):
     """The Ethereum node could not be asked (down, wrong chain)."""
 
 
@@ -79,7 +80,7 @@ def check_checkpoints(settings: Settings, view: LedgerView, report: AuditReport,
         contract = chain.contract_address(settings)
     except chain.ChainError as exc:
         raise ChainUnavailable(str(exc)) from exc
-    log = MerkleLog(view.log_leaf_hashes())
+    log = MerkleLog(view.leaf_hashes())
     records = view.checkpoints(contract)
     report.checkpoints_checked = len(records)
 

@@ -18,6 +18,7 @@ from vitalchain.audit.report import AuditReport, GapFinding, ReadingFinding, Win
 
 from vitalchain.config import Settings
 from vitalchain.core.integrity import CanonicalError, reading_leaf_hash
+from vitalchain.errors import Unavailable
 from vitalchain.storage.influx import InfluxClient, InfluxError, quote_ident
 from vitalchain.storage.ledger_view import IndexedReading, LedgerUnavailable, LedgerView, WindowInfo
 from vitalchain.storage.readings import READINGS_MEASUREMENT, WINDOWS_MEASUREMENT, StoredReadingError, reading_from_row
@@ -27,7 +28,7 @@ WINDOW_FIELDS = ("root", "size", "start_us", "end_us", "first_offset", "last_off
 MIN_CHUNK_US = 1_000_000
 
 
-class AuditUnavailable(RuntimeError):
+class AuditUnavailable(Unavailable):
     """The audit could not run (a service down, no ledger): not a finding, exit code 2."""
 
 

@@ -37,6 +37,7 @@ from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import load_settings
 from vitalchain.core.verify import verify_bundle
 from vitalchain.storage.anchors import AnchorStore
+from vitalchain.storage.chainrpc import JsonRpc
 from vitalchain.storage.ledger import Ledger
 
 
@@ -116,7 +117,7 @@ def main() -> int:
                     t1 = time.perf_counter()
                     assert verify_bundle(bundle).status == "valid"
                     t2 = time.perf_counter()
-                    assert verify_bundle(bundle, settings.eth_rpc_url).status == "valid"
+                    assert verify_bundle(bundle, JsonRpc(settings.eth_rpc_url)).status == "valid"
                     t3 = time.perf_counter()
                     gen.append(t1 - t0)
                     offline.append(t2 - t1)

@@ -17,9 +17,10 @@ import time
 
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings
+from vitalchain.errors import Unavailable
 
 
-class ReloadFailed(RuntimeError):
+class ReloadFailed(Unavailable):
     """Mosquitto still refuses the new user after the reload; the message says why."""
 
 

@@ -28,9 +28,10 @@ from vitalchain.devices.mqtt_auth import (
 from vitalchain.devices.mqtt_reload import connack  # noqa: F401 - part of this module's API
 
 from vitalchain.config import Settings
+from vitalchain.errors import InvalidInput
 
 
-class ProvisioningError(RuntimeError):
+class ProvisioningError(InvalidInput):
     """Devices could not be provisioned or are not provisioned; the message says which."""
 
 

@@ -20,10 +20,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from vitalchain.errors import Refused, Unavailable
+
 SESSION_EXPIRY_S = 7 * 24 * 3600
 
 
-class LinkDown(ConnectionError):
+class LinkDown(Unavailable):
     """The connection is gone (or never came up); pending publishes are unacknowledged."""
 
 
@@ -31,7 +33,7 @@ class ConnectRefused(LinkDown):
     """The broker answered CONNECT with a failure (bad credentials, not authorised, ...)."""
 
 
-class PublishRejected(RuntimeError):
+class PublishRejected(Refused):
     """The broker acknowledged the publish with a failure reason code; resending will not help."""
 
 

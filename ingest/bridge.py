@@ -66,6 +66,7 @@ from vitalchain.ingest.ratelimit import DeviceRateLimiter
 
 from vitalchain.config import Settings
 from vitalchain.core.payload.validation import Outcome, Rejection, validate
+from vitalchain.core.timeutil import now_us
 
 log = logging.getLogger("vitalchain.bridge")
 
@@ -83,10 +84,6 @@ def client_id(instance: int) -> str:
     persisted by an older version are found again.)
     """
     return bridge_user(instance)
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from vitalchain.ingest.windowing import ClosedWindow, DeadLetter
 
+from vitalchain.errors import Refused
 from vitalchain.storage.influx import InfluxClient
 from vitalchain.storage.ledger import Ledger, ReadingIndexRow, StaleWindow, WindowConflict
 from vitalchain.storage.readings import reading_point, window_point
@@ -22,7 +23,7 @@ from vitalchain.storage.readings import reading_point, window_point
 DeadLetterSend = Callable[[DeadLetter], Awaitable[None]]
 
 
-class SealRefused(RuntimeError):
+class SealRefused(Refused):
     """The ledger refused the window (another worker sealed this range): resync from the ledger."""
 
 

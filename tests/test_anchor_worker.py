@@ -61,7 +61,7 @@ def check_invariants(settings: Settings) -> list[tuple[int, str, str]]:
     sizes = [size for size, _, _ in events]
     assert sizes == sorted(set(sizes)), f"sizes not strictly increasing: {sizes}"
     with Ledger(settings.ledger_path) as ledger:
-        log = MerkleLog(ledger.log_leaf_hashes())
+        log = MerkleLog(ledger.leaf_hashes())
     for size, root, _ in events:
         assert log.root(size).hex() == root, f"anchored root at {size} is not the ledger's"
     with AnchorStore(settings.ledger_path) as store:

@@ -6,7 +6,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from vitalchain.api.ids import iso_from_us, parse_time_us
 from vitalchain.api.news2 import (
     news2,
     score_pulse,
@@ -17,6 +16,7 @@ from vitalchain.api.news2 import (
 )
 from vitalchain.api.vitals import choose_interval_s
 
+from vitalchain.core.timeutil import iso_from_us, parse_time_us
 from vitalchain.storage.apistore import ApiStore
 
 # (value, expected points) at every band edge of the RCP 2017 NEWS2 chart.

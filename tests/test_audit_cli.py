@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from vitalchain.audit.timearg import TimeArgError, parse_time_us
 
 from tests.audit_support import T0, World, build_world, influx_query
 from vitalchain.app.cli import main
 from vitalchain.app.commands.audit import audit_command
 from vitalchain.app.stack.ports import free_ports
 from vitalchain.config import Settings
+from vitalchain.core.timeutil import TimeArgError, parse_time_us
 from vitalchain.storage.influx import quote_string
 from vitalchain.storage.readings import point_time_ns
 

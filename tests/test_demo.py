@@ -13,6 +13,7 @@ import pytest
 
 from vitalchain.app.stack.ports import free_ports
 from vitalchain.core.verify import verify_bundle
+from vitalchain.storage.chainrpc import JsonRpc
 
 
 @pytest.mark.e2e
@@ -39,7 +40,7 @@ def test_demo_proves_a_reading_against_a_running_stack(tmp_path: Path) -> None:
         bundle_path = Path(re.search(r"bundle:\s+(\S+)", output).group(1))
         bundle = json.loads(bundle_path.read_text())
         assert bundle["anchor"] is not None
-        report = verify_bundle(bundle, rpc_url=f"http://127.0.0.1:{eth}")
+        report = verify_bundle(bundle, JsonRpc(f"http://127.0.0.1:{eth}"))
         assert report.status == "valid", report.to_dict()
         # The demo leaves the stack as it found it: running, and stoppable.
         assert vitalchain("stack", "status").returncode == 0

@@ -42,8 +42,10 @@ def test_append_assigns_consecutive_indexes_and_is_queryable(tmp_path: Path) -> 
     assert ledger.log_size() == 3
     assert ledger.last_sealed_offset("raw", 0) == 5
     assert ledger.previous_window_end_us("raw", 0) == h2["end_us"]
-    assert ledger.log_leaf_hashes() == [window_leaf_hash(h) for h in (h0, h1, h2)]
-    assert ledger.log_leaf_hashes(2) == [window_leaf_hash(h) for h in (h0, h1)]
+    assert ledger.leaf_hashes() == [window_leaf_hash(h) for h in (h0, h1, h2)]
+    assert ledger.leaf_hashes(0, 2) == [window_leaf_hash(h) for h in (h0, h1)]
+    assert ledger.leaf_hashes(1, 3) == [window_leaf_hash(h) for h in (h1, h2)]
+    assert ledger.leaf_hashes(2) == [window_leaf_hash(h2)]
     w = ledger.window_by_id("p1-0")
     assert w is not None and w.log_index == 1 and w.header == h1 and w.leaf_hashes == l1
     assert w.idle_cut

@@ -18,7 +18,6 @@ from vitalchain.anchor.proofs import (
     ProofUnavailable,
     build_consistency,
     build_proof,
-    verify_consistency_document,
 )
 from vitalchain.anchor.synthetic import SyntheticSealer, write_readings
 from vitalchain.anchor.worker import run_worker
@@ -27,8 +26,9 @@ from tests.helpers import wait_until
 from vitalchain.app.commands.anchor import proof_group
 from vitalchain.config import Settings
 from vitalchain.core.integrity import reading_leaf_hash
-from vitalchain.core.verify import verify_bundle
+from vitalchain.core.verify import verify_bundle, verify_consistency_document
 from vitalchain.storage.anchors import AnchorStore
+from vitalchain.storage.chainrpc import JsonRpc
 from vitalchain.storage.influx import InfluxClient
 from vitalchain.storage.ledger import Ledger
 from vitalchain.storage.readings import reading_point
@@ -76,7 +76,7 @@ def _rewrite_reading(settings: Settings, reading: dict[str, Any], window_id: str
 
 
 def _status(bundle: dict[str, Any], rpc_url: str | None) -> tuple[str, str | None]:
-    report = verify_bundle(bundle, rpc_url)
+    report = verify_bundle(bundle, JsonRpc(rpc_url) if rpc_url else None)
     return report.status, report.failed_step
 
 
@@ -198,16 +198,15 @@ def test_consistency_between_anchored_checkpoints(proving: Settings, tmp_path: P
 
     doc = build_consistency(settings, 3, 7)
     assert doc["format"] == "vitalchain-consistency/1" and doc["path"]
-    report = verify_consistency_document(doc, rpc)
+    report = verify_consistency_document(doc, JsonRpc(rpc))
     assert report.ok, report.steps
-    assert [name for name, _, _ in report.steps] == ["format", "consistency", "anchor-old",
-                                                     "anchor-new"]
+    assert [s.step for s in report.steps] == ["format", "consistency", "anchor-old", "anchor-new"]
     bad = copy.deepcopy(doc)
     bad["path"][0] = ("0" if bad["path"][0][0] != "0" else "1") + bad["path"][0][1:]
     assert verify_consistency_document(bad).failed_step == "consistency"
     swapped = copy.deepcopy(doc)
     swapped["anchors"]["new"] = doc["anchors"]["old"]
-    assert verify_consistency_document(swapped, rpc).failed_step == "anchor-new"
+    assert verify_consistency_document(swapped, JsonRpc(rpc)).failed_step == "anchor-new"
     with pytest.raises(ProofUnavailable, match="not an anchored checkpoint"):
         build_consistency(settings, 2, 7)
 

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from vitalchain.app.commands.verify import verify_command
 from vitalchain.core.integrity.example import EXAMPLE_ANCHOR, example_bundle
 from vitalchain.core.verify import ANCHORED_SIGNATURE, ANCHORED_TOPIC, verify_bundle
+from vitalchain.storage.chainrpc import JsonRpc
 
 
 def test_event_topic_is_keccak_of_signature():
@@ -95,7 +96,7 @@ def bundle():
 
 def test_anchor_verified_on_chain(bundle):
     with StubNode(honest_chain(bundle)) as node:
-        report = verify_bundle(bundle, node.url)
+        report = verify_bundle(bundle, JsonRpc(node.url))
     assert report.status == "valid" and report.anchor_checked, report.to_dict()
     assert [s.step for s in report.steps][-5:] == [
         "anchor-rpc", "anchor-chain-id", "anchor-receipt", "anchor-log", "anchor-block"]
@@ -134,7 +135,7 @@ def test_anchor_failures_name_the_step(bundle, change, step):
     state = honest_chain(bundle)
     change(state)
     with StubNode(state) as node:
-        report = verify_bundle(bundle, node.url)
+        report = verify_bundle(bundle, JsonRpc(node.url))
     assert report.status == "invalid" and report.failed_step == step, report.to_dict()
 
 
@@ -145,21 +146,21 @@ def test_size_and_root_forgery_caught_by_anchor(bundle):
     forged["checkpoint"]["size"] = forged["window_proof"]["size"] = 4  # same fold as size 3
     assert verify_bundle(forged).ok  # offline the path alone cannot tell (documented)
     with StubNode(state) as node:
-        report = verify_bundle(forged, node.url)
+        report = verify_bundle(forged, JsonRpc(node.url))
     assert report.failed_step == "anchor-log"
 
 
 def test_null_anchor_with_rpc_is_not_anchored(bundle):
     bundle["anchor"] = None
     with StubNode(honest_chain(example_bundle())) as node:
-        report = verify_bundle(bundle, node.url)
+        report = verify_bundle(bundle, JsonRpc(node.url))
     assert report.status == "invalid" and report.failed_step == "anchor"
     assert "not anchored" in report.steps[-1].detail
     assert node.calls == []
 
 
 def test_unreachable_rpc(bundle):
-    report = verify_bundle(bundle, "http://127.0.0.1:9")
+    report = verify_bundle(bundle, JsonRpc("http://127.0.0.1:9"))
     assert report.status == "invalid" and report.failed_step == "anchor-rpc"
 
 

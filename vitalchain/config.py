@@ -16,6 +16,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from vitalchain.errors import InvalidInput
+
 ENV_PREFIX = "VITALCHAIN_"
 SETTINGS_FILE_NAME = "settings.env"
 
@@ -23,7 +25,7 @@ SETTINGS_FILE_NAME = "settings.env"
 DEV_ANCHOR_PRIVATE_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidInput):
     """A setting is missing or malformed; the message names the variable."""
 
 

@@ -21,12 +21,13 @@ signing and sending is recovered by asking the node about the recorded hash and 
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from vitalchain.core.timeutil import now_us
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS anchor_checkpoints (
@@ -64,10 +65,6 @@ CREATE INDEX IF NOT EXISTS anchor_txs_open ON anchor_txs (contract, status);
 
 CHECKPOINT_STATUSES = ("pending", "submitted", "mined", "anchored", "superseded")
 OPEN_TX_STATUSES = ("signed", "sent")
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def _with_statuses(query: str, contract: str, statuses: tuple[str, ...]) -> tuple[str, list[Any]]:

@@ -16,7 +16,6 @@ import json
 import secrets
 import sqlite3
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,9 @@ from typing import Any
 
 from blake3 import blake3
 
-from vitalchain.api.ids import check_id, check_role, check_user, iso_from_us
+from vitalchain.core.ids import check_id, check_role, check_user
+from vitalchain.core.timeutil import iso_from_us, now_us
+from vitalchain.errors import InvalidInput
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_users (
@@ -63,15 +64,11 @@ CREATE INDEX IF NOT EXISTS api_access_unsealed ON api_access (window_id, seq);
 TOKEN_PREFIX = "vct"
 
 
-def now_us() -> int:
-    return time.time_ns() // 1000
-
-
 def _hash_secret(secret: str) -> str:
     return blake3(secret.encode()).hexdigest()
 
 
-class StoreError(ValueError):
+class StoreError(InvalidInput):
     """A user or grant operation was refused; the message says why."""
 
 

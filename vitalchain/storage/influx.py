@@ -20,15 +20,16 @@ from typing import Any
 import httpx
 
 from vitalchain.config import Settings
+from vitalchain.errors import Unavailable, VitalchainError
 
 FieldValue = float | int | bool | str
 
 
-class InfluxError(RuntimeError):
+class InfluxError(VitalchainError):
     """InfluxDB answered, but refused the request (bad line protocol, bad query, ...)."""
 
 
-class InfluxUnavailable(InfluxError):
+class InfluxUnavailable(InfluxError, Unavailable):
     """InfluxDB could not be reached (or kept failing) within the retry budget."""
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from vitalchain.core.integrity import WINDOW_FORMAT, canonical_json, window_leaf_hash
+from vitalchain.errors import Refused, VitalchainError
 
 HASH_BYTES = 32
 
@@ -89,15 +90,15 @@ BEGIN SELECT RAISE(ABORT, 'ledger_readings is append-only'); END;
 """
 
 
-class LedgerError(RuntimeError):
+class LedgerError(VitalchainError):
     """Base class of refusals by the ledger."""
 
 
-class WindowConflict(LedgerError):
+class WindowConflict(LedgerError, Refused):
     """A different header (or a reading) is already sealed under the same identity."""
 
 
-class StaleWindow(LedgerError):
+class StaleWindow(LedgerError, Refused):
     """The window does not start right after the partition's last sealed offset."""
 
 
@@ -346,13 +347,15 @@ class Ledger:
         row = self._one("SELECT COUNT(*) FROM ledger_windows")
         return int(row[0]) if row else 0
 
-    def log_leaf_hashes(self, size: int | None = None) -> list[bytes]:
-        """Window leaf hashes in log order (the first ``size`` of them)."""
-        if size is None:
-            rows = self._all("SELECT window_leaf FROM ledger_windows ORDER BY log_index")
+    def leaf_hashes(self, start: int = 0, end: int | None = None) -> list[bytes]:
+        """Window leaf hashes of log indices ``start <= i < end`` (to the end of the log if None),
+        in log order: a mirror reads only what was appended since it last looked."""
+        if end is None:
+            rows = self._all("SELECT window_leaf FROM ledger_windows WHERE log_index >= ? "
+                             "ORDER BY log_index", (_check_int("start", start),))
         else:
-            rows = self._all("SELECT window_leaf FROM ledger_windows WHERE log_index < ? "
-                             "ORDER BY log_index", (_check_int("size", size),))
+            rows = self._all("SELECT window_leaf FROM ledger_windows WHERE log_index >= ? AND log_index < ? "
+                             "ORDER BY log_index", (_check_int("start", start), _check_int("end", end)))
         return [bytes(r[0]) for r in rows]
 
     _WINDOW_COLUMNS = "log_index, header, leaf_hashes, window_leaf, idle_cut, topic"

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from vitalchain.core.integrity import WINDOW_FORMAT
+from vitalchain.errors import Unavailable
 
 
-class LedgerUnavailable(RuntimeError):
+class LedgerUnavailable(Unavailable):
     """The ledger file is missing or not a vitalchain ledger."""
 
 
@@ -77,9 +78,12 @@ class LedgerView:
     def log_size(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM ledger_windows").fetchone()[0])
 
-    def log_leaf_hashes(self) -> Iterator[bytes]:
-        for (leaf,) in self._db.execute("SELECT window_leaf FROM ledger_windows ORDER BY log_index"):
-            yield bytes(leaf)
+    def leaf_hashes(self, start: int = 0, end: int | None = None) -> list[bytes]:
+        """Window leaf hashes of log indices ``start <= i < end`` (see ``Ledger.leaf_hashes``)."""
+        stop = 2**63 - 1 if end is None else end
+        return [bytes(leaf) for (leaf,) in self._db.execute(
+            "SELECT window_leaf FROM ledger_windows WHERE log_index >= ? AND log_index < ? "
+            "ORDER BY log_index", (start, stop))]
 
     def reading_windows(self, start_us: int, end_us: int) -> list[WindowInfo]:
         """Reading windows overlapping ``[start_us, end_us]``, by ``end_us`` (headers only)."""

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vitalchain.errors import Altered
 from vitalchain.storage.influx import Point
 
 READINGS_MEASUREMENT = "readings"
@@ -38,7 +39,7 @@ INTEGER_VITALS = frozenset({"hr", "spo2", "rr", "sys", "dia"})
 SUB_US_SLOTS = 1000
 
 
-class StoredReadingError(ValueError):
+class StoredReadingError(Altered, ValueError):
     """A point read back from InfluxDB cannot be turned into a canonical reading."""
 
 

@@ -171,18 +171,15 @@ def proof_consistency(settings: Settings, size1: int, size2: int, output: Path |
 @click.option("--rpc", "rpc_url", default=None, metavar="URL",
               help="Also check both anchors on chain.")
 def proof_verify_consistency(document: Any, rpc_url: str | None) -> None:
-    """Verify a vitalchain-consistency/1 document (exit 0 valid, 1 invalid)."""
-    from vitalchain.anchor.proofs import verify_consistency_document
+    """Verify a vitalchain-consistency/1 document (the same as `vitalchain verify`, which accepts
+    every proof kind: exit 0 valid/pending, 1 invalid, 2 unreadable)."""
+    from vitalchain.app.commands.verify import format_report, verify_text
+    from vitalchain.core.verify import CONSISTENCY_FORMAT
 
-    try:
-        doc = json.loads(document.read())
-    except ValueError as exc:
-        raise click.ClickException(f"not JSON: {exc}") from exc
-    report = verify_consistency_document(doc, rpc_url)
-    for name, ok, detail in report.steps:
-        click.echo(f"  {'ok  ' if ok else 'FAIL'}  {name:<14} {detail}")
-    click.echo("VALID" if report.ok else f"INVALID (failed step: {report.failed_step})")
-    sys.exit(0 if report.ok else 1)
+    name = getattr(document, "name", "-")
+    report = verify_text(document.read(), name, rpc_url, expect=CONSISTENCY_FORMAT)
+    click.echo(format_report(report))
+    sys.exit(report.exit_code)
 
 
 def register(main: click.Group) -> None:

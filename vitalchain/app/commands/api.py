@@ -12,8 +12,9 @@ import click
 
 from vitalchain.api.accesslog import record_access
 from vitalchain.api.app import api_path
-from vitalchain.api.ids import ROLES, check_id, check_user, iso_from_us, parse_time_us
 from vitalchain.config import Settings
+from vitalchain.core.ids import ROLES, check_id, check_user
+from vitalchain.core.timeutil import MAX_ANY_US, iso_from_us, parse_time_us
 from vitalchain.storage.apistore import ApiStore, StoreError
 
 
@@ -102,7 +103,7 @@ def register(main: click.Group) -> None:
         store = ApiStore(api_path(settings))
         try:
             grant = store.add_grant(check_id(patient, "patient id"), clinician,
-                                    parse_time_us(until), _operator())
+                                    parse_time_us(until, "--until", max_us=MAX_ANY_US, integers=False), _operator())
             _record(store, f"grants add {patient} {clinician}", patient,
                     f"grant until {iso_from_us(grant.until_us)}")
         except (StoreError, ValueError) as exc:

@@ -48,7 +48,8 @@ def audit_command(settings: Settings, start: str, end: str, rpc: str | None,
                   json_path: Path | None, quiet: bool) -> None:
     """Check every reading, window and checkpoint of a time range against ledger and chain."""
     from vitalchain.audit.engine import AuditUnavailable, run_audit
-    from vitalchain.audit.timearg import TimeArgError, parse_range
+    from vitalchain.audit.timearg import parse_range
+    from vitalchain.core.timeutil import TimeArgError
 
     try:
         start_us, end_us = parse_range(start, end)

@@ -14,6 +14,7 @@ from types import FrameType
 import click
 
 from vitalchain.config import Settings
+from vitalchain.errors import VitalchainError
 from vitalchain.ingest.bridge import DEFAULT_GROUP, Bridge, BridgeCounters, client_id, forget_session
 from vitalchain.ingest.bridge_provision import provision_bridge
 
@@ -58,7 +59,7 @@ def run(settings: Settings, instance: int, group: str, exclusive: bool, max_infl
             click.echo(f"bridge: provisioned MQTT user {client_id(instance)}", err=True)
         the_bridge = Bridge(settings, instance=instance, group=group,
                             max_inflight=max_inflight)
-    except (KeyError, ValueError, RuntimeError) as exc:
+    except (KeyError, ValueError, RuntimeError, VitalchainError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from exc
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -106,7 +107,7 @@ def provision(settings: Settings, instance: int) -> None:
     """
     try:
         created = provision_bridge(settings, instance)
-    except RuntimeError as exc:
+    except (RuntimeError, VitalchainError) as exc:
         raise click.ClickException(str(exc)) from exc
     state = "created" if created else "already provisioned"
     click.echo(f"MQTT user {client_id(instance)}: {state}")

@@ -1,45 +1,40 @@
-"""``vitalchain verify``: check proof bundles from files or stdin.
+"""``vitalchain verify``: check proof documents of every kind from files or stdin.
 
-Exit status is the worst over all bundles: 0 valid or pending, 1 invalid, 2 unreadable input.
-:func:`register` adds it to the ``vitalchain`` command (``vitalchain/app/cli.py``).
+Kinds: reading bundles, consistency documents and access-entry proofs (docs/PROOFS.md), chosen by
+each document's ``format``. Exit status is the worst over all inputs: 0 valid or pending, 1 invalid,
+2 unreadable input.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
 import click
 
-from vitalchain.core.verify import VerificationReport, verify_bundle
+from vitalchain.core.verify import JsonInputError, VerificationReport, load_json, verify_document
 
 
-class _InputError(ValueError):
-    pass
+def verify_text(data: bytes | str, label: str, rpc_url: str | None, *,
+                expect: str | None = None) -> VerificationReport:
+    """Parse (strictly) and verify one document; ``expect`` pins its format."""
+    try:
+        doc = load_json(data)
+    except JsonInputError as exc:
+        return VerificationReport(source=label, error=str(exc))
+    if expect is not None and (not isinstance(doc, dict) or doc.get("format") != expect):
+        got = doc.get("format") if isinstance(doc, dict) else None
+        return VerificationReport(source=label, error=f"format is {got!r}, expected {expect!r}")
+    rpc = None
+    if rpc_url is not None:
+        from vitalchain.storage.chainrpc import JsonRpc  # web3 only when the chain is asked
 
-
-def _reject_constant(name: str) -> Any:
-    raise _InputError(f"{name} is not valid JSON")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            # Two readers could pick different values; refuse rather than guess.
-            raise _InputError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def load_json(text: str | bytes) -> Any:
-    """Strict JSON: no NaN/Infinity, no duplicate keys (raises ``ValueError``)."""
-    return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+        rpc = JsonRpc(rpc_url)
+    return verify_document(doc, rpc, source=label)
 
 
 def verify_source(name: str, rpc_url: str | None) -> VerificationReport:
-    """Read and verify one bundle from a path, or ``-`` for stdin."""
+    """Read and verify one document from a path, or ``-`` for stdin."""
     label = "<stdin>" if name == "-" else name
     try:
         if name == "-":
@@ -47,12 +42,9 @@ def verify_source(name: str, rpc_url: str | None) -> VerificationReport:
         else:
             with open(name, "rb") as fh:
                 data = fh.read()
-        bundle = load_json(data)
     except OSError as exc:
         return VerificationReport(source=label, error=f"cannot read: {exc.strerror or exc}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        return VerificationReport(source=label, error=f"not valid JSON: {exc}")
-    return verify_bundle(bundle, rpc_url, source=label)
+    return verify_text(data, label, rpc_url)
 
 
 _MARK = {True: "ok  ", False: "FAIL", None: "skip"}
@@ -73,17 +65,19 @@ def format_report(report: VerificationReport) -> str:
 
 
 @click.command("verify")
-@click.argument("bundles", nargs=-1, metavar="[BUNDLE.json ...]")
+@click.argument("documents", nargs=-1, metavar="[DOCUMENT.json ...]")
 @click.option("--rpc", "rpc_url", metavar="URL", default=None,
-              help="Ethereum JSON-RPC URL; also check the anchor transaction on chain.")
-@click.option("--json", "as_json", is_flag=True, help="Print per-bundle step results as JSON.")
-def verify_command(bundles: tuple[str, ...], rpc_url: str | None, as_json: bool) -> None:
-    """Verify vitalchain-proof/1 bundles (files, or '-' / nothing for stdin).
+              help="Ethereum JSON-RPC URL; also check the anchor transactions on chain.")
+@click.option("--json", "as_json", is_flag=True, help="Print per-document step results as JSON.")
+def verify_command(documents: tuple[str, ...], rpc_url: str | None, as_json: bool) -> None:
+    """Verify proof documents (files, or '-' / nothing for stdin): reading bundles
+    (vitalchain-proof/1), consistency documents (vitalchain-consistency/1) and access-entry proofs
+    (vitalchain-access-proof/1).
 
-    Exit status: 0 all valid (or pending: valid but not anchored yet), 1 some bundle is
+    Exit status: 0 all valid (or pending: valid but not anchored yet), 1 some document is
     invalid, 2 some input is unreadable.
     """
-    reports = [verify_source(name, rpc_url) for name in (bundles or ("-",))]
+    reports = [verify_source(name, rpc_url) for name in (documents or ("-",))]
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in reports], indent=2))
     else:

@@ -6,9 +6,10 @@ import httpx
 
 from vitalchain.config import Settings
 from vitalchain.devices.mqtt_auth import PROBE_USER, MqttCredentials
+from vitalchain.errors import Unavailable
 
 
-class ProbeFailed(RuntimeError):
+class ProbeFailed(Unavailable):
     pass
 
 

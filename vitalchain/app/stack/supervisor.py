@@ -22,9 +22,10 @@ from vitalchain.app.stack.probes import ProbeFailed
 from vitalchain.app.stack.services import SERVICES, Service, service
 from vitalchain.app.stack.topology import ensure_database, ensure_topics
 from vitalchain.config import Settings
+from vitalchain.errors import Unavailable
 
 
-class ServiceStartError(RuntimeError):
+class ServiceStartError(Unavailable):
     """A service did not become usable; the message names it and its log file."""
 
 

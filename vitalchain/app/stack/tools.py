@@ -12,11 +12,13 @@ import shutil
 import stat
 from pathlib import Path
 
+from vitalchain.errors import Unavailable
+
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 NODE_BIN = PROJECT_ROOT / "tools" / "node_modules" / ".bin"
 
 
-class MissingToolError(RuntimeError):
+class MissingToolError(Unavailable):
     """A binary vitalchain needs is not installed; run ``make setup``."""
 
 

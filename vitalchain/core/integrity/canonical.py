@@ -15,10 +15,12 @@ from typing import Any
 
 import rfc8785
 
+from vitalchain.errors import InvalidInput
+
 MAX_SAFE_INTEGER = 2**53 - 1
 
 
-class CanonicalError(ValueError):
+class CanonicalError(InvalidInput):
     """The object cannot be hashed canonically; the message names the offending path."""
 
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from vitalchain.errors import InvalidInput
+
 from .hashing import Hasher, blake3_hasher
 
 SubtreeHash = Callable[[int, int], bytes]
 
 
-class ProofError(ValueError):
+class ProofError(InvalidInput):
     """A proof does not verify; the message says why (wrong shape, or a root mismatch)."""
 
 

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 
 import blake3
 
+from vitalchain.errors import InvalidInput
+
 from .canonical import canonical_json
 
 if TYPE_CHECKING:
@@ -39,7 +41,7 @@ SALT_DOMAIN = "vitalchain-salt/1"
 KEY_BYTES = 32
 
 
-class SaltKeyError(RuntimeError):
+class SaltKeyError(InvalidInput):
     """The salt key file is missing (in production) or unreadable/malformed."""
 
 

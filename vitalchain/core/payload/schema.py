@@ -85,7 +85,7 @@ def schema_text() -> str:
 @cache
 def load_schema() -> dict[str, Any]:
     """The published schema, read the way other packages read it (``importlib.resources``)."""
-    return dict(json.loads(resources.files("devices").joinpath(SCHEMA_FILE).read_text()))
+    return dict(json.loads(resources.files("vitalchain.core.payload").joinpath(SCHEMA_FILE).read_text()))
 
 
 @cache

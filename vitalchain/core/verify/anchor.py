@@ -1,7 +1,8 @@
 """On-chain check of a bundle's anchor: the checkpoint root really was emitted by the contract.
 
-Talks JSON-RPC through web3's ``HTTPProvider`` (imported lazily so offline use needs no web3)
-and compares raw hex, so nothing depends on web3's result formatters.  The anchor contract
+Asks the node through a :class:`~vitalchain.core.verify.rpc.ChainRpc` the caller passes in (the
+core does no I/O; :class:`vitalchain.storage.chainrpc.JsonRpc` is the HTTP one) and compares raw
+hex, so nothing depends on web3's result formatters.  The anchor contract
 emits ``event Anchored(bytes32 indexed root, uint64 size)``:
 ``topics == [keccak256("Anchored(bytes32,uint64)"), root]``, ``data == uint64 size`` as one
 32-byte big-endian ABI word.
@@ -12,32 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 from .report import VerificationReport
+from .rpc import ChainRpc, RpcError
 
 # keccak256(b"Anchored(bytes32,uint64)"); tests recompute it with web3.
 ANCHORED_TOPIC = "0x41c3f410f5c8ac36bb46b1dccef0de0f964087c9e688795fa02ecfa2c20b3fe4"
 ANCHORED_SIGNATURE = "Anchored(bytes32,uint64)"
-
-
-class RpcError(RuntimeError):
-    """The node could not be reached or answered with a JSON-RPC error."""
-
-
-class JsonRpc:
-    """Minimal JSON-RPC caller over web3's HTTPProvider (lazy import)."""
-
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
-        from web3 import HTTPProvider  # lazy: offline verification needs no web3
-
-        self.provider = HTTPProvider(url, request_kwargs={"timeout": timeout})
-
-    def call(self, method: str, params: list[Any]) -> Any:
-        try:
-            response = self.provider.make_request(method, params)  # type: ignore[arg-type]
-        except Exception as exc:  # connection refused, timeout, bad HTTP status
-            raise RpcError(f"{method}: {exc}") from exc
-        if "error" in response:
-            raise RpcError(f"{method}: {response['error']}")
-        return response.get("result")
 
 
 def _int(value: Any) -> int | None:
@@ -57,13 +37,9 @@ def size_word(size: int) -> str:
     return "0x" + size.to_bytes(32, "big").hex()
 
 
-def verify_anchor(
-    bundle: dict[str, Any], rpc_url: str, report: VerificationReport, rpc: Any = None
-) -> None:
-    """Check ``bundle["anchor"]`` against the chain at ``rpc_url``; append steps to ``report``.
-
-    ``rpc`` (an object with ``call(method, params)``) may be injected by tests.
-    """
+def verify_anchor(bundle: dict[str, Any], rpc: ChainRpc, report: VerificationReport) -> None:
+    """Check ``bundle["anchor"]`` (and ``bundle["checkpoint"]``) on the chain ``rpc`` reaches;
+    append the steps to ``report``."""
     anchor = bundle["anchor"]
     checkpoint = bundle["checkpoint"]
     report.anchor_checked = True
@@ -71,12 +47,11 @@ def verify_anchor(
         report.add("anchor", False, "not anchored: the bundle's anchor is null")
         return
     try:
-        rpc = rpc or JsonRpc(rpc_url)
         chain_id = _int(rpc.call("eth_chainId", []))
-    except (RpcError, ImportError) as exc:
-        report.add("anchor-rpc", False, f"cannot query {rpc_url}: {exc}")
+    except RpcError as exc:
+        report.add("anchor-rpc", False, f"cannot query {rpc.endpoint}: {exc}")
         return
-    report.add("anchor-rpc", True, rpc_url)
+    report.add("anchor-rpc", True, rpc.endpoint)
     if not report.add("anchor-chain-id", chain_id == anchor["chain_id"],
                       f"node chain id {chain_id}, bundle says {anchor['chain_id']}"):
         return

@@ -11,20 +11,21 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from vitalchain.core.integrity.bundle import PROOF_FORMAT
 from vitalchain.core.integrity.canonical import CanonicalError, canonical_json
 from vitalchain.core.integrity.hashing import blake3_hasher
 from vitalchain.core.integrity.merkle import ProofError, root_from_inclusion_proof
+from vitalchain.errors import InvalidInput
 
 from .report import VerificationReport
 
-PROOF_FORMAT = "vitalchain-proof/1"
 WINDOW_FORMAT = "vitalchain-window/1"
 HEX_HASH = re.compile(r"[0-9a-f]{64}")
 ETH_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
 ETH_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 
 
-class BundleFormatError(ValueError):
+class BundleFormatError(InvalidInput):
     """The bundle is not a readable ``vitalchain-proof/1`` document (exit code 2)."""
 
 
