@@ -14,7 +14,7 @@ test: setup
 	$(VENV)/pytest -p no:cacheprovider -q -ra --durations=15
 
 test-fast: setup
-	$(VENV)/pytest -q -m "not e2e"
+	bash scripts/test-fast.sh
 
 lint: setup
 	$(VENV)/ruff check .

@@ -20,11 +20,10 @@ from web3._utils.empty import empty as EMPTY
 from web3.contract import Contract
 
 from vitalchain.config import DEV_ANCHOR_PRIVATE_KEY, Settings
+from vitalchain.core.verify.anchor import ANCHORED_SIGNATURE, ANCHORED_TOPIC  # noqa: F401 (part of this API)
 from vitalchain.errors import InvalidInput, Unavailable
 
 _KEY = re.compile(r"(0x)?[0-9a-fA-F]{64}")
-ANCHORED_SIGNATURE = "Anchored(bytes32,uint64)"
-ANCHORED_TOPIC = "0x" + Web3.keccak(text=ANCHORED_SIGNATURE).hex().removeprefix("0x")
 
 # Fee policy: max fee = 2 x base fee + tip survives six full blocks of +12.5% base fee growth.
 BASE_FEE_MULTIPLIER = 2
@@ -140,6 +139,20 @@ def root_bytes(root_hex: str) -> bytes:
     if len(data) != 32:
         raise ValueError(f"a checkpoint root is 32 bytes, got {len(data)}")
     return data
+
+
+def anchored_log_in_receipt(receipt: Any, contract: str, root_hex: str) -> dict[str, Any] | None:
+    """The receipt's ``Anchored(root, size)`` log from ``contract`` for ``root_hex``, or None.
+
+    The one match of the event in a receipt (the worker's and the audit's; the verifier matches
+    the node's raw JSON the same way in vitalchain.core.verify.anchor)."""
+    want = root_hex.removeprefix("0x").lower()
+    for entry in receipt.get("logs", []):
+        topics = [bytes(t).hex() for t in entry["topics"]]
+        if (entry["address"].lower() == contract.lower() and len(topics) == 2
+                and "0x" + topics[0] == ANCHORED_TOPIC and topics[1] == want and not entry.get("removed")):
+            return dict(entry)
+    return None
 
 
 def anchored_event(w3: Web3, address: str, root_hex: str, from_block: int = 0) -> dict[str, Any] | None:

@@ -29,7 +29,7 @@ from vitalchain.core.integrity import (
     build_bundle,
     reading_leaf_hash,
 )
-from vitalchain.core.verify.consistency import CONSISTENCY_FORMAT
+from vitalchain.core.integrity.bundle import build_consistency_document
 from vitalchain.errors import Altered, NotFound
 from vitalchain.storage.anchors import AnchorStore, Checkpoint
 from vitalchain.storage.influx import InfluxClient, quote_ident
@@ -181,15 +181,7 @@ class ProofService:
                                        "anchored root: the window log was altered")
             ends.append(cp)
         old, new = ends
-        path = self.log.consistency_proof(old_size, new_size)
-        return {
-            "format": CONSISTENCY_FORMAT,
-            "hash": "blake3",
-            "old": {"size": old.size, "root": old.root},
-            "new": {"size": new.size, "root": new.root},
-            "path": [p.hex() for p in path],
-            "anchors": {"old": old.anchor(), "new": new.anchor()},
-        }
+        return build_consistency_document(self.log, old_size, new_size, old.anchor(), new.anchor())
 
 
 def build_proof(settings: Settings, device_id: str, seq: int | None = None,

@@ -155,13 +155,7 @@ class AnchorWorker:
             return False
 
     def _anchored_log(self, receipt: dict[str, Any], root: str) -> dict[str, Any] | None:
-        for entry in receipt.get("logs", []):
-            topics = [bytes(t) for t in entry["topics"]]
-            if (entry["address"].lower() == self.contract_address.lower() and len(topics) == 2
-                    and "0x" + topics[0].hex() == chain.ANCHORED_TOPIC
-                    and topics[1].hex() == root):
-                return dict(entry)
-        return None
+        return chain.anchored_log_in_receipt(receipt, self.contract_address, root)
 
     def _record_mined(self, cp: Checkpoint, entry: dict[str, Any], gas_used: int) -> None:
         head = self.w3.eth.block_number

@@ -27,18 +27,19 @@ from typing import Any
 
 from vitalchain.api.logview import LogView
 
-from vitalchain.core.integrity import (
-    inclusion_proof,
-    root,
+from vitalchain.core.integrity.access import (
+    ACCESS_PARTITION,
+    ACCESS_TOPIC,
+    ENTRY_FORMAT,
+    build_access_proof,
+    build_access_window_header,
+    entry_leaf,
 )
-from vitalchain.core.integrity.access import ENTRY_FORMAT, PROOF_FORMAT, WINDOW_FORMAT, entry_leaf
 from vitalchain.core.timeutil import now_us
 from vitalchain.errors import Altered, NotFound
 from vitalchain.storage.apistore import AccessRow, ApiStore
 from vitalchain.storage.ledger import Ledger, LedgerError
 
-ACCESS_TOPIC = "access-log"
-ACCESS_PARTITION = 0
 MAX_WINDOW = 1000
 
 
@@ -60,11 +61,7 @@ def build_entry(seq: int, *, ts_us: int, user: str | None, role: str | None, met
 
 
 def access_window_header(rows: list[AccessRow]) -> dict[str, Any]:
-    stamps = [r.entry["ts_us"] for r in rows]
-    return {"format": WINDOW_FORMAT, "window_id": f"access-{rows[0].seq}",
-            "partition": ACCESS_PARTITION, "first_offset": rows[0].seq,
-            "last_offset": rows[-1].seq, "start_us": min(stamps), "end_us": max(stamps),
-            "size": len(rows), "root": root([r.leaf_hash for r in rows]).hex()}
+    return build_access_window_header([r.entry for r in rows])
 
 
 def record_access(store: ApiStore, **fields: Any) -> AccessRow:
@@ -140,16 +137,5 @@ class AccessLog:
                 f"access entry {seq} no longer hashes to the leaf sealed in window "
                 f"{row.window_id}: it was altered after sealing")
         choice = self.view.checkpoint_for(window.log_index)
-        return {
-            "format": PROOF_FORMAT,
-            "hash": "blake3",
-            "entry": row.entry,
-            "entry_proof": {"index": index, "size": len(window.leaf_hashes),
-                            "path": [p.hex() for p in inclusion_proof(window.leaf_hashes, index)]},
-            "window": window.header,
-            "window_proof": {"index": window.log_index, "size": choice.size,
-                             "path": [p.hex() for p in
-                                      self.view.log.inclusion_proof(window.log_index, choice.size)]},
-            "checkpoint": {"size": choice.size, "root": choice.root},
-            "anchor": choice.anchor,
-        }
+        return build_access_proof(row.entry, index, window.leaf_hashes, window.header, window.log_index,
+                                  self.view.log, choice.size, choice.root, choice.anchor)

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from vitalchain.anchor.proofs import ProofService, ProofUnavailable
 from vitalchain.api import dashboard, fhir, rejected, vitals
-from vitalchain.api.accesslog import ACCESS_TOPIC, AccessLog, AccessProofUnavailable
+from vitalchain.api.accesslog import AccessLog, AccessProofUnavailable
 from vitalchain.api.auditrun import AuditRange, AuditRunner
 from vitalchain.api.auth import check_patient, require
 from vitalchain.api.bodyguard import BodyGuard
@@ -32,6 +32,7 @@ from vitalchain.devices.registry import ProvisioningError, load_registry
 
 from vitalchain.config import Settings
 from vitalchain.core.ids import ID_REGEX, ROLES, USER_REGEX
+from vitalchain.core.integrity.access import ACCESS_TOPIC
 from vitalchain.core.timeutil import MAX_ANY_US, MAX_TIME_US, iso_from_us, now_us, parse_time_us
 from vitalchain.core.verify import verify_access_proof, verify_bundle
 from vitalchain.errors import VitalchainError, status_for

@@ -32,15 +32,6 @@ def _hex(value: Any) -> str:
     return bytes(value).hex()
 
 
-def _event_in_receipt(receipt: Any, contract: str, root: str) -> dict[str, Any] | None:
-    for entry in receipt.get("logs", []):
-        topics = [_hex(t) for t in entry["topics"]]
-        if (entry["address"].lower() == contract.lower() and len(topics) == 2
-                and "0x" + topics[0] == chain.ANCHORED_TOPIC and topics[1] == root):
-            return dict(entry)
-    return None
-
-
 def _check_on_chain(w3: Web3, contract: str, cp: Any) -> str | None:
     """Why the chain does not back this record, or None when it does."""
     if not cp.tx_hash:
@@ -49,7 +40,7 @@ def _check_on_chain(w3: Web3, contract: str, cp: Any) -> str | None:
         receipt = w3.eth.get_transaction_receipt(cp.tx_hash)
     except TransactionNotFound:
         return f"transaction {cp.tx_hash} is not on chain"
-    entry = _event_in_receipt(dict(receipt), contract, cp.root)
+    entry = chain.anchored_log_in_receipt(dict(receipt), contract, cp.root)
     if entry is None:
         return f"transaction {cp.tx_hash} emitted no Anchored event for this root"
     size = int.from_bytes(bytes(entry["data"]), "big")

@@ -8,6 +8,7 @@ topics, database and ledger on the shared stack, so tests never see each other's
 from __future__ import annotations
 
 import itertools
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,34 @@ from vitalchain.app.stack.topology import ensure_database, ensure_topics
 from vitalchain.config import Settings, load_settings
 
 _counter = itertools.count()
+
+# A test that asks for any of these runs on real services: it is marked `integration`, and
+# `make test-fast` (-m "not integration") leaves it out. Tests that start services some other way
+# carry the marker themselves; under VITALCHAIN_TEST_FAST=1 starting a stack fails loudly, so a
+# missing marker cannot hide (scripts/test-fast.sh).
+SERVICE_FIXTURES = frozenset({"stack", "fresh_stack", "isolated"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())) or item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_services_in_fast_runs() -> Iterator[None]:
+    if os.environ.get("VITALCHAIN_TEST_FAST") != "1":
+        yield
+        return
+
+    def refuse(self: Stack, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("this test starts services: mark it `integration` (make test-fast runs none)")
+
+    original, Stack.up = Stack.up, refuse  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Stack.up = original  # type: ignore[method-assign]
 
 
 def stack_settings(state_dir: Path, **overrides: object) -> Settings:

@@ -1,0 +1,8 @@
+"""vitalchain: streaming vital signs in, provable readings out.
+
+One import namespace in four layers whose arrows point one way (docs/ARCHITECTURE.md, "Layers"):
+``vitalchain.core`` (formats, trees, verifiers; no I/O) -> ``vitalchain.storage`` (ledger, anchor
+records, InfluxDB model) -> services (``vitalchain.devices``, ``.ingest``, ``.anchor``, ``.api``,
+``.audit``) -> ``vitalchain.app`` (CLI, demo, local stack). ``vitalchain.errors`` and
+``vitalchain.config`` belong to the core.
+"""

@@ -90,3 +90,22 @@ def build_bundle(
         "checkpoint": {"size": checkpoint_size, "root": checkpoint_root.hex()},
         "anchor": anchor,
     }
+
+
+CONSISTENCY_FORMAT = "vitalchain-consistency/1"
+
+
+def build_consistency_document(log: MerkleLog, old_size: int, new_size: int,
+                               old_anchor: Mapping[str, Any] | None,
+                               new_anchor: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``vitalchain-consistency/1``: the log at ``old_size`` is a prefix of the log at ``new_size``
+    (RFC 9162 consistency path), with the anchors of both checkpoints (docs/PROOFS.md section 8)."""
+    return {
+        "format": CONSISTENCY_FORMAT,
+        "hash": "blake3",
+        "old": {"size": old_size, "root": log.root(old_size).hex()},
+        "new": {"size": new_size, "root": log.root(new_size).hex()},
+        "path": [p.hex() for p in log.consistency_proof(old_size, new_size)],
+        "anchors": {"old": None if old_anchor is None else dict(old_anchor),
+                    "new": None if new_anchor is None else dict(new_anchor)},
+    }

@@ -1,7 +1,8 @@
-"""The worked example of ``docs/PROOFS.md``, generated from fixed inputs.
+"""The worked examples of ``docs/PROOFS.md``, generated from fixed inputs.
 
-``python -m vitalchain.integrity.example`` prints the Markdown between the ``example`` markers
-of the document; ``tests/test_integrity_docs.py`` regenerates it and fails if the document
+``python -m vitalchain.core.integrity.example [reading|consistency|access]`` prints the Markdown
+between the matching markers of the document (``example``, ``consistency-example``,
+``access-example``); ``tests/test_integrity_docs.py`` regenerates each and fails if the document
 differs, so every number in the document is real and stays so.
 """
 
@@ -10,7 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .bundle import build_bundle
+from .access import ENTRY_FORMAT, build_access_proof, build_access_window_header, entry_leaf
+from .bundle import build_bundle, build_consistency_document
 from .canonical import canonical_json
 from .hashing import blake3_hasher
 from .leaves import canonical_reading, reading_leaf_hash, window_leaf_hash
@@ -185,5 +187,122 @@ def render_markdown() -> str:
     return "\n".join(out) + "\n"
 
 
+# --- consistency documents and access-entry proofs ---------------------------------------------
+EXAMPLE_ANCHOR_2 = {**EXAMPLE_ANCHOR, "tx_hash": "0x" + blake3_hasher.digest(b"second anchoring transaction").hex(),
+                    "block_number": 57, "block_hash": "0x" + blake3_hasher.digest(b"second example block").hex()}
+ACCESS_NONCES = ("00112233445566778899aabbccddeeff", "0123456789abcdef0123456789abcdef",
+                 "ffeeddccbbaa99887766554433221100")
+
+
+def example_access_entries() -> list[dict[str, Any]]:
+    """Three access-log entries (seq 1..3) sealed as window ``access-1``, log leaf 3 of the example."""
+    rows = [("audrey", "auditor", "GET", "/audit/proofs/ring-c/3", "", "patient-3", True, 200, "auditor"),
+            ("carol", "clinician", "GET", "/patients/patient-2/vitals", "start=2026-01-01", "patient-2",
+             False, 403, "no active grant for patient-2"),
+            ("carol", "clinician", "GET", "/patients/patient-1/vitals", "", "patient-1", True, 200,
+             "grant active")]
+    return [{"format": ENTRY_FORMAT, "seq": i + 1, "ts_us": T0 + 5_000_000 + i * 250_000, "user": user,
+             "role": role, "method": method, "path": path, "query": query, "patient_id": patient,
+             "allowed": allowed, "status": status, "reason": reason, "nonce": ACCESS_NONCES[i]}
+            for i, (user, role, method, path, query, patient, allowed, status, reason) in enumerate(rows)]
+
+
+def example_log_leaves() -> list[bytes]:
+    """The log of the consistency and access examples: the three reading windows, then ``access-1``."""
+    return ([window_leaf_hash(h) for _, h in example_windows()]
+            + [window_leaf_hash(build_access_window_header(example_access_entries()))])
+
+
+def example_consistency() -> dict[str, Any]:
+    """``vitalchain-consistency/1`` from the checkpoint of size 3 (the bundle's) to size 4."""
+    return build_consistency_document(MerkleLog(example_log_leaves()), 3, 4, EXAMPLE_ANCHOR, EXAMPLE_ANCHOR_2)
+
+
+def example_access_proof() -> dict[str, Any]:
+    """The access proof of entry 2 (a refused request) against the checkpoint of size 4."""
+    entries = example_access_entries()
+    log = MerkleLog(example_log_leaves())
+    return build_access_proof(entries[1], 1, [entry_leaf(e) for e in entries],
+                              build_access_window_header(entries), 3, log, 4, log.root(4).hex(),
+                              EXAMPLE_ANCHOR_2)
+
+
+def consistency_steps(old_size: int, new_size: int, old_root: bytes, path: list[bytes]) -> list[str]:
+    """Narrate RFC 9162 2.1.4.2 (verifying a consistency proof), one line per step."""
+    lines: list[str] = []
+    if old_size & (old_size - 1) == 0:
+        path = [old_root, *path]
+        lines.append(f"    old size {old_size} is a power of 2: prepend old.root to the path")
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    lines.append(f"    fn = {fn}, sn = {sn}; fr = sr = c[0] = {fr.hex()}")
+    for i, c in enumerate(path[1:], start=1):
+        if fn & 1 or fn == sn:
+            fr, sr = blake3_hasher.node(c, fr), blake3_hasher.node(c, sr)
+            lines.append(f"    c[{i}]: fr = H(0x01 || c || fr) = {fr.hex()}")
+            lines.append(f"          sr = H(0x01 || c || sr) = {sr.hex()}")
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = blake3_hasher.node(sr, c)
+            lines.append(f"    c[{i}]: sr = H(0x01 || sr || c) = {sr.hex()}")
+        fn >>= 1
+        sn >>= 1
+        lines.append(f"          fn = {fn}, sn = {sn}")
+    lines.append(f"    fr = {fr.hex()}  (must equal old.root)")
+    lines.append(f"    sr = {sr.hex()}  (must equal new.root; sn must be 0)")
+    return lines
+
+
+def render_consistency_markdown() -> str:
+    """The Markdown between the ``consistency-example`` markers of PROOFS.md."""
+    doc = example_consistency()
+    leaves = example_log_leaves()
+    path = [bytes.fromhex(p) for p in doc["path"]]
+    out = ["The log of the reading example (3 windows) grows by one window, the access window "
+           "`access-1` of section 9:", "", "```"]
+    out += [f"    log_leaf[{i}] = {leaf.hex()}" for i, leaf in enumerate(leaves)]
+    out += ["```", "", f"old = size 3, root `{doc['old']['root']}` (the bundle's checkpoint in section 7);",
+            f"new = size 4, root `{doc['new']['root']}`. Verification of the path:", "", "```"]
+    out += consistency_steps(3, 4, bytes.fromhex(doc["old"]["root"]), path)
+    out += ["```", "", "The document:", "", "```json", json.dumps(doc, indent=2), "```"]
+    return "\n".join(out) + "\n"
+
+
+def render_access_markdown() -> str:
+    """The Markdown between the ``access-example`` markers of PROOFS.md."""
+    doc = example_access_proof()
+    entries = example_access_entries()
+    leaves = [entry_leaf(e) for e in entries]
+    ep, wp = doc["entry_proof"], doc["window_proof"]
+    out = ["Entry 2 (a refused request) of access window `access-1`; JCS of the entry:", "", "```",
+           canonical_json(doc["entry"]).decode(), "```", "",
+           f"entry leaf = BLAKE3(0x00 || JCS) = `{leaves[1].hex()}`", "", "Entry leaves of the window:", "",
+           "```"]
+    out += [f"    entry_leaf[{i}] = {leaf.hex()}   (seq {entries[i]['seq']})" for i, leaf in enumerate(leaves)]
+    out += [f"    path[{i}] = {p}" for i, p in enumerate(ep["path"])]
+    out += _fold(leaves[1], ep["index"], ep["size"], [bytes.fromhex(p) for p in ep["path"]])
+    out += [f"    window.root = {doc['window']['root']}", "```", "", "JCS of the access window header:", "",
+            "```", canonical_json(doc["window"]).decode(), "```", "",
+            f"window leaf = BLAKE3(0x00 || JCS) = `{window_leaf_hash(doc['window']).hex()}`, log leaf "
+            f"{wp['index']} of the checkpoint of size {wp['size']}:", "", "```"]
+    out += [f"    path[{i}] = {p}" for i, p in enumerate(wp["path"])]
+    out += _fold(window_leaf_hash(doc["window"]), wp["index"], wp["size"], [bytes.fromhex(p) for p in wp["path"]])
+    out += [f"    checkpoint.root = {doc['checkpoint']['root']}", "```", "", "The document:", "", "```json",
+            json.dumps(doc, indent=2), "```"]
+    return "\n".join(out) + "\n"
+
+
+RENDERERS = {"reading": render_markdown, "consistency": render_consistency_markdown,
+             "access": render_access_markdown}
+
+
 if __name__ == "__main__":
-    print(render_markdown(), end="")
+    import sys
+
+    print(RENDERERS[sys.argv[1] if len(sys.argv) > 1 else "reading"](), end="")

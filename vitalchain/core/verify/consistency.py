@@ -10,13 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from vitalchain.core.integrity import ProofError, verify_consistency
+from vitalchain.core.integrity.bundle import CONSISTENCY_FORMAT
 
 from .anchor import verify_anchor
 from .checks import BundleFormatError, check_anchor_fields
 from .report import VerificationReport
 from .rpc import ChainRpc
-
-CONSISTENCY_FORMAT = "vitalchain-consistency/1"
 
 
 def _hex32(value: Any, where: str) -> bytes:
