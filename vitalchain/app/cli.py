@@ -1,5 +1,11 @@
-"""The ``vitalchain`` command: a thin layer over the services; each module of ``vitalchain.app.commands``
-(and the stack's CLI) adds its own subcommands."""
+"""The ``vitalchain`` command: a thin layer over the services.
+
+Each command group lives in its own module (``vitalchain.app.commands.*``, the stack's CLI, the
+demo) and is imported only when it runs: importing them all costs seconds (web3, Faust, FastAPI),
+and ``vitalchain --help`` or ``vitalchain verify`` must start at once. :data:`COMMANDS` is the
+index: each command's module and the one-line summary ``--help`` shows without importing it
+(tests/test_cli.py checks every summary against the command's own help).
+"""
 
 from __future__ import annotations
 
@@ -10,25 +16,55 @@ import click
 from vitalchain.app.production import check_production
 from vitalchain.config import ConfigError, load_settings
 
-# (module, function) pairs; each function takes the root group and adds its commands.
-_REGISTRARS = (
-    ("vitalchain.app.stack.cli", "register"),
-    ("vitalchain.app.commands.verify", "register"),
-    ("vitalchain.app.commands.devices", "register"),
-    ("vitalchain.app.commands.stream", "register"),
-    ("vitalchain.app.commands.bridge", "register"),
-    ("vitalchain.app.commands.deadletters", "register"),
-    ("vitalchain.app.commands.anchor", "register"),
-    ("vitalchain.app.demo", "register"),
-    ("vitalchain.app.commands.audit", "register"),
-    ("vitalchain.app.commands.api", "register"),
-)
+# command -> (module whose ``register(group)`` adds it, its one-line summary)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "anchor": ("vitalchain.app.commands.anchor", "Anchor checkpoints of the window log on Ethereum."),
+    "api": ("vitalchain.app.commands.api", "Serve the clinician/auditor HTTP API (OpenAPI at /docs)."),
+    "audit": ("vitalchain.app.commands.audit",
+              "Check every reading, window and checkpoint of a time range against ledger and chain."),
+    "bridge": ("vitalchain.app.commands.bridge",
+               "MQTT→Kafka bridge: validated readings to the raw topic, rejects to the dead-letter topic."),
+    "deadletters": ("vitalchain.app.commands.deadletters",
+                    "Rejected readings: archive the dead-letter topic into InfluxDB measurement ``rejected``."),
+    "demo": ("vitalchain.app.demo", "Run the whole pipeline end to end on the local stack and verify one proof."),
+    "devices": ("vitalchain.app.commands.devices", "Simulated wearables publishing vital signs over MQTT."),
+    "grants": ("vitalchain.app.commands.api", "Patient consent: which clinician may see which patient, until when."),
+    "proof": ("vitalchain.app.commands.anchor",
+              "Proofs: `proof DEVICE SEQ`, `proof --at TS_US DEVICE`, `proof consistency S1 S2`."),
+    "stack": ("vitalchain.app.stack.cli",
+              "Start, inspect and stop the local services (MQTT, Kafka, InfluxDB, Ethereum)."),
+    "stream": ("vitalchain.app.commands.stream", "The Faust stream that seals readings into hashed windows."),
+    "users": ("vitalchain.app.commands.api", "API users (bearer tokens)."),
+    "verify": ("vitalchain.app.commands.verify",
+               "Verify proof documents (files, or '-' / nothing for stdin): reading bundles"),
+}
 
 # Commands that run in production mode without its secrets: the local stack and the offline verifier.
 _NO_SECRETS_NEEDED = frozenset({"stack", "verify"})
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported when used; ``--help`` lists them from :data:`COMMANDS`."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        holder = click.Group()
+        importlib.import_module(COMMANDS[cmd_name][0]).register(holder)
+        return holder.commands[cmd_name]
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [(name, click.utils.make_default_short_help(summary, limit))
+                for name, (_, summary) in sorted(COMMANDS.items())]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup)
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """vitalchain: vital signs in, provable readings out."""
@@ -38,11 +74,3 @@ def main(ctx: click.Context) -> None:
             check_production(ctx.obj)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
-
-
-def _register_all() -> None:
-    for module_name, function in _REGISTRARS:
-        getattr(importlib.import_module(module_name), function)(main)
-
-
-_register_all()
