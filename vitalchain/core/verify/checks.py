@@ -29,50 +29,56 @@ class BundleFormatError(InvalidInput):
     """The bundle is not a readable ``vitalchain-proof/1`` document (exit code 2)."""
 
 
+# The input checks every document kind shares (bundles, consistency documents, access proofs):
+# each raises BundleFormatError naming the member, so unreadable input is always status "error".
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _need(obj: Mapping[str, Any], key: str, where: str) -> Any:
+def need(obj: Mapping[str, Any], key: str, where: str) -> Any:
     if key not in obj:
         raise BundleFormatError(f"missing field {where}.{key}")
     return obj[key]
 
 
-def _need_obj(obj: Mapping[str, Any], key: str, where: str = "$") -> dict[str, Any]:
-    value = _need(obj, key, where)
+def need_obj(obj: Mapping[str, Any], key: str, where: str = "$") -> dict[str, Any]:
+    value = need(obj, key, where)
     if not isinstance(value, dict):
         raise BundleFormatError(f"{where}.{key} must be an object")
     return value
 
 
-def _need_int(obj: Mapping[str, Any], key: str, where: str) -> int:
-    value = _need(obj, key, where)
+def need_int(obj: Mapping[str, Any], key: str, where: str) -> int:
+    value = need(obj, key, where)
     if not _is_int(value) or value < 0:
         raise BundleFormatError(f"{where}.{key} must be a non-negative integer")
     return value
 
 
-def _need_hex(obj: Mapping[str, Any], key: str, where: str) -> bytes:
-    value = _need(obj, key, where)
+def need_hex(obj: Mapping[str, Any], key: str, where: str) -> bytes:
+    value = need(obj, key, where)
     if not isinstance(value, str) or not HEX_HASH.fullmatch(value):
         raise BundleFormatError(f"{where}.{key} must be 64 lowercase hex characters")
     return bytes.fromhex(value)
 
 
-def _proof_part(bundle: Mapping[str, Any], key: str) -> tuple[int, int, list[bytes]]:
-    part = _need_obj(bundle, key)
-    index = _need_int(part, "index", key)
-    size = _need_int(part, "size", key)
-    path = _need(part, "path", key)
+def need_path(obj: Mapping[str, Any], key: str, where: str) -> list[bytes]:
+    """``obj[key]``: an array of hashes, each 64 lowercase hex."""
+    path = need(obj, key, where)
     if not isinstance(path, list):
-        raise BundleFormatError(f"{key}.path must be an array")
+        raise BundleFormatError(f"{where}.{key} must be an array")
     out = []
     for i, element in enumerate(path):
         if not isinstance(element, str) or not HEX_HASH.fullmatch(element):
-            raise BundleFormatError(f"{key}.path[{i}] must be 64 lowercase hex characters")
+            raise BundleFormatError(f"{where}.{key}[{i}] must be 64 lowercase hex characters")
         out.append(bytes.fromhex(element))
-    return index, size, out
+    return out
+
+
+def proof_part(doc: Mapping[str, Any], key: str) -> tuple[int, int, list[bytes]]:
+    """``doc[key]`` as ``{"index", "size", "path"}`` (an inclusion proof), checked."""
+    part = need_obj(doc, key)
+    return need_int(part, "index", key), need_int(part, "size", key), need_path(part, "path", key)
 
 
 def check_anchor_fields(anchor: Any) -> dict[str, Any] | None:
@@ -82,10 +88,10 @@ def check_anchor_fields(anchor: Any) -> dict[str, Any] | None:
     if not isinstance(anchor, dict):
         raise BundleFormatError("anchor must be null or an object")
     for key in ("chain_id", "block_number", "log_index"):
-        _need_int(anchor, key, "anchor")
+        need_int(anchor, key, "anchor")
     for key, pattern in (("contract", ETH_ADDRESS), ("tx_hash", ETH_HASH),
                          ("block_hash", ETH_HASH)):
-        value = _need(anchor, key, "anchor")
+        value = need(anchor, key, "anchor")
         if not isinstance(value, str) or not pattern.fullmatch(value):
             raise BundleFormatError(f"anchor.{key} must be 0x-prefixed hex of the right length")
     return anchor
@@ -100,16 +106,16 @@ def parse_bundle(bundle: Any) -> dict[str, Any]:
         raise BundleFormatError(f"format is {fmt!r}, expected {PROOF_FORMAT!r}")
     if bundle.get("hash") != "blake3":
         raise BundleFormatError(f"hash is {bundle.get('hash')!r}, only 'blake3' is supported")
-    _need_obj(bundle, "reading")
-    window = _need_obj(bundle, "window")
-    _need_hex(window, "root", "window")
-    _need_int(window, "size", "window")
-    checkpoint = _need_obj(bundle, "checkpoint")
-    _need_hex(checkpoint, "root", "checkpoint")
-    _need_int(checkpoint, "size", "checkpoint")
-    _proof_part(bundle, "reading_proof")
-    _proof_part(bundle, "window_proof")
-    check_anchor_fields(_need(bundle, "anchor", "$"))
+    need_obj(bundle, "reading")
+    window = need_obj(bundle, "window")
+    need_hex(window, "root", "window")
+    need_int(window, "size", "window")
+    checkpoint = need_obj(bundle, "checkpoint")
+    need_hex(checkpoint, "root", "checkpoint")
+    need_int(checkpoint, "size", "checkpoint")
+    proof_part(bundle, "reading_proof")
+    proof_part(bundle, "window_proof")
+    check_anchor_fields(need(bundle, "anchor", "$"))
     return bundle
 
 
@@ -136,8 +142,8 @@ def check_reading_in_window(reading: Mapping[str, Any], window: Mapping[str, Any
 def verify_offline(bundle: dict[str, Any], report: VerificationReport) -> None:
     """Run every hash step on a structurally valid bundle, appending results to ``report``."""
     reading, window = bundle["reading"], bundle["window"]
-    r_index, r_size, r_path = _proof_part(bundle, "reading_proof")
-    w_index, w_size, w_path = _proof_part(bundle, "window_proof")
+    r_index, r_size, r_path = proof_part(bundle, "reading_proof")
+    w_index, w_size, w_path = proof_part(bundle, "window_proof")
     window_root = bytes.fromhex(window["root"])
     checkpoint = bundle["checkpoint"]
 

@@ -13,25 +13,9 @@ from vitalchain.core.integrity import ProofError, verify_consistency
 from vitalchain.core.integrity.bundle import CONSISTENCY_FORMAT
 
 from .anchor import verify_anchor
-from .checks import BundleFormatError, check_anchor_fields
+from .checks import BundleFormatError, check_anchor_fields, need, need_hex, need_int, need_obj, need_path
 from .report import VerificationReport
 from .rpc import ChainRpc
-
-
-def _hex32(value: Any, where: str) -> bytes:
-    if not isinstance(value, str) or len(value) != 64:
-        raise BundleFormatError(f"{where} must be 64 hex characters")
-    try:
-        return bytes.fromhex(value)
-    except ValueError:
-        raise BundleFormatError(f"{where} must be 64 hex characters") from None
-
-
-def _size(end: Any, key: str) -> int:
-    size = end.get("size") if isinstance(end, dict) else None
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise BundleFormatError(f"{key} must be {{size, root}} with a positive integer size")
-    return size
 
 
 def verify_consistency_document(doc: Any, rpc: ChainRpc | None = None, *,
@@ -43,17 +27,16 @@ def verify_consistency_document(doc: Any, rpc: ChainRpc | None = None, *,
             raise BundleFormatError(f"format must be {CONSISTENCY_FORMAT!r}")
         if doc.get("hash") != "blake3":
             raise BundleFormatError("hash must be 'blake3'")
-        ends = {key: (_size(doc.get(key), key), _hex32(doc[key].get("root"), f"{key}.root"))
-                for key in ("old", "new")}
-        path = doc.get("path")
-        if not isinstance(path, list):
-            raise BundleFormatError("path must be an array")
-        proof = [_hex32(p, f"path[{i}]") for i, p in enumerate(path)]
-        anchors = doc.get("anchors", {})
-        if not isinstance(anchors, dict):
-            raise BundleFormatError("anchors must be an object")
+        ends = {}
         for key in ("old", "new"):
-            check_anchor_fields(anchors.get(key))
+            end = need_obj(doc, key)
+            ends[key] = (need_int(end, "size", key), need_hex(end, "root", key))
+            if ends[key][0] < 1:
+                raise BundleFormatError(f"{key}.size must be positive")
+        proof = need_path(doc, "path", "$")
+        anchors = need_obj(doc, "anchors")
+        for key in ("old", "new"):
+            check_anchor_fields(need(anchors, key, "anchors"))
     except BundleFormatError as exc:
         report.error = str(exc)
         return report
