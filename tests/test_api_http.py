@@ -1,7 +1,7 @@
 """The HTTP API in-process (FastAPI TestClient) on the real InfluxDB and ledger.
 
 Data is sealed exactly as the stream seals it (canonical readings with salts, ``readings`` points
-from vitalchain.ingest/readings.py, windows appended to the ledger), so proofs served here are real proofs.
+from vitalchain/storage/readings.py, windows appended to the ledger), so proofs served here are real proofs.
 """
 
 from __future__ import annotations

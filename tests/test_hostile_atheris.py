@@ -80,5 +80,5 @@ def test_atheris_fuzz_of_validation_finds_no_crash(tmp_path: Path) -> None:
     assert result.returncode == 0, f"atheris found a failing input:\n{log}"
     assert f"Done {RUNS} runs" in result.stderr, log
     assert not list(tmp_path.glob("crash-*"))
-    print(f"\natheris: {RUNS} runs of ingest.validation in {elapsed:.1f}s, no crash",
+    print(f"\natheris: {RUNS} runs of vitalchain.core.payload.validation in {elapsed:.1f}s, no crash",
           file=sys.stderr)

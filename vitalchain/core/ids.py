@@ -1,6 +1,6 @@
 """Validation of the identifiers users type (device, patient and user ids, roles).
 
-Device and patient ids follow the device schema (``devices/reading.schema.json``), so anything
+Device and patient ids follow the device schema (``vitalchain/core/payload/reading.schema.json``), so anything
 that fails here could never have been stored; user names are stricter (lower case) because they
 are typed on command lines and appear in audit reports.
 """

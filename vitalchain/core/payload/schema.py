@@ -2,7 +2,7 @@
 
 ``reading.schema.json`` in this package is the published contract (firmware authors and the bridge
 read it); ``build_schema()`` is how it is made, and a test fails if the two ever differ. Regenerate
-with ``python -m devices.schema``. JSON Schema cannot compare two fields or two array items, so
+with ``python -m vitalchain.core.payload.schema``. JSON Schema cannot compare two fields or two array items, so
 ``message_problems`` adds the two cross-field rules: ``dia < sys`` and one device per batch.
 """
 

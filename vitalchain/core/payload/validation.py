@@ -6,7 +6,7 @@ in is sealed into a Merkle window for good: rejecting late is not possible.
 
 The checks are hand-written rather than ``jsonschema`` because the bridge validates every message
 and jsonschema costs tens of microseconds per object; ``tests/test_validation.py`` checks on
-generated samples that this validator and ``devices/reading.schema.json`` agree.
+generated samples that this validator and ``reading.schema.json`` agree.
 
 Batch policy (``{"readings": [...]}``): *structural* problems of the batch itself (not a list,
 empty, more than :data:`MAX_BATCH` readings, readings naming different devices) reject the whole
