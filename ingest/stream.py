@@ -33,9 +33,10 @@ from vitalchain.ingest.sink import Sealer
 from vitalchain.ingest.windowing import DeadLetter
 
 from vitalchain.config import Settings
-from vitalchain.core.integrity import load_or_create_salt_key, salt_key_id
+from vitalchain.core.integrity import salt_key_id
 from vitalchain.storage.influx import InfluxClient
 from vitalchain.storage.ledger import Ledger
+from vitalchain.storage.saltkey import load_or_create_salt_key
 
 log = logging.getLogger("vitalchain.stream")
 

@@ -11,19 +11,18 @@ from vitalchain.config import load_settings
 from vitalchain.core.integrity import (
     CanonicalError,
     MerkleLog,
-    SaltKeyError,
     blake3_hasher,
     build_bundle,
     build_window_header,
     canonical_json,
     canonical_reading,
     derive_salt,
-    load_or_create_salt_key,
     reading_leaf_hash,
     root,
     salt_key_id,
     window_leaf_hash,
 )
+from vitalchain.storage.saltkey import SaltKeyError, load_or_create_salt_key
 
 KEY = bytes(range(32))
 VITALS = {"hr": 72, "spo2": 98, "rr": 14, "temp_c": 36.6, "sys": 118, "dia": 76}

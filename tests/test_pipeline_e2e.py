@@ -38,13 +38,13 @@ from vitalchain.config import Settings
 from vitalchain.core.integrity import (
     WINDOW_FORMAT,
     derive_salt,
-    load_or_create_salt_key,
     reading_leaf_hash,
     root,
 )
 from vitalchain.storage.influx import InfluxClient
 from vitalchain.storage.ledger import Ledger
 from vitalchain.storage.readings import StoredReading, reading_from_row, reading_point
+from vitalchain.storage.saltkey import load_or_create_salt_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

@@ -1,6 +1,6 @@
 """vitalchain's integrity core: canonical leaves, salts, RFC 9162 trees, windows, bundles.
 
-Pure computation, no I/O except :func:`load_or_create_salt_key`.  Formats are specified in
+Pure computation, no I/O (the salt key file is read by :mod:`vitalchain.storage.saltkey`).  Formats are specified in
 ``docs/PROOFS.md``; the checking side is :mod:`vitalchain.core.verify`.
 
 Public API (all hashes are ``bytes`` unless named ``*_hex``; BLAKE3 unless a ``hasher`` is
@@ -12,7 +12,7 @@ given):
 - ``reading_leaf_hash(reading, hasher=blake3_hasher) -> bytes``
 - ``window_leaf_hash(header, hasher=blake3_hasher) -> bytes``
 - ``derive_salt(key: bytes, device_id: str, seq: int) -> str``
-- ``salt_key_id(key: bytes) -> str``;  ``load_or_create_salt_key(settings) -> bytes``
+- ``salt_key_id(key: bytes) -> str``
 - ``build_window_header(readings, *, partition, first_offset, last_offset, salt_key_id,
   late=0, leaf_hashes=None, hasher=blake3_hasher) -> dict``
 - ``MerkleLog(leaves=(), hasher=blake3_hasher)``: ``append``, ``extend``, ``size``, ``leaf``,
@@ -42,7 +42,7 @@ from .merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from .salt import SaltKeyError, derive_salt, load_or_create_salt_key, salt_key_id
+from .salt import derive_salt, salt_key_id
 from .window import WINDOW_FORMAT, build_window_header, window_id
 
 __all__ = [
@@ -56,7 +56,6 @@ __all__ = [
     "MerkleLog",
     "ProofError",
     "RootMismatchError",
-    "SaltKeyError",
     "blake3_hasher",
     "build_bundle",
     "build_window_header",
@@ -66,7 +65,6 @@ __all__ = [
     "derive_salt",
     "get_hasher",
     "inclusion_proof",
-    "load_or_create_salt_key",
     "reading_leaf_hash",
     "root",
     "root_from_inclusion_proof",
