@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from vitalchain.devices.physiology import Patient
 
 import vitalchain.core.payload as payload
 from vitalchain.core.payload.limits import MAX_BATCH, VITAL_LIMITS
-from vitalchain.core.payload.schema import SCHEMA_FILE, build_schema, load_schema, message_problems
+from vitalchain.core.payload.schema import SCHEMA_FILE, build_schema, message_problems
 
 
 def reading(seq: int = 0, device: str = "wearable-00001", **vitals: Any) -> dict[str, Any]:
@@ -24,9 +25,11 @@ def reading(seq: int = 0, device: str = "wearable-00001", **vitals: Any) -> dict
 
 def test_schema_file_is_generated_from_limits() -> None:
     on_disk = json.loads((Path(payload.__file__).parent / SCHEMA_FILE).read_text())
-    assert on_disk == build_schema(), "run `python -m vitalchain.core.payload.schema` to regenerate"
-    assert load_schema() == on_disk
-    bounds = load_schema()["$defs"]["reading"]["properties"]["vitals"]["properties"]
+    assert on_disk == build_schema(), (
+        "regenerate: vitalchain devices schema > vitalchain/core/payload/reading.schema.json")
+    packaged = json.loads(resources.files("vitalchain.core.payload").joinpath(SCHEMA_FILE).read_text())
+    assert packaged == on_disk
+    bounds = on_disk["$defs"]["reading"]["properties"]["vitals"]["properties"]
     assert {k: (v["minimum"], v["maximum"]) for k, v in bounds.items()} == VITAL_LIMITS
 
 

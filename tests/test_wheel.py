@@ -41,7 +41,8 @@ def test_wheel_has_one_top_level_package_and_every_module(tmp_path: Path) -> Non
     py = venv / "bin" / "python"
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
                    check=True, capture_output=True, timeout=300)
-    out = subprocess.run([str(py), "-c", "import vitalchain, vitalchain.errors, vitalchain.core.payload.schema as s;"
-                          "print(vitalchain.__file__); print(len(s.load_schema()))"],
+    out = subprocess.run([str(py), "-c", "import vitalchain, vitalchain.errors; from importlib import resources;"
+                          "print(vitalchain.__file__);"
+                          "print(resources.files('vitalchain.core.payload').joinpath('reading.schema.json').is_file())"],
                          check=True, capture_output=True, text=True, timeout=60, cwd=tmp_path).stdout
-    assert str(venv) in out.splitlines()[0], out
+    assert str(venv) in out.splitlines()[0] and out.splitlines()[1] == "True", out

@@ -2,8 +2,9 @@
 
 ``reading.schema.json`` in this package is the published contract (firmware authors and the bridge
 read it); ``build_schema()`` is how it is made, and a test fails if the two ever differ. Regenerate
-with ``python -m vitalchain.core.payload.schema``. JSON Schema cannot compare two fields or two array items, so
-``message_problems`` adds the two cross-field rules: ``dia < sys`` and one device per batch.
+with ``vitalchain devices schema > vitalchain/core/payload/reading.schema.json``. JSON Schema
+cannot compare two fields or two array items, so ``message_problems`` adds the two cross-field
+rules: ``dia < sys`` and one device per batch.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 import json
 import re
 from functools import cache
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from vitalchain.core.payload.limits import (
@@ -83,16 +82,10 @@ def schema_text() -> str:
 
 
 @cache
-def load_schema() -> dict[str, Any]:
-    """The published schema, read the way other packages read it (``importlib.resources``)."""
-    return dict(json.loads(resources.files("vitalchain.core.payload").joinpath(SCHEMA_FILE).read_text()))
-
-
-@cache
 def _validator() -> Any:
     from jsonschema import Draft202012Validator
 
-    schema = load_schema()
+    schema = build_schema()  # the same document as the published file (a test compares them)
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
 
@@ -120,8 +113,3 @@ def message_problems(message: Any, device_id: str | None = None) -> list[str]:
         problems += [f"readings/{index}/vitals: {p}" for p in vital_violations(reading["vitals"])]
     return problems
 
-
-if __name__ == "__main__":
-    target = Path(__file__).with_name(SCHEMA_FILE)
-    target.write_text(schema_text())
-    print(f"wrote {target}")
