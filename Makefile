@@ -1,7 +1,7 @@
 # The two commands a new user needs: `make demo` and `make test`. Both set up what is missing first.
 VENV := .venv/bin
 
-.PHONY: setup demo test test-fast lint bench stack-up stack-down clean
+.PHONY: setup demo test test-fast lint bench soak stack-up stack-down clean
 
 setup:
 	@bash scripts/setup.sh
@@ -21,6 +21,10 @@ lint: setup
 
 bench: setup
 	$(VENV)/python bench/run_all.py
+
+# 10 minutes of the pipeline under random kills and restarts (scripts/soak.py; summary in docs/RELIABILITY.md).
+soak: setup
+	$(VENV)/python scripts/soak.py
 
 stack-up: setup
 	$(VENV)/vitalchain stack up

@@ -1,0 +1,275 @@
+"""Soak: the pipeline for N minutes while a fault script kills and restarts its parts at random.
+
+    .venv/bin/python scripts/soak.py                       # 10 minutes, every fault (make soak)
+    .venv/bin/python scripts/soak.py --minutes 2 --faults bridge,stream,anchor,mosquitto,anvil
+
+A private stack (Mosquitto, tansu, InfluxDB, anvil) on free loopback ports in a temporary folder,
+the anchor contract deployed, and the bridge, a stream worker and the anchoring worker run as the
+same ``vitalchain ... run`` processes an operator starts. A fleet of wearables publishes for the
+whole run; meanwhile, at random moments (``--seed`` makes them repeatable), one of these faults:
+
+- ``bridge``, ``stream``, ``anchor``: SIGKILL the worker, restart it a moment later;
+- ``mosquitto``, ``anvil``, ``kafka``: restart the service (tansu keeps topics in memory only, so a
+  Kafka restart loses what it held: those readings must be *reported* by the audit, never hidden).
+
+At the end, checked from outside: every reading the broker acknowledged to a device is in InfluxDB
+exactly once and sealed in the ledger, or (only with Kafka faults) named by the audit as lost in a
+Kafka restart; every checkpoint is anchored on chain; ``vitalchain audit`` over the run is clean.
+The summary is printed as Markdown (docs/RELIABILITY.md keeps the latest). Exit 0 only if all hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+from vitalchain.anchor.deploy import deploy
+from vitalchain.devices.fleet import FleetStats, run_fleet
+from vitalchain.devices.registry import DeviceIdentity, provision_devices
+
+from vitalchain.app.pipeline import Pipeline
+from vitalchain.app.stack.ports import free_ports
+from vitalchain.app.stack.supervisor import Stack
+from vitalchain.config import Settings, load_settings, to_environ
+from vitalchain.storage.anchors import AnchorStore
+from vitalchain.storage.influx import rows_of
+from vitalchain.storage.ledger import Ledger
+
+WORKERS = ("bridge", "stream", "anchor")
+SERVICES = ("mosquitto", "anvil", "kafka")
+ALL_FAULTS = WORKERS + SERVICES
+
+
+@dataclass
+class Faults:
+    """What the fault thread did, in order: (seconds since start, fault)."""
+
+    done: list[tuple[float, str]] = field(default_factory=list)
+    error: BaseException | None = None
+
+    def counts(self) -> Counter[str]:
+        return Counter(name for _, name in self.done)
+
+
+def soak_settings(folder: Path) -> Settings:
+    mqtt, kafka, influx, eth, rpc, api = free_ports(6)
+    return load_settings(environ={}, state_dir=folder, mqtt_port=mqtt, kafka_port=kafka, influx_port=influx,
+                         eth_port=eth, influx_rpc_port=rpc, api_port=api, window_seconds=2.0,
+                         idle_seal_seconds=1.0, anchor_interval_seconds=10.0, anchor_every_windows=50,
+                         stream_app_id="vitalchain-soak")
+
+
+def influx(settings: Settings, query: str) -> list[dict]:
+    response = httpx.post(f"{settings.influx_url}/query", timeout=60,
+                          data={"db": settings.influx_db, "q": query, "epoch": "ns"})
+    response.raise_for_status()
+    return rows_of(response.json())
+
+
+def start_workers(pipeline: Pipeline) -> None:
+    pipeline.start("bridge", None, "--progress-every", "5")
+    pipeline.start("stream", None, "--progress-seconds", "5")
+    pipeline.start("anchor", None, "--quiet")
+
+
+def wait_flowing(settings: Settings, probe: DeviceIdentity, timeout: float = 90.0) -> None:
+    """One probe reading stored end to end: the bridge subscribed and the stream joined."""
+    deadline = time.monotonic() + timeout
+    query = f"SELECT count(seq) FROM readings WHERE device_id = '{probe.device_id}'"
+    while time.monotonic() < deadline:
+        asyncio.run(run_fleet(settings, [probe], rate=5.0, count=1, drain_timeout=5.0))
+        settle = time.monotonic() + 6
+        while time.monotonic() < settle:
+            if influx(settings, query):
+                return
+            time.sleep(0.25)
+    raise TimeoutError(f"no probe reading stored within {timeout:.0f}s")
+
+
+def inject(stack: Stack, pipeline: Pipeline, fault: str, rng: random.Random) -> None:
+    if fault in WORKERS:
+        pipeline.kill(fault)
+        time.sleep(rng.uniform(0.5, 3.0))
+        if fault == "bridge":
+            pipeline.start("bridge", None, "--progress-every", "5")
+        elif fault == "stream":
+            pipeline.start("stream", None, "--progress-seconds", "5")
+        else:
+            pipeline.start("anchor", None, "--quiet")
+    else:
+        stack.restart(fault)
+
+
+def fault_loop(stack: Stack, pipeline: Pipeline, faults: tuple[str, ...], stop: threading.Event,
+               rng: random.Random, started: float, record: Faults, every: tuple[float, float]) -> None:
+    try:
+        while not stop.wait(rng.uniform(*every)):
+            fault = rng.choice(faults)
+            inject(stack, pipeline, fault, rng)
+            record.done.append((time.monotonic() - started, fault))
+            print(f"[soak] {time.monotonic() - started:6.0f}s  fault: {fault}", flush=True)
+    except BaseException as exc:  # reported by the main thread
+        record.error = exc
+
+
+def wait_sealed(settings: Settings, acked: set[tuple[str, int]], timeout: float) -> set[tuple[str, int]]:
+    """Wait until every acknowledged reading is sealed; return those still unsealed at the deadline."""
+    pending = set(acked)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        with Ledger(settings.ledger_path) as ledger:
+            pending = {key for key in pending if ledger.locate(*key) is None}
+        if pending:
+            time.sleep(2)
+    return pending
+
+
+def wait_anchored(settings: Settings, timeout: float) -> tuple[int, int]:
+    """Wait until an anchored checkpoint covers the whole log; return (log size, anchored size)."""
+    deadline = time.monotonic() + timeout
+    size = covered = 0
+    while time.monotonic() < deadline:
+        with Ledger(settings.ledger_path) as ledger:
+            size = ledger.log_size()
+        with AnchorStore(settings.ledger_path) as store:
+            latest = store.latest(settings.anchor_contract, "anchored")
+        covered = latest.size if latest else 0
+        if size and covered >= size:
+            break
+        time.sleep(2)
+    return size, covered
+
+
+def run_audit(settings: Settings, start_us: int, end_us: int, out: Path) -> tuple[int, dict]:
+    env = dict(os.environ, **to_environ(settings))
+    proc = subprocess.run([sys.executable, "-m", "vitalchain", "audit", "--from", str(start_us), "--to",
+                           str(end_us), "--rpc", settings.eth_rpc_url, "--json", str(out), "--quiet"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    report = json.loads(out.read_text()) if out.exists() else {"stdout": proc.stdout, "stderr": proc.stderr}
+    return proc.returncode, report
+
+
+def audit_summary(audit: dict) -> str:
+    """One line of the audit's JSON report: what was checked and how many findings of each kind."""
+    counts = audit.get("counts")
+    if not isinstance(counts, dict):
+        return f"no report ({str(audit.get('stderr', ''))[-200:]!r})"
+    found = {k: len(audit.get(k, [])) for k in ("readings", "windows", "checkpoints", "gaps")}
+    return (f"{counts.get('windows_checked')} windows, {counts.get('readings_checked')} readings, "
+            f"{counts.get('checkpoints_checked')} checkpoints checked (chain: {counts.get('chain_checked')}); "
+            f"findings {found}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--devices", type=int, default=30)
+    parser.add_argument("--rate", type=float, default=2.0, help="readings/s per device")
+    parser.add_argument("--faults", default=",".join(ALL_FAULTS),
+                        help=f"comma-separated subset of {','.join(ALL_FAULTS)}")
+    parser.add_argument("--every", default="15,45", help="seconds between faults: MIN,MAX (uniform)")
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args()
+    faults = tuple(f for f in args.faults.split(",") if f)
+    unknown = set(faults) - set(ALL_FAULTS)
+    if unknown or not faults:
+        parser.error(f"unknown faults {sorted(unknown)}; choose from {', '.join(ALL_FAULTS)}")
+    every = tuple(float(x) for x in args.every.split(","))
+    seed = args.seed if args.seed is not None else random.randrange(2**32)
+    rng = random.Random(seed)
+    print(f"[soak] {args.minutes:g} min, {args.devices} devices x {args.rate:g} Hz, faults {','.join(faults)}, "
+          f"every {every[0]:g}-{every[1]:g} s, seed {seed}", flush=True)
+
+    record = Faults()
+    with tempfile.TemporaryDirectory(prefix="vitalchain-soak-") as folder:
+        settings = soak_settings(Path(folder))
+        stack = Stack(settings, log=lambda m: print(f"[stack] {m}", flush=True))
+        stack.up()
+        try:
+            settings = settings.with_overrides(anchor_contract=deploy(settings).address)
+            identities = provision_devices(settings, args.devices + 1, prefix="soak")
+            probe, fleet = identities[0], identities[1:]
+            with Pipeline(settings) as pipeline:
+                start_workers(pipeline)
+                wait_flowing(settings, probe)
+                start_us = time.time_ns() // 1000
+                started = time.monotonic()
+                stop = threading.Event()
+                chaos = threading.Thread(target=fault_loop, name="faults", daemon=True,
+                                         args=(stack, pipeline, faults, stop, rng, started, record, every))
+                chaos.start()
+                last_print = [-1e9]
+
+                def progress(stats: FleetStats) -> None:
+                    if stats.elapsed_s - last_print[0] >= 30:
+                        last_print[0] = stats.elapsed_s
+                        print(f"[soak] fleet {stats.line()}", flush=True)
+
+                stats = asyncio.run(run_fleet(settings, fleet, rate=args.rate, duration=args.minutes * 60,
+                                              on_progress=progress, progress_interval=1.0,
+                                              drain_timeout=120.0))
+                stop.set()
+                chaos.join(180)
+                if record.error is not None:
+                    raise RuntimeError(f"the fault thread failed: {record.error!r}") from record.error
+                print(f"[soak] fleet done: {stats.line()}; waiting for the pipeline to drain", flush=True)
+                for name in WORKERS:  # a worker killed by the last fault was restarted; all must live
+                    if not pipeline.components[name].alive():
+                        pipeline.start(name, None)
+                unsealed = wait_sealed(settings, stats.acked_ids, timeout=300)
+                log_size, anchored = wait_anchored(settings, timeout=240)
+                end_us = time.time_ns() // 1000
+                rows = influx(settings, "SELECT seq, device_id FROM readings WHERE device_id =~ /^soak-/")
+                per_id = Counter((str(r["device_id"]), int(r["seq"])) for r in rows)
+                audit_code, audit = run_audit(settings, start_us - 60_000_000, end_us,
+                                              Path(folder) / "audit.json")
+        finally:
+            stack.down()
+
+    fleet_ids = {(d, s) for d, s in stats.acked_ids if d != probe.device_id}
+    doubled = sum(1 for n in per_id.values() if n > 1)
+    missing = fleet_ids - per_id.keys()
+    lost_reported = {(f["device_id"], int(f["seq"])) for f in audit.get("findings", [])
+                     if f.get("kind") == "LOST" and "device_id" in f and "seq" in f}
+    unexplained = (missing | unsealed) - lost_reported
+    kafka_restarts = record.counts().get("kafka", 0)
+    ok = (not doubled and not unexplained and anchored >= log_size > 0 and audit_code == 0
+          and stats.dropped == 0 and (not missing or kafka_restarts > 0))
+    counts = record.counts()
+    print(f"""
+## Soak {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {'PASS' if ok else 'FAIL'}
+
+`.venv/bin/python scripts/soak.py --minutes {args.minutes:g} --devices {args.devices} --rate {args.rate:g} \
+--faults {','.join(faults)} --every {args.every} --seed {seed}`
+
+| | |
+| --- | --- |
+| faults injected | {len(record.done)}: {', '.join(f'{n} x{counts[n]}' for n in faults if counts[n])} |
+| readings acknowledged to devices | {len(fleet_ids)} (dropped by devices: {stats.dropped}) |
+| in InfluxDB exactly once | {len(fleet_ids) - len(missing)} ({doubled} stored twice, {len(missing)} missing) |
+| sealed in the ledger | {len(fleet_ids) - len(unsealed)} ({len(unsealed)} unsealed) |
+| missing and reported by the audit as lost in a Kafka restart | {len(lost_reported & missing)} \
+(Kafka restarts: {kafka_restarts}) |
+| missing and unexplained | {len(unexplained)} |
+| windows in the log / covered by an anchored checkpoint | {log_size} / {anchored} |
+| `vitalchain audit --rpc` over the run | exit {audit_code}: {audit_summary(audit)} |
+""", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
