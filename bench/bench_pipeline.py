@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_pipeline.py                          # 10,100,500 devices, 2 Hz, 20 s
     .venv/bin/python bench/bench_pipeline.py --devices 10,100 --seconds 10 --rate 5
-    .venv/bin/python bench/bench_pipeline.py --devices 500,1000 --rate 5   # past this box's limit
+    .venv/bin/python bench/bench_pipeline.py --devices 1000 --rate 5 --batch 10 --workers 2
 
 Starts a private stack (Mosquitto, Kafka, InfluxDB) on free loopback ports in a temporary folder
 and tears it down at the end. For each device count, in the same run:
@@ -21,6 +21,16 @@ InfluxDB every 0.2 s. The sealer writes a window's readings before that point, s
 reading was queryable at the latest (resolution: the poll interval). It includes waiting for the
 window to close, so it is bounded below by the window length (``--window-seconds``).
 
+A second latency, to *sealed*, is taken from the ledger (a poller notes when each window first
+appears in the log). ``--batch`` readings go in one MQTT message; ``--workers`` stream worker
+processes share the partitions.
+
+CPU: for every process of the pipeline (simulator = this process's fleet thread; Mosquitto, Kafka,
+InfluxDB = the stack's services; bridge and stream = their process groups, children included), the
+user+system seconds read from ``/proc`` before and after the row, per 1,000 readings stored. The
+machine is shared and noisy: these per-reading figures, and ratios taken in one run, are what to
+compare, never a wall-clock rate alone.
+
 Every row also checks that each acknowledged reading is in InfluxDB exactly once; a row whose
 readings do not all arrive within ``--drain-timeout`` is reported as incomplete and ends the run.
 All processes share this machine's cores, so the ratio is what one box sustains, not a cluster.
@@ -30,12 +40,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -53,12 +64,37 @@ from vitalchain.storage.ledger import Ledger
 
 POLL_S = 0.2
 SERVICES = ("mosquitto", "kafka", "influxdb")
+CPU_COLUMNS = ("simulator", "mosquitto", "bridge", "kafka", "stream", "influxdb")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_seconds(leader: int) -> float:
+    """user+system seconds of every live process in ``leader``'s process group, plus what their
+    reaped children used (``cutime``/``cstime``); 0 for a group that is gone."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == leader:  # field 5 of stat: pgrp (fields here start at field 3)
+            total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+    return total / CLOCK_TICKS
+
+
+def cpu_snapshot(stack: Stack, pipeline: Pipeline) -> dict[str, float]:
+    snap = {name: group_cpu_seconds(pid) for name in SERVICES if (pid := stack.pid(name)) is not None}
+    for name in ("bridge", "stream"):
+        snap[name] = group_cpu_seconds(pipeline.components[name].process.pid)
+    return snap
 
 
 @dataclass
 class Row:
     devices: int
     rate: float
+    batch: int = 1
+    workers: int = 1
     raw_rate: float = 0.0
     acked: int = 0
     stored: int = 0
@@ -67,6 +103,10 @@ class Row:
     p99: float = float("nan")
     worst: float = float("nan")
     drain_s: float = float("nan")
+    sealed_p50: float = float("nan")
+    sealed_p99: float = float("nan")
+    sealed_max: float = float("nan")
+    cpu_ms_per_1k: dict[str, float] = field(default_factory=dict)
     complete: bool = False
     note: str = ""
 
@@ -113,6 +153,43 @@ class WindowPoller:
         self._thread.join(10)
 
 
+class SealPoller:
+    """Records when each window first appeared in the ledger's log (wall clock)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="seal-poller", daemon=True)
+
+    def _run(self) -> None:
+        next_index = 0
+        with Ledger(self.settings.ledger_path) as ledger:
+            while not self._stop.is_set():
+                size = ledger.log_size()
+                now = time.time()
+                while next_index < size:
+                    window = ledger.window_by_index(next_index)
+                    if window is not None:
+                        with self._lock:
+                            self.seen.setdefault(window.window_id, now)
+                    next_index += 1
+                self._stop.wait(POLL_S)
+
+    def first_seen(self, window_id: str) -> float | None:
+        with self._lock:
+            return self.seen.get(window_id)
+
+    def __enter__(self) -> SealPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
 def bench_settings(folder: Path, window_seconds: float, idle_seal_seconds: float) -> Settings:
     mqtt, kafka, influx, eth, rpc = free_ports(5)
     return load_settings(environ={}, state_dir=folder, mqtt_port=mqtt, kafka_port=kafka,
@@ -121,8 +198,10 @@ def bench_settings(folder: Path, window_seconds: float, idle_seal_seconds: float
                          stream_app_id="vitalchain-bench")
 
 
-def run_raw(settings: Settings, identities: list[DeviceIdentity], rate: float, seconds: float) -> float:
-    stats = asyncio.run(run_fleet(settings, identities, rate=rate, duration=seconds, track_acked=False))
+def run_raw(settings: Settings, identities: list[DeviceIdentity], rate: float, seconds: float,
+            batch: int = 1) -> float:
+    stats = asyncio.run(run_fleet(settings, identities, rate=rate, duration=seconds, track_acked=False,
+                                  batch=batch))
     return stats.acked / stats.elapsed_s if stats.elapsed_s else 0.0
 
 
@@ -147,10 +226,14 @@ def last_progress(pipeline: Pipeline, name: str, marker: str) -> str:
     return next((line.strip() for line in reversed(lines) if marker in line), "(none yet)")
 
 
-def run_pipeline_row(settings: Settings, pipeline: Pipeline, poller: WindowPoller, row: Row,
-                     identities: list[DeviceIdentity], seconds: float, drain_timeout: float) -> None:
+def run_pipeline_row(settings: Settings, stack: Stack, pipeline: Pipeline, poller: WindowPoller,
+                     sealer: SealPoller, row: Row, identities: list[DeviceIdentity], seconds: float,
+                     drain_timeout: float) -> None:
+    cpu_before = cpu_snapshot(stack, pipeline)
     started = time.time()
-    stats = asyncio.run(run_fleet(settings, identities, rate=row.rate, duration=seconds))
+    sim_before = time.thread_time()
+    stats = asyncio.run(run_fleet(settings, identities, rate=row.rate, duration=seconds, batch=row.batch))
+    sim_cpu = time.thread_time() - sim_before
     published_end = time.time()
     print(f"  publishing done ({stats.acked} acked); cumulative counters now:\n"
           f"    {last_progress(pipeline, 'bridge', 'forwarded=')}\n"
@@ -170,9 +253,15 @@ def run_pipeline_row(settings: Settings, pipeline: Pipeline, poller: WindowPolle
             if not pending or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
+    cpu_after = cpu_snapshot(stack, pipeline)
     prefix = identities[0].device_id.rsplit("-", 1)[0]
     counts = influx_query(settings, f"SELECT count(seq) FROM readings WHERE device_id =~ /^{prefix}-/")
     row.stored = int(counts[0]["count"]) if counts else 0
+    if row.stored:
+        per_1k = 1000.0 / row.stored
+        row.cpu_ms_per_1k = {"simulator": sim_cpu * per_1k * 1000}
+        for name in cpu_after:
+            row.cpu_ms_per_1k[name] = (cpu_after[name] - cpu_before.get(name, 0.0)) * per_1k * 1000
     row.complete = not pending and row.stored == row.acked
     if pending:
         row.note = f"{len(pending)} not stored after {drain_timeout:.0f}s"
@@ -188,6 +277,10 @@ def run_pipeline_row(settings: Settings, pipeline: Pipeline, poller: WindowPolle
     row.p50 = statistics.median(latencies)
     row.p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
     row.worst = latencies[-1]
+    sealed = sorted((sealer.first_seen(wid) or seen[wid]) - ts_us / 1e6 for wid, ts_us in located.values())
+    row.sealed_p50 = statistics.median(sealed)
+    row.sealed_p99 = sealed[min(len(sealed) - 1, int(0.99 * len(sealed)))]
+    row.sealed_max = sealed[-1]
 
 
 def print_table(rows: list[Row], seconds: float, window_seconds: float,
@@ -195,16 +288,29 @@ def print_table(rows: list[Row], seconds: float, window_seconds: float,
     print()
     print(f"pipeline vs. raw simulator, {seconds:.0f} s per run, window {window_seconds:g} s, "
           f"latency = sample → queryable in InfluxDB (±{POLL_S} s)")
-    header = (f"{'devices':>7} {'Hz':>4} {'offered/s':>9} {'raw acked/s':>11} {'e2e stored/s':>12} "
-              f"{'ratio':>6} {'p50 s':>6} {'p99 s':>6} {'max s':>6} {'drain s':>7}  exactly-once")
+    header = (f"{'devices':>7} {'Hz':>4} {'batch':>5} {'wrk':>3} {'offered/s':>9} {'raw acked/s':>11} "
+              f"{'e2e stored/s':>12} {'ratio':>6} {'q p50':>6} {'q p99':>6} {'q max':>6} {'s p50':>6} "
+              f"{'s p99':>6} {'s max':>6} {'drain s':>7}  exactly-once")
     print(header)
     print("-" * len(header))
     for r in rows:
         ratio = r.pipeline_rate / r.raw_rate if r.raw_rate else float("nan")
         check = "yes" if r.complete else f"NO ({r.note})"
-        print(f"{r.devices:>7} {r.rate:>4g} {r.devices * r.rate:>9.0f} {r.raw_rate:>11.1f} "
-              f"{r.pipeline_rate:>12.1f} {ratio:>6.2f} {r.p50:>6.2f} {r.p99:>6.2f} {r.worst:>6.2f} "
+        print(f"{r.devices:>7} {r.rate:>4g} {r.batch:>5} {r.workers:>3} {r.devices * r.rate:>9.0f} "
+              f"{r.raw_rate:>11.1f} {r.pipeline_rate:>12.1f} {ratio:>6.2f} {r.p50:>6.2f} {r.p99:>6.2f} "
+              f"{r.worst:>6.2f} {r.sealed_p50:>6.2f} {r.sealed_p99:>6.2f} {r.sealed_max:>6.2f} "
               f"{r.drain_s:>7.2f}  {check}")
+    print("(q = sample to queryable in InfluxDB, s = sample to sealed in the ledger, seconds)")
+    print()
+    print("CPU ms per 1,000 readings stored, by process (user+system from /proc):")
+    print(f"{'devices':>7} " + " ".join(f"{c:>10}" for c in CPU_COLUMNS) + f" {'pipeline':>10}")
+    for r in rows:
+        if not r.cpu_ms_per_1k:
+            continue
+        own = sum(r.cpu_ms_per_1k.get(c, 0.0) for c in ("bridge", "kafka", "stream", "influxdb"))
+        print(f"{r.devices:>7} " + " ".join(f"{r.cpu_ms_per_1k.get(c, float('nan')):>10.1f}"
+                                              for c in CPU_COLUMNS) + f" {own:>10.1f}")
+    print("(pipeline = bridge + Kafka + stream + InfluxDB, the processes the target budget counts)")
     if ceiling is not None:
         devices, rate, acked_per_s = ceiling
         best = max((r for r in rows if r.complete), key=lambda r: r.pipeline_rate, default=None)
@@ -222,6 +328,8 @@ def main() -> int:
     parser.add_argument("--devices", default="10,100,500", help="comma-separated device counts")
     parser.add_argument("--rate", type=float, default=2.0, help="readings/s per device")
     parser.add_argument("--seconds", type=float, default=20.0, help="fleet run length per row")
+    parser.add_argument("--batch", type=int, default=1, help="readings per MQTT message")
+    parser.add_argument("--workers", type=int, default=1, help="stream worker processes")
     parser.add_argument("--window-seconds", type=float, default=2.0)
     parser.add_argument("--idle-seal-seconds", type=float, default=1.0)
     parser.add_argument("--ceiling-rate", type=float, default=20.0,
@@ -238,7 +346,9 @@ def main() -> int:
     if args.rate <= 0 or args.seconds <= 0:
         parser.error("--rate and --seconds must be positive")
 
-    rows = [Row(n, args.rate) for n in counts]
+    if args.batch < 1 or args.workers < 1:
+        parser.error("--batch and --workers must be at least 1")
+    rows = [Row(n, args.rate, args.batch, args.workers) for n in counts]
     ceiling: tuple[int, float, float] | None = None
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as folder:
         settings = bench_settings(Path(folder), args.window_seconds, args.idle_seal_seconds)
@@ -250,28 +360,30 @@ def main() -> int:
             probe = provision_devices(settings, 1, prefix="probe")[0]
             # Raw first: before any bridge subscribed, Mosquitto has no one to queue for.
             for row in rows:
-                row.raw_rate = run_raw(settings, fleets[row.devices], row.rate, args.seconds)
+                row.raw_rate = run_raw(settings, fleets[row.devices], row.rate, args.seconds, args.batch)
                 print(f"raw      {row.devices:>5} devices: {row.raw_rate:8.1f} readings/s acked", flush=True)
             if args.ceiling_rate > 0:
                 largest = max(counts)
                 ceiling = (largest, args.ceiling_rate,
-                           run_raw(settings, fleets[largest], args.ceiling_rate, min(args.seconds, 10.0)))
+                           run_raw(settings, fleets[largest], args.ceiling_rate, min(args.seconds, 10.0),
+                                   args.batch))
                 print(f"ceiling  {largest:>5} devices: {ceiling[2]:8.1f} readings/s acked "
                       f"({args.ceiling_rate:g} Hz offered)", flush=True)
             with Pipeline(settings) as pipeline, WindowPoller(settings) as poller:
                 pipeline.start("bridge", None, "--progress-every", "1")
-                pipeline.start("stream", None, "--progress-seconds", "1")
+                pipeline.start("stream", None, "--progress-seconds", "1", "--workers", str(args.workers))
                 wait_flowing(settings, pipeline, probe)
-                for row in rows:
-                    run_pipeline_row(settings, pipeline, poller, row, fleets[row.devices],
-                                     args.seconds, args.drain_timeout)
-                    print(f"pipeline {row.devices:>5} devices: {row.pipeline_rate:8.1f} readings/s "
-                          f"stored, p50 {row.p50:.2f} s, p99 {row.p99:.2f} s"
-                          + ("" if row.complete else f"  INCOMPLETE: {row.note}"), flush=True)
-                    if not row.complete:
-                        for later in rows[rows.index(row) + 1:]:
-                            later.note = "not run: the previous row did not drain"
-                        break
+                with SealPoller(settings) as sealer:
+                    for row in rows:
+                        run_pipeline_row(settings, stack, pipeline, poller, sealer, row, fleets[row.devices],
+                                         args.seconds, args.drain_timeout)
+                        print(f"pipeline {row.devices:>5} devices: {row.pipeline_rate:8.1f} readings/s "
+                              f"stored, p50 {row.p50:.2f} s, p99 {row.p99:.2f} s"
+                              + ("" if row.complete else f"  INCOMPLETE: {row.note}"), flush=True)
+                        if not row.complete:
+                            for later in rows[rows.index(row) + 1:]:
+                                later.note = "not run: the previous row did not drain"
+                            break
         finally:
             stack.down()
     print_table(rows, args.seconds, args.window_seconds, ceiling)
