@@ -101,6 +101,8 @@ class Device:
         reading = {"device_id": self.identity.device_id, "patient_id": self.identity.patient_id,
                    "seq": self.seq.take(), "ts_us": int(self.clock() * 1_000_000),
                    "vitals": self.patient.sample(1.0 / self.config.rate)}
+        if self.seq.wants_renewal():  # reserve the next block off the event loop
+            asyncio.get_running_loop().run_in_executor(None, self.seq.renew)
         self.generated += 1
         self.queue.append(reading)
         self._trim()

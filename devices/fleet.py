@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from vitalchain.devices.firmware import Device, DeviceConfig
 from vitalchain.devices.registry import DeviceIdentity, identities
-from vitalchain.devices.seqstore import SeqCounter
+from vitalchain.devices.seqstore import DEFAULT_BLOCK, SeqCounter
 
 from vitalchain.config import Settings
 
@@ -123,11 +123,15 @@ async def run_fleet(settings: Settings, device_ids: Sequence[str | DeviceIdentit
                           buffer_limit=buffer_limit, max_inflight=max_inflight,
                           episodes_per_hour=episodes_per_hour, seed=seed)
     config.check()
-    counters = [SeqCounter.for_device(settings, p.device_id) for p in people]
+    # A block of about a minute's readings (at least the default): fewer fsyncs, a gap after a crash
+    # of at most that minute (gaps are allowed, docs/DEVICES.md).
+    block = max(DEFAULT_BLOCK, int(rate * 60))
+    counters = [SeqCounter.for_device(settings, p.device_id, block) for p in people]
+    loop = asyncio.get_running_loop()
+    await asyncio.gather(*(loop.run_in_executor(None, c.renew) for c in counters))
     devices = [Device(p, config, c, on_ack if track_acked else None)
                for p, c in zip(people, counters, strict=True)]
     fleet = Fleet(devices, stats)
-    loop = asyncio.get_running_loop()
     spread = min(1.0, 1.0 / rate)
     start = loop.time() + 0.01
     links = [asyncio.create_task(d.run_link(first_delay=spread * i / len(devices)))
@@ -159,8 +163,7 @@ async def run_fleet(settings: Settings, device_ids: Sequence[str | DeviceIdentit
         for device in devices:
             if device.link is not None:
                 device.link.abort()
-        for counter in counters:
-            counter.close()
+        await asyncio.gather(*(loop.run_in_executor(None, c.close) for c in counters))
     final = fleet.snapshot()
     if on_progress is not None:
         on_progress(final)

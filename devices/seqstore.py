@@ -6,12 +6,19 @@ would cost an fsync per reading; instead a device *reserves* a block: the file r
 seq not yet reserved, and is rewritten (atomically, fsync'd) before the block runs out. After a
 crash the device resumes at the reserved mark, skipping at most one block; a clean ``close``
 records the exact next seq so a normal restart leaves no gap.
+
+The fsync must not stall the simulator: one process runs thousands of devices on one event loop,
+and a profile of 1,000 devices showed 3,000 synchronous fsyncs (about 20 s of a 60 s run on a busy
+disk) blocking every device. So the next block is reserved *ahead*, off the loop
+(:meth:`SeqCounter.renew` in an executor, asked for by :meth:`wants_renewal` when half the block
+is used), and ``take`` writes synchronously only if that has not landed in time.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 from vitalchain.config import Settings
@@ -33,6 +40,9 @@ class SeqCounter:
         self.block = block
         self._next = self._read()
         self._reserved = self._next
+        self._lock = threading.Lock()  # one writer of the file at a time (loop or executor)
+        self._renewing = False
+        self._closed = False
 
     @classmethod
     def for_device(cls, settings: Settings, device_id: str, block: int = DEFAULT_BLOCK) -> SeqCounter:
@@ -64,15 +74,37 @@ class SeqCounter:
         return self._next
 
     def take(self) -> int:
-        if self._next >= self._reserved:
-            self._reserved = self._next + self.block
-            self._write(self._reserved)
+        if self._next >= self._reserved:  # the block ran out before a renewal landed
+            with self._lock:
+                if self._next >= self._reserved:
+                    self._write(self._next + self.block)
+                    self._reserved = self._next + self.block
         value = self._next
         self._next += 1
         return value
 
+    def wants_renewal(self) -> bool:
+        """True once (until :meth:`renew` ran) when half the reserved block is used."""
+        if self._renewing or self._closed or self._reserved - self._next > self.block // 2:
+            return False
+        self._renewing = True
+        return True
+
+    def renew(self) -> None:
+        """Reserve the next block (fsync'd). Thread-safe: run it in an executor."""
+        try:
+            with self._lock:
+                if not self._closed:
+                    target = max(self._reserved, self._next) + self.block
+                    self._write(target)
+                    self._reserved = target  # published only once durable
+        finally:
+            self._renewing = False
+
     def close(self) -> None:
         """Record the exact next seq (only ever lowers the mark to what was really used)."""
-        if self._reserved != self._next:
-            self._write(self._next)
-            self._reserved = self._next
+        with self._lock:
+            self._closed = True
+            if self._reserved != self._next:
+                self._write(self._next)
+                self._reserved = self._next

@@ -91,6 +91,37 @@ def test_seq_counter_survives_clean_restart_and_crash(tmp_path: Path) -> None:
     assert after_crash.take() > max(used)
 
 
+def test_seq_counter_renews_ahead_so_take_never_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next block is reserved before the current one runs out (off the event loop in the
+    simulator); the disk mark is always above every seq handed out, and close is still exact."""
+    path = tmp_path / "dev.json"
+    counter = SeqCounter(path, block=10)
+    counter.renew()  # what the fleet does for every device before it starts
+    writes: list[tuple[str, int]] = []
+    where = ["renew"]
+    real_write = counter._write
+    monkeypatch.setattr(counter, "_write", lambda value: (writes.append((where[0], value)), real_write(value)))
+    handed = []
+    for _ in range(95):
+        where[0] = "take"
+        handed.append(counter.take())
+        where[0] = "renew"
+        if counter.wants_renewal():
+            assert not counter.wants_renewal()  # asked for once until it ran
+            counter.renew()
+        assert json.loads(path.read_text())["next_seq"] > handed[-1]
+    assert handed == list(range(95))
+    assert len(writes) >= 9 and all(w == "renew" for w, _ in writes), writes  # take() never wrote
+    # without renewals take() reserves by itself, synchronously
+    lazy = SeqCounter(tmp_path / "lazy.json", block=10)
+    assert [lazy.take() for _ in range(25)] == list(range(25))
+    assert json.loads((tmp_path / "lazy.json").read_text())["next_seq"] == 30
+    counter.close()
+    assert json.loads(path.read_text()) == {"next_seq": 95}
+    counter.renew()  # a renewal that comes after close changes nothing
+    assert json.loads(path.read_text()) == {"next_seq": 95}
+
+
 def test_seq_counter_refuses_corrupt_state(tmp_path: Path) -> None:
     path = tmp_path / "dev.json"
     path.write_text("{not json")
