@@ -22,6 +22,7 @@ Vitals = dict[str, int | float]
 # name -> (stationary std of the drift, std of per-sample noise)
 _DRIFT_NOISE = {"hr": (4.0, 1.5), "spo2": (0.7, 0.6), "rr": (1.2, 0.8), "temp_c": (0.15, 0.05),
                 "sys": (5.0, 3.0), "dia": (3.0, 2.0)}
+_DRIFT_NOISE_ROWS = tuple((name, drift, noise) for name, (drift, noise) in _DRIFT_NOISE.items())
 _DRIFT_TAU_S = 600.0
 _MIN_PULSE_PRESSURE = 10
 
@@ -80,6 +81,7 @@ class Patient:
             "dia": min(95.0, max(60.0, sys_ * rng.uniform(0.58, 0.68))),
         }
         self._drift = {name: 0.0 for name in VITAL_LIMITS}
+        self._constants: tuple[float, float, float] | None = None
 
     def _step_episode(self, dt_s: float) -> None:
         if self.episode is not None and self.episode.over(self.t_s):
@@ -92,18 +94,27 @@ class Patient:
                 self.episode = Episode(kind, self.t_s, self._rng.uniform(120, 900), peak)
                 self.episodes_seen.append(kind)
 
+    def _step_constants(self, dt_s: float) -> tuple[float, float]:
+        """``decay`` and ``sqrt(1 - decay**2)`` of the drift for a step of ``dt_s`` (a device samples
+        at one interval, so this is computed once, not per reading: the simulator's hot path)."""
+        cached = self._constants
+        if cached is None or cached[0] != dt_s:
+            decay = math.exp(-dt_s / _DRIFT_TAU_S)
+            cached = self._constants = (dt_s, decay, math.sqrt(1 - decay * decay))
+        return cached[1], cached[2]
+
     def sample(self, dt_s: float) -> Vitals:
         """Advance the patient by ``dt_s`` seconds and return one reading's vitals."""
         if not dt_s > 0:
             raise ValueError("dt_s must be positive")
         self.t_s += dt_s
         self._step_episode(dt_s)
-        decay = math.exp(-dt_s / _DRIFT_TAU_S)
+        decay, spread = self._step_constants(dt_s)
+        gauss, drift, baseline = self._rng.gauss, self._drift, self.baseline
         raw: dict[str, float] = {}
-        for name, (drift_std, noise_std) in _DRIFT_NOISE.items():
-            self._drift[name] = (self._drift[name] * decay
-                                 + drift_std * math.sqrt(1 - decay * decay) * self._rng.gauss(0, 1))
-            raw[name] = self.baseline[name] + self._drift[name] + self._rng.gauss(0, noise_std)
+        for name, drift_std, noise_std in _DRIFT_NOISE_ROWS:
+            drift[name] = drift[name] * decay + drift_std * spread * gauss(0, 1)
+            raw[name] = baseline[name] + drift[name] + gauss(0, noise_std)
         if self.episode is not None:
             level = self.episode.envelope(self.t_s)
             for name, change in self.episode.peak.items():
@@ -111,15 +122,19 @@ class Patient:
         return _plausible(raw)
 
 
+_BOUNDS = {name: (float(low), float(high)) for name, (low, high) in VITAL_LIMITS.items()}
+_DIA_LOW = int(VITAL_LIMITS["dia"][0])
+
+
 def _clamp(name: str, value: float) -> float:
-    low, high = VITAL_LIMITS[name]
-    return min(float(high), max(float(low), value))
+    low, high = _BOUNDS[name]
+    return high if value > high else low if value < low else value
 
 
 def _plausible(raw: dict[str, float]) -> Vitals:
-    vitals: Vitals = {name: round(_clamp(name, raw[name]))
-                      for name in ("hr", "spo2", "rr", "sys", "dia")}
-    vitals["temp_c"] = round(_clamp("temp_c", raw["temp_c"]), 1)
-    vitals["dia"] = min(int(vitals["dia"]), int(vitals["sys"]) - _MIN_PULSE_PRESSURE)
-    vitals["dia"] = max(int(VITAL_LIMITS["dia"][0]), int(vitals["dia"]))
-    return {name: vitals[name] for name in VITAL_LIMITS}
+    sys_ = round(_clamp("sys", raw["sys"]))
+    dia = max(_DIA_LOW, min(round(_clamp("dia", raw["dia"])), sys_ - _MIN_PULSE_PRESSURE))
+    # the keys in VITAL_LIMITS order, as the published schema lists them
+    return {"hr": round(_clamp("hr", raw["hr"])), "spo2": round(_clamp("spo2", raw["spo2"])),
+            "rr": round(_clamp("rr", raw["rr"])), "temp_c": round(_clamp("temp_c", raw["temp_c"]), 1),
+            "sys": sys_, "dia": dia}
