@@ -55,7 +55,7 @@ import httpx
 from vitalchain.devices.fleet import run_fleet
 from vitalchain.devices.registry import DeviceIdentity, provision_devices
 
-from vitalchain.app.pipeline import Pipeline
+from vitalchain.app.pipeline import Pipeline, wait_flowing
 from vitalchain.app.stack.ports import free_ports
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings, load_settings
@@ -203,21 +203,6 @@ def run_raw(settings: Settings, identities: list[DeviceIdentity], rate: float, s
     stats = asyncio.run(run_fleet(settings, identities, rate=rate, duration=seconds, track_acked=False,
                                   batch=batch))
     return stats.acked / stats.elapsed_s if stats.elapsed_s else 0.0
-
-
-def wait_flowing(settings: Settings, pipeline: Pipeline, probe: DeviceIdentity, timeout: float = 60) -> None:
-    """Publish probe readings until one is stored: the bridge subscribed and the stream joined."""
-    deadline = time.monotonic() + timeout
-    query = f"SELECT count(seq) FROM readings WHERE device_id = '{probe.device_id}'"
-    while time.monotonic() < deadline:
-        pipeline.check_alive()
-        asyncio.run(run_fleet(settings, [probe], rate=5.0, count=1, drain_timeout=5.0))
-        wait_end = time.monotonic() + 5
-        while time.monotonic() < wait_end:
-            if influx_query(settings, query):
-                return
-            time.sleep(0.25)
-    raise TimeoutError(f"no probe reading got through bridge and stream within {timeout:.0f}s")
 
 
 def last_progress(pipeline: Pipeline, name: str, marker: str) -> str:
@@ -372,7 +357,7 @@ def main() -> int:
             with Pipeline(settings) as pipeline, WindowPoller(settings) as poller:
                 pipeline.start("bridge", None, "--progress-every", "1")
                 pipeline.start("stream", None, "--progress-seconds", "1", "--workers", str(args.workers))
-                wait_flowing(settings, pipeline, probe)
+                wait_flowing(settings, probe, pipeline, timeout=60)
                 with SealPoller(settings) as sealer:
                     for row in rows:
                         run_pipeline_row(settings, stack, pipeline, poller, sealer, row, fleets[row.devices],

@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 from vitalchain.anchor.deploy import deploy
 from vitalchain.devices.fleet import FleetStats, run_fleet
-from vitalchain.devices.registry import DeviceIdentity, provision_devices
+from vitalchain.devices.registry import provision_devices
 
-from vitalchain.app.pipeline import Pipeline
+from vitalchain.app.pipeline import Pipeline, wait_flowing
 from vitalchain.app.stack.ports import free_ports
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings, load_settings, to_environ
@@ -84,20 +84,6 @@ def start_workers(pipeline: Pipeline) -> None:
     pipeline.start("bridge", None, "--progress-every", "5")
     pipeline.start("stream", None, "--progress-seconds", "5")
     pipeline.start("anchor", None, "--quiet")
-
-
-def wait_flowing(settings: Settings, probe: DeviceIdentity, timeout: float = 90.0) -> None:
-    """One probe reading stored end to end: the bridge subscribed and the stream joined."""
-    deadline = time.monotonic() + timeout
-    query = f"SELECT count(seq) FROM readings WHERE device_id = '{probe.device_id}'"
-    while time.monotonic() < deadline:
-        asyncio.run(run_fleet(settings, [probe], rate=5.0, count=1, drain_timeout=5.0))
-        settle = time.monotonic() + 6
-        while time.monotonic() < settle:
-            if influx(settings, query):
-                return
-            time.sleep(0.25)
-    raise TimeoutError(f"no probe reading stored within {timeout:.0f}s")
 
 
 def inject(stack: Stack, pipeline: Pipeline, fault: str, rng: random.Random) -> None:
@@ -205,7 +191,7 @@ def main() -> int:
             probe, fleet = identities[0], identities[1:]
             with Pipeline(settings) as pipeline:
                 start_workers(pipeline)
-                wait_flowing(settings, probe)
+                wait_flowing(settings, probe, pipeline)
                 start_us = time.time_ns() // 1000
                 started = time.monotonic()
                 stop = threading.Event()

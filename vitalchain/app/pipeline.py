@@ -7,6 +7,7 @@ end-to-end tests and the benchmarks use this, so what they exercise is what prod
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -15,8 +16,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vitalchain.config import Settings, to_environ
+
+if TYPE_CHECKING:
+    from vitalchain.devices.registry import DeviceIdentity
 
 COMMANDS = {
     "bridge": ["bridge", "run"],
@@ -102,6 +107,40 @@ class Pipeline:
 
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
+
+
+def wait_flowing(settings: Settings, probe: DeviceIdentity, pipeline: Pipeline | None = None,
+                 timeout: float = 90.0, settle: float | None = None) -> None:
+    """Publish probe readings until one is stored in InfluxDB: the bridge has subscribed and the
+    stream worker joined its group.
+
+    Mosquitto acknowledges, then drops, what devices publish before the bridge's session first
+    subscribed (afterwards the persistent session queues it), so a fleet may only start once a
+    probe came out the other end. Raises ``TimeoutError`` naming the wait; a component of
+    ``pipeline`` that died meanwhile raises with its log's tail.
+    """
+    from vitalchain.devices.fleet import run_fleet
+    from vitalchain.storage.influx import InfluxClient
+
+    async def stored() -> bool:
+        async with InfluxClient(settings, retries=1) as client:
+            rows = await client.query("SELECT count(seq) FROM readings WHERE device_id = $d",
+                                      {"d": probe.device_id})
+        return bool(rows and rows[0].get("count"))
+
+    settle = settings.idle_seal_seconds + 4.0 if settle is None else settle
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pipeline is not None:
+            pipeline.check_alive()
+        asyncio.run(run_fleet(settings, [probe], rate=5.0, count=1, drain_timeout=5.0))
+        settle_end = time.monotonic() + settle
+        while time.monotonic() < settle_end:
+            if asyncio.run(stored()):
+                return
+            time.sleep(0.25)
+    raise TimeoutError(f"no probe reading reached InfluxDB within {timeout:.0f}s; "
+                       f"see the logs in {settings.logs_dir}")
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):  # type: ignore[no-untyped-def]
