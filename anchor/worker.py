@@ -365,7 +365,7 @@ class AnchorWorker:
                 f"contract {self.contract_address} already holds size {latest_size} >= "
                 f"{cp.size} from outside this ledger: is another ledger anchoring here?")
         if nonce is None:
-            nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
+            nonce = self._next_nonce()
         fn = self.contract.functions.anchor(chain.root_bytes(cp.root), cp.size)
         gas = int(fn.estimate_gas({"from": self.account.address}) * chain.GAS_MARGIN)
         base, tip = chain.fee_quote(self.w3)
@@ -397,6 +397,19 @@ class AnchorWorker:
         progress.events.append(f"sent {cp.size} as {tx_hash} (nonce {nonce}, max fee "
                                f"{fees.max_fee} wei/gas)")
         return True
+
+    def _next_nonce(self) -> int:
+        """The node's pending nonce, unless our own abandoned transactions inflate it.
+
+        After a reorg removed nonce n, a transaction of ours on n+1 may still sit in the node's
+        pool and be counted as pending although it can never be mined before n: then n (the
+        mined count) is the nonce to fill.
+        """
+        pending = self.w3.eth.get_transaction_count(self.account.address, "pending")
+        latest = self.w3.eth.get_transaction_count(self.account.address, "latest")
+        stale = [t for t in self.store.txs(self.contract_address, "abandoned")
+                 if t.nonce >= latest]
+        return latest if stale and pending > latest else pending
 
     def _advance_chain(self, progress: Progress) -> None:
         if not self._chain_checked:

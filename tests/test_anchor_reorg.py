@@ -23,7 +23,12 @@ from vitalchain.anchor.proofs import ProofService
 from vitalchain.anchor.synthetic import SyntheticSealer, write_readings
 
 from tests.helpers import wait_until
-from tests.test_anchor_worker import check_invariants, latest_anchored, worker_thread
+from tests.test_anchor_worker import (
+    anchor_settings,
+    check_invariants,
+    latest_anchored,
+    worker_thread,
+)
 from vitalchain.app.commands.anchor import anchor_group, proof_group
 from vitalchain.config import Settings
 from vitalchain.core.verify import verify_bundle
@@ -185,4 +190,82 @@ def test_reorg_after_confirmation_fails_old_proofs_and_is_anchored_again(
                       and influx_anchor_rows(settings), 15, "both anchors points")
     assert [(r["tx_hash"], r["status"]) for r in rows] == \
         [(anchored.tx_hash, "reorged"), (fresh.bundle["anchor"]["tx_hash"], "anchored")]
+    ledger.close()
+
+
+@pytest.mark.e2e
+def test_anchor_mined_again_in_another_block_restarts_its_confirmations(fresh_stack,
+                                                                        tmp_path: Path) -> None:
+    """A reorg that re-includes our transaction (as real chains usually do): same transaction,
+    new block; recorded, confirmed afresh, no second transaction."""
+    settings = anchor_settings(fresh_stack(("anvil",)).settings, tmp_path,
+                               anchor_confirmations=6)
+    ledger = Ledger(settings.ledger_path)
+    SyntheticSealer(ledger).seal(2)
+    w3 = chain.connect(settings)
+    with worker_thread(settings):
+        mined = wait_until(lambda: checkpoint(settings, "mined"), 30, "an anchor mined")
+        assert mined.block_number is not None
+        with AnchorStore(settings.ledger_path) as store:
+            (tx,) = store.txs(settings.anchor_contract)
+        depth = w3.eth.block_number - mined.block_number + 1
+        answer = w3.provider.make_request("anvil_reorg", [depth, [[tx.raw, depth - 1]]])  # type: ignore[arg-type]
+        assert "error" not in answer, answer
+        moved = w3.eth.get_transaction_receipt(tx.tx_hash)
+        assert "0x" + bytes(moved["blockHash"]).hex() != mined.block_hash
+        wait_until(lambda: latest_anchored(settings) == 1, 30, "anchored in its new block")
+    with AnchorStore(settings.ledger_path) as store:
+        (record,) = store.reorgs(settings.anchor_contract)
+        txs = store.txs(settings.anchor_contract)
+    assert record.outcome == "remined" and record.block_hash == mined.block_hash
+    assert [(t.tx_hash, t.status) for t in txs] == [(tx.tx_hash, "mined")]
+    cp = checkpoint(settings, "anchored")
+    assert cp is not None and cp.block_hash == "0x" + bytes(moved["blockHash"]).hex()
+    check_invariants(settings)
+    ledger.close()
+
+
+@pytest.mark.e2e
+def test_transaction_in_flight_behind_a_vanished_nonce_is_not_waited_on(fresh_stack,
+                                                                        tmp_path: Path) -> None:
+    """Anchor 1 (nonce n) is reorganised out while anchor 2 (nonce n+1) waits in the pool:
+    n+1 can never be mined before n, so the worker abandons it and anchors the latest
+    checkpoint on nonce n; the stale transaction, if ever mined, changes nothing."""
+    settings = anchor_settings(fresh_stack(("anvil",)).settings, tmp_path)
+    ledger = Ledger(settings.ledger_path)
+    sealer = SyntheticSealer(ledger)
+    sealer.seal(2)
+    w3 = chain.connect(settings)
+    rpc = w3.provider.make_request
+    with worker_thread(settings, resend_after=60.0) as seen:
+        first = wait_until(lambda: checkpoint(settings, "anchored"), 30, "the first anchor")
+        assert first.block_number is not None
+        rpc("evm_setIntervalMining", [0])
+        sealer.seal(2)
+        with AnchorStore(settings.ledger_path) as store:
+            stale = wait_until(lambda: store.open_txs(settings.anchor_contract), 30,
+                               "the second transaction in flight")[0]
+            first_nonce = next(t for t in store.txs(settings.anchor_contract)
+                           if t.tx_hash == first.tx_hash).nonce
+        assert stale.nonce == first_nonce + 1
+        rpc("anvil_reorg", [w3.eth.block_number - first.block_number + 1, []])
+        wait_until(lambda: any("abandoned" in e for p in seen for e in p.events), 30,
+                   "the stranded transaction abandoned")
+        rpc("evm_setIntervalMining", [1])
+        wait_until(lambda: latest_anchored(settings) == 2, 30, "the latest checkpoint anchored")
+        # Let the stale transaction be mined too if the node still has it: it must be a no-op.
+        address = chain.anchor_account(settings).address
+        wait_until(lambda: w3.eth.get_transaction_count(address, "pending")
+                   == w3.eth.get_transaction_count(address, "latest"), 30, "the pool drained")
+    with AnchorStore(settings.ledger_path) as store:
+        statuses = {t.tx_hash: t.status for t in store.txs(settings.anchor_contract)}
+        (record,) = store.reorgs(settings.anchor_contract)
+        anchored = store.latest(settings.anchor_contract, "anchored")
+        nonces = {t.tx_hash: t.nonce for t in store.txs(settings.anchor_contract)}
+    assert statuses[stale.tx_hash] == "abandoned" and statuses[first.tx_hash] == "reorged"
+    assert record.size == 1 and record.outcome == "gone"
+    assert anchored is not None and anchored.size == 2
+    assert nonces[anchored.tx_hash] == first_nonce, "the vanished nonce was not filled again"
+    events = check_invariants(settings)
+    assert [size for size, _, _ in events] == [2]
     ledger.close()
