@@ -141,6 +141,7 @@ class AnchorWorker:
         self._last_error: str | None = None
         self._chain_checked = False
         self._waiting: str | None = None
+        self._watched_head: tuple[int, bytes] | None = None  # chain head at the last reorg check
         self._waiting_now: str | None = None
         self.caps = FeeCaps.from_settings(settings.anchor_max_fee_gwei,
                                           settings.anchor_max_spend_eth_per_hour)
@@ -291,8 +292,17 @@ class AnchorWorker:
             return None  # the chain is shorter now than the anchor's block number
 
     def _watch_reorgs(self, progress: Progress) -> None:
-        """Send back every mined or recent anchored checkpoint whose block left the chain."""
-        head = self.w3.eth.block_number
+        """Send back every mined or recent anchored checkpoint whose block left the chain.
+
+        Only when the chain head changed (number or hash) since the last look: a reorg always
+        changes the head, and a quiet chain then costs one request per step, not one per
+        watched checkpoint.
+        """
+        latest = self.w3.eth.get_block("latest")
+        head_id = (int(latest["number"]), bytes(latest["hash"]))
+        if head_id == self._watched_head:
+            return
+        head = head_id[0]
         watched = self.store.watched(self.contract_address,
                                      head - self.settings.anchor_reorg_watch_blocks)
         vanished_nonces = []
@@ -304,6 +314,7 @@ class AnchorWorker:
             vanished = self._on_reorg(cp, canonical, progress)
             if vanished is not None:
                 vanished_nonces.append(vanished)
+        self._watched_head = head_id
         if vanished_nonces:
             lowest = min(vanished_nonces)
             abandoned = self.store.abandon_open_txs(self.contract_address, lowest)
