@@ -3,6 +3,11 @@ settings (``anvil_setNextBlockBaseFeePerGas``), and the policy's arithmetic on i
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,13 +18,14 @@ from vitalchain.anchor.worker import status
 
 from tests.helpers import wait_until
 from tests.test_anchor_worker import (
+    ROOT,
     anchor_settings,
     chain_events,
     check_invariants,
     latest_anchored,
     worker_thread,
 )
-from vitalchain.config import ConfigError, load_settings
+from vitalchain.config import ConfigError, load_settings, to_environ
 from vitalchain.storage.anchors import AnchorStore
 from vitalchain.storage.ledger import Ledger
 
@@ -145,5 +151,46 @@ def test_spend_cap_per_hour_holds_the_backlog(fresh_stack, tmp_path: Path) -> No
         assert _pending(tight) == 1 and latest_anchored(tight) == 1
     with worker_thread(settings):
         wait_until(lambda: latest_anchored(settings) == 2, 30, "anchored under a larger cap")
+    check_invariants(settings)
+    ledger.close()
+
+
+@pytest.mark.e2e
+def test_anchor_run_progress_line_says_it_waits(fresh_stack, tmp_path: Path) -> None:
+    """The real ``vitalchain anchor run`` process: its progress line says WAITING and why, and
+    ``vitalchain anchor status`` (another process) shows the wait and the backlog."""
+    settings = anchor_settings(fresh_stack(("anvil",)).settings, tmp_path,
+                               anchor_every_windows=1, anchor_max_fee_gwei=5.0)
+    w3 = chain.connect(settings)
+    rpc = w3.provider.make_request
+    ledger = Ledger(settings.ledger_path)
+    SyntheticSealer(ledger).seal(2)
+    rpc("evm_setIntervalMining", [0])
+    rpc("anvil_setNextBlockBaseFeePerGas", [hex(20 * GWEI)])
+    rpc("anvil_mine", [1])
+    env = {**os.environ, **to_environ(settings), "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "anchor-run.out"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "vitalchain", "anchor", "run", "--poll",
+                                 "0.1"], env=env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: "WAITING (fees above cap" in out.read_text(), 30,
+                       "the progress line to say it waits")
+            shown = subprocess.run([sys.executable, "-m", "vitalchain", "anchor", "status"],
+                                   env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert shown.returncode == 0, shown.stderr
+            doc = json.loads(shown.stdout)
+            assert "fees above cap" in doc["waiting"]["reason"]
+            assert doc["backlog_windows"] == 1 and doc["checkpoints"] == {"pending": 1}
+            rpc("anvil_setNextBlockBaseFeePerGas", [hex(GWEI)])
+            rpc("anvil_mine", [1])
+            rpc("evm_setIntervalMining", [1])
+            wait_until(lambda: latest_anchored(settings) == 1, 30, "anchored once fees fell")
+            wait_until(lambda: "no longer waiting" in out.read_text(), 10, "the all-clear")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(15) == 0, out.read_text()
+    line = next(ln for ln in out.read_text().splitlines() if "WAITING" in ln)
+    assert "backlog 1 windows" in line and "VITALCHAIN_ANCHOR_MAX_FEE_GWEI" in line, line
     check_invariants(settings)
     ledger.close()
