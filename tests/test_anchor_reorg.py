@@ -31,6 +31,7 @@ from tests.test_anchor_worker import (
     worker_thread,
 )
 from vitalchain.app.commands.anchor import anchor_group, proof_group
+from vitalchain.app.commands.verify import verify_command
 from vitalchain.config import Settings
 from vitalchain.core.verify import verify_bundle
 from vitalchain.storage.anchors import AnchorStore, Checkpoint
@@ -194,6 +195,13 @@ def test_reorg_after_confirmation_fails_old_proofs_and_is_anchored_again(
     assert fresh.status == "anchored" and fresh.bundle["anchor"] != old.bundle["anchor"]
     assert verify_bundle(fresh.bundle, rpc).status == "valid"
     assert verify_bundle(old.bundle, rpc).failed_step == "anchor-block"
+    # The same through `vitalchain verify --rpc`, as a third party would run it.
+    for name, bundle, code in (("fresh", fresh.bundle, 0), ("old", old.bundle, 1)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(bundle))
+        result = CliRunner().invoke(verify_command, [str(path), "--rpc", rpc])
+        assert result.exit_code == code, result.output
+    assert "anchor-block" in result.output and "fetch a fresh proof" in result.output
     # InfluxDB's anchors measurement: the vanished anchor is marked reorged, the new one added.
     rows = wait_until(lambda: len(influx_anchor_rows(settings)) == 2
                       and influx_anchor_rows(settings), 15, "both anchors points")
