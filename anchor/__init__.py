@@ -2,9 +2,9 @@
 
 Modules: ``contract/VitalAnchor.sol`` + ``contract/VitalAnchor.json`` (committed artifact),
 ``compile`` (reproducible solc build; ``vitalchain anchor compile --check``), ``chain`` (node,
-key, fees), ``deploy``, ``store`` (anchor tables in the ledger file), ``worker`` (``vitalchain
+key, fees), ``feepolicy`` (the caps per gas and per hour), ``deploy``, ``worker`` (``vitalchain
 anchor run``), ``proofs`` (``vitalchain proof ...``), ``synthetic`` (sealed windows for tests and
-the benchmark), ``cli``.
+the benchmark).  The anchor tables in the ledger file are ``vitalchain.storage.anchors``.
 
 Decisions:
 
@@ -21,11 +21,14 @@ Decisions:
   anchored one (which covers the same windows); "nothing twice": the contract never emits a root
   twice, retries reuse the open nonce.  Details in :mod:`vitalchain.anchor.worker`.
 - Proofs cite the largest *anchored* checkpoint that contains the window (confirmed after
-  ``anchor_confirmations`` blocks); before that, ``"anchor": null`` (verifier: pending).
+  ``anchor_confirmations`` blocks); before that, ``"anchor": null`` (verifier: pending), and the
+  proof status is ``pending-confirmation`` while the checkpoint is mined but unconfirmed.
+- Reorgs: recent anchors are re-checked and anchored again when they vanish (docs/DECISIONS.md
+  D10); fees above the caps make the worker wait and say so (D11).
 
 API for other packages: ``vitalchain.anchor.worker.run_worker(settings, stop_event, on_progress=None)``,
 ``vitalchain.anchor.worker.status(settings)``, ``vitalchain.anchor.proofs.build_proof(settings, device_id, seq=None,
 ts_us=None) -> dict``, ``vitalchain.anchor.proofs.ProofService`` (reuse for many proofs),
 ``vitalchain.anchor.proofs.build_consistency(settings, size1, size2)`` and
-``vitalchain.anchor.proofs.verify_consistency_document(doc, rpc_url=None)``.
+``vitalchain.core.verify.verify_consistency_document(doc, rpc=None)``.
 """

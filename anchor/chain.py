@@ -123,14 +123,19 @@ class Fees:
         return Fees(max_fee=max(cap, tip), priority_fee=tip)
 
 
-def current_fees(w3: Web3) -> Fees:
-    """EIP-1559 fees from the latest base fee and the node's suggested tip."""
+def fee_quote(w3: Web3) -> tuple[int, int]:
+    """(latest base fee, the node's suggested tip) in wei."""
     base = int(w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0)
     try:
         tip = int(w3.eth.max_priority_fee)
     except Exception:
         tip = DEFAULT_TIP_WEI
-    tip = max(tip, 1)
+    return base, max(tip, 1)
+
+
+def current_fees(w3: Web3) -> Fees:
+    """EIP-1559 fees from the latest base fee and the node's suggested tip (no cap)."""
+    base, tip = fee_quote(w3)
     return Fees(max_fee=BASE_FEE_MULTIPLIER * base + tip, priority_fee=tip)
 
 

@@ -8,9 +8,12 @@ Where each piece comes from, and why:
   reading, rather than hand out a bundle that cannot verify;
 - the window's *leaf hashes and header* from the ledger, never from InfluxDB: so a proof for one
   reading keeps working after *another* reading of the same window was altered in InfluxDB;
-- the *checkpoint*: the latest anchored one that contains the window (status ``anchored``);
-  until there is one, the latest recorded checkpoint containing it, or the log's current size,
-  with ``"anchor": null`` (the verifier reports that as ``pending``).  Every root served is
+- the *checkpoint*: the latest anchored one that contains the window (status ``anchored``,
+  i.e. mined with the configured confirmations); until there is one, a mined but unconfirmed
+  checkpoint (status ``pending-confirmation``: its block could still be reorganised away, so
+  its transaction is not handed out as an anchor yet), else the latest recorded checkpoint
+  containing it, or the log's current size (status ``pending``); both with ``"anchor": null``
+  (the verifier reports that as ``pending``).  Every root served is
   recomputed from the ledger and compared with the recorded checkpoint root, so an altered ledger
   is refused here too.
 """
@@ -46,11 +49,33 @@ class ProofAltered(Altered, ProofUnavailable):
     """No proof, because what is stored disagrees with what was sealed (InfluxDB or the log altered)."""
 
 
+PROOF_STATUSES = ("anchored", "pending-confirmation", "pending")
+
+
 @dataclass(frozen=True)
 class ProofResult:
     bundle: dict[str, Any]
-    status: str  # "anchored" | "pending"
+    status: str  # one of PROOF_STATUSES
     checkpoint: Checkpoint | None
+    confirmations_required: int = 0
+
+    @property
+    def confirmations(self) -> int | None:
+        """Confirmations of the checkpoint's block (None unless mined)."""
+        if self.checkpoint is None or self.status == "pending":
+            return None
+        return self.checkpoint.confirmations
+
+    def summary(self) -> str:
+        """One line for people: what this bundle proves now, and what to do if not enough."""
+        size = self.bundle["checkpoint"]["size"]
+        if self.status == "anchored":
+            return f"anchored: checkpoint size {size}"
+        if self.status == "pending-confirmation":
+            return (f"pending-confirmation: checkpoint size {size} is mined with "
+                    f"{self.confirmations or 0} of {self.confirmations_required} confirmations;"
+                    " the bundle carries no anchor yet: fetch it again once confirmed")
+        return f"pending: checkpoint size {size} (not anchored yet)"
 
 
 def _check_device(device_id: str) -> str:
@@ -108,7 +133,7 @@ class ProofService:
 
     def _checkpoint_for(self, log_index: int, log_size: int) -> tuple[int, Checkpoint | None]:
         if self.contract is not None:
-            for statuses in (("anchored",), ()):
+            for statuses in (("anchored",), ("mined",), ()):
                 cp = self.store.covering(self.contract, log_index, *statuses)
                 if cp is not None:
                     if cp.size > log_size or self.log.root(cp.size).hex() != cp.root:
@@ -157,7 +182,9 @@ class ProofService:
         except ValueError as exc:
             raise ProofAltered(f"the ledger's records for {device_id}/{loc.seq} do not fit "
                                    f"together (altered?): {exc}") from exc
-        return ProofResult(bundle, "anchored" if anchor else "pending", cp)
+        status = ("anchored" if anchor else
+                  "pending-confirmation" if cp is not None and cp.status == "mined" else "pending")
+        return ProofResult(bundle, status, cp, self.settings.anchor_confirmations)
 
     # --- consistency ------------------------------------------------------------------------
     def consistency(self, old_size: int, new_size: int) -> dict[str, Any]:

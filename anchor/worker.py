@@ -21,8 +21,20 @@ anchors the latest one, superseding the rest.  A transaction that is unknown to 
 stuck longer than ``resend_after`` seconds, is replaced on the same nonce with fees raised by
 25% (and pointed at the latest checkpoint); if the nonce was consumed by a transaction we did not
 send, the checkpoint goes back to ``pending`` and is sent on a fresh nonce.  A checkpoint counts
-as anchored after ``anchor_confirmations`` blocks (its block hash re-checked each time, so a
-reorg sends it back to waiting for its transaction).
+as anchored after ``anchor_confirmations`` blocks.
+
+Reorgs: the block hash of every mined checkpoint, and of every anchored one whose block is less
+than ``anchor_reorg_watch_blocks`` deep, is compared with the canonical chain on every step
+(before anything else: a reorg can strand the transaction in flight behind a vanished nonce).
+An anchor that left the canonical chain is recorded (``anchor_reorgs``) and its checkpoint goes
+back: mined again elsewhere (new block, confirmations start over), back in the node's pool
+(waited on), or gone (pending again: the latest checkpoint is anchored anew, superseding it).
+Open transactions on nonces above a vanished one can never be mined before it, so they are
+abandoned and their checkpoints wait too.
+
+Fees (:mod:`vitalchain.anchor.feepolicy`): above ``anchor_max_fee_gwei`` per gas or
+``anchor_max_spend_eth_per_hour`` the worker sends nothing, says why (progress line and
+``anchor status``), keeps recording checkpoints, and anchors the latest one when fees fall.
 """
 
 from __future__ import annotations
@@ -38,12 +50,13 @@ from pathlib import Path
 from typing import Any
 
 from vitalchain.anchor import chain
-from web3.exceptions import TransactionNotFound
+from vitalchain.anchor.feepolicy import FeeCaps, decide
+from web3.exceptions import BlockNotFound, TransactionNotFound
 
 from vitalchain.config import Settings
 from vitalchain.core.timeutil import now_us
 from vitalchain.errors import Altered, Refused
-from vitalchain.storage.anchors import AnchorStore, AnchorTx, Checkpoint
+from vitalchain.storage.anchors import AnchorStore, AnchorTx, Checkpoint, Reorg
 from vitalchain.storage.influx import InfluxClient, Point
 from vitalchain.storage.ledger import Ledger
 from vitalchain.storage.logmirror import LogMirror
@@ -72,6 +85,15 @@ class Progress:
     chain_ok: bool = False
     events: list[str] = field(default_factory=list)
     error: str | None = None
+    waiting: str | None = None  # why the backlog is held back (fee or spend cap)
+
+    def line(self) -> str:
+        """The state part of the worker's progress line."""
+        text = f"log {self.log_size}, anchored {self.latest_anchored}, open {self.pending}"
+        if self.waiting:
+            text += (f"; WAITING ({self.waiting}); backlog {self.log_size - self.latest_anchored}"
+                     " windows")
+        return text
 
 
 def anchor_point(cp: Checkpoint) -> Point:
@@ -84,6 +106,18 @@ def anchor_point(cp: Checkpoint) -> Point:
          "log_index": cp.log_index or 0, "gas_used": cp.gas_used or 0,
          "confirmations": cp.confirmations or 0, "status": cp.status},
         time_ns=(cp.anchored_us or cp.created_us) * 1000,
+    )
+
+
+def reorg_point(reorg: Reorg, chain_id: int) -> Point:
+    """Overwrites the ``anchors`` point of an anchor that was reorganised out (status reorged)."""
+    return Point(
+        ANCHORS_MEASUREMENT,
+        {"contract": reorg.contract, "chain_id": str(chain_id)},
+        {"size": reorg.size, "root": reorg.root, "tx_hash": reorg.tx_hash or "",
+         "block_number": reorg.block_number or 0, "block_hash": reorg.block_hash or "",
+         "log_index": 0, "gas_used": 0, "confirmations": 0, "status": "reorged"},
+        time_ns=(reorg.anchored_us or reorg.detected_us) * 1000,
     )
 
 
@@ -109,7 +143,13 @@ class AnchorWorker:
         self._chain_failures = 0
         self._last_error: str | None = None
         self._chain_checked = False
+        self._waiting: str | None = None
+        self._watched_head: tuple[int, bytes] | None = None  # chain head at the last reorg check
+        self._waiting_now: str | None = None
+        self.caps = FeeCaps.from_settings(settings.anchor_max_fee_gwei,
+                                          settings.anchor_max_spend_eth_per_hour)
         self._check_recorded_roots()
+        self.store.set_waiting(self.contract_address, None)  # a previous run's state is stale
 
     def close(self) -> None:
         self.ledger.close()
@@ -179,6 +219,8 @@ class AnchorWorker:
 
     def _on_receipt(self, tx: AnchorTx, receipt: dict[str, Any], progress: Progress) -> None:
         self.store.close_nonce(self.contract_address, tx.nonce, tx.tx_hash, "replaced")
+        price = int(receipt.get("effectiveGasPrice") or tx.max_fee)
+        self.store.record_fee(self.contract_address, tx.tx_hash, int(receipt["gasUsed"]) * price)
         group = {t.size for t in self.store.txs(self.contract_address) if t.nonce == tx.nonce}
         cp = self.store.checkpoint(self.contract_address, tx.size)
         assert cp is not None
@@ -229,9 +271,71 @@ class AnchorWorker:
         assert target is not None
         floor = chain.Fees(max(t.max_fee for t in group), max(t.priority_fee for t in group))
         reason = "stuck" if self._known(newest.tx_hash) else "unknown to the node"
-        progress.events.append(f"replacing nonce {nonce} ({reason}) with checkpoint {target.size}")
-        self._send(target, nonce, floor, progress)
+        if self._send(target, nonce, floor, progress):
+            progress.events.append(f"replaced nonce {nonce} ({reason}) with checkpoint "
+                                   f"{target.size}")
         return True
+
+    def _canonical_hash(self, number: int) -> str | None:
+        try:
+            return "0x" + bytes(self.w3.eth.get_block(number)["hash"]).hex()
+        except BlockNotFound:
+            return None  # the chain is shorter now than the anchor's block number
+
+    def _watch_reorgs(self, progress: Progress) -> None:
+        """Send back every mined or recent anchored checkpoint whose block left the chain.
+
+        Only when the chain head changed (number or hash) since the last look: a reorg always
+        changes the head, and a quiet chain then costs one request per step, not one per
+        watched checkpoint.
+        """
+        latest = self.w3.eth.get_block("latest")
+        head_id = (int(latest["number"]), bytes(latest["hash"]))
+        if head_id == self._watched_head:
+            return
+        head = head_id[0]
+        watched = self.store.watched(self.contract_address,
+                                     head - self.settings.anchor_reorg_watch_blocks)
+        vanished_nonces = []
+        for cp in watched:
+            assert cp.block_number is not None
+            canonical = self._canonical_hash(cp.block_number)
+            if canonical == cp.block_hash:
+                continue
+            vanished = self._on_reorg(cp, canonical, progress)
+            if vanished is not None:
+                vanished_nonces.append(vanished)
+        self._watched_head = head_id
+        if vanished_nonces:
+            lowest = min(vanished_nonces)
+            abandoned = self.store.abandon_open_txs(self.contract_address, lowest)
+            if abandoned:
+                progress.events.append(f"abandoned {len(abandoned)} open transaction(s) above "
+                                       f"vanished nonce {lowest}")
+
+    def _on_reorg(self, cp: Checkpoint, canonical: str | None, progress: Progress) -> int | None:
+        """Record one reorganised-out anchor; returns its nonce if the transaction is gone."""
+        tx_hash = cp.tx_hash or ""
+        receipt = self._receipt(tx_hash) if tx_hash else None
+        entry = (self._anchored_log(receipt, cp.root)
+                 if receipt is not None and receipt["status"] == 1 else None)
+        where = f"tx {tx_hash}, block {cp.block_number} {cp.block_hash}"
+        if entry is not None:
+            self.store.record_reorg(cp, canonical, "remined")
+            self._record_mined(cp, entry, int(receipt["gasUsed"]))  # type: ignore[index]
+            progress.events.append(f"REORG: anchor of {cp.size} ({where}) reorganised out; "
+                                   f"mined again in block {int(entry['blockNumber'])}")
+            return None
+        if tx_hash and self._known(tx_hash):
+            self.store.record_reorg(cp, canonical, "in-pool")
+            progress.events.append(f"REORG: anchor of {cp.size} ({where}) reorganised out; "
+                                   "its transaction is back in the pool")
+            return None
+        self.store.record_reorg(cp, canonical, "gone")
+        progress.events.append(f"REORG: anchor of {cp.size} ({where}) reorganised out; "
+                               "anchoring again")
+        nonces = [t.nonce for t in self.store.txs(self.contract_address) if t.tx_hash == tx_hash]
+        return nonces[0] if nonces else None
 
     def _confirm(self, progress: Progress) -> bool:
         """Count confirmations of mined checkpoints; returns True while one is unconfirmed."""
@@ -239,14 +343,6 @@ class AnchorWorker:
         head = self.w3.eth.block_number
         for cp in self.store.checkpoints(self.contract_address, "mined"):
             assert cp.block_number is not None
-            block = self.w3.eth.get_block(cp.block_number)
-            if "0x" + bytes(block["hash"]).hex() != cp.block_hash:
-                progress.events.append(f"block {cp.block_number} of {cp.size} reorged away")
-                self.store.set_status(self.contract_address, cp.size, "submitted")
-                if cp.tx_hash:
-                    self.store.set_tx_status(cp.tx_hash, "sent")
-                waiting = True
-                continue
             confirmations = head - cp.block_number + 1
             if confirmations >= self.settings.anchor_confirmations:
                 self.store.mark_anchored(self.contract_address, cp.size, confirmations)
@@ -258,24 +354,29 @@ class AnchorWorker:
         return waiting
 
     def _send(self, cp: Checkpoint, nonce: int | None, floor: chain.Fees | None,
-              progress: Progress) -> None:
+              progress: Progress) -> bool:
+        """Sign, record and send a transaction for ``cp``; False if nothing was sent."""
         _, block = self.contract.functions.checkpoints(
             chain.root_bytes(cp.root)).call()
         if block:
             self._reconcile(cp, progress)
-            return
+            return False
         latest_size = self.contract.functions.latestSize().call()
         if latest_size >= cp.size:
             raise chain.ChainError(
                 f"contract {self.contract_address} already holds size {latest_size} >= "
                 f"{cp.size} from outside this ledger: is another ledger anchoring here?")
         if nonce is None:
-            nonce = self.w3.eth.get_transaction_count(self.account.address, "pending")
-        fees = chain.current_fees(self.w3)
-        if floor is not None:
-            fees = floor.bumped(fees)
+            nonce = self._next_nonce()
         fn = self.contract.functions.anchor(chain.root_bytes(cp.root), cp.size)
         gas = int(fn.estimate_gas({"from": self.account.address}) * chain.GAS_MARGIN)
+        base, tip = chain.fee_quote(self.w3)
+        spent = self.store.spent_since(self.contract_address, now_us() - 3600 * 10**6)
+        decision = decide(base, tip, gas, self.caps, spent, floor)
+        if decision.fees is None:
+            self._waiting_now = decision.reason
+            return False
+        fees = decision.fees
         tx = fn.build_transaction({
             "from": self.account.address, "nonce": nonce, "gas": gas,
             "maxFeePerGas": fees.max_fee, "maxPriorityFeePerGas": fees.priority_fee,
@@ -295,7 +396,22 @@ class AnchorWorker:
                 # Left "signed": the next tick asks the node about it and resends or moves on.
                 raise
         self.store.set_tx_status(tx_hash, "sent")
-        progress.events.append(f"sent {cp.size} as {tx_hash} (nonce {nonce})")
+        progress.events.append(f"sent {cp.size} as {tx_hash} (nonce {nonce}, max fee "
+                               f"{fees.max_fee} wei/gas)")
+        return True
+
+    def _next_nonce(self) -> int:
+        """The node's pending nonce, unless our own abandoned transactions inflate it.
+
+        After a reorg removed nonce n, a transaction of ours on n+1 may still sit in the node's
+        pool and be counted as pending although it can never be mined before n: then n (the
+        mined count) is the nonce to fill.
+        """
+        pending = self.w3.eth.get_transaction_count(self.account.address, "pending")
+        latest = self.w3.eth.get_transaction_count(self.account.address, "latest")
+        stale = [t for t in self.store.txs(self.contract_address, "abandoned")
+                 if t.nonce >= latest]
+        return latest if stale and pending > latest else pending
 
     def _advance_chain(self, progress: Progress) -> None:
         if not self._chain_checked:
@@ -304,6 +420,7 @@ class AnchorWorker:
                 raise chain.ChainError(f"no VitalAnchor code at {self.contract_address}: "
                                        "deploy first (`vitalchain anchor deploy`)")
             self._chain_checked = True
+        self._watch_reorgs(progress)
         if self._track_open(progress):
             return
         if self._confirm(progress):
@@ -316,12 +433,15 @@ class AnchorWorker:
     # --- InfluxDB -------------------------------------------------------------------------
     def _flush_influx(self, progress: Progress) -> None:
         todo = self.store.unwritten_influx(self.contract_address)
-        if not todo or self.clock() < self._influx_retry_at:
+        reorgs = [r for r in self.store.reorgs(self.contract_address) if not r.influx_written]
+        if not (todo or reorgs) or self.clock() < self._influx_retry_at:
             return
 
         async def write() -> None:
             async with InfluxClient(self.settings, retries=1, backoff_s=0.2) as client:
-                await client.write([anchor_point(cp) for cp in todo])
+                # Reorg points first: a re-anchor of the same size gets a new timestamp anyway.
+                await client.write([reorg_point(r, self.settings.eth_chain_id) for r in reorgs]
+                                   + [anchor_point(cp) for cp in todo])
 
         try:
             asyncio.run(write())
@@ -331,6 +451,8 @@ class AnchorWorker:
             return
         for cp in todo:
             self.store.mark_influx_written(self.contract_address, cp.size)
+        for r in reorgs:
+            self.store.mark_reorg_influx_written(r.id)
 
     # --- one step -------------------------------------------------------------------------
     def tick(self) -> Progress:
@@ -340,10 +462,12 @@ class AnchorWorker:
         self._maybe_checkpoint(size, progress)
         if self.clock() >= self._chain_retry_at:
             try:
+                self._waiting_now = None
                 self._advance_chain(progress)
                 progress.chain_ok = True
                 self._chain_failures = 0
                 self._last_error = None
+                self._note_waiting(progress)
             except Exception as exc:
                 # Node down or refusing: back off (checkpoints keep being recorded meanwhile).
                 self._chain_checked = False
@@ -360,7 +484,19 @@ class AnchorWorker:
         progress.latest_anchored = anchored.size if anchored else 0
         progress.pending = len(self.store.checkpoints(self.contract_address, "pending",
                                                       "submitted", "mined"))
+        progress.waiting = self._waiting
         return progress
+
+    def _note_waiting(self, progress: Progress) -> None:
+        """Record (store, events) when the worker starts or stops holding its backlog back."""
+        if self._waiting_now == self._waiting:
+            return
+        if self._waiting_now is not None:
+            progress.events.append(f"waiting: {self._waiting_now}")
+        else:
+            progress.events.append("no longer waiting: fees within the caps")
+        self._waiting = self._waiting_now
+        self.store.set_waiting(self.contract_address, self._waiting)
 
 
 class _WorkerLock:
@@ -405,15 +541,33 @@ def run_worker(settings: Settings, stop_event: threading.Event,
 
 
 def status(settings: Settings) -> dict[str, Any]:
-    """Counts per checkpoint status and the latest anchored checkpoint (for the CLI and demo)."""
+    """What ``vitalchain anchor status`` prints: counts per checkpoint status, the latest
+    anchored checkpoint, the unconfirmed one, the backlog and why it waits, and every reorg."""
     contract = chain.contract_address(settings)
-    with AnchorStore(settings.ledger_path) as store:
+    with AnchorStore(settings.ledger_path) as store, Ledger(settings.ledger_path) as ledger:
         all_cps = store.checkpoints(contract)
         anchored = store.latest(contract, "anchored")
+        mined = store.latest(contract, "mined")
+        reorgs = store.reorgs(contract)
+        state = store.worker_state(contract)
+        log_size = ledger.log_size()
     counts: dict[str, int] = {}
     for cp in all_cps:
         counts[cp.status] = counts.get(cp.status, 0) + 1
-    return {"contract": contract, "checkpoints": counts,
-            "latest_anchored": None if anchored is None else
-            {"size": anchored.size, "root": anchored.root, "tx_hash": anchored.tx_hash,
-             "block_number": anchored.block_number}}
+    return {
+        "contract": contract, "checkpoints": counts, "log_size": log_size,
+        "confirmations_required": settings.anchor_confirmations,
+        "latest_anchored": None if anchored is None else
+        {"size": anchored.size, "root": anchored.root, "tx_hash": anchored.tx_hash,
+         "block_number": anchored.block_number},
+        "pending_confirmation": None if mined is None else
+        {"size": mined.size, "tx_hash": mined.tx_hash, "block_number": mined.block_number,
+         "confirmations": mined.confirmations},
+        "backlog_windows": log_size - (anchored.size if anchored else 0),
+        "waiting": None if state is None or state.waiting is None else
+        {"reason": state.waiting, "since_us": state.since_us, "updated_us": state.updated_us},
+        "reorgs": [{"size": r.size, "tx_hash": r.tx_hash, "block_number": r.block_number,
+                    "block_hash": r.block_hash, "canonical_hash": r.canonical_hash,
+                    "was": r.was_status, "outcome": r.outcome, "detected_us": r.detected_us}
+                   for r in reorgs],
+    }

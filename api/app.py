@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -275,10 +275,15 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
 
     # --- proofs and audits ------------------------------------------------------------------
     @app.get("/audit/proofs/{device_id}/{seq}", tags=["audit"])
-    def reading_proof(*, request: Request, device_id: DeviceId,
+    def reading_proof(*, request: Request, response: Response, device_id: DeviceId,
                       seq: Annotated[int, Path(ge=0, le=2**53 - 1)],
                       user: Prover) -> dict[str, Any]:
-        """The ``vitalchain-proof/1`` bundle of one reading (clinicians: granted patients only)."""
+        """The ``vitalchain-proof/1`` bundle of one reading (clinicians: granted patients only).
+
+        The body is the bundle itself (what a third party verifies); how far it is anchored is
+        in headers: ``X-Vitalchain-Proof-Status`` is ``anchored``, ``pending-confirmation``
+        (mined, fewer than the required confirmations: the bundle's anchor stays null until
+        then) or ``pending``; ``X-Vitalchain-Confirmations`` is ``n/required`` once mined."""
         with ctx.proofs_lock:
             try:
                 ctx.proofs.locate(device_id, seq)
@@ -289,6 +294,10 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
             except (ProofUnavailable, ValueError) as exc:
                 raise HTTPException(409, str(exc)) from None
         check_patient(request, user, result.bundle["reading"]["patient_id"])
+        response.headers["X-Vitalchain-Proof-Status"] = result.status
+        if result.confirmations is not None:
+            response.headers["X-Vitalchain-Confirmations"] = \
+                f"{result.confirmations}/{result.confirmations_required}"
         return result.bundle
 
     @app.post("/audit/verify", tags=["audit"])

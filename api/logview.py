@@ -43,6 +43,7 @@ class LogView:
         self.ledger = ledger
         self.store = AnchorStore(settings.ledger_path)
         self.contract = chain.contract_address(settings) if settings.anchor_contract else None
+        self.confirmations_required = settings.anchor_confirmations
         self.mirror = LogMirror(ledger)
         self.log = self.mirror.log
         self._lock = threading.RLock()  # also guards the AnchorStore connection
@@ -81,6 +82,11 @@ class LogView:
         if anchored:
             return {"status": "anchored", "checkpoint_size": anchored[0].size,
                     "tx_hash": anchored[0].tx_hash}
+        mined = [c for c in covering if c.status == "mined"]
+        if mined:  # in a block, not yet confirmed: not handed out as an anchor (may be reorged)
+            return {"status": "pending-confirmation", "checkpoint_size": mined[0].size,
+                    "tx_hash": mined[0].tx_hash, "confirmations": mined[0].confirmations or 0,
+                    "confirmations_required": self.confirmations_required}
         live = [c for c in covering if c.status != "superseded"]
         if live:
             return {"status": live[0].status, "checkpoint_size": live[0].size, "tx_hash": None}

@@ -171,3 +171,40 @@ def test_cli_with_rpc(bundle, tmp_path):
         r = CliRunner().invoke(verify_command, [str(path), "--rpc", node.url])
     assert r.exit_code == 0 and "VALID" in r.output and "offline" not in r.output
     assert EXAMPLE_ANCHOR["contract"] in r.output
+
+
+def _new_block_42(state):
+    state["blocks"][42] = {"number": hex(42), "hash": "0x" + "77" * 32}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # the transaction vanished with its block (anvil_reorg drops it)
+        lambda s: (s["receipts"].clear(), _new_block_42(s)),
+        # the transaction was mined again, in another block
+        lambda s: (mutate_receipt(lambda r: r.update(blockNumber="0x2c",
+                                                     blockHash="0x" + "88" * 32))(s),
+                   _new_block_42(s)),
+        # the chain is shorter than the anchor's block number now
+        lambda s: (s["receipts"].clear(), s["blocks"].clear()),
+    ],
+    ids=["receipt-gone", "mined-elsewhere", "chain-shorter"],
+)
+def test_reorganised_anchor_says_so_and_to_fetch_a_fresh_proof(bundle, change):
+    state = honest_chain(bundle)
+    change(state)
+    with StubNode(state) as node:
+        report = verify_bundle(bundle, JsonRpc(node.url))
+    assert report.status == "invalid" and report.failed_step == "anchor-block", report.to_dict()
+    detail = report.steps[-1].detail
+    assert "reorganised" in detail and "fetch a fresh proof" in detail, detail
+
+
+def test_missing_receipt_with_the_block_still_canonical_is_not_called_a_reorg(bundle):
+    state = honest_chain(bundle)
+    state["receipts"].clear()
+    with StubNode(state) as node:
+        report = verify_bundle(bundle, JsonRpc(node.url))
+    assert report.failed_step == "anchor-receipt"
+    assert "reorganised" not in report.steps[-1].detail

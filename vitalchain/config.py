@@ -75,6 +75,12 @@ class Settings:
     anchor_interval_seconds: float = 30.0
     anchor_every_windows: int = 20
     anchor_confirmations: int = 2
+    # Fee policy: the worker never offers more than this per gas (EIP-1559 max fee), and never
+    # spends more than this per rolling hour; above either it waits, keeping the backlog.
+    anchor_max_fee_gwei: float = 100.0
+    anchor_max_spend_eth_per_hour: float = 0.05
+    # Anchors are re-checked for reorgs until their block is this deep (then taken as final).
+    anchor_reorg_watch_blocks: int = 64
 
     salt_key_file: str = ""
     ledger_file: str = ""
@@ -186,6 +192,15 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"{ENV_PREFIX}FLOOD_RATE_PER_SECOND must be positive")
     if settings.flood_burst < 1:
         raise ConfigError(f"{ENV_PREFIX}FLOOD_BURST must be at least 1")
+    if settings.anchor_confirmations < 1:
+        raise ConfigError(f"{ENV_PREFIX}ANCHOR_CONFIRMATIONS must be at least 1")
+    if not settings.anchor_max_fee_gwei > 0:
+        raise ConfigError(f"{ENV_PREFIX}ANCHOR_MAX_FEE_GWEI must be positive")
+    if not settings.anchor_max_spend_eth_per_hour > 0:
+        raise ConfigError(f"{ENV_PREFIX}ANCHOR_MAX_SPEND_ETH_PER_HOUR must be positive")
+    if settings.anchor_reorg_watch_blocks < settings.anchor_confirmations:
+        raise ConfigError(f"{ENV_PREFIX}ANCHOR_REORG_WATCH_BLOCKS must be at least "
+                          f"{ENV_PREFIX}ANCHOR_CONFIRMATIONS")
 
 
 def to_environ(settings: Settings) -> dict[str, str]:

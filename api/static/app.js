@@ -56,7 +56,7 @@ async function api(path, options = {}) {
   let body = null;
   try { body = await response.json(); } catch { body = null; }
   if (!response.ok) throw new ApiError(response.status, detailOf(body, response.statusText));
-  return body;
+  return options.withHeaders ? { body, headers: response.headers } : body;
 }
 
 function show(el, visible) { el.hidden = !visible; }
@@ -305,7 +305,7 @@ function showVerdict(status, text, steps = []) {
   $("proof-card").scrollIntoView({ block: "nearest" });
 }
 
-async function verify(bundle, label) {
+async function verify(bundle, label, proofStatus = null, confirmations = null) {
   let report;
   try {
     report = await api("/audit/verify", { method: "POST", body: JSON.stringify(bundle),
@@ -324,15 +324,28 @@ async function verify(bundle, label) {
     invalid: `verification FAILED at step “${report.failed_step}”`,
     error: `the document is not a usable proof (${report.error})`,
   }[report.status] || report.status;
+  if (report.status === "pending" && proofStatus === "pending-confirmation") {
+    // Mined but not yet confirmed: the server withholds the anchor until it is (a reorg could
+    // still remove the block), so say how far along it is rather than just "not anchored".
+    showVerdict("pending-confirmation",
+      `${label}: every hash checks out; the checkpoint's anchoring transaction is mined with ` +
+      `${confirmations || "too few"} confirmations, not yet counted as anchored. ` +
+      "Fetch the proof again shortly for an anchored one.", report.steps);
+    return;
+  }
   showVerdict(report.status, `${label}: ${meaning}`, report.steps);
 }
 
 async function proveReading(deviceId, seq) {
   const label = `${deviceId} seq ${seq}`;
   showVerdict("working", `${label}: fetching the proof…`);
-  let bundle;
+  let bundle, proofStatus, confirmations;
   try {
-    bundle = await api(`/audit/proofs/${encodeURIComponent(deviceId)}/${encodeURIComponent(seq)}`);
+    const got = await api(`/audit/proofs/${encodeURIComponent(deviceId)}/${encodeURIComponent(seq)}`,
+                          { withHeaders: true });
+    bundle = got.body;
+    proofStatus = got.headers.get("X-Vitalchain-Proof-Status");
+    confirmations = got.headers.get("X-Vitalchain-Confirmations");
   } catch (err) {
     if (onAuthLost(err)) return;
     showVerdict("not-verified", `${label}: ${err.message}`);
@@ -340,7 +353,7 @@ async function proveReading(deviceId, seq) {
   }
   download(bundle, `proof-${deviceId}-${seq}.json`);
   showVerdict("working", `${label}: proof downloaded, verifying…`);
-  await verify(bundle, label);
+  await verify(bundle, label, proofStatus, confirmations);
 }
 
 // --- windows (auditors) ------------------------------------------------------------------------
@@ -373,6 +386,9 @@ async function loadWindows() {
     const anchor = document.createElement("span");
     anchor.className = `badge anchor-${w.anchor.status}`;
     anchor.textContent = w.anchor.status;
+    if (w.anchor.status === "pending-confirmation") {
+      anchor.textContent += ` ${w.anchor.confirmations}/${w.anchor.confirmations_required}`;
+    }
     if (w.anchor.tx_hash) anchor.title = `checkpoint ${w.anchor.checkpoint_size}, tx ${w.anchor.tx_hash}`;
     row.insertCell().append(anchor);
     const devices = row.insertCell();

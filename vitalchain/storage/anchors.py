@@ -11,11 +11,26 @@ file.  Two tables, both owned by the anchor package:
     ``superseded``  never anchored itself, but a larger checkpoint was (the log is append-only,
                     so the larger checkpoint covers every window of this one).
 
+A reorg sends a ``mined`` or ``anchored`` checkpoint back: to ``submitted`` while its
+transaction is still known to the node (it will be mined again), else to ``pending`` (anchored
+again, or superseded, like any backlog); checkpoints it had superseded go back to ``pending``
+too, so "superseded only by a larger *anchored* checkpoint" keeps holding.
+
 ``anchor_txs`` (one row per signed transaction, written *before* it is sent, so a crash between
 signing and sending is recovered by asking the node about the recorded hash and nonce):
     ``signed`` / ``sent`` (open: its nonce is not consumed yet), ``mined``, ``reverted``,
     ``replaced`` (another transaction on the same nonce was mined), ``dropped`` (the nonce was
-    consumed by a transaction we did not send).
+    consumed by a transaction we did not send), ``reorged`` (it was mined, then its block left
+    the canonical chain and the node no longer knows it), ``abandoned`` (open on a nonce above
+    a reorganised-out one: it can never be mined before that nonce is filled again).
+
+``anchor_reorgs`` (one row per anchor seen reorganised out: the vanished transaction and block,
+kept for the record and for ``vitalchain anchor status``; never deleted).
+
+``anchor_fees`` (the fee each of our mined transactions paid: the hourly spend cap's ledger).
+
+``anchor_worker_state`` (what the worker is waiting for, if anything: a fee or spend cap), so
+``vitalchain anchor status`` in another process can say why the backlog is not being anchored.
 """
 
 from __future__ import annotations
@@ -61,10 +76,40 @@ CREATE TABLE IF NOT EXISTS anchor_txs (
     created_us   INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS anchor_txs_open ON anchor_txs (contract, status);
+CREATE TABLE IF NOT EXISTS anchor_reorgs (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    contract       TEXT    NOT NULL,
+    size           INTEGER NOT NULL,
+    root           TEXT    NOT NULL,
+    was_status     TEXT    NOT NULL,
+    tx_hash        TEXT,
+    block_number   INTEGER,
+    block_hash     TEXT,
+    canonical_hash TEXT,
+    anchored_us    INTEGER,
+    detected_us    INTEGER NOT NULL,
+    outcome        TEXT    NOT NULL,
+    influx_written INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS anchor_fees (
+    tx_hash  TEXT    PRIMARY KEY,
+    contract TEXT    NOT NULL,
+    fee_wei  TEXT    NOT NULL,
+    paid_us  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS anchor_worker_state (
+    contract   TEXT    PRIMARY KEY,
+    waiting    TEXT,
+    since_us   INTEGER,
+    updated_us INTEGER NOT NULL
+);
 """
 
 CHECKPOINT_STATUSES = ("pending", "submitted", "mined", "anchored", "superseded")
 OPEN_TX_STATUSES = ("signed", "sent")
+# What became of a reorganised-out anchor: its transaction mined again in another block, back in
+# the node's pool (waited on), or gone (the checkpoint waits to be anchored again).
+REORG_OUTCOMES = ("remined", "in-pool", "gone")
 
 
 def _with_statuses(query: str, contract: str, statuses: tuple[str, ...]) -> tuple[str, list[Any]]:
@@ -101,6 +146,34 @@ class Checkpoint:
         return {"chain_id": self.chain_id, "contract": self.contract, "tx_hash": self.tx_hash,
                 "block_number": self.block_number, "block_hash": self.block_hash,
                 "log_index": self.log_index}
+
+
+@dataclass(frozen=True)
+class Reorg:
+    """One anchor seen reorganised out: the transaction and block that no longer count."""
+
+    id: int
+    contract: str
+    size: int
+    root: str
+    was_status: str
+    tx_hash: str | None
+    block_number: int | None
+    block_hash: str | None
+    canonical_hash: str | None
+    anchored_us: int | None
+    detected_us: int
+    outcome: str
+    influx_written: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """Why the worker is holding back its backlog (None: it is not)."""
+
+    waiting: str | None
+    since_us: int | None
+    updated_us: int
 
 
 @dataclass(frozen=True)
@@ -217,6 +290,108 @@ class AnchorStore:
             db.execute("UPDATE anchor_checkpoints SET status='superseded', superseded_by=? "
                        "WHERE contract=? AND size<? AND status IN ('pending', 'submitted')",
                        (size, contract, size))
+
+    def record_reorg(self, cp: Checkpoint, canonical_hash: str | None, outcome: str) -> Reorg:
+        """Record that ``cp``'s anchor left the canonical chain, and send ``cp`` back.
+
+        One transaction: the reorg row, the checkpoint back to ``submitted`` (``in-pool``: its
+        transaction will be mined again) or ``pending`` (``gone``, ``remined``: the caller
+        records the new block), its transaction reopened or marked ``reorged``, and every
+        checkpoint it had superseded back to ``pending`` (a superseded checkpoint must point at
+        an anchored one).
+        """
+        if outcome not in REORG_OUTCOMES:
+            raise ValueError(f"unknown reorg outcome {outcome!r}")
+        status = "submitted" if outcome == "in-pool" else "pending"
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO anchor_reorgs (contract, size, root, was_status, tx_hash, "
+                "block_number, block_hash, canonical_hash, anchored_us, detected_us, outcome, "
+                "influx_written) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (cp.contract, cp.size, cp.root, cp.status, cp.tx_hash, cp.block_number,
+                 cp.block_hash, canonical_hash, cp.anchored_us, now_us(), outcome,
+                 0 if cp.influx_written else 1))
+            db.execute("UPDATE anchor_checkpoints SET status=?, block_number=NULL, "
+                       "block_hash=NULL, log_index=NULL, gas_used=NULL, confirmations=NULL, "
+                       "anchored_us=NULL, influx_written=0 WHERE contract=? AND size=?",
+                       (status, cp.contract, cp.size))
+            db.execute("UPDATE anchor_checkpoints SET status='pending', superseded_by=NULL "
+                       "WHERE contract=? AND superseded_by=? AND status='superseded'",
+                       (cp.contract, cp.size))
+            if cp.tx_hash:
+                db.execute("UPDATE anchor_txs SET status=? WHERE tx_hash=?",
+                           ("sent" if outcome == "in-pool" else
+                            "mined" if outcome == "remined" else "reorged", cp.tx_hash))
+                if outcome == "gone":  # never paid on the canonical chain
+                    db.execute("DELETE FROM anchor_fees WHERE tx_hash=?", (cp.tx_hash,))
+            row_id = cur.lastrowid
+        found = [r for r in self.reorgs(cp.contract) if r.id == row_id]
+        return found[0]
+
+    def reorgs(self, contract: str) -> list[Reorg]:
+        """Every anchor of ``contract`` seen reorganised out, oldest first."""
+        return [Reorg(**dict(r)) for r in self._db.execute(
+            "SELECT * FROM anchor_reorgs WHERE contract=? ORDER BY id", (contract,))]
+
+    def mark_reorg_influx_written(self, reorg_id: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE anchor_reorgs SET influx_written=1 WHERE id=?", (reorg_id,))
+
+    # --- fees and the worker's state -------------------------------------------------------
+    def record_fee(self, contract: str, tx_hash: str, fee_wei: int) -> None:
+        """What a mined transaction of ours paid (gas used x effective gas price); idempotent."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO anchor_fees VALUES (?, ?, ?, ?)",
+                       (tx_hash, contract, str(fee_wei), now_us()))
+
+    def spent_since(self, contract: str, since_us: int) -> int:
+        """Wei paid by transactions of ``contract`` mined since ``since_us`` (exact integers)."""
+        rows = self._db.execute("SELECT fee_wei FROM anchor_fees WHERE contract=? AND paid_us>=?",
+                                (contract, since_us))
+        return sum(int(r["fee_wei"]) for r in rows)
+
+    def set_waiting(self, contract: str, waiting: str | None) -> None:
+        """Record why the worker holds its backlog back (None: it no longer does)."""
+        with self._tx() as db:
+            row = db.execute("SELECT waiting, since_us FROM anchor_worker_state WHERE contract=?",
+                             (contract,)).fetchone()
+            now = now_us()
+            if waiting is None:
+                since = None
+            elif row is not None and row["waiting"] is not None:
+                since = row["since_us"]  # still waiting: keep when it started (reason may change)
+            else:
+                since = now
+            db.execute("INSERT OR REPLACE INTO anchor_worker_state VALUES (?, ?, ?, ?)",
+                       (contract, waiting, since, now))
+
+    def worker_state(self, contract: str) -> WorkerState | None:
+        row = self._db.execute("SELECT waiting, since_us, updated_us FROM anchor_worker_state "
+                               "WHERE contract=?", (contract,)).fetchone()
+        return WorkerState(**dict(row)) if row else None
+
+    def watched(self, contract: str, final_below: int) -> list[Checkpoint]:
+        """Checkpoints whose block may still be reorganised: every ``mined`` one, and the
+        ``anchored`` ones in blocks above ``final_below`` (size order)."""
+        rows = self._db.execute(
+            "SELECT * FROM anchor_checkpoints WHERE contract=? AND (status='mined' OR "
+            "(status='anchored' AND block_number>?)) ORDER BY size", (contract, final_below))
+        return [Checkpoint(**dict(r)) for r in rows]
+
+    def abandon_open_txs(self, contract: str, above_nonce: int) -> list[AnchorTx]:
+        """Give up open transactions on nonces above ``above_nonce`` (a reorganised-out
+        transaction's): they cannot be mined before that nonce is filled again.  Their
+        checkpoints go back to ``pending``.  Should one still be mined later, the contract
+        refuses or ignores it: the larger or equal checkpoint sent on the lower nonce is first.
+        """
+        found = [t for t in self.open_txs(contract) if t.nonce > above_nonce]
+        with self._tx() as db:
+            for t in found:
+                db.execute("UPDATE anchor_txs SET status='abandoned' WHERE tx_hash=?",
+                           (t.tx_hash,))
+                db.execute("UPDATE anchor_checkpoints SET status='pending' WHERE contract=? "
+                           "AND size=? AND status='submitted'", (contract, t.size))
+        return found
 
     def unwritten_influx(self, contract: str) -> list[Checkpoint]:
         return [c for c in self.checkpoints(contract, "anchored") if not c.influx_written]

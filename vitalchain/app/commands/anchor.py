@@ -78,8 +78,7 @@ def run_command(settings: Settings, poll: float, quiet: bool) -> None:
         last_error[0] = progress.error
         if not quiet:
             for event in progress.events:
-                click.echo(f"{event}  [log {progress.log_size}, anchored "
-                           f"{progress.latest_anchored}, open {progress.pending}]")
+                click.echo(f"{event}  [{progress.line()}]")
 
     try:
         run_worker(settings, stop, report, poll_interval=poll)
@@ -145,9 +144,7 @@ def proof_reading(settings: Settings, device_id: str, seq: int | None, ts_us: in
     except (ProofUnavailable, ValueError) as exc:
         _fail(exc)
     _write(result.bundle, output)
-    cp = result.bundle["checkpoint"]
-    click.echo(f"{result.status}: checkpoint size {cp['size']}"
-               + ("" if result.status == "anchored" else " (not anchored yet)"), err=True)
+    click.echo(result.summary(), err=True)
 
 
 @proof_group.command("consistency")

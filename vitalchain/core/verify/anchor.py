@@ -37,6 +37,32 @@ def size_word(size: int) -> str:
     return "0x" + size.to_bytes(32, "big").hex()
 
 
+REORG_ADVICE = ("the anchor was reorganised out of the canonical chain: this bundle no longer "
+                "proves anything on chain; fetch a fresh proof (the anchoring worker anchors "
+                "the checkpoint again)")
+
+
+def _reorged(rpc: ChainRpc, anchor: dict[str, Any], report: VerificationReport) -> bool:
+    """If the anchor's block is no longer canonical, fail ``anchor-block`` saying so.
+
+    Asked only when the receipt is missing or names another block: that alone could be a
+    forged transaction hash, but a canonical block at the anchor's height with another hash
+    means the chain the anchor was in has been replaced (a reorg).
+    """
+    try:
+        block = rpc.call("eth_getBlockByNumber", [hex(anchor["block_number"]), False])
+    except RpcError:
+        return False  # cannot tell: the receipt step reports what it saw
+    got = block.get("hash") if isinstance(block, dict) else None
+    if _same_hex(got, anchor["block_hash"]):
+        return False
+    now = f"is now {got}" if got else "does not exist (the chain is shorter now)"
+    report.add("anchor-block", False,
+               f"block {anchor['block_number']} {now}, not the anchor's {anchor['block_hash']}: "
+               + REORG_ADVICE)
+    return True
+
+
 def verify_anchor(bundle: dict[str, Any], rpc: ChainRpc, report: VerificationReport) -> None:
     """Check ``bundle["anchor"]`` (and ``bundle["checkpoint"]``) on the chain ``rpc`` reaches;
     append the steps to ``report``."""
@@ -62,7 +88,12 @@ def verify_anchor(bundle: dict[str, Any], rpc: ChainRpc, report: VerificationRep
         report.add("anchor-receipt", False, str(exc))
         return
     if not isinstance(receipt, dict):
+        if _reorged(rpc, anchor, report):
+            return
         report.add("anchor-receipt", False, f"no receipt for transaction {anchor['tx_hash']}")
+        return
+    if not _same_hex(receipt.get("blockHash"), anchor["block_hash"]) and _reorged(rpc, anchor,
+                                                                                  report):
         return
     problems = []
     if _int(receipt.get("status")) != 1:
@@ -106,4 +137,4 @@ def verify_anchor(bundle: dict[str, Any], rpc: ChainRpc, report: VerificationRep
     report.add("anchor-block", _same_hex(got, anchor["block_hash"]),
                "block is canonical" if _same_hex(got, anchor["block_hash"])
                else f"canonical block {anchor['block_number']} is {got}, not the anchor's"
-                    f" {anchor['block_hash']} (reorged?)")
+                    f" {anchor['block_hash']}: " + REORG_ADVICE)
