@@ -28,10 +28,10 @@ from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings
 
 # Per control message. The plugin of Mosquitto 2.0.11 rewrites its whole JSON file after every
-# command, so a command costs time in proportion to the users it already has (measured: 1,000
-# devices, two commands each, took seconds): small messages keep each answer well inside the
-# timeout however many users exist.
-USERS_PER_MESSAGE = 50
+# command, so a command costs time in proportion to the users it already has, and the broker
+# serves nobody while it works through one message: small messages bound that pause (measured in
+# bench/bench_provision.py) and keep each answer well inside the timeout.
+USERS_PER_MESSAGE = 10
 ANSWER_TIMEOUT_S = 60.0
 _TOLERATED = ("Client already exists", "Role already exists", "Client not found",
               "Role not found")

@@ -121,3 +121,16 @@ def test_users_survive_a_restart_and_devices_provisioned_meanwhile_work(fresh_st
     creds = MqttCredentials(settings.state_dir)
     for password in (*creds.users().values(), creds.admin_password()):
         assert password not in log
+
+
+def test_a_provisioning_interrupted_before_the_broker_is_completed_by_the_next(
+        isolated: Settings) -> None:
+    """Credentials stored, broker not told (a crash in between): the device is not registered
+    yet, so the next provisioning of it hands it to the broker."""
+    prefix = unique_device("half")
+    device_id = f"{prefix}-00001"
+    password = MqttCredentials(isolated.state_dir).add_users({device_id: None})[device_id]
+    assert connack(isolated, device_id, password) != "accepted"
+    [identity] = provision_devices(isolated, 1, prefix=prefix)
+    assert (identity.device_id, identity.password) == (device_id, password)
+    assert connack(isolated, device_id, password) == "accepted"
