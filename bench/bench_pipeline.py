@@ -340,9 +340,11 @@ def main() -> int:
         stack = Stack(settings)
         try:
             print(f"starting {', '.join(SERVICES)} in {folder}", flush=True)
-            stack.up(SERVICES)
+            # Provisioned before Mosquitto starts: it reads every user at start, while adding
+            # thousands to a running one costs time per user (docs/DECISIONS.md D12).
             fleets = {n: provision_devices(settings, n, prefix=f"b{n}") for n in counts}
             probe = provision_devices(settings, 1, prefix="probe")[0]
+            stack.up(SERVICES)
             # Raw first: before any bridge subscribed, Mosquitto has no one to queue for.
             for row in rows:
                 row.raw_rate = run_raw(settings, fleets[row.devices], row.rate, args.seconds, args.batch)

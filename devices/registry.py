@@ -2,9 +2,11 @@
 
 The registry (``<state_dir>/devices/registry.json``) maps device id to patient id and holds no
 secret; passwords live in the stack's credential store (``MqttCredentials``, under
-``<state_dir>/secrets``). Mosquitto reads its password file and ACL only at start or on SIGHUP, so
-provisioning ends with ``reload_mosquitto``, which returns only once a newly added device can really
-connect: a caller that starts publishing right after provisioning is never refused.
+``<state_dir>/secrets``). A running local Mosquitto learns new devices through its dynamic-security
+plugin (``mqtt_admin.add_to_broker``, no SIGHUP, D12), which answers only once they can connect: a
+caller that starts publishing right after provisioning is never refused. A device enters the
+registry only after the broker has it, so a provisioning that failed half-way is completed by the
+next one.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitalchain.devices import mqtt_reload
+from vitalchain.devices import mqtt_admin
 from vitalchain.devices.mqtt_auth import (
     DEVICE_ID_PATTERN,
     RESERVED_PREFIX,
     MqttCredentials,
     is_reserved,
 )
-from vitalchain.devices.mqtt_reload import connack  # noqa: F401 - part of this module's API
+from vitalchain.devices.mqtt_check import connack  # noqa: F401 - part of this module's API
 
 from vitalchain.config import Settings
 from vitalchain.errors import InvalidInput
@@ -103,11 +105,12 @@ def _save_registry(settings: Settings, registry: dict[str, str]) -> None:
 
 
 def provision_devices(settings: Settings, n: int, prefix: str = "wearable",
-                      reload: bool = True) -> list[DeviceIdentity]:
+                      apply: bool = True) -> list[DeviceIdentity]:
     """Make sure devices ``<prefix>-00001 .. <prefix>-<n>`` exist; return their identities.
 
-    Existing devices keep their password and patient. When any device is new and Mosquitto runs,
-    it is reloaded and this returns once the new credentials work.
+    Existing devices keep their password and patient. Devices not yet registered are created in
+    a running local Mosquitto (``apply``) before they are registered, so this returns once they
+    can connect; ``apply=False`` only records them (a Mosquitto started later reads them).
     """
     if n < 1:
         raise ProvisioningError("number of devices must be at least 1")
@@ -121,27 +124,19 @@ def provision_devices(settings: Settings, n: int, prefix: str = "wearable",
                                 f"(names starting with {RESERVED_PREFIX!r} are reserved)")
     with _locked(settings):
         registry = load_registry(settings)
-        new = [d for d in ids if d not in registry]
         creds = MqttCredentials(settings.state_dir)
-        passwords: dict[str, str] = {}
-        for device_id in ids:
-            with contextlib.suppress(KeyError):
-                passwords[device_id] = creds.password(device_id)
-        missing = [d for d in ids if d not in passwords]
-        if missing:
-            # Rewriting Mosquitto's files is what makes a device able to connect: do it only
-            # when something changed.
-            passwords = creds.add_users({d: None for d in missing})
-            new = sorted(set(new) | set(missing))
-        for device_id in new:
-            registry[device_id] = patient_for(device_id)
-        if new:
+        stored = creds.users()
+        # Not registered yet, or registered without credentials (a store lost or reset).
+        pending = [d for d in ids if d not in registry or d not in stored]
+        if pending:
+            if any(d not in stored for d in pending):
+                stored = creds.add_users({d: None for d in pending})
+            if apply:
+                _add_to_broker(settings, {d: stored[d] for d in pending})
+            for device_id in pending:
+                registry[device_id] = patient_for(device_id)
             _save_registry(settings, registry)
-    identities = [DeviceIdentity(d, registry[d], passwords[d]) for d in ids]
-    if new and reload:
-        probe = next(i for i in identities if i.device_id == new[-1])
-        reload_mosquitto(settings, probe)
-    return identities
+    return [DeviceIdentity(d, registry[d], stored[d]) for d in ids]
 
 
 def identities(settings: Settings, device_ids: list[str]) -> list[DeviceIdentity]:
@@ -161,13 +156,9 @@ def identities(settings: Settings, device_ids: list[str]) -> list[DeviceIdentity
     return result
 
 
-def reload_mosquitto(settings: Settings, probe: DeviceIdentity | None = None,
-                     timeout: float = 15.0) -> bool:
-    """SIGHUP Mosquitto so it rereads passwords and ACL; with ``probe``, wait until that (new)
-    device is accepted. Returns False when Mosquitto is not running (it reads the files when it
-    starts)."""
+def _add_to_broker(settings: Settings, users: dict[str, str]) -> bool:
+    """Create these device users in the running local Mosquitto (False: it is not running)."""
     try:
-        return mqtt_reload.reload_mosquitto(
-            settings, None if probe is None else (probe.username, probe.password), timeout)
-    except mqtt_reload.ReloadFailed as exc:
-        raise ProvisioningError(str(exc)) from None
+        return mqtt_admin.add_to_broker(settings, users)
+    except mqtt_admin.AdminFailed as exc:
+        raise ProvisioningError(f"Mosquitto did not take the new devices: {exc}") from None

@@ -27,8 +27,9 @@ would get every message). The bridge re-subscribes on every connect in both mode
 Shared subscription caveat 2 (Mosquitto 2.0): members of ``$share/<group>/...`` with a persistent
 session keep getting their round-robin share while offline (queued for them), so a bridge instance
 that is retired for good must have its session removed (:func:`forget_session`), or its share
-waits until an instance with the same client id comes back. The ACL (``topic read vitals/#``) is
-checked against the filter without the ``$share/<group>/`` prefix, which ``tests/test_bridge_*``
+waits until an instance with the same client id comes back. The dynamic-security plugin checks
+the whole filter, ``$share/<group>/`` prefix included, so the bridge role grants both
+``vitals/#`` and ``$share/+/vitals/#`` (docs/DECISIONS.md D12), which ``tests/test_bridge_*``
 exercises on the real broker.
 
 Flood rule (``vitalchain.ingest.ratelimit``, documented for firmware authors in ``docs/DEVICES.md``): each

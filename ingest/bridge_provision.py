@@ -3,13 +3,13 @@
 Mosquitto uses the username as client id, so two bridges sharing a user would share one client
 id and kick each other off the broker. ``stack up`` creates instance 0's user; any other instance
 gets its own here, on demand (``vitalchain bridge provision``, or ``bridge run`` in dev mode),
-and a running local Mosquitto is reloaded so the new user can connect at once.
+and a running local Mosquitto learns it through its dynamic-security plugin (no SIGHUP, D12).
 """
 
 from __future__ import annotations
 
+from vitalchain.devices.mqtt_admin import add_to_broker
 from vitalchain.devices.mqtt_auth import MqttCredentials, bridge_user
-from vitalchain.devices.mqtt_reload import reload_mosquitto
 
 from vitalchain.config import Settings
 
@@ -17,13 +17,12 @@ from vitalchain.config import Settings
 def provision_bridge(settings: Settings, instance: int) -> bool:
     """Make sure bridge ``instance`` has MQTT credentials; True when they were just created.
 
-    Returns only once a running local Mosquitto accepts the new user. The acceptance check
-    connects as the user, which is harmless here: a user created just now has no live client
-    and no session yet.
+    Returns only once a running local Mosquitto has the user. The user is offered to the broker
+    even when it existed already (the broker keeps a user it has, so this is harmless to a
+    connected bridge): a creation whose broker step failed is completed by the next call.
     """
     creds = MqttCredentials(settings.state_dir)
-    if not creds.ensure_bridge_user(instance):
-        return False
+    created = creds.ensure_bridge_user(instance)
     user = bridge_user(instance)
-    reload_mosquitto(settings, (user, creds.password(user)))
-    return True
+    add_to_broker(settings, {user: creds.password(user)})
+    return created

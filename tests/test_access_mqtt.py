@@ -33,7 +33,7 @@ from vitalchain.config import Settings
 
 pytestmark = pytest.mark.e2e
 
-SNOOP_FILTERS = ("#", "vitals/#", "vitals/+", "$SYS/#")
+SNOOP_FILTERS = ("#", "vitals/#", "vitals/+", "$SYS/#", "$share/snoop/vitals/#", "$CONTROL/#")
 
 
 class Client:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
-import signal
 import threading
 import time
 import uuid
@@ -15,12 +13,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from kafka import KafkaConsumer
+from vitalchain.devices.mqtt_admin import add_to_broker
 from vitalchain.devices.mqtt_auth import MqttCredentials
 from vitalchain.ingest.bridge import Bridge, forget_session
 from vitalchain.ingest.bridge_provision import provision_bridge
 
 from tests.helpers import wait_until
-from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings
 
 
@@ -51,13 +49,11 @@ def _try_connect(settings: Settings, user: str, password: str) -> bool:
 
 
 def provision_device(settings: Settings, device: str) -> str:
-    """Add the device's MQTT user and make Mosquitto reload its password file (SIGHUP)."""
+    """Add the device's MQTT user to the store and to the running Mosquitto (dynamic-security
+    plugin, no SIGHUP); the broker's answer means it is in effect, so it is accepted at once."""
     password = MqttCredentials(settings.state_dir).add_users({device: None})[device]
-    pid = Stack(settings).pid("mosquitto")
-    assert pid is not None, "mosquitto is not running"
-    os.kill(pid, signal.SIGHUP)
-    wait_until(lambda: _try_connect(settings, device, password), 15,
-               f"device {device} accepted by Mosquitto after SIGHUP")
+    assert add_to_broker(settings, {device: password}), "mosquitto is not running"
+    assert _try_connect(settings, device, password), f"device {device} refused after provisioning"
     return password
 
 

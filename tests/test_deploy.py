@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import fields
 from pathlib import Path
 
-from vitalchain.devices.mqtt_auth import BRIDGE_USER, PROBE_USER, is_bridge_user, render_acl
+from click.testing import CliRunner
+from vitalchain.devices.mqtt_auth import ADMIN_USER, BRIDGE_USER, PROBE_USER, MqttCredentials
+from vitalchain.devices.mqtt_dynsec import ADMIN_ROLE, BRIDGE_ROLE, policy
 
+from vitalchain.app.cli import main as cli_main
 from vitalchain.config import ENV_PREFIX, Settings
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -20,24 +24,40 @@ def test_every_setting_in_compose_is_read_by_the_code() -> None:
     assert names - known == set()
 
 
-def test_production_mosquitto_acl_matches_the_generated_one() -> None:
-    def rules(text: str) -> list[str]:
-        return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+def test_production_mosquitto_policy_matches_the_generated_one(tmp_path: Path) -> None:
+    deployed = json.loads((DEPLOY / "mosquitto" / "dynsec-policy.json").read_text())
+    # The roles and default access are exactly what the code generates: the admin's control
+    # topic, the bridge's read of vitals/#, nothing else; no other reader can hide here.
+    assert deployed == policy()
+    assert {r["rolename"] for r in deployed["roles"]} == {ADMIN_ROLE, BRIDGE_ROLE}
+    # The file `devices broker-config` writes for production starts from that very policy, plus
+    # one client per user of the store (hashes only) and one publish-only role per device.
+    creds = MqttCredentials(tmp_path)
+    creds.ensure_service_users()
+    creds.add_users({"dev-1": None})
+    out = tmp_path / "dynamic-security.json"
+    result = CliRunner().invoke(cli_main, ["devices", "broker-config", str(out)],
+                                env={"VITALCHAIN_STATE_DIR": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_text())
+    assert written["defaultACLAccess"] == deployed["defaultACLAccess"]
+    assert written["roles"][:len(deployed["roles"])] == deployed["roles"]
+    assert {c["username"] for c in written["clients"]} == {BRIDGE_USER, PROBE_USER, ADMIN_USER,
+                                                            "dev-1"}
+    assert not any(password in out.read_text() for password in creds.users().values())
 
-    deployed = rules((DEPLOY / "mosquitto" / "acl").read_text())
-    users = [line.split(None, 1)[1] for line in deployed if line.startswith("user ")]
-    bridges = [u for u in users if is_bridge_user(u)]
-    # Every ``user`` block is a bridge instance or the probe (no other reader can hide here), the
-    # first bridge instance is there, and the rules are exactly what the code generates for them.
-    assert set(users) - set(bridges) == {PROBE_USER}
-    assert BRIDGE_USER in bridges and len(bridges) == len(set(bridges))
-    assert deployed == rules(render_acl(bridges))
     conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
-    assert "allow_anonymous false" in conf and "certfile" in conf
+    settings_lines = [line.split() for line in conf.splitlines()
+                      if line.strip() and not line.startswith("#")]
+    options = {words[0]: words[1:] for words in settings_lines}
+    assert options["allow_anonymous"] == ["false"] and "certfile" in options
+    # Users come from the plugin only: no password file or ACL that would need a SIGHUP (D12).
+    assert "password_file" not in options and "acl_file" not in options
+    assert options["plugin"][0].endswith("/mosquitto_dynamic_security.so")
+    assert options["plugin_opt_config_file"][0].startswith("/mosquitto/data/")  # writable volume
     # Client identity = username (D7), set on the listener (a listener option in Mosquitto 2.0).
-    settings = [line.split() for line in conf.splitlines() if line.strip() and not line.startswith("#")]
-    listener = next(i for i, words in enumerate(settings) if words[0] == "listener")
-    assert ["use_username_as_clientid", "true"] in settings[listener:]
+    listener = next(i for i, words in enumerate(settings_lines) if words[0] == "listener")
+    assert ["use_username_as_clientid", "true"] in settings_lines[listener:]
 
 
 def test_readme_documents_every_setting() -> None:

@@ -101,9 +101,10 @@ def forget(settings: Settings, instance: int) -> None:
 def provision(settings: Settings, instance: int) -> None:
     """Create the MQTT user of one bridge instance (each instance has its own; D7).
 
-    Its password goes to the state folder's secret store, and Mosquitto's password file and ACL
-    (read access to vitals/#) are rewritten; a running local Mosquitto is reloaded. A production
-    broker needs the same user added to its own password file and ACL.
+    Its password goes to the state folder's secret store, and a running local Mosquitto gets the
+    user (role vitalchain-bridge: read access to vitals/#) through its dynamic-security plugin,
+    without a reload. A production broker needs the same client created there (docs/DECISIONS.md
+    D12).
     """
     try:
         created = provision_bridge(settings, instance)

@@ -7,6 +7,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 
 import click
@@ -15,6 +16,8 @@ from vitalchain.config import Settings
 from vitalchain.core.payload.limits import MAX_BATCH, MIN_BATCH
 from vitalchain.core.payload.schema import schema_text
 from vitalchain.devices.fleet import FleetStats, run_fleet
+from vitalchain.devices.mqtt_auth import ADMIN_USER, MqttCredentials
+from vitalchain.devices.mqtt_dynsec import write_config
 from vitalchain.devices.registry import (
     DeviceIdentity,
     ProvisioningError,
@@ -67,6 +70,21 @@ def register(main: click.Group) -> None:
         new = sum(d.device_id not in before for d in devices)
         click.echo(f"{len(devices)} devices ({new} new): {devices[0].device_id} .. "
                    f"{devices[-1].device_id}; registry {registry_path(settings)}")
+
+    @devices_group.command("broker-config")
+    @click.argument("path", type=click.Path(dir_okay=False, writable=True, path_type=Path))
+    @click.pass_obj
+    def broker_config(settings: Settings, path: Path) -> None:
+        """Write the dynamic-security file a Mosquitto not started by `stack up` starts from.
+
+        Every user of this state folder's credential store with its role, and the admin user
+        that later provisioning signs in as (docs/DECISIONS.md D12). It holds password hashes,
+        never passwords, and is written with mode 0600; the broker must be able to rewrite it.
+        """
+        creds = MqttCredentials(settings.state_dir)
+        users = creds.users()
+        write_config(path, users, creds.admin_password())
+        click.echo(f"{path}: {len(users)} users and the admin {ADMIN_USER}")
 
     @devices_group.command("schema")
     def schema() -> None:
@@ -124,7 +142,7 @@ def register(main: click.Group) -> None:
             raise click.ClickException(
                 f"{stats.buffered + stats.rejected} readings were not acknowledged")
 
-    _ = (provision, schema, run)
+    _ = (provision, broker_config, schema, run)
 
 
 async def _run(settings: Settings, devices: list[DeviceIdentity], rate: float, duration: float | None,

@@ -39,6 +39,17 @@ def mosquitto() -> Path:
                   "Debian package mosquitto")
 
 
+def mosquitto_dynsec_plugin() -> Path:
+    """Mosquitto's dynamic-security plugin (a library: readable, not executable)."""
+    candidates = [Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"),
+                  *sorted(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so"))]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.R_OK):
+            return candidate
+    raise MissingToolError("mosquitto_dynamic_security.so not found (Debian package mosquitto); "
+                           "run `make setup` first")
+
+
 def influxd() -> Path:
     return _found("influxd", [Path("/usr/bin/influxd"), _which("influxd")],
                   "Debian package influxdb")
