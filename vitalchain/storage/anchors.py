@@ -403,9 +403,15 @@ class AnchorStore:
 
     # --- transactions ---------------------------------------------------------------------
     def record_tx(self, tx: AnchorTx) -> None:
-        """Record a signed transaction and mark its checkpoint submitted (before sending)."""
+        """Record a signed transaction and mark its checkpoint submitted (before sending).
+
+        The same bytes signed again (same checkpoint, nonce and fees: a reorganised-out
+        transaction sent anew while fees stood still) hash the same: that row is reopened.
+        """
         with self._tx() as db:
-            db.execute("INSERT INTO anchor_txs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO anchor_txs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                       "ON CONFLICT(tx_hash) DO UPDATE SET status=excluded.status, "
+                       "created_us=excluded.created_us",
                        (tx.tx_hash, tx.contract, tx.size, tx.nonce, tx.max_fee, tx.priority_fee,
                         tx.gas, tx.raw, tx.status, tx.created_us))
             db.execute("UPDATE anchor_checkpoints SET status='submitted', tx_hash=? "
