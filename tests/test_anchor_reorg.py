@@ -313,7 +313,7 @@ def test_rollback_leaves_no_block_at_the_anchor_height(isolated: Settings, fresh
         answer = w3.provider.make_request("anvil_rollback", [depth])  # type: ignore[arg-type]
         assert "error" not in answer, answer
         assert w3.eth.block_number < anchored.block_number
-        report = verify_bundle(old, rpc)
+        report = verify_bundle(old, JsonRpc(rpc))
         assert report.failed_step == "anchor-block", report.to_dict()
         detail = report.steps[-1].detail
         assert "does not exist" in detail and "fetch a fresh proof" in detail, detail
@@ -330,7 +330,7 @@ def test_rollback_leaves_no_block_at_the_anchor_height(isolated: Settings, fresh
     with ProofService(settings) as service:
         fresh = service.proof(reading["device_id"], reading["seq"]).bundle
     assert fresh["anchor"]["block_hash"] != old["anchor"]["block_hash"]
-    assert verify_bundle(fresh, rpc).status == "valid"
-    assert verify_bundle(old, rpc).failed_step == "anchor-block"
+    assert verify_bundle(fresh, JsonRpc(rpc)).status == "valid"
+    assert verify_bundle(old, JsonRpc(rpc)).failed_step == "anchor-block"
     check_invariants(settings)
     ledger.close()
