@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vitalchain.core.integrity import CanonicalError, reading_leaf_hash
 from vitalchain.storage.influx import Point
 
 READINGS_MEASUREMENT = "readings"
@@ -138,3 +139,21 @@ def reading_from_row(row: Mapping[str, Any]) -> StoredReading:
     return StoredReading(canonical=canonical, leaf_hex=_str(row, "leaf"),
                          window_id=_str(row, "window_id"), late=late is True,
                          received_us=_int(row, "received_us"))
+
+
+def stored_leaf(row: Mapping[str, Any]) -> tuple[StoredReading, bytes]:
+    """The reading a stored point holds and the leaf hash it recomputes to: THE leaf check's input.
+
+    Verified reads (``vitalchain.storage.verified``), the audit and the proof service all compare
+    this leaf with the one sealed in the ledger, so "what the point hashes to" has exactly one
+    definition.  Any point that cannot be rebuilt or hashed canonically raises
+    :class:`StoredReadingError` (never a bare ``ValueError``/``TypeError``), so every caller can
+    treat it as a finding rather than a crash.  The ``leaf`` field stored with the point is never
+    trusted: it is written by whoever wrote the point.
+    """
+    stored = reading_from_row(row)
+    try:
+        leaf = reading_leaf_hash(stored.canonical)
+    except (CanonicalError, ValueError, TypeError) as exc:
+        raise StoredReadingError(f"stored reading cannot be hashed canonically: {exc}") from exc
+    return stored, leaf
