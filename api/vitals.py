@@ -26,7 +26,7 @@ from vitalchain.storage.verified import ReadState, ReadVerifier, VerifiedReading
 MAX_POINTS = 500
 # A vitals request verifies every raw reading of its range (docs/PERFORMANCE.md for the cost);
 # past this many it is refused with a message rather than left to run for minutes.
-MAX_VERIFIED_READINGS = 200_000
+MAX_VERIFIED_READINGS = 100_000
 PAGE_ROWS = 5000
 LATEST_PAGE_ROWS = 100
 LATEST_SCAN_ROWS = 1000  # newest points looked at for a servable latest reading
