@@ -19,7 +19,7 @@ const COLOURS = { hr: "#c0392b", spo2: "#2471a3", rr: "#17a589", temp_c: "#b9770
 
 // refused: routes this role got a 403 for; not asked again (a role does not change under a token).
 const state = { me: null, patients: new Map(), patientId: null, charts: new Map(), timer: null,
-                refused: new Set() };
+                refused: new Set(), refreshing: false };
 const $ = (id) => document.getElementById(id);
 
 class ApiError extends Error {
@@ -129,8 +129,16 @@ function onAuthLost(err) {
 }
 
 async function refresh() {
-  await Promise.all([loadPatients(), loadWindows()]);
-  if (state.patientId) await loadVitals();
+  // Verified reads check every reading of the range (a 24 h range takes seconds): never start a
+  // refresh while the previous one still runs, so slow answers cannot pile up on the server.
+  if (state.refreshing) return;
+  state.refreshing = true;
+  try {
+    await Promise.all([loadPatients(), loadWindows()]);
+    if (state.patientId) await loadVitals();
+  } finally {
+    state.refreshing = false;
+  }
 }
 
 // --- patients ----------------------------------------------------------------------------------
