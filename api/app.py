@@ -200,17 +200,26 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
         anchored); newer altered/unknown ones are listed in ``withheld`` and never scored."""
         patients = ctx.store.patients_of(user.name)
         verifier = _verifier(ctx)
+        try:
+            registry: dict[str, str] | None = load_registry(ctx.settings)
+        except ProvisioningError:
+            registry = None  # then ``missing_newer`` is null: not checked, not "none missing"
         out = []
         async with _influx(request) as influx:
             for patient_id, until in patients.items():
                 found = await vitals.latest_reading(influx, verifier, patient_id)
                 latest = found["latest"]
+                missing = None
+                if registry is not None:
+                    devices = sorted(d for d, p in registry.items() if p == patient_id)
+                    missing = await vitals.missing_newer(influx, ctx.ledger, devices, latest)
                 out.append({"patient_id": patient_id, "grant_until": iso_from_us(until),
                             "latest": latest,
                             "latest_time": iso_from_us(latest["ts_us"]) if latest else None,
                             "news2": news2(latest["vitals"]).to_dict() if latest else None,
                             "withheld": found["withheld"],
-                            "withheld_truncated": found["withheld_truncated"]})
+                            "withheld_truncated": found["withheld_truncated"],
+                            "missing_newer": missing})
         return {"clinician": user.name, "patients": out}
 
     @app.get("/clinician/patients/{patient_id}/vitals", tags=["clinician"])

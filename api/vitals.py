@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vitalchain.storage.influx import InfluxClient, quote_ident
-from vitalchain.storage.readings import READINGS_MEASUREMENT, VITAL_FIELDS
+from vitalchain.storage.ledger import Ledger
+from vitalchain.storage.readings import READINGS_MEASUREMENT, VITAL_FIELDS, point_time_ns
 from vitalchain.storage.verified import ReadState, ReadVerifier, VerifiedReading
 
 MAX_POINTS = 500
@@ -89,6 +90,32 @@ async def latest_reading(influx: InfluxClient, verifier: ReadVerifier,
             return {"latest": None, "withheld": withheld, "withheld_truncated": False}
         offset += len(rows)
     return {"latest": None, "withheld": withheld, "withheld_truncated": True}
+
+
+async def missing_newer(influx: InfluxClient, ledger: Ledger, devices: Sequence[str],
+                        latest: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Sealed readings newer than ``latest`` whose point is gone from InfluxDB (deleted).
+
+    Verified reads withhold what is altered or unknown, but a *deleted* newest reading would
+    just leave an older one as "latest".  For each of the patient's devices the ledger's newest
+    sealed reading is looked up; if it is newer than ``latest`` and InfluxDB has no point for it,
+    it is reported.  One indexed SQLite query per device, and one InfluxDB query only then.
+    """
+    out = []
+    for device in devices:
+        loc = await asyncio.to_thread(ledger.newest_sealed, device)
+        if loc is None or (latest is not None and loc.ts_us <= latest["ts_us"]):
+            continue
+        rows = await influx.query(f"SELECT \"seq\" FROM {_M} WHERE \"device_id\" = $device "
+                                  f"AND time = {point_time_ns(loc.ts_us, loc.seq)}",
+                                  {"device": device})
+        if any(r.get("seq") == loc.seq for r in rows):
+            continue  # stored: it is served or listed as withheld
+        out.append({"device_id": device, "seq": loc.seq, "ts_us": loc.ts_us, "state": "missing",
+                    "window_id": loc.window_id,
+                    "reason": f"sealed in window {loc.window_id}, newer than the latest reading "
+                              "shown, and absent from InfluxDB: deleted after sealing?"})
+    return out
 
 
 @dataclass

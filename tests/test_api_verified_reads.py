@@ -234,3 +234,22 @@ def test_anchored_readings_are_marked_anchored(isolated: Settings, tmp_path: Pat
         alter(settings, "dev-a_1", 30, hr=141)
         latest = patient_a(world)["latest"]
         assert (latest["seq"], latest["state"]) == (29, "anchored")
+
+
+def test_a_deleted_newest_reading_is_reported_missing(world: World) -> None:
+    registry = world.settings.state_dir / "devices" / "registry.json"
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    registry.write_text('{"dev-a_1": "pat-a", "dev-b": "pat-b"}')
+    assert patient_a(world)["missing_newer"] == []
+
+    row = stored_row(world.settings, "dev-a_1", 29)  # hr 120, NEWS2 8: deleted to hide it
+    influx_query(world.settings, f"DELETE FROM readings WHERE device_id = 'dev-a_1' "
+                                 f"AND time = {row['time']}")
+    patient = patient_a(world)
+    assert patient["latest"]["seq"] == 28 and patient["news2"]["score"] == 0
+    (missing,) = patient["missing_newer"]
+    assert (missing["device_id"], missing["seq"], missing["state"]) == ("dev-a_1", 29, "missing")
+    assert missing["window_id"] == "p0-20" and "absent from InfluxDB" in missing["reason"]
+
+    registry.write_text("not json")  # unreadable registry: not checked, and said so (null)
+    assert patient_a(world)["missing_newer"] is None

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from vitalchain.api.news2 import news2
 
+from tests.audit_support import influx_query
 from tests.helpers import wait_until
-from tests.test_api_verified_reads import ALARMING, alter, insert
+from tests.test_api_verified_reads import ALARMING, alter, insert, stored_row
 from tests.test_dashboard_browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -42,6 +43,9 @@ def test_dashboard_withholds_altered_and_unknown_and_marks_unsealed(isolated: Se
     settings = isolated.with_overrides(state_dir=tmp_path)
     now_us = time.time_ns() // 1000
     seeded = seed(settings, now_us)  # pat-a: dev-a_1 seq 0..59, the last one WORRYING
+    registry = tmp_path / "devices" / "registry.json"
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    registry.write_text('{"dev-a_1": "pat-a", "dev-c": "pat-c", "dev-b": "pat-b"}')
     store_path = tmp_path / "api.sqlite"
     store = ApiStore(store_path)
     try:
@@ -96,6 +100,19 @@ def test_dashboard_withholds_altered_and_unknown_and_marks_unsealed(isolated: Se
             assert page.locator("#proof-btn").is_disabled()
             assert "not sealed yet" in page.locator("#proof-target").inner_text()
             page.locator("#patient-note", has_text="1 reading(s) not yet sealed").wait_for()
+
+            # pat-c's newest sealed reading deleted from InfluxDB: named, not silently skipped
+            assert row_c.locator("td.integrity .state-missing").count() == 0
+
+            def delete_newest_c() -> None:
+                t = stored_row(settings, "dev-c", 19)["time"]
+                influx_query(settings, f"DELETE FROM readings WHERE device_id = 'dev-c' AND time = {t}")
+
+            in_thread(delete_newest_c)
+            missing = row_c.locator("td.integrity .state-missing")
+            missing.wait_for()
+            assert missing.inner_text() == "1 newer sealed missing"
+            assert "dev-c · 18" in row_c.inner_text()
             keep_screenshot(page, "dashboard-verified-reads.png")
         finally:
             browser.close()

@@ -215,6 +215,11 @@ function integrityCell(row, p) {
                     withheld.map((w) => `${w.device_id} seq ${w.seq}: ${w.state} — ${w.reason}`)
                       .join("\n")));
   }
+  const missing = p.missing_newer || [];
+  if (missing.length) {
+    td.append(badge(`${missing.length} newer sealed missing`, "state-missing",
+                    missing.map((m) => `${m.device_id} seq ${m.seq}: ${m.reason}`).join("\n")));
+  }
   if (!td.childNodes.length) td.textContent = "—";
 }
 

@@ -438,6 +438,12 @@ class Ledger:
                     found[(loc.device_id, loc.seq)] = loc
         return found
 
+    def newest_sealed(self, device_id: str) -> ReadingLocation | None:
+        """The device's sealed reading with the latest ``ts_us`` (highest seq among equals)."""
+        row = self._one(f"SELECT {self._LOCATION_COLUMNS} FROM ledger_readings WHERE device_id=? "
+                        "ORDER BY ts_us DESC, seq DESC LIMIT 1", (device_id,))
+        return None if row is None else self._location(row)
+
     def locate_by_time(self, device_id: str, ts_us: int) -> list[ReadingLocation]:
         """All sealed readings of a device stamped exactly ``ts_us`` (usually zero or one)."""
         rows = self._all(f"SELECT {self._LOCATION_COLUMNS} FROM ledger_readings "
