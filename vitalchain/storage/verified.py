@@ -37,7 +37,7 @@ from vitalchain.storage.ledger import Ledger, ReadingLocation
 from vitalchain.storage.readings import StoredReading, StoredReadingError, stored_leaf
 
 # The stream's window ids (docs/STREAM.md); partitions and offsets bounded so SQLite takes them.
-_WINDOW_ID = re.compile(r"^p([0-9]{1,9})-([0-9]{1,18})$")
+_WINDOW_ID = re.compile(r"p([0-9]{1,9})-([0-9]{1,18})")
 
 
 class ReadState(StrEnum):
@@ -135,7 +135,7 @@ class ReadVerifier:
         """Last sealed offset (-1: none) of each partition some row's window id names."""
         partitions: set[int] = set()
         for row in rows:
-            match = _WINDOW_ID.match(str(row.get("window_id", "")))
+            match = _WINDOW_ID.fullmatch(str(row.get("window_id", "")))
             if match:
                 partitions.add(int(match[1]))
         out = {}
@@ -179,7 +179,7 @@ class ReadVerifier:
     def _open_window(self, window_id: str,
                      sealed_up_to: Mapping[int, int]) -> tuple[ReadState, str]:
         """Unsealed if ``window_id`` is its partition's open window, else unknown (and why)."""
-        match = _WINDOW_ID.match(window_id)
+        match = _WINDOW_ID.fullmatch(window_id)
         if not match:
             return ReadState.UNKNOWN, f"sealed nowhere, and {window_id!r} is no stream window"
         partition, first = int(match[1]), int(match[2])
