@@ -36,6 +36,7 @@ from vitalchain.core.verify import verify_bundle
 from vitalchain.storage.apistore import ApiStore, StoreError, User, now_us
 from vitalchain.storage.influx import InfluxClient, InfluxError
 from vitalchain.storage.ledger import Ledger
+from vitalchain.storage.readings import LeafMemo
 from vitalchain.storage.verified import ReadVerifier
 
 MAX_BODY_BYTES = 1_000_000
@@ -64,6 +65,8 @@ class ApiContext:
     access_log: AccessLog
     proofs: ProofService
     proofs_lock: threading.Lock
+    # leaves already hashed, shared by all requests (verified reads; see LeafMemo)
+    leaf_memo: LeafMemo = dataclasses.field(default_factory=LeafMemo)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -145,7 +148,7 @@ def _verifier(ctx: ApiContext) -> ReadVerifier:
         anchored = ctx.view.anchored_size()
     except LogAltered:
         anchored = 0
-    return ReadVerifier(ctx.ledger, ctx.settings.raw_topic, anchored)
+    return ReadVerifier(ctx.ledger, ctx.settings.raw_topic, anchored, ctx.leaf_memo)
 
 
 def create_app(settings: Settings, *, seal_seconds: float = 5.0,

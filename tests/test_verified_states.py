@@ -15,7 +15,7 @@ import pytest
 
 from vitalchain.core.integrity import build_window_header, canonical_reading, reading_leaf_hash, salt_key_id
 from vitalchain.storage.ledger import Ledger, ReadingIndexRow
-from vitalchain.storage.readings import reading_point
+from vitalchain.storage.readings import LeafMemo, reading_from_row, reading_point
 from vitalchain.storage.verified import ReadState, ReadVerifier
 
 KEY = b"\x33" * 32
@@ -118,3 +118,25 @@ def test_bulk_lookup_is_exact_and_skips_impossible_seqs(ledger: Ledger) -> None:
     found = ledger.locate_many([("dev-1", i) for i in range(0, 1300, 3)] + [("dev-1", 2**64),
                                                                           ("dev-2", 0)])
     assert sorted(seq for _, seq in found) == list(range(0, 1200, 3))
+
+
+def test_the_leaf_memo_never_hides_a_change(ledger: Ledger) -> None:
+    a = canonical(0)
+    seal(ledger, [a], 0)
+    memo = LeafMemo(capacity=2)
+    verifier = ReadVerifier(ledger, TOPIC, memo=memo)
+    assert states(verifier, [row(a, "p0-0")] * 2) == ["sealed", "sealed"]
+    assert (memo.hits, memo.misses) == (1, 1)
+    # same values, another type (89 -> 89.0 hashes alike in JCS) or value: each a fresh hash
+    changed = copy.deepcopy(a)
+    changed["vitals"]["hr"] = 90
+    assert states(verifier, [row(changed, "p0-0"), row(a, "p0-0")]) == ["altered", "sealed"]
+    assert memo.misses == 3
+    stored = reading_from_row(row(a, "p0-0")).canonical
+    retyped = copy.deepcopy(stored)
+    retyped["vitals"]["hr"] = 89.0
+    assert memo.leaf(retyped) == memo.leaf(stored) == reading_leaf_hash(stored)
+    assert memo.misses == 5  # the float 89.0 missed, then the int 89 missed again (replaced)
+    for seq in range(1, 5):
+        memo.leaf(canonical(seq))
+    assert len(memo) == 2  # bounded: oldest out first

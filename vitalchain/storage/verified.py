@@ -34,7 +34,7 @@ from enum import StrEnum
 from typing import Any
 
 from vitalchain.storage.ledger import Ledger, ReadingLocation
-from vitalchain.storage.readings import StoredReading, StoredReadingError, stored_leaf
+from vitalchain.storage.readings import LeafMemo, StoredReading, StoredReadingError, stored_leaf
 
 # The stream's window ids (docs/STREAM.md); partitions and offsets bounded so SQLite takes them.
 _WINDOW_ID = re.compile(r"p([0-9]{1,9})-([0-9]{1,18})")
@@ -102,20 +102,23 @@ class ReadVerifier:
 
     ``topic`` is the raw topic whose partitions the stream seals (its sealed offsets tell which
     window is open); ``anchored_size`` is the size of the largest anchored checkpoint whose root
-    the caller has checked against the ledger (0: nothing anchored).
+    the caller has checked against the ledger (0: nothing anchored); ``memo`` (optional, shared
+    between requests) spares re-hashing readings identical to ones hashed before.
     """
 
-    def __init__(self, ledger: Ledger, topic: str, anchored_size: int = 0) -> None:
+    def __init__(self, ledger: Ledger, topic: str, anchored_size: int = 0,
+                 memo: LeafMemo | None = None) -> None:
         self.ledger = ledger
         self.topic = topic
         self.anchored_size = anchored_size
+        self.memo = memo
 
     def verify(self, rows: Sequence[Mapping[str, Any]]) -> list[VerifiedReading]:
         """Verdicts for ``rows`` (``SELECT * FROM readings``, epoch ns), in the same order."""
         parsed: list[tuple[StoredReading, bytes] | str] = []
         for row in rows:
             try:
-                parsed.append(stored_leaf(row))
+                parsed.append(stored_leaf(row, self.memo))
             except StoredReadingError as exc:
                 parsed.append(str(exc))
         sealed_up_to = self._sealed_offsets(rows)  # before the leaves: see the module docstring
