@@ -30,7 +30,6 @@ from vitalchain.anchor import chain
 from vitalchain.config import Settings
 from vitalchain.core.integrity import (
     build_bundle,
-    reading_leaf_hash,
 )
 from vitalchain.core.integrity.bundle import build_consistency_document
 from vitalchain.errors import Altered, NotFound
@@ -38,7 +37,13 @@ from vitalchain.storage.anchors import AnchorStore, Checkpoint
 from vitalchain.storage.influx import InfluxClient, quote_ident
 from vitalchain.storage.ledger import Ledger, ReadingLocation
 from vitalchain.storage.logmirror import LogMirror
-from vitalchain.storage.readings import READINGS_MEASUREMENT, point_time_ns, reading_from_row
+from vitalchain.storage.readings import (
+    READINGS_MEASUREMENT,
+    StoredReading,
+    StoredReadingError,
+    point_time_ns,
+    stored_leaf,
+)
 
 
 class ProofUnavailable(NotFound):
@@ -116,7 +121,7 @@ class ProofService:
         self.close()
 
     # --- pieces -----------------------------------------------------------------------------
-    def _stored_reading(self, loc: ReadingLocation) -> dict[str, Any]:
+    def _stored_reading(self, loc: ReadingLocation) -> tuple[StoredReading, bytes]:
         time_ns = point_time_ns(loc.ts_us, loc.seq)
         q = (f"SELECT * FROM {quote_ident(READINGS_MEASUREMENT)} "
              f"WHERE \"device_id\" = $device AND time = {time_ns}")
@@ -126,8 +131,8 @@ class ProofService:
             raise ProofUnavailable(f"reading {loc.device_id}/{loc.seq} is sealed in window "
                                    f"{loc.window_id} but missing from InfluxDB")
         try:
-            return reading_from_row(rows[0]).canonical
-        except ValueError as exc:
+            return stored_leaf(rows[0])
+        except StoredReadingError as exc:
             raise ProofAltered(f"reading {loc.device_id}/{loc.seq} in InfluxDB is "
                                    f"malformed: {exc}") from exc
 
@@ -168,8 +173,9 @@ class ProofService:
         window = self.ledger.window_by_index(loc.log_index)
         if window is None:
             raise ProofUnavailable(f"window {loc.log_index} of {device_id}/{loc.seq} is missing")
-        reading = self._stored_reading(loc)
-        if reading_leaf_hash(reading) != window.leaf_hashes[loc.index_in_window]:
+        stored, leaf = self._stored_reading(loc)
+        reading = stored.canonical
+        if leaf != window.leaf_hashes[loc.index_in_window]:
             raise ProofAltered(
                 f"reading {loc.device_id}/{loc.seq} in InfluxDB does not hash to its sealed leaf "
                 f"(window {loc.window_id}, index {loc.index_in_window}): altered after sealing")

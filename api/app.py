@@ -40,6 +40,8 @@ from vitalchain.storage.apistore import ApiStore, StoreError, User
 from vitalchain.storage.chainrpc import JsonRpc
 from vitalchain.storage.influx import InfluxClient, InfluxError
 from vitalchain.storage.ledger import Ledger
+from vitalchain.storage.readings import LeafMemo
+from vitalchain.storage.verified import ReadVerifier
 
 MAX_BODY_BYTES = 1_000_000
 MAX_RANGE_US = 400 * 86400 * 1_000_000
@@ -67,6 +69,8 @@ class ApiContext:
     access_log: AccessLog
     proofs: ProofService
     proofs_lock: threading.Lock
+    # leaves already hashed, shared by all requests (verified reads; see LeafMemo)
+    leaf_memo: LeafMemo = dataclasses.field(default_factory=LeafMemo)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -138,6 +142,19 @@ def _influx(request: Request) -> InfluxClient:
     return InfluxClient(_ctx(request).settings, retries=1, timeout_s=10.0)
 
 
+def _verifier(ctx: ApiContext) -> ReadVerifier:
+    """Checks each reading against the ledger before it is served (docs/API.md, states).
+
+    If the ledger no longer reproduces the anchored root, no reading is called ``anchored``
+    (they can still be ``sealed``: their leaves match the ledger); the audit names the damage.
+    """
+    try:
+        anchored = ctx.view.anchored_size()
+    except LogAltered:
+        anchored = 0
+    return ReadVerifier(ctx.ledger, ctx.settings.raw_topic, anchored, ctx.leaf_memo)
+
+
 def create_app(settings: Settings, *, seal_seconds: float = 5.0,
                store_path: str | None = None) -> FastAPI:
     """The API over ``settings``' ledger and InfluxDB; users/grants/access in ``api.sqlite``."""
@@ -189,16 +206,32 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
     # --- clinicians -----------------------------------------------------------------------
     @app.get("/clinician/patients", tags=["clinician"])
     async def my_patients(*, request: Request, user: Clinician) -> dict[str, Any]:
-        """Patients who granted the caller access, each with the latest reading and NEWS2."""
+        """Patients who granted the caller access, each with the latest verified reading and NEWS2.
+
+        ``latest`` is the newest servable reading (its ``state`` says unsealed, sealed or
+        anchored); newer altered/unknown ones are listed in ``withheld`` and never scored."""
         patients = ctx.store.patients_of(user.name)
+        verifier = _verifier(ctx)
+        try:
+            registry: dict[str, str] | None = load_registry(ctx.settings)
+        except ProvisioningError:
+            registry = None  # then ``missing_newer`` is null: not checked, not "none missing"
         out = []
         async with _influx(request) as influx:
             for patient_id, until in patients.items():
-                latest = await vitals.latest_reading(influx, patient_id)
+                found = await vitals.latest_reading(influx, verifier, patient_id)
+                latest = found["latest"]
+                missing = None
+                if registry is not None:
+                    devices = sorted(d for d, p in registry.items() if p == patient_id)
+                    missing = await vitals.missing_newer(influx, ctx.ledger, devices, latest)
                 out.append({"patient_id": patient_id, "grant_until": iso_from_us(until),
                             "latest": latest,
                             "latest_time": iso_from_us(latest["ts_us"]) if latest else None,
-                            "news2": news2(latest["vitals"]).to_dict() if latest else None})
+                            "news2": news2(latest["vitals"]).to_dict() if latest else None,
+                            "withheld": found["withheld"],
+                            "withheld_truncated": found["withheld_truncated"],
+                            "missing_newer": missing})
         return {"clinician": user.name, "patients": out}
 
     @app.get("/clinician/patients/{patient_id}/vitals", tags=["clinician"])
@@ -209,11 +242,19 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
         max_points: Annotated[int, Query(ge=10, le=vitals.MAX_POINTS)] = vitals.MAX_POINTS,
         user: Clinician,
     ) -> dict[str, Any]:
-        """A patient's vitals over a range, downsampled by InfluxDB to at most ``max_points``."""
+        """A patient's verified vitals over a range, downsampled to at most ``max_points``.
+
+        Every raw reading of the range is verified and only servable ones are averaged
+        (altered/unknown ones are counted and listed in ``withheld``); 422 past
+        ``MAX_VERIFIED_READINGS`` readings."""
         check_patient(request, user, patient_id)
         start_us, end_us = _range(start, end)
         async with _influx(request) as influx:
-            series = await vitals.downsampled(influx, patient_id, start_us, end_us, max_points)
+            try:
+                series = await vitals.downsampled(influx, _verifier(ctx), patient_id, start_us,
+                                                  end_us, max_points)
+            except vitals.TooManyReadings as exc:
+                raise HTTPException(422, str(exc)) from None
         return {"patient_id": patient_id, "start": iso_from_us(start_us),
                 "end": iso_from_us(end_us), **series}
 
@@ -243,7 +284,10 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
         count: Annotated[int, Query(alias="_count", ge=1, le=1000)] = 100,
         user: Clinician,
     ) -> JSONResponse:
-        """FHIR R4 search: vital-signs Observations of one patient (searchset Bundle)."""
+        """FHIR R4 search: vital-signs Observations of one patient (searchset Bundle).
+
+        Each carries its verified-read state (meta tag, status); altered/unknown readings are
+        ``entered-in-error`` without values (docs/API.md)."""
         if len(request.query_params.getlist("patient")) != 1:
             # FastAPI keeps only the last of repeated values: refuse rather than guess which.
             raise HTTPException(422, "give exactly one patient parameter")
@@ -267,9 +311,9 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
             else:
                 raise HTTPException(422, "date must be ge<ISO8601>, gt..., le... or lt...")
         async with _influx(request) as influx:
-            rows = await vitals.readings(influx, patient, start_us, end_us, count)
+            rows = await vitals.readings(influx, _verifier(ctx), patient, start_us, end_us, count)
         base = str(request.base_url).rstrip("/")
-        resources = [o for r in rows for o in fhir.observations(r, codes or None, base)]
+        resources = [o for r in rows for o in fhir.observations(r, codes or None, base, patient)]
         return JSONResponse(fhir.searchset(resources, str(request.url)),
                             media_type="application/fhir+json")
 

@@ -8,9 +8,16 @@ profiles ask.  Each carries:
   (UUID v5: FHIR ids may not contain the ``_`` that device ids may), so the same reading always
   maps to the same resources;
 - ``device`` = ``Device/<device id>``, ``subject`` = ``Patient/<patient id>``;
-- an extension pointing at the reading's ``vitalchain-proof/1`` bundle
-  (``/audit/proofs/<device>/<seq>``), so a FHIR client can ask for the proof of a value;
-- a second extension when the reading arrived late (after its window was cut).
+- its verified-read state (``vitalchain.storage.verified``) as a ``meta.tag`` in
+  :data:`INTEGRITY_SYSTEM` and as the FHIR ``status``: ``anchored``/``sealed`` -> ``final``,
+  ``unsealed`` -> ``preliminary`` (a note says it is not sealed yet), ``altered``/``unknown`` ->
+  ``entered-in-error`` with **no value**: ``dataAbsentReason`` ``error`` on the Observation (and
+  on each blood-pressure component) and a note with the reason, so no FHIR client can chart,
+  score or alert on a value the ledger does not vouch for;
+- for sealed and anchored readings, an extension pointing at the reading's
+  ``vitalchain-proof/1`` bundle (``/audit/proofs/<device>/<seq>``), so a FHIR client can ask for
+  the proof of a value;
+- an extension when the reading arrived late (after its window was cut).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import uuid
 from typing import Any
 
 from vitalchain.core.timeutil import iso_from_us
+from vitalchain.storage.verified import ReadState, VerifiedReading
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -26,6 +34,18 @@ CATEGORY = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observa
                         "code": "vital-signs", "display": "Vital Signs"}], "text": "Vital Signs"}
 PROOF_EXTENSION = "https://vitalchain.dev/fhir/StructureDefinition/proof-bundle"
 LATE_EXTENSION = "https://vitalchain.dev/fhir/StructureDefinition/late-arrival"
+INTEGRITY_SYSTEM = "https://vitalchain.dev/fhir/CodeSystem/reading-integrity"
+DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+# verified-read state -> (FHIR Observation.status, tag display)
+STATES = {
+    ReadState.ANCHORED: ("final", "Sealed, leaf matches the ledger, window anchored on chain"),
+    ReadState.SEALED: ("final", "Sealed, leaf matches the ledger"),
+    ReadState.UNSEALED: ("preliminary", "Received, window still open: not sealed yet"),
+    ReadState.ALTERED: ("entered-in-error", "Stored value differs from the sealed reading"),
+    ReadState.UNKNOWN: ("entered-in-error", "Stored reading was never sealed"),
+}
+ABSENT = {"coding": [{"system": DATA_ABSENT, "code": "error", "display": "Error"}],
+          "text": "withheld: the stored value failed verification against the ledger"}
 _NAMESPACE = uuid.UUID("9a3c1f52-6c0e-4a55-9d8e-6f7e0c2b1a40")
 
 # LOINC code -> (display, vital field, UCUM unit) ; blood pressure is handled as a panel.
@@ -54,43 +74,61 @@ def _panel_code(code: str) -> str:
     return code
 
 
-def observation(reading: dict[str, Any], code: str, base_url: str) -> dict[str, Any]:
-    device, seq, vitals = reading["device_id"], reading["seq"], reading["vitals"]
-    identifier = f"urn:vitalchain:{device}:{seq}:{code}"
+def observation(reading: VerifiedReading, code: str, base_url: str,
+                patient_id: str) -> dict[str, Any]:
+    """One Observation of ``reading``; values only if its state is servable."""
+    device, seq = reading.device_id, reading.seq
+    status, display = STATES[reading.state]
+    identifier = f"urn:vitalchain:{device}:{seq if seq is not None else 'unknown'}:{code}"
     obs: dict[str, Any] = {
         "resourceType": "Observation",
         "id": str(uuid.uuid5(_NAMESPACE, identifier)),
+        "meta": {"tag": [{"system": INTEGRITY_SYSTEM, "code": reading.state.value,
+                          "display": display}]},
         "identifier": [{"system": "urn:ietf:rfc:3986", "value": identifier}],
-        "status": "final",
+        "status": status,
         "category": [CATEGORY],
-        "subject": {"reference": f"Patient/{reading['patient_id']}"},
-        "effectiveDateTime": iso_from_us(reading["ts_us"]),
+        "subject": {"reference": f"Patient/{patient_id}"},
         "device": {"reference": f"Device/{device}"},
-        "extension": [{"url": PROOF_EXTENSION,
-                       "valueUrl": f"{base_url}/audit/proofs/{device}/{seq}"}],
     }
-    if reading.get("late"):
-        obs["extension"].append({"url": LATE_EXTENSION, "valueBoolean": True})
+    if reading.ts_us is not None:
+        obs["effectiveDateTime"] = iso_from_us(reading.ts_us)
+    extensions = []
+    if reading.state in (ReadState.SEALED, ReadState.ANCHORED):
+        extensions.append({"url": PROOF_EXTENSION,
+                           "valueUrl": f"{base_url}/audit/proofs/{device}/{seq}"})
+    if reading.servable and reading.stored is not None and reading.stored.late:
+        extensions.append({"url": LATE_EXTENSION, "valueBoolean": True})
+    if extensions:
+        obs["extension"] = extensions
+    if reading.state is not ReadState.SEALED and reading.state is not ReadState.ANCHORED:
+        obs["note"] = [{"text": f"{reading.state.value}: {reading.reason}"}]
+    vitals = reading.stored.canonical["vitals"] if reading.servable and reading.stored else None
     if code == BP_PANEL[0]:
         obs["code"] = {"coding": [{"system": LOINC, "code": code, "display": BP_PANEL[1]}],
                        "text": "Blood pressure"}
         obs["component"] = [
             {"code": {"coding": [{"system": LOINC, "code": c, "display": d}], "text": d},
-             "valueQuantity": _quantity(vitals[f], "mm[Hg]", "mmHg")} for c, d, f in BP_PARTS]
+             **({"valueQuantity": _quantity(vitals[f], "mm[Hg]", "mmHg")} if vitals
+                else {"dataAbsentReason": ABSENT})} for c, d, f in BP_PARTS]
         return obs
-    display, field, unit, display_unit = SIMPLE[code]
-    coding = [{"system": LOINC, "code": code, "display": display}]
+    display_name, field, unit, display_unit = SIMPLE[code]
+    coding = [{"system": LOINC, "code": code, "display": display_name}]
     if code == "2708-6":
         coding.append({"system": LOINC, "code": PULSE_OX[0], "display": PULSE_OX[1]})
-    obs["code"] = {"coding": coding, "text": display}
-    obs["valueQuantity"] = _quantity(vitals[field], unit, display_unit)
+    obs["code"] = {"coding": coding, "text": display_name}
+    if vitals:
+        obs["valueQuantity"] = _quantity(vitals[field], unit, display_unit)
+    else:
+        obs["dataAbsentReason"] = ABSENT
     return obs
 
 
-def observations(reading: dict[str, Any], codes: set[str] | None, base_url: str) -> list[dict[str, Any]]:
+def observations(reading: VerifiedReading, codes: set[str] | None, base_url: str,
+                 patient_id: str) -> list[dict[str, Any]]:
     wanted = ("8867-4", "9279-1", "8310-5", "2708-6", BP_PANEL[0])
     chosen = {_panel_code(c) for c in codes} if codes else set(wanted)
-    return [observation(reading, c, base_url) for c in wanted if c in chosen]
+    return [observation(reading, c, base_url, patient_id) for c in wanted if c in chosen]
 
 
 def searchset(resources: list[dict[str, Any]], self_url: str) -> dict[str, Any]:

@@ -75,6 +75,21 @@ class LogView:
                     return CheckpointChoice(cp.size, cp.root, cp)
         return CheckpointChoice(size, self.log.root(size).hex(), None)
 
+    def anchored_size(self) -> int:
+        """Size of the largest anchored checkpoint, 0 if none; :class:`LogAltered` if the ledger
+        no longer reproduces its root (then no reading may be called anchored)."""
+        with self._lock:
+            if self.contract is None:
+                return 0
+            cp = self.store.latest(self.contract, "anchored")
+            if cp is None:
+                return 0
+            size = self.sync()
+            if cp.size > size or self.log.root(cp.size).hex() != cp.root:
+                raise LogAltered(f"the ledger's root at size {cp.size} differs from the anchored "
+                                 f"checkpoint root {cp.root}")
+            return cp.size
+
     def window_status(self, log_index: int, checkpoints: list[Checkpoint]) -> dict[str, Any]:
         """Anchor status of log leaf ``log_index`` given the contract's checkpoints."""
         covering = [c for c in checkpoints if c.size > log_index]

@@ -17,11 +17,10 @@ from vitalchain.audit.anchors import ChainUnavailable, check_checkpoints
 from vitalchain.audit.report import AuditReport, GapFinding, ReadingFinding, WindowFinding, reading_id
 
 from vitalchain.config import Settings
-from vitalchain.core.integrity import CanonicalError, reading_leaf_hash
 from vitalchain.errors import Unavailable
 from vitalchain.storage.influx import InfluxClient, InfluxError, quote_ident
 from vitalchain.storage.ledger_view import IndexedReading, LedgerUnavailable, LedgerView, WindowInfo
-from vitalchain.storage.readings import READINGS_MEASUREMENT, WINDOWS_MEASUREMENT, StoredReadingError, reading_from_row
+from vitalchain.storage.readings import READINGS_MEASUREMENT, WINDOWS_MEASUREMENT, StoredReadingError, stored_leaf
 
 Progress = Callable[[int, int], None]
 WINDOW_FIELDS = ("root", "size", "start_us", "end_us", "first_offset", "last_offset", "log_index")
@@ -80,9 +79,8 @@ class _ReadingAudit:
     def check_row(self, row: dict[str, Any]) -> None:
         self.report.readings_checked += 1
         try:
-            stored = reading_from_row(row)
-            leaf = reading_leaf_hash(stored.canonical)
-        except (StoredReadingError, CanonicalError, ValueError, TypeError) as exc:
+            stored, leaf = stored_leaf(row)
+        except StoredReadingError as exc:
             self.report.readings.append(ReadingFinding(
                 "altered", _identity(row), row.get("window_id"), f"unreadable stored reading: {exc}"))
             return

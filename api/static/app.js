@@ -19,7 +19,7 @@ const COLOURS = { hr: "#c0392b", spo2: "#2471a3", rr: "#17a589", temp_c: "#b9770
 
 // refused: routes this role got a 403 for; not asked again (a role does not change under a token).
 const state = { me: null, patients: new Map(), patientId: null, charts: new Map(), timer: null,
-                refused: new Set() };
+                refused: new Set(), refreshing: false };
 const $ = (id) => document.getElementById(id);
 
 class ApiError extends Error {
@@ -129,8 +129,16 @@ function onAuthLost(err) {
 }
 
 async function refresh() {
-  await Promise.all([loadPatients(), loadWindows()]);
-  if (state.patientId) await loadVitals();
+  // Verified reads check every reading of the range (a 24 h range takes seconds): never start a
+  // refresh while the previous one still runs, so slow answers cannot pile up on the server.
+  if (state.refreshing) return;
+  state.refreshing = true;
+  try {
+    await Promise.all([loadPatients(), loadWindows()]);
+    if (state.patientId) await loadVitals();
+  } finally {
+    state.refreshing = false;
+  }
 }
 
 // --- patients ----------------------------------------------------------------------------------
@@ -163,6 +171,7 @@ async function loadPatients() {
     cell(row, p.news2 ? p.news2.risk : null);
     cell(row, when(p.latest_time), "time");
     cell(row, p.latest ? `${p.latest.device_id} · ${p.latest.seq}` : null);
+    integrityCell(row, p);
     cell(row, new Date(p.grant_until).toLocaleString());
     const open = () => openPatient(p.patient_id);
     row.addEventListener("click", open);
@@ -171,6 +180,68 @@ async function loadPatients() {
   show($("patients"), body.patients.length > 0);
   note($("patients-note"), body.patients.length ? "" : "No patient has granted you access yet.");
   if (state.patientId) updateProofTarget();
+}
+
+// Verified reads: every reading carries its state (docs/API.md). Values of altered/unknown
+// readings never reach the page; they are listed as withheld.
+const STATE_TEXT = { anchored: "anchored", sealed: "sealed", unsealed: "not yet sealed",
+                     altered: "altered", unknown: "unknown" };
+const STATE_TITLE = {
+  anchored: "matches its sealed leaf in the ledger; its window is anchored on chain",
+  sealed: "matches its sealed leaf in the ledger; not anchored on chain yet",
+  unsealed: "received, its window is still open: shown at once, not verified yet",
+};
+
+function badge(text, className, title) {
+  const b = document.createElement("span");
+  b.className = `badge ${className}`;
+  b.textContent = text;
+  if (title) b.title = title;
+  return b;
+}
+
+function integrityCell(row, p) {
+  const td = row.insertCell();
+  td.className = "integrity";
+  if (p.latest) {
+    td.append(badge(STATE_TEXT[p.latest.state] || p.latest.state, `state-${p.latest.state}`,
+                    STATE_TITLE[p.latest.state]));
+  }
+  const withheld = p.withheld || [];
+  if (withheld.length) {
+    const more = p.withheld_truncated ? "+" : "";
+    const states = [...new Set(withheld.map((w) => w.state))].join("/");
+    td.append(badge(`${withheld.length}${more} newer withheld (${states})`, "state-withheld",
+                    withheld.map((w) => `${w.device_id} seq ${w.seq}: ${w.state} — ${w.reason}`)
+                      .join("\n")));
+  }
+  const missing = p.missing_newer || [];
+  if (missing.length) {
+    td.append(badge(`${missing.length} newer sealed missing`, "state-missing",
+                    missing.map((m) => `${m.device_id} seq ${m.seq}: ${m.reason}`).join("\n")));
+  }
+  if (!td.childNodes.length) td.textContent = "—";
+}
+
+function showWithheld(body) {
+  const list = $("withheld");
+  list.replaceChildren();
+  for (const w of body.withheld) {
+    const li = document.createElement("li");
+    li.dataset.device = w.device_id;
+    li.dataset.seq = w.seq;
+    li.dataset.state = w.state;
+    const at = w.ts_us === null ? "time unknown" : new Date(w.ts_us / 1000).toLocaleString();
+    li.append(badge(w.state, `state-${w.state}`));
+    li.append(document.createTextNode(` ${w.device_id} seq ${w.seq} (${at}): ${w.reason}`));
+    list.append(li);
+  }
+  const total = body.withheld_total;
+  note($("withheld-note"), total
+    ? `${total} reading(s) in range withheld: they failed verification against the ledger, so ` +
+      "their values are not shown, charted or scored. An auditor should run the tamper audit."
+    : "", total > 0);
+  show(list, total > 0);
 }
 
 async function openPatient(patientId) {
@@ -192,9 +263,11 @@ async function openPatient(patientId) {
 function updateProofTarget() {
   const p = state.patients.get(state.patientId);
   const latest = p && p.latest;
-  $("proof-btn").disabled = !latest;
+  const provable = latest && latest.state !== "unsealed";
+  $("proof-btn").disabled = !provable;
   $("proof-target").textContent = latest
-    ? `${latest.device_id} seq ${latest.seq}, ${new Date(latest.ts_us / 1000).toLocaleString()}`
+    ? `${latest.device_id} seq ${latest.seq}, ${new Date(latest.ts_us / 1000).toLocaleString()}` +
+      (provable ? "" : " — not sealed yet: no proof until its window seals")
     : "no reading to prove yet";
 }
 
@@ -216,9 +289,13 @@ async function loadVitals() {
   }
   if (patientId !== state.patientId) return;  // the user switched patient meanwhile
   const n = body.points.length;
+  const unsealed = body.states ? body.states.unsealed : 0;
   note($("patient-note"), n ? `${n} points, ${body.interval_s} s each` +
-    (body.late.length ? `; ${body.late.length} late reading(s) in range` : "")
+    (body.late.length ? `; ${body.late.length} late reading(s) in range` : "") +
+    (unsealed ? `; ${unsealed} reading(s) not yet sealed` : "") +
+    `; every reading checked against the ledger`
     : `No readings in the last ${minutes} min.`);
+  showWithheld(body);
   $("live").textContent = `live · updated ${new Date().toLocaleTimeString()}`;
   const xs = body.points.map((p) => p.ts_us / 1e6);
   for (const vital of VITALS) {
@@ -416,7 +493,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("range").addEventListener("change", () => { if (state.patientId) loadVitals(); });
   $("proof-btn").addEventListener("click", () => {
     const p = state.patients.get(state.patientId);
-    if (p && p.latest) proveReading(p.latest.device_id, p.latest.seq);
+    if (p && p.latest && p.latest.state !== "unsealed") proveReading(p.latest.device_id, p.latest.seq);
   });
   $("proof-form").addEventListener("submit", (e) => {
     e.preventDefault();

@@ -24,10 +24,12 @@ under replay.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vitalchain.core.integrity import CanonicalError, reading_leaf_hash
 from vitalchain.errors import Altered
 from vitalchain.storage.influx import Point
 
@@ -139,3 +141,61 @@ def reading_from_row(row: Mapping[str, Any]) -> StoredReading:
     return StoredReading(canonical=canonical, leaf_hex=_str(row, "leaf"),
                          window_id=_str(row, "window_id"), late=late is True,
                          received_us=_int(row, "received_us"))
+
+
+class LeafMemo:
+    """Leaves already computed, each kept with the exact canonical reading it was computed from.
+
+    A leaf is a pure function of the canonical reading, and the dashboard re-reads the same range
+    every few seconds, so verified reads would hash the same readings again and again (the leaf
+    is most of a verified read's cost: docs/PERFORMANCE.md).  An entry, keyed by
+    ``(device_id, seq)``, is used only if ``repr`` of the canonical reading is identical to the
+    one it was computed from: every field, value, type and order, so a point changed in any way
+    misses and is hashed afresh.  Only the pure function is remembered; the comparison with the
+    ledger is made on every read.  Bounded: past ``capacity`` the oldest entries go first.
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._entries: dict[tuple[str, int], tuple[str, bytes]] = {}
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def leaf(self, canonical: Mapping[str, Any]) -> bytes:
+        key = (canonical["device_id"], canonical["seq"])
+        content = repr(canonical)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] == content:
+            self.hits += 1
+            return entry[1]
+        self.misses += 1
+        leaf = reading_leaf_hash(canonical)
+        with self._lock:
+            self._entries.pop(key, None)
+            self._entries[key] = (content, leaf)
+            while len(self._entries) > self.capacity:
+                del self._entries[next(iter(self._entries))]
+        return leaf
+
+
+def stored_leaf(row: Mapping[str, Any],
+                memo: LeafMemo | None = None) -> tuple[StoredReading, bytes]:
+    """The reading a stored point holds and the leaf hash it recomputes to: THE leaf check's input.
+
+    Verified reads (``vitalchain.storage.verified``), the audit and the proof service all compare
+    this leaf with the one sealed in the ledger, so "what the point hashes to" has exactly one
+    definition.  Any point that cannot be rebuilt or hashed canonically raises
+    :class:`StoredReadingError` (never a bare ``ValueError``/``TypeError``), so every caller can
+    treat it as a finding rather than a crash.  The ``leaf`` field stored with the point is never
+    trusted: it is written by whoever wrote the point.  ``memo`` (verified reads only) skips
+    re-hashing a canonical reading identical to one hashed before; see :class:`LeafMemo`.
+    """
+    stored = reading_from_row(row)
+    try:
+        leaf = (memo.leaf if memo is not None else reading_leaf_hash)(stored.canonical)
+    except (CanonicalError, ValueError, TypeError) as exc:
+        raise StoredReadingError(f"stored reading cannot be hashed canonically: {exc}") from exc
+    return stored, leaf
