@@ -4,9 +4,10 @@ One reading gives up to five Observations (heart rate, respiratory rate, body te
 oxygen saturation, blood pressure panel), coded in LOINC with UCUM units, as the FHIR vital-signs
 profiles ask.  Each carries:
 
-- a deterministic identifier ``urn:vitalchain:<device>:<seq>:<loinc>`` and an id derived from it
-  (UUID v5: FHIR ids may not contain the ``_`` that device ids may), so the same reading always
-  maps to the same resources;
+- a deterministic identifier ``urn:vitalchain:<device>:<seq>:<loinc>`` and a deterministic id
+  ``<InfluxDB time ns>-<16 hex of BLAKE2b(device)>-<loinc>`` (:func:`observation_id`): FHIR ids
+  may not hold the ``_`` device ids may, and the id must lead back to the stored point so that
+  ``GET /fhir/Observation/{id}`` is one time-indexed lookup;
 - ``device`` = ``Device/<device id>``, ``subject`` = ``Patient/<patient id>``;
 - an extension pointing at the reading's ``vitalchain-proof/1`` bundle
   (``/audit/proofs/<device>/<seq>``), so a FHIR client can ask for the proof of a value;
@@ -15,10 +16,12 @@ profiles ask.  Each carries:
 
 from __future__ import annotations
 
-import uuid
-from typing import Any
+import hashlib
+import re
+from typing import Any, NamedTuple
 
 from vitalchain.core.timeutil import iso_from_us
+from vitalchain.storage.readings import point_time_ns
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -26,7 +29,6 @@ CATEGORY = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observa
                         "code": "vital-signs", "display": "Vital Signs"}], "text": "Vital Signs"}
 PROOF_EXTENSION = "https://vitalchain.dev/fhir/StructureDefinition/proof-bundle"
 LATE_EXTENSION = "https://vitalchain.dev/fhir/StructureDefinition/late-arrival"
-_NAMESPACE = uuid.UUID("9a3c1f52-6c0e-4a55-9d8e-6f7e0c2b1a40")
 
 # LOINC code -> (display, vital field, UCUM unit) ; blood pressure is handled as a panel.
 SIMPLE = {
@@ -39,13 +41,41 @@ PULSE_OX = ("59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry")
 BP_PANEL = ("85354-9", "Blood pressure panel with all children optional")
 BP_PARTS = (("8480-6", "Systolic blood pressure", "sys"), ("8462-4", "Diastolic blood pressure", "dia"))
 SEARCH_CODES = (*SIMPLE, PULSE_OX[0], BP_PANEL[0], BP_PARTS[0][0], BP_PARTS[1][0])
+# The Observations one reading gives, in the order they are served.
+KINDS = ("8867-4", "9279-1", "8310-5", "2708-6", BP_PANEL[0])
+_OBSERVATION_ID = re.compile(r"(\d{1,19})-([0-9a-f]{16})-(\d{1,5}-\d)")
+
+
+class ObservationRef(NamedTuple):
+    """What an Observation id names: the stored point (time, device hash) and the kind."""
+
+    time_ns: int
+    device_hash: str
+    code: str
+
+
+def device_hash(device_id: str) -> str:
+    return hashlib.blake2b(device_id.encode(), digest_size=8).hexdigest()
+
+
+def observation_id(time_ns: int, device_id: str, code: str) -> str:
+    """The stable id of one Observation (at most 44 characters of ``[0-9a-f-]``)."""
+    return f"{time_ns}-{device_hash(device_id)}-{code}"
+
+
+def parse_observation_id(resource_id: str) -> ObservationRef | None:
+    """The parts of an id :func:`observation_id` made, or None if it made no such id."""
+    match = _OBSERVATION_ID.fullmatch(resource_id)
+    if match is None or match.group(3) not in KINDS or int(match.group(1)) >= 2**63:
+        return None
+    return ObservationRef(int(match.group(1)), match.group(2), match.group(3))
 
 
 def _quantity(value: float, unit: str, display_unit: str) -> dict[str, Any]:
     return {"value": value, "unit": display_unit, "system": UCUM, "code": unit}
 
 
-def _panel_code(code: str) -> str:
+def panel_code(code: str) -> str:
     """The Observation a searched code lands in (SpO2's pulse-ox code, BP components)."""
     if code == PULSE_OX[0]:
         return "2708-6"
@@ -59,7 +89,7 @@ def observation(reading: dict[str, Any], code: str, base_url: str) -> dict[str, 
     identifier = f"urn:vitalchain:{device}:{seq}:{code}"
     obs: dict[str, Any] = {
         "resourceType": "Observation",
-        "id": str(uuid.uuid5(_NAMESPACE, identifier)),
+        "id": observation_id(point_time_ns(reading["ts_us"], seq), device, code),
         "identifier": [{"system": "urn:ietf:rfc:3986", "value": identifier}],
         "status": "final",
         "category": [CATEGORY],
@@ -88,17 +118,6 @@ def observation(reading: dict[str, Any], code: str, base_url: str) -> dict[str, 
 
 
 def observations(reading: dict[str, Any], codes: set[str] | None, base_url: str) -> list[dict[str, Any]]:
-    wanted = ("8867-4", "9279-1", "8310-5", "2708-6", BP_PANEL[0])
-    chosen = {_panel_code(c) for c in codes} if codes else set(wanted)
-    return [observation(reading, c, base_url) for c in wanted if c in chosen]
+    chosen = {panel_code(c) for c in codes} if codes else set(KINDS)
+    return [observation(reading, c, base_url) for c in KINDS if c in chosen]
 
-
-def searchset(resources: list[dict[str, Any]], self_url: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(resources),
-        "link": [{"relation": "self", "url": self_url}],
-        "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r, "search": {"mode": "match"}}
-                  for r in resources],
-    }

@@ -1,12 +1,15 @@
-"""Vital signs out of InfluxDB for clinicians: latest reading, downsampled series, raw readings.
+"""Vital signs out of InfluxDB for clinicians: latest reading, downsampled series, raw readings
+(for FHIR: :class:`PatientReadings` pages them, :func:`reading_at` finds one by its timestamp).
 
 Every value a user chose reaches InfluxQL only as a bound parameter (``$patient``, ``$start``,
-...); the only text formatted into queries is the GROUP BY interval, which the server computes.
+...); the only text formatted into queries is the GROUP BY interval and LIMITs, which the server
+computes, and placeholder names it numbers (``$p0``, ``$p1``, ...).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from vitalchain.storage.influx import InfluxClient, quote_ident
@@ -76,17 +79,67 @@ async def downsampled(influx: InfluxClient, patient_id: str, start_us: int, end_
     return {"interval_s": interval, "points": points, "late": late}
 
 
-async def readings(influx: InfluxClient, patient_id: str, start_us: int | None,
-                   end_us: int | None, limit: int) -> list[dict[str, Any]]:
-    """Raw readings of a patient in time order (for FHIR), at most ``limit``."""
-    where = ["\"patient_id\" = $patient"]
-    params: dict[str, Any] = {"patient": patient_id}
-    if start_us is not None:
-        where.append("time >= $start")
-        params["start"] = start_us * 1000
-    if end_us is not None:
-        where.append("time <= $end")
-        params["end"] = end_us * 1000 + 999
-    rows = await influx.query(f"SELECT * FROM {_M} WHERE {' AND '.join(where)} "
-                              f"ORDER BY time LIMIT {int(limit)}", params)
-    return [r for r in map(_reading, rows) if r is not None]
+class PatientReadings:
+    """One patient's raw readings for FHIR search, in keyset order: ``(time ns, device id)``.
+
+    The FHIR search asks this object, and nothing else, for the readings it serves
+    (:class:`vitalchain.api.fhirsearch.ReadingSource`).  InfluxDB orders only by time, so points
+    sharing a timestamp (two devices of the patient) are fetched whole and ordered by device here;
+    a page cut inside such a group is completed, never split, so no cursor can skip one.
+    """
+
+    def __init__(self, influx: InfluxClient, patient_id: str) -> None:
+        self.influx = influx
+        self.patient_id = patient_id
+
+    async def _rows(self, extra: str, params: dict[str, Any], tail: str = "") -> list[dict[str, Any]]:
+        return await self.influx.query(
+            f"SELECT * FROM {_M} WHERE \"patient_id\" = $patient AND {extra} {tail}",
+            {"patient": self.patient_id, **params})
+
+    async def page(self, lo_us: int, hi_us: int, start: tuple[int, str] | None, inclusive: bool,
+                   descending: bool, limit: int) -> list[tuple[tuple[int, str], dict[str, Any] | None]]:
+        span = "time >= $lo AND time < $hi"
+        params: dict[str, Any] = {"lo": lo_us * 1000, "hi": hi_us * 1000}
+        rows: list[dict[str, Any]] = []
+        if start is not None:
+            t, device = start
+            if lo_us * 1000 <= t < hi_us * 1000:
+                ties = await self._rows("time = $t", {"t": t})
+                rows += [r for r in ties if (r["device_id"] > device if not descending
+                                             else r["device_id"] < device)
+                         or (inclusive and r["device_id"] == device)]
+            span += " AND time < $t" if descending else " AND time > $t"
+            params["t"] = t
+        order = "DESC" if descending else "ASC"
+        main = await self._rows(span, params, f"ORDER BY time {order} LIMIT {int(limit)}")
+        if len(main) == limit:  # complete the last timestamp group (see the class docstring)
+            last = int(main[-1]["time"])
+            main = [r for r in main if int(r["time"]) != last]
+            main += await self._rows("time = $last", {"last": last})
+        rows += main
+        rows.sort(key=lambda r: (int(r["time"]), str(r["device_id"])), reverse=descending)
+        return [((int(r["time"]), str(r["device_id"])), _reading(r)) for r in rows]
+
+    async def count(self, lo_us: int, hi_us: int) -> int:
+        rows = await self.influx.query(
+            f"SELECT count(\"seq\") FROM {_M} WHERE \"patient_id\" = $patient "
+            "AND time >= $lo AND time < $hi",
+            {"patient": self.patient_id, "lo": lo_us * 1000, "hi": hi_us * 1000})
+        return int(rows[0]["count"]) if rows else 0
+
+
+async def reading_at(influx: InfluxClient, patient_ids: list[str], time_ns: int,
+                     matches_device: Callable[[str], bool]) -> dict[str, Any] | None:
+    """The reading stored at exactly ``time_ns`` for one of ``patient_ids`` whose device id
+    satisfies ``matches_device`` (read by id: only the caller's granted patients are looked at)."""
+    if not patient_ids:
+        return None
+    names = {f"p{i}": p for i, p in enumerate(patient_ids)}
+    who = " OR ".join(f"\"patient_id\" = ${n}" for n in names)
+    rows = await influx.query(f"SELECT * FROM {_M} WHERE ({who}) AND time = $t",
+                              {**names, "t": time_ns})
+    for row in sorted(rows, key=lambda r: str(r["device_id"])):
+        if matches_device(str(row["device_id"])):
+            return _reading(row)
+    return None
