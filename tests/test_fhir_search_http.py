@@ -360,6 +360,14 @@ def test_metadata_and_every_error_is_fhir(world: FhirWorld) -> None:
                   headers={"Prefer": "handling=strict"})
     assert r.status_code == 400 and "status" in outcome_of(r)
 
+    # every one of these requests is in the access log, the public metadata read too
+    entries = world.get("audrey", "/audit/access", params={"limit": 1000}).json()["entries"]
+    fhir_entries = [e for e in entries if e["path"].startswith("/fhir/")]
+    assert len(fhir_entries) == 1 + len(cases) + 1 + 1 + 2  # + 401 probe, fhirpy, 2 unknown-param
+    assert (fhir_entries[0]["path"], fhir_entries[0]["user"], fhir_entries[0]["allowed"]) == \
+        ("/fhir/metadata", None, True)
+    assert [e["status"] for e in fhir_entries[1:len(cases) + 1]] == [c[3] for c in cases]
+
 
 def test_unreadable_points_are_reported_not_hidden(world: FhirWorld) -> None:
     """A stored point that cannot be rebuilt is not served and the Bundle says so."""
