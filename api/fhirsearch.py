@@ -284,7 +284,7 @@ def _span_order(spans: Spans, start: Key | None, descending: bool) -> Iterable[t
 
 async def walk(source: ReadingSource, search: ObservationSearch) -> Page:
     """The page the search asks for: ``count`` Observations after (or before) the cursor."""
-    if search.count == 0:
+    if search.count == 0 or not search.kinds:  # only a total asked, or codes that exclude all
         return empty_page()
     backward = search.cursor is not None and search.cursor.direction == "before"
     descending = search.descending != backward  # the order readings are fetched in
@@ -323,6 +323,8 @@ async def walk(source: ReadingSource, search: ObservationSearch) -> Page:
 
 async def total(source: ReadingSource, search: ObservationSearch) -> int:
     """Observations the whole search matches: readings in its spans times kinds per reading."""
+    if not search.kinds:
+        return 0
     readings = 0
     for lo, hi in search.spans:
         readings += await source.count(lo, hi)
@@ -353,10 +355,11 @@ def links(base: str, search: ObservationSearch, page: Page) -> list[dict[str, st
         if (backward and page.more) or (not backward and cur is not None):
             prev_cursor = Cursor("before", items[0].key, items[0].kind)
     elif cur is not None:  # an empty page still links back to where it came from
+        # kind -1 is "before every Observation of that reading", 5 "after all of them"
         if backward:
-            next_cursor = Cursor("after", cur.key, cur.kind - 1)
+            next_cursor = Cursor("after", cur.key, max(-1, cur.kind - 1))
         else:
-            prev_cursor = Cursor("before", cur.key, cur.kind + 1)
+            prev_cursor = Cursor("before", cur.key, min(len(fhir.KINDS), cur.kind + 1))
     if next_cursor:
         out.append(_link("next", base, search, next_cursor))
     if prev_cursor:
@@ -496,7 +499,7 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
 _STRINGS = {"type": "array", "items": {"type": "string", "maxLength": 200}, "maxItems": MAX_VALUES}
 OPENAPI_SEARCH: dict[str, Any] = {"parameters": [
     _query("patient", "patient id, Patient/<id> or <base>/Patient/<id> (this or subject)",
-           {"type": "string", "pattern": ID_REGEX}),
+           {"type": "string", "maxLength": 300}),
     _query("subject", "as patient", _STRINGS),
     _query("code", f"LOINC code, [{fhir.LOINC}|]code; comma = OR", _STRINGS),
     _query("category", "vital-signs", _STRINGS),

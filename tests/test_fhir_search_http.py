@@ -208,6 +208,16 @@ def test_count_counts_resources_and_paging_reaches_every_observation(world: Fhir
                                                         "code": "8480-6", "date": "2026-11-30"})
     assert r.json()["total"] == 30
     assert client.resources("Observation").search(patient="pat-a").count() == 160
+    # two code parameters are ANDed: no Observation has both codes
+    r = world.get("alice", "/fhir/Observation",
+                  params={"patient": "pat-a", "code": ["8867-4", "9279-1"], "_total": "accurate"})
+    assert r.status_code == 200 and r.json()["entry"] == [] and r.json()["total"] == 0
+    # the end of the results links back; an empty page after it too
+    last = world.get("alice", "/fhir/Observation",
+                     params={"patient": "pat-a", "_cursor": f"after:{2**62}:zz:4"}).json()
+    assert last["entry"] == [] and link(last, "next") is None
+    back = world.get("alice", link(last, "previous") or "").json()
+    assert idents(back) == order(world.readings)[-100:]
     assert client.resources("Observation").search(patient="pat-a", date="gt2026-11-30").count() == 5
 
 
