@@ -55,6 +55,8 @@ class ObservationRef(NamedTuple):
 
 
 def device_hash(device_id: str) -> str:
+    """64 bits of BLAKE2b: device ids may be 64 characters of which FHIR ids allow not all, so
+    an id carries this instead; read by id matches it against the devices stored at one instant."""
     return hashlib.blake2b(device_id.encode(), digest_size=8).hexdigest()
 
 
