@@ -15,15 +15,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from vitalchain.anchor.proofs import ProofService, ProofUnavailable
-from vitalchain.api import dashboard, fhir, rejected, vitals
+from vitalchain.api import dashboard, fhir, fhirsearch, rejected, vitals
 from vitalchain.api.accesslog import AccessLog, AccessProofUnavailable
 from vitalchain.api.auditrun import AuditRange, AuditRunner
-from vitalchain.api.auth import check_patient, require
+from vitalchain.api.auth import access_info, check_patient, require
 from vitalchain.api.bodyguard import BodyGuard
 from vitalchain.api.logview import LogAltered, LogView
 from vitalchain.api.news2 import news2
@@ -134,6 +137,27 @@ def _devices_of(settings: Settings, patient_id: str) -> list[str]:
     return sorted(d for d, p in registry.items() if p == patient_id)
 
 
+def _is_fhir(request: Request) -> bool:
+    return request.url.path == "/fhir" or request.url.path.startswith("/fhir/")
+
+
+def _fhir_base(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+def _fhir_json(body: dict[str, Any], status: int = 200,
+               headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, media_type=fhirsearch.FHIR_JSON, headers=headers)
+
+
+def _error(request: Request, status: int, detail: str,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error body: ``{"detail"}``, or under /fhir an OperationOutcome."""
+    if _is_fhir(request):
+        return _fhir_json(fhirsearch.outcome(detail, fhirsearch.issue_code(status)), status, headers)
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
 def _ctx(request: Request) -> ApiContext:
     return request.app.state.ctx
 
@@ -187,12 +211,30 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
 
     @app.exception_handler(InfluxError)
     async def influx_down(request: Request, exc: InfluxError) -> JSONResponse:
-        return JSONResponse({"detail": f"InfluxDB unavailable: {exc}"}, status_code=503)
+        return _error(request, 503, f"InfluxDB unavailable: {exc}")
 
     @app.exception_handler(VitalchainError)
     async def by_kind(request: Request, exc: VitalchainError) -> JSONResponse:
         """Any vitalchain error a route lets through: its kind decides the status (vitalchain.errors)."""
-        return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
+        return _error(request, status_for(exc), str(exc))
+
+    @app.exception_handler(fhirsearch.SearchError)
+    async def fhir_refused(request: Request, exc: fhirsearch.SearchError) -> JSONResponse:
+        return _fhir_json(fhirsearch.outcome(exc.diagnostics, exc.code, location=exc.location),
+                          exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Under /fhir every refusal (401, 403, 404, ...) is an OperationOutcome."""
+        if _is_fhir(request):
+            return _error(request, exc.status_code, str(exc.detail), exc.headers)
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        if _is_fhir(request):
+            return _error(request, 400, "; ".join(str(e.get("msg")) for e in exc.errors()))
+        return await request_validation_exception_handler(request, exc)
 
 
     @app.get("/health", tags=["meta"])
@@ -275,47 +317,56 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
         return {"patient_id": patient_id, "devices": devices, "start": iso_from_us(start_us),
                 "end": iso_from_us(end_us), "rejected": rows}
 
-    @app.get("/fhir/Observation", tags=["fhir"])
-    async def fhir_observations(*,
-        request: Request,
-        patient: Annotated[str, Query(pattern=ID_REGEX)],
-        code: Annotated[list[str] | None, Query(max_length=10)] = None,
-        date: Annotated[list[str] | None, Query(max_length=2)] = None,
-        count: Annotated[int, Query(alias="_count", ge=1, le=1000)] = 100,
-        user: Clinician,
-    ) -> JSONResponse:
-        """FHIR R4 search: vital-signs Observations of one patient (searchset Bundle).
+    # --- FHIR R4 (search logic in api/fhirsearch.py; errors are OperationOutcomes) -------------
+    @app.get("/fhir/metadata", tags=["fhir"], responses=fhirsearch.OPENAPI_RESPONSES)
+    def fhir_metadata(*, request: Request) -> JSONResponse:
+        """The CapabilityStatement: public, as FHIR clients read it before they authenticate."""
+        access_info(request).update(allowed=True, reason="public: capability statement")
+        return _fhir_json(fhirsearch.capability_statement(_fhir_base(request), app.version))
 
-        Each carries its verified-read state (meta tag, status); altered/unknown readings are
-        ``entered-in-error`` without values (docs/API.md)."""
-        if len(request.query_params.getlist("patient")) != 1:
-            # FastAPI keeps only the last of repeated values: refuse rather than guess which.
-            raise HTTPException(422, "give exactly one patient parameter")
-        check_patient(request, user, patient)
-        codes: set[str] = set()
-        for item in code or []:
-            for token in item.split(","):
-                system, _, value = token.rpartition("|")
-                if system not in ("", fhir.LOINC) or value not in fhir.SEARCH_CODES:
-                    raise HTTPException(422, f"code {token!r} is not a supported LOINC vital sign "
-                                        f"({', '.join(fhir.SEARCH_CODES)})")
-                codes.add(value)
-        start_us = end_us = None
-        for item in date or []:
-            prefix, value = item[:2], item[2:]
-            when = _time(value, "date")
-            if prefix in ("ge", "gt"):
-                start_us = when + (1 if prefix == "gt" else 0) if when is not None else None
-            elif prefix in ("le", "lt"):
-                end_us = when - (1 if prefix == "lt" else 0) if when is not None else None
-            else:
-                raise HTTPException(422, "date must be ge<ISO8601>, gt..., le... or lt...")
+    @app.get("/fhir/Observation", tags=["fhir"], responses=fhirsearch.OPENAPI_RESPONSES,
+             openapi_extra=fhirsearch.OPENAPI_SEARCH)
+    async def fhir_observations(*, request: Request, user: Clinician) -> JSONResponse:
+        """FHIR R4 search: vital-signs Observations of one patient (paged searchset Bundle).
+
+        Consent is checked for every patient the query names before any reading is looked up."""
+        base = _fhir_base(request)
+        strict = "handling=strict" in request.headers.get("prefer", "").replace(" ", "")
+        search = fhirsearch.parse_search(request.query_params.multi_items(), base, strict)
+        for patient_id in search.patients:
+            check_patient(request, user, patient_id)
+        search.check_one_patient()
+        root = str(request.base_url).rstrip("/")
         async with _influx(request) as influx:
-            rows = await vitals.readings(influx, _verifier(ctx), patient, start_us, end_us, count)
-        base = str(request.base_url).rstrip("/")
-        resources = [o for r in rows for o in fhir.observations(r, codes or None, base, patient)]
-        return JSONResponse(fhir.searchset(resources, str(request.url)),
-                            media_type="application/fhir+json")
+            source = (vitals.PatientReadings(influx, _verifier(ctx), search.patient)
+                      if search.patient else None)
+            page = await fhirsearch.walk(source, search) if source else fhirsearch.empty_page()
+            total = fhirsearch.free_total(search, page)
+            if total is None and fhirsearch.wants_total(search):
+                total = await fhirsearch.total(source, search) if source else 0
+        patient = search.patient or ""
+        return _fhir_json(fhirsearch.searchset(
+            base, search, page,
+            lambda reading, code, key: fhir.observation(reading, code, root, patient, key[0]), total))
+
+    @app.get("/fhir/Observation/{resource_id}", tags=["fhir"], responses=fhirsearch.OPENAPI_RESPONSES)
+    async def fhir_read(*, request: Request, resource_id: str, user: Clinician) -> JSONResponse:
+        """Read one Observation by id, looked for among the caller's granted patients only:
+        an Observation of another patient and one that does not exist give the same 404."""
+        ref = fhirsearch.check_read_id(resource_id)
+        granted = list(ctx.store.patients_of(user.name))
+        found = None
+        if ref is not None and granted:
+            async with _influx(request) as influx:
+                found = await vitals.reading_at(influx, _verifier(ctx), granted, ref.time_ns,
+                                                lambda d: fhir.device_hash(d) == ref.device_hash)
+        if found is None or ref is None:
+            raise fhirsearch.SearchError(404, "not-found", f"no Observation/{resource_id} among "
+                                         "the patients who granted you access")
+        patient_id, reading = found
+        check_patient(request, user, patient_id)
+        return _fhir_json(fhir.observation(reading, ref.code, str(request.base_url).rstrip("/"),
+                                           patient_id, ref.time_ns))
 
     # --- proofs and audits ------------------------------------------------------------------
     @app.get("/audit/proofs/{device_id}/{seq}", tags=["audit"])

@@ -4,9 +4,10 @@ One reading gives up to five Observations (heart rate, respiratory rate, body te
 oxygen saturation, blood pressure panel), coded in LOINC with UCUM units, as the FHIR vital-signs
 profiles ask.  Each carries:
 
-- a deterministic identifier ``urn:vitalchain:<device>:<seq>:<loinc>`` and an id derived from it
-  (UUID v5: FHIR ids may not contain the ``_`` that device ids may), so the same reading always
-  maps to the same resources;
+- a deterministic identifier ``urn:vitalchain:<device>:<seq>:<loinc>`` and a deterministic id
+  ``<InfluxDB time ns>-<16 hex of BLAKE2b(device)>-<loinc>`` (:func:`observation_id`): FHIR ids
+  may not hold the ``_`` device ids may, and the id must lead back to the stored point so that
+  ``GET /fhir/Observation/{id}`` is one time-indexed lookup;
 - ``device`` = ``Device/<device id>``, ``subject`` = ``Patient/<patient id>``;
 - its verified-read state (``vitalchain.storage.verified``) as a ``meta.tag`` in
   :data:`INTEGRITY_SYSTEM` and as the FHIR ``status``: ``anchored``/``sealed`` -> ``final``,
@@ -22,8 +23,9 @@ profiles ask.  Each carries:
 
 from __future__ import annotations
 
-import uuid
-from typing import Any
+import hashlib
+import re
+from typing import Any, NamedTuple
 
 from vitalchain.core.timeutil import iso_from_us
 from vitalchain.storage.verified import ReadState, VerifiedReading
@@ -46,7 +48,6 @@ STATES = {
 }
 ABSENT = {"coding": [{"system": DATA_ABSENT, "code": "error", "display": "Error"}],
           "text": "withheld: the stored value failed verification against the ledger"}
-_NAMESPACE = uuid.UUID("9a3c1f52-6c0e-4a55-9d8e-6f7e0c2b1a40")
 
 # LOINC code -> (display, vital field, UCUM unit) ; blood pressure is handled as a panel.
 SIMPLE = {
@@ -59,13 +60,43 @@ PULSE_OX = ("59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry")
 BP_PANEL = ("85354-9", "Blood pressure panel with all children optional")
 BP_PARTS = (("8480-6", "Systolic blood pressure", "sys"), ("8462-4", "Diastolic blood pressure", "dia"))
 SEARCH_CODES = (*SIMPLE, PULSE_OX[0], BP_PANEL[0], BP_PARTS[0][0], BP_PARTS[1][0])
+# The Observations one reading gives, in the order they are served.
+KINDS = ("8867-4", "9279-1", "8310-5", "2708-6", BP_PANEL[0])
+_OBSERVATION_ID = re.compile(r"(\d{1,19})-([0-9a-f]{16})-(\d{1,5}-\d)")
+
+
+class ObservationRef(NamedTuple):
+    """What an Observation id names: the stored point (time, device hash) and the kind."""
+
+    time_ns: int
+    device_hash: str
+    code: str
+
+
+def device_hash(device_id: str) -> str:
+    """64 bits of BLAKE2b: device ids may be 64 characters of which FHIR ids allow not all, so
+    an id carries this instead; read by id matches it against the devices stored at one instant."""
+    return hashlib.blake2b(device_id.encode(), digest_size=8).hexdigest()
+
+
+def observation_id(time_ns: int, device_id: str, code: str) -> str:
+    """The stable id of one Observation (at most 44 characters of ``[0-9a-f-]``)."""
+    return f"{time_ns}-{device_hash(device_id)}-{code}"
+
+
+def parse_observation_id(resource_id: str) -> ObservationRef | None:
+    """The parts of an id :func:`observation_id` made, or None if it made no such id."""
+    match = _OBSERVATION_ID.fullmatch(resource_id)
+    if match is None or match.group(3) not in KINDS or int(match.group(1)) >= 2**63:
+        return None
+    return ObservationRef(int(match.group(1)), match.group(2), match.group(3))
 
 
 def _quantity(value: float, unit: str, display_unit: str) -> dict[str, Any]:
     return {"value": value, "unit": display_unit, "system": UCUM, "code": unit}
 
 
-def _panel_code(code: str) -> str:
+def panel_code(code: str) -> str:
     """The Observation a searched code lands in (SpO2's pulse-ox code, BP components)."""
     if code == PULSE_OX[0]:
         return "2708-6"
@@ -74,15 +105,16 @@ def _panel_code(code: str) -> str:
     return code
 
 
-def observation(reading: VerifiedReading, code: str, base_url: str,
-                patient_id: str) -> dict[str, Any]:
-    """One Observation of ``reading``; values only if its state is servable."""
+def observation(reading: VerifiedReading, code: str, base_url: str, patient_id: str,
+                time_ns: int) -> dict[str, Any]:
+    """One Observation of ``reading`` (stored at ``time_ns``, which names it: withheld readings
+    may have no readable seq); values only if its state is servable."""
     device, seq = reading.device_id, reading.seq
     status, display = STATES[reading.state]
     identifier = f"urn:vitalchain:{device}:{seq if seq is not None else 'unknown'}:{code}"
     obs: dict[str, Any] = {
         "resourceType": "Observation",
-        "id": str(uuid.uuid5(_NAMESPACE, identifier)),
+        "id": observation_id(time_ns, device, code),
         "meta": {"tag": [{"system": INTEGRITY_SYSTEM, "code": reading.state.value,
                           "display": display}]},
         "identifier": [{"system": "urn:ietf:rfc:3986", "value": identifier}],
@@ -124,19 +156,4 @@ def observation(reading: VerifiedReading, code: str, base_url: str,
     return obs
 
 
-def observations(reading: VerifiedReading, codes: set[str] | None, base_url: str,
-                 patient_id: str) -> list[dict[str, Any]]:
-    wanted = ("8867-4", "9279-1", "8310-5", "2708-6", BP_PANEL[0])
-    chosen = {_panel_code(c) for c in codes} if codes else set(wanted)
-    return [observation(reading, c, base_url, patient_id) for c in wanted if c in chosen]
 
-
-def searchset(resources: list[dict[str, Any]], self_url: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(resources),
-        "link": [{"relation": "self", "url": self_url}],
-        "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r, "search": {"mode": "match"}}
-                  for r in resources],
-    }

@@ -1,4 +1,5 @@
-"""Vital signs out of InfluxDB for clinicians: latest reading, downsampled series, raw readings.
+"""Vital signs out of InfluxDB for clinicians: latest reading, downsampled series, raw readings
+(for FHIR: :class:`PatientReadings` pages them, :func:`reading_at` finds one by its timestamp).
 
 Every reading is verified against the ledger before it is used (``vitalchain.storage.verified``):
 only ``unsealed``, ``sealed`` and ``anchored`` readings give values, a latest reading or an
@@ -8,14 +9,15 @@ points of the range, not by InfluxDB's ``GROUP BY time()``, which would average 
 attacker wrote.
 
 Every value a user chose reaches InfluxQL only as a bound parameter (``$patient``, ``$start``,
-...); the only text formatted into queries is a LIMIT/OFFSET the server computes.
+...); the only text formatted into queries is a LIMIT/OFFSET the server computes and placeholder
+names it numbers (``$p0``, ``$p1``, ...).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,13 +191,71 @@ async def downsampled(influx: InfluxClient, verifier: ReadVerifier, patient_id: 
             "states": states, "verified": offset}
 
 
-async def readings(influx: InfluxClient, verifier: ReadVerifier, patient_id: str,
-                   start_us: int | None, end_us: int | None,
-                   limit: int) -> Sequence[VerifiedReading]:
-    """Raw readings of a patient in time order (for FHIR), at most ``limit``, each verified.
+class PatientReadings:
+    """One patient's raw readings for FHIR search, in keyset order: ``(time ns, device id)``, each
+    verified against the ledger (withheld ones are served as ``entered-in-error``, without values).
 
-    Withheld ones are returned too (FHIR shows them as ``entered-in-error``, without values)."""
-    where, params = _where(patient_id, start_us, end_us)
-    rows = await influx.query(f"SELECT * FROM {_M} WHERE {where} "
-                              f"ORDER BY time LIMIT {int(limit)}", params)
-    return await _verified(verifier, rows)
+    The FHIR search asks this object, and nothing else, for the readings it serves
+    (:class:`vitalchain.api.fhirsearch.ReadingSource`).  InfluxDB orders only by time, so points
+    sharing a timestamp (two devices of the patient) are fetched whole and ordered by device here;
+    a page cut inside such a group is completed, never split, so no cursor can skip one.
+    """
+
+    def __init__(self, influx: InfluxClient, verifier: ReadVerifier, patient_id: str) -> None:
+        self.influx = influx
+        self.verifier = verifier
+        self.patient_id = patient_id
+
+    async def _rows(self, extra: str, params: dict[str, Any], tail: str = "") -> list[dict[str, Any]]:
+        return await self.influx.query(
+            f"SELECT * FROM {_M} WHERE \"patient_id\" = $patient AND {extra} {tail}",
+            {"patient": self.patient_id, **params})
+
+    async def page(self, lo_us: int, hi_us: int, start: tuple[int, str] | None, inclusive: bool,
+                   descending: bool, limit: int) -> list[tuple[tuple[int, str], VerifiedReading]]:
+        span = "time >= $lo AND time < $hi"
+        params: dict[str, Any] = {"lo": lo_us * 1000, "hi": hi_us * 1000}
+        rows: list[dict[str, Any]] = []
+        if start is not None:
+            t, device = start
+            if lo_us * 1000 <= t < hi_us * 1000:
+                ties = await self._rows("time = $t", {"t": t})
+                rows += [r for r in ties if (r["device_id"] > device if not descending
+                                             else r["device_id"] < device)
+                         or (inclusive and r["device_id"] == device)]
+            span += " AND time < $t" if descending else " AND time > $t"
+            params["t"] = t
+        order = "DESC" if descending else "ASC"
+        main = await self._rows(span, params, f"ORDER BY time {order} LIMIT {int(limit)}")
+        if len(main) == limit:  # complete the last timestamp group (see the class docstring)
+            last = int(main[-1]["time"])
+            main = [r for r in main if int(r["time"]) != last]
+            main += await self._rows("time = $last", {"last": last})
+        rows += main
+        rows.sort(key=lambda r: (int(r["time"]), str(r["device_id"])), reverse=descending)
+        verified = await _verified(self.verifier, rows)
+        return [((int(r["time"]), str(r["device_id"])), v) for r, v in zip(rows, verified, strict=True)]
+
+    async def count(self, lo_us: int, hi_us: int) -> int:
+        rows = await self.influx.query(
+            f"SELECT count(\"seq\") FROM {_M} WHERE \"patient_id\" = $patient "
+            "AND time >= $lo AND time < $hi",
+            {"patient": self.patient_id, "lo": lo_us * 1000, "hi": hi_us * 1000})
+        return int(rows[0]["count"]) if rows else 0
+
+
+async def reading_at(influx: InfluxClient, verifier: ReadVerifier, patient_ids: list[str], time_ns: int,
+                     matches_device: Callable[[str], bool]) -> tuple[str, VerifiedReading] | None:
+    """The reading stored at exactly ``time_ns`` for one of ``patient_ids`` whose device id
+    satisfies ``matches_device`` (read by id: only the caller's granted patients are looked at),
+    verified like every reading served, with the patient it is stored under."""
+    if not patient_ids:
+        return None
+    names = {f"p{i}": p for i, p in enumerate(patient_ids)}
+    who = " OR ".join(f"\"patient_id\" = ${n}" for n in names)
+    rows = await influx.query(f"SELECT * FROM {_M} WHERE ({who}) AND time = $t",
+                              {**names, "t": time_ns})
+    for row in sorted(rows, key=lambda r: str(r["device_id"])):
+        if matches_device(str(row["device_id"])):
+            return str(row["patient_id"]), (await _verified(verifier, [row]))[0]
+    return None

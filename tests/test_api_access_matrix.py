@@ -25,7 +25,8 @@ NONE: frozenset[str] = frozenset()
 CLIN, AUD, ADM = frozenset({"clinician"}), frozenset({"auditor"}), frozenset({"admin"})
 PROVER, AUD_ADM, ANY = CLIN | AUD, AUD | ADM, CLIN | AUD | ADM
 PUBLIC_PREFIXES = ("/static",)  # the dashboard's files (no data in them)
-PUBLIC = {"/health", "/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC = {"/health", "/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+          "/fhir/metadata"}  # the CapabilityStatement (recorded in the access log all the same)
 # (method path) -> (roles admitted, request, patient-scoped: a clinician needs a grant)
 MATRIX: dict[str, tuple[frozenset[str], dict[str, Any], bool]] = {
     "GET /me": (ANY, {"url": "/me"}, False),
@@ -34,6 +35,10 @@ MATRIX: dict[str, tuple[frozenset[str], dict[str, Any], bool]] = {
     "GET /clinician/patients/{patient_id}/rejected": (CLIN, {"url": "/clinician/patients/pat-a/rejected"},
                                                       True),
     "GET /fhir/Observation": (CLIN, {"url": "/fhir/Observation", "params": {"patient": "pat-a"}}, True),
+    # Read by id is looked up among the caller's granted patients only: bob gets 404, not 403
+    # (an ungranted patient's Observation and a missing one look alike; test_fhir_search_http).
+    "GET /fhir/Observation/{resource_id}": (CLIN, {"url": "/fhir/Observation/1-0123456789abcdef-8867-4"},
+                                            False),
     "GET /audit/proofs/{device_id}/{seq}": (PROVER, {"url": "/audit/proofs/dev-a_1/0"}, True),
     "POST /audit/verify": (PROVER, {"url": "/audit/verify", "json": {"format": "x"}}, False),
     "GET /audit/windows": (AUD, {"url": "/audit/windows"}, False),
@@ -112,6 +117,12 @@ def test_no_parameter_names_a_patient_outside_the_grants(world: Any) -> None:
         {"url": "/fhir/Observation", "params": {"patient": "pat-b"}},
         {"url": "/fhir/Observation", "params": [("patient", "pat-b"), ("patient", "pat-a")]},
         {"url": "/fhir/Observation", "params": [("patient", "pat-a"), ("patient", "pat-b")]},
+        # subject and Patient/ references are FHIR search parameters now: consent covers them
+        {"url": "/fhir/Observation", "params": {"patient": "pat-a", "subject": "Patient/pat-b"}},
+        {"url": "/fhir/Observation", "params": {"patient": "pat-a", "subject": "pat-b"}},
+        {"url": "/fhir/Observation", "params": {"patient": "pat-a", "patient:Patient": "pat-b"}},
+        {"url": "/fhir/Observation", "params": {"subject": "Patient/pat-b"}},
+        {"url": "/fhir/Observation", "params": {"patient": "Patient/pat-b,pat-a"}},
         {"url": "/audit/proofs/dev-b/0"},
         {"url": "/audit/access", "params": {"patient": "pat-b"}},
         {"url": "/audit/rejected", "params": {"device": "dev-b"}},
@@ -120,11 +131,12 @@ def test_no_parameter_names_a_patient_outside_the_grants(world: Any) -> None:
     for request in refused:
         r = call(world, "alice", "GET", request)
         assert r.status_code in (403, 422), (request, r.status_code, r.text)
-    # FHIR parameters the API does not implement (subject, Patient/ references) select nothing extra.
-    for extra in ({"subject": "Patient/pat-b"}, {"subject": "pat-b"}, {"patient:Patient": "pat-b"}):
+    # FHIR parameters the API does not implement are ignored and select nothing extra.
+    for extra in ({"identifier": "pat-b"}, {"performer": "Patient/pat-b"}, {"focus": "pat-b"}):
         r = call(world, "alice", "GET", {"url": "/fhir/Observation", "params": {"patient": "pat-a", **extra}})
         assert r.status_code == 200, r.text
-        subjects = {e["resource"]["subject"]["reference"] for e in r.json()["entry"]}
+        subjects = {e["resource"]["subject"]["reference"] for e in r.json()["entry"]
+                    if e["resource"]["resourceType"] == "Observation"}
         assert subjects == {"Patient/pat-a"}, subjects
     r = call(world, "alice", "GET", {"url": "/clinician/patients"})
     assert [p["patient_id"] for p in r.json()["patients"]] == ["pat-a"]
