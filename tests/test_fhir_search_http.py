@@ -36,6 +36,7 @@ from vitalchain.storage.apistore import ApiStore
 from vitalchain.storage.influx import InfluxClient, Point
 from vitalchain.storage.ledger import Ledger
 from vitalchain.storage.readings import point_time_ns
+from vitalchain.storage.verified import ReadVerifier
 
 FIVE_MIN_US = 300 * 1_000_000
 
@@ -379,8 +380,10 @@ def test_metadata_and_every_error_is_fhir(world: FhirWorld) -> None:
     assert [e["status"] for e in fhir_entries[1:len(cases) + 1]] == [c[3] for c in cases]
 
 
-def test_unreadable_points_are_reported_not_hidden(world: FhirWorld) -> None:
-    """A stored point that cannot be rebuilt is not served and the Bundle says so."""
+def test_unreadable_points_are_served_as_entered_in_error_not_hidden(world: FhirWorld) -> None:
+    """A stored point that cannot be rebuilt is never served with a value: it stays in the
+    searchset as ``entered-in-error`` with no value, tagged with its integrity state (verified
+    reads, docs/API.md), so a FHIR client sees it is there and cannot chart it."""
     async def corrupt() -> None:  # an integer vital overwritten with a fraction
         async with InfluxClient(world.settings) as influx:
             await influx.write([Point("readings", {"device_id": "dev-a_1", "patient_id": "pat-a"},
@@ -390,10 +393,14 @@ def test_unreadable_points_are_reported_not_hidden(world: FhirWorld) -> None:
     r = world.get("alice", "/fhir/Observation", params={"patient": "pat-a", "_count": 50})
     body = r.json()
     Bundle.model_validate(body)
-    assert "urn:vitalchain:dev-a_1:3:8867-4" not in idents(body)
-    notes = [e["resource"]["issue"][0]["diagnostics"] for e in body["entry"]
-             if e["search"]["mode"] == "outcome"]
-    assert notes and "1 stored readings" in notes[0]
+    (hr,) = [e["resource"] for e in body["entry"] if e["search"]["mode"] == "match"
+             and e["resource"]["identifier"][0]["value"] == "urn:vitalchain:dev-a_1:3:8867-4"]
+    assert hr["status"] == "entered-in-error" and "valueQuantity" not in hr and hr["dataAbsentReason"]
+    assert hr["meta"]["tag"][0]["code"] == "altered"
+    served = [e["resource"] for e in body["entry"] if e["search"]["mode"] == "match"
+              and e["resource"]["identifier"][0]["value"].startswith("urn:vitalchain:dev-a_1:3:")]
+    assert len(served) == 5 and all(("valueQuantity" not in o and "component" not in o) or
+                                    all("dataAbsentReason" in c for c in o["component"]) for o in served)
 
 
 def test_a_fetch_never_splits_readings_that_share_a_timestamp(world: FhirWorld) -> None:
@@ -403,7 +410,7 @@ def test_a_fetch_never_splits_readings_that_share_a_timestamp(world: FhirWorld) 
 
     async def fetch() -> list[list[tuple[int, str]]]:
         async with InfluxClient(world.settings) as influx:
-            source = vitals.PatientReadings(influx, "pat-a")
+            source = vitals.PatientReadings(influx, ReadVerifier(world.ledger, world.settings.raw_topic), "pat-a")
             asc = await source.page(START, START + 1, None, False, False, 1)
             desc = await source.page(START, START + 1, None, False, True, 1)
             after = await source.page(START, START + 1, (t, "dev-a_1"), False, False, 1)
