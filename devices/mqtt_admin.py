@@ -2,9 +2,11 @@
 
 No SIGHUP: the admin user publishes commands to ``$CONTROL/dynamic-security/v1`` and the plugin
 answers on ``.../response`` once they are in effect, so a device created here can connect as soon
-as this returns, and no persistent session is touched (Mosquitto #2934, D8). When the local
-Mosquitto is not running there is nothing to do: it renders its configuration from the
-credential store when it starts (``vitalchain.app.stack.services``).
+as this returns, and no persistent session is touched (Mosquitto #2934, D8). When nothing
+listens on the MQTT port (connection refused) Mosquitto is not running and there is nothing to
+do: the local one renders its configuration from the credential store when it starts
+(``vitalchain.app.stack.services``). A broker that answers but refuses the admin is an error,
+never a silent skip.
 
 The admin's client id is its username (``use_username_as_clientid``), so two admin sessions at once
 would kick each other off: a lock file serialises them between processes. Passwords travel only
@@ -24,7 +26,6 @@ from typing import Any
 from vitalchain.devices import mqtt_dynsec
 from vitalchain.devices.mqtt_auth import ADMIN_USER, MqttCredentials
 
-from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings
 
 # Per control message. The plugin of Mosquitto 2.0.11 rewrites its whole JSON file after every
@@ -39,6 +40,10 @@ _TOLERATED = ("Client already exists", "Role already exists", "Client not found"
 
 class AdminFailed(RuntimeError):
     """The broker refused or did not answer an admin command; the message says which."""
+
+
+class BrokerNotRunning(AdminFailed):
+    """Nothing listens on the MQTT port."""
 
 
 class DynsecAdmin:
@@ -63,6 +68,9 @@ class DynsecAdmin:
         self._client = client
         try:
             client.connect(settings.host, settings.mqtt_port, keepalive=30, clean_start=True)
+        except ConnectionRefusedError as exc:
+            raise BrokerNotRunning(f"nothing listens on {settings.host}:{settings.mqtt_port}") \
+                from exc
         except OSError as exc:
             raise AdminFailed(f"cannot reach Mosquitto for provisioning: {exc}") from exc
         self._await(lambda: "connack" in self._events, "CONNACK")
@@ -119,15 +127,17 @@ def admin_session(settings: Settings) -> Iterator[DynsecAdmin]:
 
 
 def _apply(settings: Settings, batches: list[list[dict[str, Any]]]) -> bool:
-    if Stack(settings).pid("mosquitto") is None:
+    try:
+        with admin_session(settings) as admin:  # BrokerNotRunning comes from its connect only
+            for commands in batches:
+                for command, answer in zip(commands, admin.run(commands), strict=True):
+                    error = answer.get("error")
+                    if error and error not in _TOLERATED:
+                        name = command.get("username") or command.get("rolename")
+                        raise AdminFailed(f"Mosquitto refused {command['command']} {name!r}: "
+                                          f"{error}")
+    except BrokerNotRunning:
         return False
-    with admin_session(settings) as admin:
-        for commands in batches:
-            for command, answer in zip(commands, admin.run(commands), strict=True):
-                error = answer.get("error")
-                if error and error not in _TOLERATED:
-                    name = command.get("username") or command.get("rolename")
-                    raise AdminFailed(f"Mosquitto refused {command['command']} {name!r}: {error}")
     return True
 
 

@@ -31,6 +31,7 @@ from vitalchain.devices.mqtt_dynsec import (
 from vitalchain.ingest.bridge import client_id
 
 from vitalchain.app.commands.bridge import bridge as bridge_group
+from vitalchain.app.stack.ports import free_ports
 from vitalchain.config import load_settings
 
 
@@ -137,7 +138,9 @@ def test_runtime_commands_give_a_device_its_own_role_only() -> None:
 
 
 def test_bridge_provision_command_without_a_running_broker(tmp_path: Path) -> None:
-    settings = load_settings(environ={}, state_dir=tmp_path)
+    # A free port: nothing listens there, so no broker is told (not another stack's on 1883).
+    (port,) = free_ports(1)
+    settings = load_settings(environ={}, state_dir=tmp_path, mqtt_port=port)
     runner = CliRunner()
     first = runner.invoke(bridge_group, ["provision", "--instance", "12"], obj=settings)
     again = runner.invoke(bridge_group, ["provision", "--instance", "12"], obj=settings)
