@@ -108,6 +108,8 @@ def test_the_broker_configuration_holds_hashes_that_match_and_no_password(tmp_pa
     users = creds.add_users({"dev-1": None, "dev-2": None})
     admin = creds.admin_password()
     assert admin not in creds.secrets_path.read_text()  # a bridge reads that file, not the admin's
+    assert stat.S_IMODE(creds.admin_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(creds.secrets_path.stat().st_mode) == 0o600
     path = tmp_path / "mosquitto" / "dynamic-security.json"
     write_config(path, users, admin)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
