@@ -2,9 +2,11 @@
 
 No SIGHUP: the admin user publishes commands to ``$CONTROL/dynamic-security/v1`` and the plugin
 answers on ``.../response`` once they are in effect, so a device created here can connect as soon
-as this returns, and no persistent session is touched (Mosquitto #2934, D12). When the local
-Mosquitto is not running there is nothing to do: it renders its configuration from the
-credential store when it starts (``vitalchain.app.stack.services``).
+as this returns, and no persistent session is touched (Mosquitto #2934, D12). When nothing
+listens on the MQTT port (connection refused) Mosquitto is not running and there is nothing to
+do: the local one renders its configuration from the credential store when it starts
+(``vitalchain.app.stack.services``). A broker that answers but refuses the admin is an error,
+never a silent skip.
 
 The admin's client id is its username (``use_username_as_clientid``), so two admin sessions at once
 would kick each other off: a lock file serialises them between processes. Passwords travel only
@@ -17,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +27,7 @@ from vitalchain.devices import mqtt_dynsec
 from vitalchain.devices.mqtt_auth import ADMIN_USER, MqttCredentials
 
 from vitalchain.config import Settings
+from vitalchain.errors import Refused, Unavailable
 
 # Per control message. The plugin of Mosquitto 2.0.11 rewrites its whole JSON file after every
 # command, so a command costs time in proportion to the users it already has, and the broker
@@ -37,8 +39,12 @@ _TOLERATED = ("Client already exists", "Role already exists", "Client not found"
               "Role not found")
 
 
-class AdminFailed(RuntimeError):
+class AdminFailed(Refused):
     """The broker refused or did not answer an admin command; the message says which."""
+
+
+class BrokerNotRunning(AdminFailed, Unavailable):
+    """Nothing listens on the MQTT port."""
 
 
 class DynsecAdmin:
@@ -63,6 +69,9 @@ class DynsecAdmin:
         self._client = client
         try:
             client.connect(settings.host, settings.mqtt_port, keepalive=30, clean_start=True)
+        except ConnectionRefusedError as exc:
+            raise BrokerNotRunning(f"nothing listens on {settings.host}:{settings.mqtt_port}") \
+                from exc
         except OSError as exc:
             raise AdminFailed(f"cannot reach Mosquitto for provisioning: {exc}") from exc
         self._await(lambda: "connack" in self._events, "CONNACK")
@@ -118,27 +127,18 @@ def admin_session(settings: Settings) -> Iterator[DynsecAdmin]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _broker_listening(settings: Settings) -> bool:
-    """Whether a broker accepts connections on the configured port. Nothing listening means the local
-    Mosquitto is not running: it renders its users from the credential store when it starts. (Asked
-    of the port, not of the stack's process records, so this service needs nothing of the app.)"""
-    try:
-        with socket.create_connection((settings.mqtt_broker_host, settings.mqtt_port), timeout=2.0):
-            return True
-    except OSError:
-        return False
-
-
 def _apply(settings: Settings, batches: list[list[dict[str, Any]]]) -> bool:
-    if not _broker_listening(settings):
+    try:
+        with admin_session(settings) as admin:  # BrokerNotRunning comes from its connect only
+            for commands in batches:
+                for command, answer in zip(commands, admin.run(commands), strict=True):
+                    error = answer.get("error")
+                    if error and error not in _TOLERATED:
+                        name = command.get("username") or command.get("rolename")
+                        raise AdminFailed(f"Mosquitto refused {command['command']} {name!r}: "
+                                          f"{error}")
+    except BrokerNotRunning:
         return False
-    with admin_session(settings) as admin:
-        for commands in batches:
-            for command, answer in zip(commands, admin.run(commands), strict=True):
-                error = answer.get("error")
-                if error and error not in _TOLERATED:
-                    name = command.get("username") or command.get("rolename")
-                    raise AdminFailed(f"Mosquitto refused {command['command']} {name!r}: {error}")
     return True
 
 

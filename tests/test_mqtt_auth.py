@@ -31,6 +31,7 @@ from vitalchain.devices.mqtt_dynsec import (
 from vitalchain.ingest.bridge import client_id
 
 from vitalchain.app.commands.bridge import bridge as bridge_group
+from vitalchain.app.stack.ports import free_ports
 from vitalchain.config import load_settings
 
 
@@ -107,6 +108,8 @@ def test_the_broker_configuration_holds_hashes_that_match_and_no_password(tmp_pa
     users = creds.add_users({"dev-1": None, "dev-2": None})
     admin = creds.admin_password()
     assert admin not in creds.secrets_path.read_text()  # a bridge reads that file, not the admin's
+    assert stat.S_IMODE(creds.admin_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(creds.secrets_path.stat().st_mode) == 0o600
     path = tmp_path / "mosquitto" / "dynamic-security.json"
     write_config(path, users, admin)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -137,7 +140,9 @@ def test_runtime_commands_give_a_device_its_own_role_only() -> None:
 
 
 def test_bridge_provision_command_without_a_running_broker(tmp_path: Path) -> None:
-    settings = load_settings(environ={}, state_dir=tmp_path)
+    # A free port: nothing listens there, so no broker is told (not another stack's on 1883).
+    (port,) = free_ports(1)
+    settings = load_settings(environ={}, state_dir=tmp_path, mqtt_port=port)
     runner = CliRunner()
     first = runner.invoke(bridge_group, ["provision", "--instance", "12"], obj=settings)
     again = runner.invoke(bridge_group, ["provision", "--instance", "12"], obj=settings)
