@@ -193,9 +193,11 @@ def stored_leaf(row: Mapping[str, Any],
     trusted: it is written by whoever wrote the point.  ``memo`` (verified reads only) skips
     re-hashing a canonical reading identical to one hashed before; see :class:`LeafMemo`.
     """
-    stored = reading_from_row(row)
     try:
+        stored = reading_from_row(row)
         leaf = (memo.leaf if memo is not None else reading_leaf_hash)(stored.canonical)
+    except StoredReadingError:
+        raise
     except (CanonicalError, ValueError, TypeError) as exc:
-        raise StoredReadingError(f"stored reading cannot be hashed canonically: {exc}") from exc
+        raise StoredReadingError(f"stored reading cannot be rebuilt or hashed: {exc}") from exc
     return stored, leaf
