@@ -54,10 +54,12 @@ class World:
         self.begin_seal(size, skip)()
 
     def begin_seal(self, size: int, skip: Iterable[tuple[str, int]] = (),
-                   received_us: int | None = None) -> Callable[[], None]:
+                   received_us: int | None = None,
+                   first_ts_us: int | None = None) -> Callable[[], None]:
         """The first half of a seal, in the stream's order: the readings points are written now
         (``received_us`` defaults to each reading's time); the returned function appends the
-        window to the ledger, then writes its ``windows`` point (``ingest/sink.py``)."""
+        window to the ledger, then writes its ``windows`` point (``ingest/sink.py``).
+        ``first_ts_us`` overlaps the window in time with earlier ones (another partition would)."""
         skipped = set(skip)
         batch: list[dict[str, Any]] = []
         i = 0
@@ -68,7 +70,8 @@ class World:
             self.seq[device] = seq + 1
             if (device, seq) in skipped:
                 continue
-            ts = T0 + (self.offset + len(batch)) * 10_000
+            ts = (T0 + (self.offset + len(batch)) * 10_000 if first_ts_us is None
+                  else first_ts_us + len(batch) * 10_000)
             raw = {"device_id": device, "patient_id": f"pat-{device}", "seq": seq, "ts_us": ts,
                    "vitals": {"hr": 60 + seq % 30, "spo2": 97, "rr": 14, "temp_c": 36.6,
                               "sys": 120, "dia": 80}}

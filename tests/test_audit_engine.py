@@ -137,13 +137,13 @@ def test_windows_sealed_while_the_audit_runs_are_not_judged(world: World) -> Non
     pool = ThreadPoolExecutor(1)  # the progress callback runs on the audit's event loop
 
     def stream_meanwhile(done: int, total: int) -> None:
-        if done == 1:  # after the first chunks: this window's readings are scanned later
-            finish.append(pool.submit(world.begin_seal, 9,
-                                      received_us=time.time_ns() // 1000).result())
-        if done == total:  # the readings scan is over: the ledger append and the windows point
+        if done == 1:  # window 0 is read; the in-flight readings lie just after it in time
+            finish.append(pool.submit(world.begin_seal, 9, received_us=time.time_ns() // 1000,
+                                      first_ts_us=T0 + 105_000).result())
+        if done == total:  # they were scanned unsealed: now the ledger append and windows point
             pool.submit(finish.pop()).result()
 
-    report = asyncio.run(run_audit(world.settings, T0, T0 + 10_000_000, target_rows=4,
+    report = asyncio.run(run_audit(world.settings, T0, world.end_us, target_rows=4,
                                    chunk_us=20_000, progress=stream_meanwhile))
     assert summary(report) == NOTHING, report.to_text()
     assert report.windows_checked == 4 and report.readings_checked == 36
@@ -151,7 +151,7 @@ def test_windows_sealed_while_the_audit_runs_are_not_judged(world: World) -> Non
     assert report.horizon_log_size == 4 and report.verdict == "clean"
     assert "sealed after it and not judged: 1 windows, 9 readings" in report.to_text()
     # the next audit's horizon includes the window: judged, and clean
-    later = asyncio.run(run_audit(world.settings, T0, T0 + 10_000_000))
+    later = asyncio.run(run_audit(world.settings, T0, world.end_us))
     assert summary(later) == NOTHING and later.windows_checked == 5, later.to_text()
 
 
