@@ -174,9 +174,13 @@ class AccessProofReport:
         return bool(self.steps) and all(s["status"] == "ok" for s in self.steps)
 
     def to_dict(self) -> dict[str, Any]:
-        failed = next((s["step"] for s in self.steps if s["status"] != "ok"), None)
-        return {"status": "valid" if self.ok else "invalid", "failed_step": failed,
-                "anchor_checked": False, "steps": self.steps}
+        failed = next((s for s in self.steps if s["status"] != "ok"), None)
+        summary = ("hashes valid, anchor not checked" if self.ok else
+                   f"hashes INVALID: step {failed['step']} failed ({failed['detail']})" if failed
+                   else "nothing checked")
+        return {"status": "valid" if self.ok else "invalid",
+                "failed_step": failed["step"] if failed else None,
+                "anchor_checked": False, "summary": summary, "steps": self.steps}
 
 
 def _hexes(values: Any) -> list[bytes]:

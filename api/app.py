@@ -23,7 +23,7 @@ from vitalchain.anchor.proofs import ProofService, ProofUnavailable
 from vitalchain.api import dashboard, fhir, rejected, vitals
 from vitalchain.api.accesslog import ACCESS_TOPIC, AccessLog, AccessProofUnavailable, verify_access_proof
 from vitalchain.api.auditrun import AuditRange, AuditRunner
-from vitalchain.api.auth import check_patient, require
+from vitalchain.api.auth import check_device, check_patient, require
 from vitalchain.api.bodyguard import BodyGuard
 from vitalchain.api.ids import ID_REGEX, MAX_ANY_US, MAX_TIME_US, ROLES, USER_REGEX, iso_from_us, parse_time_us
 from vitalchain.api.logview import LogAltered, LogView
@@ -118,12 +118,16 @@ def _range(start: str | None, end: str | None) -> tuple[int, int]:
     return start_us, end_us
 
 
-def _devices_of(settings: Settings, patient_id: str) -> list[str]:
+def _registry(settings: Settings) -> dict[str, str]:
+    """Device id -> patient id, as provisioning wrote it."""
     try:
-        registry = load_registry(settings)
+        return load_registry(settings)
     except ProvisioningError as exc:
         raise HTTPException(503, f"device registry unreadable: {exc}") from None
-    return sorted(d for d, p in registry.items() if p == patient_id)
+
+
+def _devices_of(settings: Settings, patient_id: str) -> list[str]:
+    return sorted(d for d, p in _registry(settings).items() if p == patient_id)
 
 
 def _ctx(request: Request) -> ApiContext:
@@ -269,7 +273,13 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
     def reading_proof(*, request: Request, device_id: DeviceId,
                       seq: Annotated[int, Path(ge=0, le=2**53 - 1)],
                       user: Prover) -> dict[str, Any]:
-        """The ``vitalchain-proof/1`` bundle of one reading (clinicians: granted patients only)."""
+        """The ``vitalchain-proof/1`` bundle of one reading (clinicians: granted patients only).
+
+        Consent first: a clinician's grant is checked against the device's patient in the
+        registry before the reading is looked up, so 404 (no such reading) is only ever said to
+        callers allowed to see the device."""
+        if user.role == "clinician":
+            check_device(request, user, device_id, _registry(ctx.settings).get(device_id))
         with ctx.proofs_lock:
             try:
                 ctx.proofs.locate(device_id, seq)
@@ -284,13 +294,19 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
 
     @app.post("/audit/verify", tags=["audit"])
     def verify(*, bundle: Annotated[dict[str, Any], Body()],
-               rpc: Annotated[bool, Query(description="also check the anchor on chain")] = False,
+               rpc: Annotated[bool, Query(description="check the anchor on the configured chain "
+                                                      "(false: hashes only)")] = True,
                user: Prover) -> dict[str, Any]:
-        """Run the offline verifier (and with ``rpc=true`` the on-chain check) on a bundle.
+        """Verify a bundle: every hash, and its anchor against the configured Ethereum node.
 
+        The server has the chain at hand, so it checks the anchor unless ``rpc=false``; the
+        report's ``summary`` names what was checked ("anchor verified on chain (block N)" or
+        "anchor not checked"). A bundle with no anchor yet is ``pending``, not a failure.
         Clinicians may verify too: the bundle is the caller's own and the check reveals nothing
         beyond it, so the dashboard can show a clinician the verdict of a proof it downloaded."""
-        report = verify_bundle(bundle, ctx.settings.eth_rpc_url if rpc else None, source="upload")
+        anchored = isinstance(bundle.get("anchor"), dict)
+        report = verify_bundle(bundle, ctx.settings.eth_rpc_url if rpc and anchored else None,
+                               source="upload")
         return report.to_dict()
 
     @app.get("/audit/windows", tags=["audit"])
