@@ -9,8 +9,8 @@ The audit runs against a live pipeline, so it fixes a *horizon* when it starts: 
 size then.  Windows at or past it, and the readings and ``windows`` points they seal, are counted
 but not judged (the stream seals them while the audit reads).  The stream writes a window's
 readings to InfluxDB just before the ledger append and its ``windows`` point just after, so a
-reading stored recently but not yet sealed, or a recently sealed window whose point is not there
-yet, is waited for (up to ``settle_s``) before it becomes a finding.
+reading stored but not yet sealed, or a recently sealed window whose point is not there yet, is
+waited for (up to ``settle_s``) before it becomes a finding.
 """
 
 from __future__ import annotations
@@ -33,9 +33,8 @@ from vitalchain.storage.readings import READINGS_MEASUREMENT, WINDOWS_MEASUREMEN
 Progress = Callable[[int, int], None]
 WINDOW_FIELDS = ("root", "size", "start_us", "end_us", "first_offset", "last_offset", "log_index")
 MIN_CHUNK_US = 1_000_000
-# A stored-but-unsealed reading received, or a window sealed, this long before the horizon may
-# still be in flight (the stream is between its InfluxDB write and its ledger append, or the
-# ledger append and the windows point); older ones are judged at once.
+# A window sealed (appended to the ledger) this long before the horizon may still lack its
+# windows point (the stream writes it right after the append); older ones are judged at once.
 IN_FLIGHT_US = 120_000_000
 
 
@@ -55,7 +54,6 @@ class Horizon:
 class _Unsealed:
     device_id: str
     seq: int
-    received_us: int | None
 
 
 class AuditUnavailable(RuntimeError):
@@ -121,7 +119,7 @@ class _ReadingAudit:
         rid = reading_id(c["device_id"], c["seq"])
         sealed = self.view.locate(c["device_id"], c["seq"])
         if sealed is None:
-            self.unsealed.append(_Unsealed(c["device_id"], c["seq"], stored.received_us))
+            self.unsealed.append(_Unsealed(c["device_id"], c["seq"]))
             return
         if sealed.log_index >= self.horizon.log_size:
             self.report.readings_after_horizon += 1
@@ -153,10 +151,10 @@ class _ReadingAudit:
     async def judge_unsealed(self) -> None:
         """Readings stored but sealed nowhere: in flight if sealed soon, else inserted.
 
-        Only readings received shortly before the horizon are waited for, and at most
-        ``settle_s``: the stream appends to the ledger right after its InfluxDB write, so a reading
-        still unsealed after that is not in flight.  A forged recent ``received_us`` buys a
-        forger only the wait, never a pass.
+        Waited for at most ``settle_s``: the stream appends to the ledger right after its InfluxDB
+        write, so a reading still unsealed after that is not in flight.  Not filtered by
+        ``received_us``: a stream catching up on a backlog seals readings received long ago, and
+        a forger could write any value there.  The wait is paid only when something is unsealed.
         """
         pending = self.unsealed
         deadline = time.monotonic() + self.horizon.settle_s
@@ -168,8 +166,7 @@ class _ReadingAudit:
                 else:
                     self.report.readings_after_horizon += 1
             pending = still
-            if not any(self.horizon.recent(u.received_us) for u in pending) \
-                    or time.monotonic() >= deadline:
+            if not pending or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.2)
         for u in pending:
