@@ -5,12 +5,14 @@
         --window-seconds 2 --idle-seal-seconds 1 --anchor-every 2   # shorter, more seals per second
 
 Starts a private stack (Mosquitto, Kafka, InfluxDB, anvil) on free loopback ports in a temporary
-folder, deploys the anchor contract, provisions wearables and runs the bridge, a stream worker and
-the anchoring worker as the processes an operator runs (as ``vitalchain demo`` does). While the
-fleet publishes, it audits ``[fleet start, now]`` over and over (the range reaches into windows
-being sealed, the case of the issue). Nothing is tampered with, so every finding is a false alarm:
-the exit status is 1 if any audit had one, 0 otherwise. ``tests/test_audit_live.py`` runs
-:func:`run_loop` for a bounded time on the test stack.
+folder, deploys the anchor contract, provisions wearables and runs the bridge, a stream worker,
+the anchoring worker, the dead-letter archiver and the API as the processes an operator runs (as
+``vitalchain demo`` does, with its defaults: 30 wearables at 1 Hz). While the fleet publishes, it
+audits ``[fleet start, now]`` over and over, alternately in process (``vitalchain audit``'s engine)
+and through ``POST /audit/run`` (whose access-log entries the API seals into the same log); the
+range reaches into windows being sealed, the case of the issue. Nothing is tampered with, so
+every finding is a false alarm: the exit status is 1 if any audit had one, 0 otherwise.
+``tests/test_audit_live.py`` runs :func:`run_loop` for a bounded time on the test stack.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import random
 import sys
 import tempfile
@@ -28,10 +31,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import httpx
 from vitalchain.anchor.deploy import deploy
+from vitalchain.api.app import api_path
 from vitalchain.audit.engine import run_audit
 from vitalchain.audit.report import AuditReport
 from vitalchain.devices.fleet import run_fleet
@@ -39,9 +45,10 @@ from vitalchain.devices.registry import provision_devices
 from vitalchain.ingest.bridge import forget_session
 
 from vitalchain.app.pipeline import Pipeline
-from vitalchain.app.stack.ports import free_ports
+from vitalchain.app.stack.ports import free_port, free_ports
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings, load_settings
+from vitalchain.storage.apistore import ApiStore
 
 Say = Callable[[str], None]
 
@@ -81,6 +88,32 @@ def _record(result: LoopResult, report: AuditReport, seconds: float) -> None:
         result.findings.append(report.to_text())
 
 
+def _record_api(result: LoopResult, data: dict[str, Any], seconds: float) -> None:
+    """The same bookkeeping for a ``vitalchain-audit/1`` report from ``POST /audit/run``."""
+    counts = data["counts"]
+    result.audits += 1
+    result.verdicts[f"{data['verdict']} (API)"] += 1
+    result.audit_seconds.append(seconds)
+    result.windows_judged_max = max(result.windows_judged_max, counts["windows_checked"])
+    result.readings_judged_max = max(result.readings_judged_max, counts["readings_checked"])
+    result.windows_after_horizon += counts["windows_after_horizon"]
+    result.readings_after_horizon += counts["readings_after_horizon"]
+    result.gaps_seen += counts["gaps"]
+    if data["readings"] or data["windows"] or data["checkpoints"]:
+        result.findings.append(json.dumps(data, indent=2))
+
+
+def _wait_api(base: str, pipeline: Pipeline, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pipeline.check_alive()
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"the API did not answer at {base} within {timeout:.0f}s")
+
+
 def _wait_first_window(settings: Settings, pipeline: Pipeline, timeout: float = 120.0) -> None:
     """Until the stream has sealed a window (the ledger the audit reads exists from then on)."""
     from vitalchain.storage.ledger_view import LedgerUnavailable, LedgerView
@@ -104,6 +137,13 @@ def run_loop(settings: Settings, seconds: float, devices: int, rate: float, say:
     tag = uuid.uuid4().hex[:6]
     identities = provision_devices(settings, devices, prefix=f"loop{tag}")
     instance = random.randint(1000, 9999)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    store = ApiStore(api_path(settings))
+    try:
+        token = store.add_user(f"loop-auditor-{tag}", "auditor")
+    finally:
+        store.close()
     result = LoopResult()
     stop = asyncio.Event()
     loop_box: list[asyncio.AbstractEventLoop] = []
@@ -119,6 +159,9 @@ def run_loop(settings: Settings, seconds: float, devices: int, rate: float, say:
             pipeline.start("bridge", f"bridge-{tag}", "--instance", str(instance))
             pipeline.start("stream", f"stream-{tag}", "--worker-name", tag)
             pipeline.start("anchor", f"anchor-{tag}")
+            pipeline.start("deadletters", f"deadletters-{tag}")
+            pipeline.start("api", f"api-{tag}", "--port", str(port))
+            _wait_api(base, pipeline)
             start_us = time.time_ns() // 1000
             publisher.start()
             say(f"fleet of {devices} at {rate}/s started")
@@ -128,13 +171,28 @@ def run_loop(settings: Settings, seconds: float, devices: int, rate: float, say:
             while time.monotonic() < deadline or result.audits < min_audits:
                 pipeline.check_alive()
                 began = time.monotonic()
-                report = asyncio.run(run_audit(settings, start_us, time.time_ns() // 1000))
-                _record(result, report, time.monotonic() - began)
-                say(f"audit {result.audits}: {report.summary()} (not judged: "
-                    f"{report.windows_after_horizon} windows, {report.readings_after_horizon} "
-                    f"readings; gaps {len(report.gaps)})")
-                if report.finding_count():
-                    say(report.to_text())
+                now_us = time.time_ns() // 1000
+                if result.audits % 2:
+                    r = httpx.post(f"{base}/audit/run", timeout=120,
+                                   json={"from": str(start_us), "to": str(now_us)},
+                                   headers={"Authorization": f"Bearer {token}"})
+                    r.raise_for_status()
+                    data = r.json()
+                    _record_api(result, data, time.monotonic() - began)
+                    summary, counts = data["summary"], data["counts"]
+                    not_judged = (counts["windows_after_horizon"], counts["readings_after_horizon"],
+                                  counts["gaps"])
+                else:
+                    report = asyncio.run(run_audit(settings, start_us, now_us))
+                    _record(result, report, time.monotonic() - began)
+                    summary = report.summary()
+                    not_judged = (report.windows_after_horizon, report.readings_after_horizon,
+                                  len(report.gaps))
+                    if report.finding_count():
+                        say(report.to_text())
+                say(f"audit {result.audits}{' (API)' if not result.audits % 2 else ''}: {summary} "
+                    f"(not judged: {not_judged[0]} windows, {not_judged[1]} readings; "
+                    f"gaps {not_judged[2]})")
         finally:
             if loop_box:
                 loop_box[0].call_soon_threadsafe(stop.set)
@@ -149,7 +207,7 @@ def run_loop(settings: Settings, seconds: float, devices: int, rate: float, say:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=300.0)
-    parser.add_argument("--devices", type=int, default=20)
+    parser.add_argument("--devices", type=int, default=30)
     parser.add_argument("--rate", type=float, default=1.0, help="readings per second per device")
     parser.add_argument("--window-seconds", type=float, default=None)
     parser.add_argument("--idle-seal-seconds", type=float, default=None)
