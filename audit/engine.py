@@ -147,7 +147,6 @@ class _ReadingAudit:
             if self.progress is not None:
                 self.progress(self.done, self.total)
 
-
     async def judge_unsealed(self) -> None:
         """Readings stored but sealed nowhere: in flight if sealed soon, else inserted.
 
