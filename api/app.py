@@ -26,7 +26,7 @@ from vitalchain.anchor.proofs import ProofService, ProofUnavailable
 from vitalchain.api import dashboard, fhir, fhirsearch, rejected, vitals
 from vitalchain.api.accesslog import AccessLog, AccessProofUnavailable
 from vitalchain.api.auditrun import AuditRange, AuditRunner
-from vitalchain.api.auth import access_info, check_patient, require
+from vitalchain.api.auth import access_info, check_device, check_patient, require
 from vitalchain.api.bodyguard import BodyGuard
 from vitalchain.api.logview import LogAltered, LogView
 from vitalchain.api.news2 import news2
@@ -129,12 +129,16 @@ def _range(start: str | None, end: str | None) -> tuple[int, int]:
     return start_us, end_us
 
 
-def _devices_of(settings: Settings, patient_id: str) -> list[str]:
+def _registry(settings: Settings) -> dict[str, str]:
+    """Device id -> patient id, as provisioning wrote it."""
     try:
-        registry = load_registry(settings)
+        return load_registry(settings)
     except ProvisioningError as exc:
         raise HTTPException(503, f"device registry unreadable: {exc}") from None
-    return sorted(d for d, p in registry.items() if p == patient_id)
+
+
+def _devices_of(settings: Settings, patient_id: str) -> list[str]:
+    return sorted(d for d, p in _registry(settings).items() if p == patient_id)
 
 
 def _is_fhir(request: Request) -> bool:
@@ -378,7 +382,13 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
         The body is the bundle itself (what a third party verifies); how far it is anchored is
         in headers: ``X-Vitalchain-Proof-Status`` is ``anchored``, ``pending-confirmation``
         (mined, fewer than the required confirmations: the bundle's anchor stays null until
-        then) or ``pending``; ``X-Vitalchain-Confirmations`` is ``n/required`` once mined."""
+        then) or ``pending``; ``X-Vitalchain-Confirmations`` is ``n/required`` once mined.
+
+        Consent first: a clinician's grant is checked against the device's patient in the
+        registry before the reading is looked up, so 404 (no such reading) is only ever said to
+        callers allowed to see the device."""
+        if user.role == "clinician":
+            check_device(request, user, device_id, _registry(ctx.settings).get(device_id))
         with ctx.proofs_lock:
             try:
                 ctx.proofs.locate(device_id, seq)
@@ -397,13 +407,19 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
 
     @app.post("/audit/verify", tags=["audit"])
     def verify(*, bundle: Annotated[dict[str, Any], Body()],
-               rpc: Annotated[bool, Query(description="also check the anchor on chain")] = False,
+               rpc: Annotated[bool, Query(description="check the anchor on the configured chain "
+                                                      "(false: hashes only)")] = True,
                user: Prover) -> dict[str, Any]:
-        """Run the offline verifier (and with ``rpc=true`` the on-chain check) on a bundle.
+        """Verify a bundle: every hash, and its anchor against the configured Ethereum node.
 
+        The server has the chain at hand, so it checks the anchor unless ``rpc=false``; the
+        report's ``summary`` names what was checked ("anchor verified on chain (block N)" or
+        "anchor not checked"). A bundle with no anchor yet is ``pending``, not a failure.
         Clinicians may verify too: the bundle is the caller's own and the check reveals nothing
         beyond it, so the dashboard can show a clinician the verdict of a proof it downloaded."""
-        report = verify_bundle(bundle, JsonRpc(ctx.settings.eth_rpc_url) if rpc else None, source="upload")
+        anchored = isinstance(bundle.get("anchor"), dict)
+        report = verify_bundle(bundle, JsonRpc(ctx.settings.eth_rpc_url) if rpc and anchored else None,
+                               source="upload")
         return report.to_dict()
 
     @app.get("/audit/windows", tags=["audit"])

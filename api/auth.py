@@ -63,6 +63,28 @@ def require(*roles: str) -> Callable[..., User]:
     return dependency
 
 
+def check_device(request: Request, user: User, device_id: str, patient_id: str | None) -> None:
+    """Consent for a device-scoped route, decided before anything is looked up.
+
+    ``patient_id`` is the device's patient in the device registry (None if the device is not
+    registered).  A clinician without an active grant gets one and the same 403 whether or not
+    the device, or the reading asked for, exists: the answer reveals nothing (the access log keeps
+    the precise reason for auditors).
+    """
+    info = access_info(request)
+    if user.role != "clinician":
+        return
+    if patient_id is not None:
+        info["patient_id"] = patient_id
+        allowed, reason = _store(request).access_decision(user.name, patient_id)
+    else:
+        allowed, reason = False, f"device {device_id} is not in the device registry"
+    if not allowed:
+        info.update(allowed=False, reason=reason)
+        raise HTTPException(403, f"{user.name} holds no active grant covering device {device_id}")
+    info.update(allowed=True, reason=reason)
+
+
 def check_patient(request: Request, user: User, patient_id: str) -> None:
     """A clinician needs an active, unrevoked grant from the patient; auditors/admins pass."""
     info = access_info(request)

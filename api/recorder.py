@@ -2,7 +2,8 @@
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so it sees the status of every request, including
 401/403/422 answered before any handler ran and 500s from handler crashes.  The entry is
-written before the response starts, so no answer leaves the API unrecorded.  Public routes (health,
+written before the response starts, so no answer leaves the API unrecorded.  Path and query are
+stored with tokens redacted (``api/redact.py``): a token a client put in the URL is a secret.  Public routes (health,
 OpenAPI description, docs) are not recorded: they reveal nothing about patients.
 """
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import anyio
 from vitalchain.api.auth import ACCESS_KEY
+from vitalchain.api.redact import redact_query, redact_text
 
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
@@ -36,7 +38,8 @@ class AccessRecorder:
             reason = info["reason"] or f"HTTP {code}"
             await anyio.to_thread.run_sync(lambda: self.access_log.record(
                 user=info["user"], role=info["role"], method=scope["method"],
-                path=scope["path"], query=scope.get("query_string", b"").decode("latin-1"),
+                path=redact_text(scope["path"]),
+                query=redact_query(scope.get("query_string", b"").decode("latin-1")),
                 patient_id=info["patient_id"], allowed=bool(info["allowed"]), status=code,
                 reason=reason))
 

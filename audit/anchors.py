@@ -53,16 +53,22 @@ def _check_on_chain(w3: Web3, contract: str, cp: Any) -> str | None:
     return None
 
 
-def _chain_events(w3: Web3, contract: str) -> list[tuple[int, str]]:
+def _chain_events(w3: Web3, contract: str, to_block: int) -> list[tuple[int, str]]:
     logs = w3.eth.get_logs({"address": Web3.to_checksum_address(contract), "fromBlock": 0,
-                            "toBlock": "latest", "topics": [chain.ANCHORED_TOPIC]})
+                            "toBlock": to_block, "topics": [chain.ANCHORED_TOPIC]})
     return [(int.from_bytes(bytes(lg["data"]), "big"), _hex(lg["topics"][1]))
             for lg in logs if not lg.get("removed")]
 
 
 def check_checkpoints(settings: Settings, view: LedgerView, report: AuditReport,
-                      first_window_index: int | None) -> None:
-    """Append checkpoint findings to ``report`` (blocking: web3 is synchronous)."""
+                      first_window_index: int | None, horizon_size: int | None = None) -> None:
+    """Append checkpoint findings to ``report`` (blocking: web3 is synchronous).
+
+    Read in an order that a running anchor worker cannot race: the chain's head block first
+    (events after it are not judged), then the worker's records (a checkpoint is recorded before
+    its transaction is sent, so every event up to that block has its record), then the ledger's
+    log (a checkpoint is only ever recorded over windows already in the log).
+    """
     if not settings.anchor_contract:
         report.notes.append("checkpoints not checked: no anchor contract configured "
                             "(VITALCHAIN_ANCHOR_CONTRACT)")
@@ -71,8 +77,16 @@ def check_checkpoints(settings: Settings, view: LedgerView, report: AuditReport,
         contract = chain.contract_address(settings)
     except chain.ChainError as exc:
         raise ChainUnavailable(str(exc)) from exc
-    log = MerkleLog(view.leaf_hashes())
+    w3 = chain.connect(settings, timeout=10.0, retry=False)
+    try:
+        chain.check_chain(w3, settings)
+        head = int(w3.eth.block_number)
+    except chain.ChainError as exc:
+        raise ChainUnavailable(str(exc)) from exc
+    except Exception as exc:  # web3 raises requests/aiohttp errors for an unreachable node
+        raise ChainUnavailable(f"Ethereum node unreachable: {exc}") from exc
     records = view.checkpoints(contract)
+    log = MerkleLog(view.leaf_hashes())
     report.checkpoints_checked = len(records)
 
     def ledger_disagrees(size: int, root: str) -> str | None:
@@ -88,11 +102,6 @@ def check_checkpoints(settings: Settings, view: LedgerView, report: AuditReport,
             kind = "beyond_log" if cp.size > log.size else "root_mismatch"
             report.checkpoints.append(CheckpointFinding(kind, cp.size, cp.root, f"recorded, but {why}"))
 
-    w3 = chain.connect(settings, timeout=10.0, retry=False)
-    try:
-        chain.check_chain(w3, settings)
-    except chain.ChainError as exc:
-        raise ChainUnavailable(str(exc)) from exc
     anchored = [cp for cp in records if cp.status in ON_CHAIN_STATUSES]
     for cp in anchored:
         why = _check_on_chain(w3, contract, cp)
@@ -109,7 +118,7 @@ def check_checkpoints(settings: Settings, view: LedgerView, report: AuditReport,
                 "inconsistent", new.size, new.root,
                 f"not provably an extension of checkpoint {old.size} ({exc})"))
     recorded = {cp.root for cp in records}
-    for size, root in _chain_events(w3, contract):
+    for size, root in _chain_events(w3, contract, head):
         if root in recorded:
             continue
         why = ledger_disagrees(size, root)
@@ -118,6 +127,7 @@ def check_checkpoints(settings: Settings, view: LedgerView, report: AuditReport,
             "anchored on chain but no checkpoint record" + (f"; {why}" if why else "")))
     report.chain_checked = True
     covered = max((cp.size for cp in records if cp.status == "anchored"), default=0)
-    if first_window_index is not None and log.size > covered:
-        report.notes.append(f"windows {max(covered, first_window_index)}..{log.size - 1} of the log "
+    judged = log.size if horizon_size is None else min(log.size, horizon_size)
+    if first_window_index is not None and judged > covered:
+        report.notes.append(f"windows {max(covered, first_window_index)}..{judged - 1} of the log "
                             "are not covered by an anchored checkpoint yet")

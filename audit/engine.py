@@ -4,11 +4,19 @@ InfluxDB is read in time chunks sized to about ``target_rows`` points (the chunk
 sparse stretches and halves over dense ones), so a year of data never sits in memory at once;
 per window, only the set of reading indexes seen so far is kept until the chunk passes the
 window's end, when its missing readings are reported as deleted.
+
+The audit runs against a live pipeline, so it fixes a *horizon* when it starts: the ledger's log
+size then.  Windows at or past it, and the readings and ``windows`` points they seal, are counted
+but not judged (the stream seals them while the audit reads).  The stream writes a window's
+readings to InfluxDB just before the ledger append and its ``windows`` point just after, so a
+reading stored but not yet sealed, or a recently sealed window whose point is not there yet, is
+waited for (up to ``settle_s``) before it becomes a finding.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +33,27 @@ from vitalchain.storage.readings import READINGS_MEASUREMENT, WINDOWS_MEASUREMEN
 Progress = Callable[[int, int], None]
 WINDOW_FIELDS = ("root", "size", "start_us", "end_us", "first_offset", "last_offset", "log_index")
 MIN_CHUNK_US = 1_000_000
+# A window sealed (appended to the ledger) this long before the horizon may still lack its
+# windows point (the stream writes it right after the append); older ones are judged at once.
+IN_FLIGHT_US = 120_000_000
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """What the audit judges: windows below ``log_size``, the log's size at ``at_us``."""
+
+    at_us: int
+    log_size: int
+    settle_s: float
+
+    def recent(self, moment_us: int | None) -> bool:
+        return moment_us is not None and moment_us >= self.at_us - IN_FLIGHT_US
+
+
+@dataclass(frozen=True)
+class _Unsealed:
+    device_id: str
+    seq: int
 
 
 class AuditUnavailable(Unavailable):
@@ -68,19 +97,20 @@ class _ReadingAudit:
     """Compares stored readings with the reading index, chunk by chunk."""
 
     def __init__(self, view: LedgerView, report: AuditReport, windows: list[WindowInfo],
-                 progress: Progress | None) -> None:
-        self.view, self.report, self.progress = view, report, progress
+                 progress: Progress | None, horizon: Horizon) -> None:
+        self.view, self.report, self.progress, self.horizon = view, report, progress, horizon
         self.pending = windows  # by end_us: finalised as the chunks pass their end
         self.next = 0
         self.seen: dict[int, set[int]] = {}
         self.done = 0
         self.total = len(windows)
+        self.unsealed: list[_Unsealed] = []  # judged at the end (they may be in flight)
 
     def check_row(self, row: dict[str, Any]) -> None:
-        self.report.readings_checked += 1
         try:
             stored, leaf = stored_leaf(row)
         except StoredReadingError as exc:
+            self.report.readings_checked += 1
             self.report.readings.append(ReadingFinding(
                 "altered", _identity(row), row.get("window_id"), f"unreadable stored reading: {exc}"))
             return
@@ -88,9 +118,12 @@ class _ReadingAudit:
         rid = reading_id(c["device_id"], c["seq"])
         sealed = self.view.locate(c["device_id"], c["seq"])
         if sealed is None:
-            self.report.readings.append(ReadingFinding(
-                "inserted", rid, None, "stored in InfluxDB but sealed in no window"))
+            self.unsealed.append(_Unsealed(c["device_id"], c["seq"]))
             return
+        if sealed.log_index >= self.horizon.log_size:
+            self.report.readings_after_horizon += 1
+            return
+        self.report.readings_checked += 1
         self.seen.setdefault(sealed.log_index, set()).add(sealed.index_in_window)
         if sealed.leaf_hash != leaf:
             self.report.readings.append(ReadingFinding(
@@ -113,6 +146,33 @@ class _ReadingAudit:
             if self.progress is not None:
                 self.progress(self.done, self.total)
 
+    async def judge_unsealed(self) -> None:
+        """Readings stored but sealed nowhere: in flight if sealed soon, else inserted.
+
+        Waited for at most ``settle_s``: the stream appends to the ledger right after its InfluxDB
+        write, so a reading still unsealed after that is not in flight.  Not filtered by
+        ``received_us``: a stream catching up on a backlog seals readings received long ago, and
+        a forger could write any value there.  The wait is paid only when something is unsealed.
+        """
+        pending = self.unsealed
+        deadline = time.monotonic() + self.horizon.settle_s
+        while True:
+            still = []
+            for u in pending:
+                if self.view.locate(u.device_id, u.seq) is None:
+                    still.append(u)
+                else:
+                    self.report.readings_after_horizon += 1
+            pending = still
+            if not pending or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.2)
+        for u in pending:
+            self.report.readings_checked += 1
+            self.report.readings.append(ReadingFinding(
+                "inserted", reading_id(u.device_id, u.seq), None,
+                "stored in InfluxDB but sealed in no window"))
+
 
 def window_readings_in_range(view: LedgerView, window: WindowInfo, start_us: int,
                              stop_us: int) -> list[IndexedReading]:
@@ -120,9 +180,24 @@ def window_readings_in_range(view: LedgerView, window: WindowInfo, start_us: int
                   key=lambda r: r.index_in_window)
 
 
+def _window_changes(row: dict[str, Any], window: WindowInfo) -> WindowFinding | None:
+    """A ``changed`` finding if the stored point differs from the sealed header."""
+    header = window.header
+    expected = {name: header[name] for name in WINDOW_FIELDS if name != "log_index"}
+    expected["log_index"] = window.log_index
+    changed = tuple(name for name in WINDOW_FIELDS if row.get(name) != expected[name])
+    if str(row.get("partition")) != str(header["partition"]):
+        changed += ("partition",)
+    if not changed:
+        return None
+    detail = ", ".join(f"{n}: stored {row.get(n)!r}, sealed {expected.get(n, header.get(n))!r}"
+                       for n in changed)
+    return WindowFinding("changed", window.window_id, changed, detail)
+
+
 async def _audit_windows(client: InfluxClient, view: LedgerView, report: AuditReport,
                          windows: list[WindowInfo], start_us: int, end_us: int,
-                         chunker: _Chunker) -> None:
+                         chunker: _Chunker, horizon: Horizon) -> None:
     """``windows`` points against the ledger: missing, changed, or not sealed at all."""
     by_id = {w.window_id: w for w in windows}
     found: set[str] = set()
@@ -132,27 +207,47 @@ async def _audit_windows(client: InfluxClient, view: LedgerView, report: AuditRe
             wid = str(row.get("window_id", ""))
             window = by_id.get(wid)
             if window is None:
+                index = view.window_index(wid)
+                if index is not None:
+                    if index >= horizon.log_size:
+                        report.windows_after_horizon += 1  # sealed while the audit ran
+                    continue  # sealed, outside the range
                 row_end = row.get("end_us")
                 if isinstance(row_end, int | float) and row_end < start_us:
                     continue  # an unrelated window before the range
+                # The stream writes a windows point only after the ledger append: not in flight.
                 report.windows.append(WindowFinding(
                     "unsealed", wid, (), "a windows point in InfluxDB for no sealed window"))
                 continue
             found.add(wid)
-            header = window.header
-            expected = {name: header[name] for name in WINDOW_FIELDS if name != "log_index"}
-            expected["log_index"] = window.log_index
-            changed = tuple(name for name in WINDOW_FIELDS if row.get(name) != expected[name])
-            if str(row.get("partition")) != str(header["partition"]):
-                changed += ("partition",)
-            if changed:
-                detail = ", ".join(f"{n}: stored {row.get(n)!r}, sealed {expected.get(n, header.get(n))!r}"
-                                   for n in changed)
-                report.windows.append(WindowFinding("changed", wid, changed, detail))
+            change = _window_changes(row, window)
+            if change:
+                report.windows.append(change)
     for window in windows:
-        if window.window_id not in found:
+        if window.window_id in found:
+            continue
+        row = await _late_window_point(client, window, horizon)
+        if row is None:
             report.windows.append(WindowFinding("missing", window.window_id, (),
                                                 "sealed in the ledger, no windows point in InfluxDB"))
+        elif change := _window_changes(row, window):
+            report.windows.append(change)
+
+
+async def _late_window_point(client: InfluxClient, window: WindowInfo,
+                             horizon: Horizon) -> dict[str, Any] | None:
+    """The window's point if it shows up within ``settle_s`` (only for windows sealed lately:
+    the stream writes the point right after the ledger append)."""
+    q = f"SELECT * FROM {quote_ident(WINDOWS_MEASUREMENT)} WHERE window_id = $w"
+    deadline = time.monotonic() + horizon.settle_s
+    while horizon.recent(window.sealed_at_us):
+        rows = await client.query(q, params={"w": window.window_id}, epoch="ns")
+        if rows:
+            return rows[0]
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.2)
+    return None
 
 
 def _gaps(view: LedgerView, windows: list[WindowInfo]) -> list[GapFinding]:
@@ -191,37 +286,44 @@ def _running_max(ranges: list[tuple[int, int, int]]) -> list[int]:
 
 async def run_audit(settings: Settings, start_us: int, end_us: int, rpc_url: str | None = None,
                     progress: Progress | None = None, target_rows: int = 20_000,
-                    chunk_us: int = 60_000_000) -> AuditReport:
-    """Audit ``[start_us, end_us]``; raises :class:`AuditUnavailable` if a service is down."""
+                    chunk_us: int = 60_000_000, settle_s: float = 10.0) -> AuditReport:
+    """Audit ``[start_us, end_us]``; raises :class:`AuditUnavailable` if a service is down.
+
+    Judges the window log as it was when the audit started (the horizon); ``settle_s`` bounds
+    the wait for writes the stream has in flight at the horizon (see the module docstring).
+    """
     if not 0 <= start_us <= end_us:
         raise ValueError(f"bad audit range {start_us}..{end_us}")
     if rpc_url:
         settings = settings.with_overrides(eth_rpc=rpc_url)
-    report = AuditReport(start_us, end_us)
     try:
         view = LedgerView(settings.ledger_path)
     except LedgerUnavailable as exc:
         raise AuditUnavailable(str(exc)) from exc
     try:
-        windows = view.reading_windows(start_us, end_us)
+        horizon = Horizon(time.time_ns() // 1000, view.log_size(), settle_s)
+        report = AuditReport(start_us, end_us, horizon.at_us, horizon.log_size)
+        windows = view.reading_windows(start_us, end_us, below_index=horizon.log_size)
         chunker = _Chunker(target_rows, chunk_us)
         try:
             async with InfluxClient(settings, retries=2) as client:
-                readings = _ReadingAudit(view, report, windows, progress)
+                readings = _ReadingAudit(view, report, windows, progress, horizon)
                 async for chunk_end, rows in _chunks(client, READINGS_MEASUREMENT, start_us,
                                                      end_us + 1, chunker):
                     for row in rows:
                         readings.check_row(row)
                     readings.finish_before(chunk_end, start_us, end_us)
                 readings.finish_before(2**63, start_us, end_us)  # windows reaching past the range
+                await readings.judge_unsealed()
                 await _audit_windows(client, view, report, windows, start_us, end_us,
-                                     _Chunker(target_rows, chunk_us * 60))
+                                     _Chunker(target_rows, chunk_us * 60), horizon)
         except InfluxError as exc:
             raise AuditUnavailable(f"InfluxDB: {exc}") from exc
         report.gaps.extend(_gaps(view, windows))
         first_index = min((w.log_index for w in windows), default=None)
         try:
-            await asyncio.to_thread(check_checkpoints, settings, view, report, first_index)
+            await asyncio.to_thread(check_checkpoints, settings, view, report, first_index,
+                                    horizon.log_size)
         except ChainUnavailable as exc:
             raise AuditUnavailable(str(exc)) from exc
     finally:

@@ -2,6 +2,18 @@
 
 Every finding names its subject the way an operator searches for it: readings as
 ``device_id#seq``, windows by ``window_id``, checkpoints by log size, gaps by device and seq range.
+
+The verdict, and the exit status of ``vitalchain audit``, says only what was checked:
+
+- ``clean`` (exit 0): something was sealed in the range and nothing was altered, deleted,
+  inserted, missing or unanchored;
+- ``findings`` (exit 1): at least one of those;
+- exit 2 (not a verdict): the audit could not run (a service down, no ledger, bad arguments);
+- ``nothing_sealed`` (exit 3): no window sealed before the horizon overlaps the range and no
+  reading is stored in it, so there was nothing to judge; never reported as OK.
+
+Sequence gaps are information, not findings: docs/DEVICES.md allows them (a device reserves seqs
+in blocks, so a crash skips numbers), so they never change the verdict.
 """
 
 from __future__ import annotations
@@ -9,6 +21,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+CLEAN, FINDINGS, NOTHING_SEALED = "clean", "findings", "nothing_sealed"
+EXIT_CODES = {CLEAN: 0, FINDINGS: 1, NOTHING_SEALED: 3}
+EXIT_CANNOT_RUN = 2
 READING_KINDS = ("altered", "deleted", "inserted")
 WINDOW_KINDS = ("missing", "changed", "unsealed")
 CHECKPOINT_KINDS = ("root_mismatch", "not_on_chain", "inconsistent", "unrecorded_anchor",
@@ -58,6 +73,10 @@ class GapFinding:
 class AuditReport:
     start_us: int
     end_us: int
+    # The horizon: the audit judges the window log as it was when it started (``horizon_log_size``
+    # windows, at ``horizon_us``); what a running stream seals meanwhile is counted, not judged.
+    horizon_us: int = 0
+    horizon_log_size: int = 0
     readings: list[ReadingFinding] = field(default_factory=list)
     windows: list[WindowFinding] = field(default_factory=list)
     checkpoints: list[CheckpointFinding] = field(default_factory=list)
@@ -67,20 +86,44 @@ class AuditReport:
     readings_checked: int = 0
     checkpoints_checked: int = 0
     chain_checked: bool = False
+    readings_after_horizon: int = 0  # stored in range, sealed after the audit began: not judged
+    windows_after_horizon: int = 0
+
+    @property
+    def nothing_sealed(self) -> bool:
+        return self.windows_checked == 0 and self.readings_checked == 0
+
+    @property
+    def verdict(self) -> str:
+        if self.finding_count():
+            return FINDINGS
+        return NOTHING_SEALED if self.nothing_sealed else CLEAN
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
 
     @property
     def ok(self) -> bool:
-        return not (self.readings or self.windows or self.checkpoints or self.gaps)
+        """True only for ``clean``: something was judged and nothing is wrong."""
+        return self.verdict == CLEAN
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": "vitalchain-audit/1",
             "range": {"start_us": self.start_us, "end_us": self.end_us},
+            "horizon": {"at_us": self.horizon_us, "log_size": self.horizon_log_size},
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
             "ok": self.ok,
+            "summary": self.summary(),
             "counts": {"windows_checked": self.windows_checked,
                        "readings_checked": self.readings_checked,
                        "checkpoints_checked": self.checkpoints_checked,
-                       "chain_checked": self.chain_checked},
+                       "chain_checked": self.chain_checked,
+                       "windows_after_horizon": self.windows_after_horizon,
+                       "readings_after_horizon": self.readings_after_horizon,
+                       "gaps": len(self.gaps)},
             "readings": [asdict(f) for f in self.readings],
             "windows": [{**asdict(f), "fields": list(f.fields)} for f in self.windows],
             "checkpoints": [asdict(f) for f in self.checkpoints],
@@ -88,10 +131,25 @@ class AuditReport:
             "notes": list(self.notes),
         }
 
+    def summary(self) -> str:
+        """The verdict in one line that names what was checked (and what was not)."""
+        chain = (f"{self.checkpoints_checked} checkpoints checked on chain" if self.chain_checked
+                 else "checkpoints not checked on chain")
+        if self.verdict == FINDINGS:
+            return f"FAILED: {self.finding_count()} findings ({chain})"
+        if self.verdict == NOTHING_SEALED:
+            return ("NOTHING SEALED in this range before the horizon: 0 windows, 0 readings "
+                    f"judged, so nothing is vouched for ({chain})")
+        return (f"OK: {self.windows_checked} windows and {self.readings_checked} readings sealed "
+                f"before the horizon: nothing altered, deleted, inserted or missing; {chain}")
+
     def to_text(self) -> str:
         lines = [f"audit {self.start_us}..{self.end_us} us: {self.windows_checked} windows, "
                  f"{self.readings_checked} readings, {self.checkpoints_checked} checkpoints "
-                 f"checked{'' if self.chain_checked else ' (chain not checked)'}"]
+                 f"checked{'' if self.chain_checked else ' (chain not checked)'}",
+                 f"horizon: the log's first {self.horizon_log_size} windows, as at "
+                 f"{self.horizon_us} us (audit start); sealed after it and not judged: "
+                 f"{self.windows_after_horizon} windows, {self.readings_after_horizon} readings"]
         for r in self.readings:
             where = f" in {r.window_id}" if r.window_id else ""
             lines.append(f"READING {r.kind.upper()}: {r.reading_id}{where}: {r.detail}")
@@ -102,11 +160,12 @@ class AuditReport:
         for g in self.gaps:
             span = (reading_id(g.device_id, g.first_missing) if g.count == 1 else
                     f"{reading_id(g.device_id, g.first_missing)}..{g.last_missing}")
-            lines.append(f"GAP: {span} ({g.count} missing)")
+            lines.append(f"info: sequence gap {span} ({g.count} never sealed; gaps are allowed "
+                         "by docs/DEVICES.md, not a finding)")
         lines.extend(f"note: {n}" for n in self.notes)
-        lines.append("OK: nothing altered, deleted, inserted, missing or unanchored" if self.ok
-                     else f"FAILED: {self.finding_count()} findings")
+        lines.append(self.summary())
         return "\n".join(lines)
 
     def finding_count(self) -> int:
-        return len(self.readings) + len(self.windows) + len(self.checkpoints) + len(self.gaps)
+        """Findings that fail the audit (gaps are information only)."""
+        return len(self.readings) + len(self.windows) + len(self.checkpoints)

@@ -8,7 +8,7 @@ Readings, windows and ledger entries are produced with the stream's own primitiv
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,15 @@ class World:
 
     def seal(self, size: int, skip: Iterable[tuple[str, int]] = ()) -> None:
         """Seal one window of ``size`` readings round-robin over DEVICES, skipping given seqs."""
+        self.begin_seal(size, skip)()
+
+    def begin_seal(self, size: int, skip: Iterable[tuple[str, int]] = (),
+                   received_us: int | None = None,
+                   first_ts_us: int | None = None) -> Callable[[], None]:
+        """The first half of a seal, in the stream's order: the readings points are written now
+        (``received_us`` defaults to each reading's time); the returned function appends the
+        window to the ledger, then writes its ``windows`` point (``ingest/sink.py``).
+        ``first_ts_us`` overlaps the window in time with earlier ones (another partition would)."""
         skipped = set(skip)
         batch: list[dict[str, Any]] = []
         i = 0
@@ -61,7 +70,8 @@ class World:
             self.seq[device] = seq + 1
             if (device, seq) in skipped:
                 continue
-            ts = T0 + (self.offset + len(batch)) * 10_000
+            ts = (T0 + (self.offset + len(batch)) * 10_000 if first_ts_us is None
+                  else first_ts_us + len(batch) * 10_000)
             raw = {"device_id": device, "patient_id": f"pat-{device}", "seq": seq, "ts_us": ts,
                    "vitals": {"hr": 60 + seq % 30, "spo2": 97, "rr": 14, "temp_c": 36.6,
                               "sys": 120, "dia": 80}}
@@ -70,17 +80,22 @@ class World:
         first, last = self.offset, self.offset + size - 1
         header = build_window_header(batch, partition=0, first_offset=first, last_offset=last,
                                      salt_key_id=salt_key_id(SALT_KEY), leaf_hashes=leaves)
-        points: list[Point] = [reading_point(r, leaf, header["window_id"], False, r["ts_us"])
-                               for r, leaf in zip(batch, leaves, strict=True)]
+        influx_write(self.settings, [
+            reading_point(r, leaf, header["window_id"], False,
+                          r["ts_us"] if received_us is None else received_us)
+            for r, leaf in zip(batch, leaves, strict=True)])
         rows = [ReadingIndexRow(r["device_id"], r["seq"], r["ts_us"], i, leaf)
                 for i, (r, leaf) in enumerate(zip(batch, leaves, strict=True))]
-        with Ledger(self.settings.ledger_path) as ledger:
-            index = ledger.append_window(TOPIC, 0, header, leaves, rows, False)
-        points.append(window_point(header, index))
-        influx_write(self.settings, points)
         self.offset = last + 1
         self.readings.extend(batch)
         self.headers.append(header)
+
+        def finish() -> None:
+            with Ledger(self.settings.ledger_path) as ledger:
+                index = ledger.append_window(TOPIC, 0, header, leaves, rows, False)
+            influx_write(self.settings, [window_point(header, index)])
+
+        return finish
 
     def anchor(self) -> None:
         """Anchor the whole log with the real worker (one checkpoint per call)."""

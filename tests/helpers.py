@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -33,3 +35,11 @@ async def wait_until_async(predicate: Callable[[], Awaitable[T]], timeout: float
         await asyncio.sleep(interval)
         last = await predicate()
     return last
+
+
+def write_registry(state_dir: Path, devices: dict[str, str]) -> None:
+    """The device registry (device id -> patient id) as provisioning leaves it: the API decides a
+    clinician's consent for device-scoped routes from it, before looking anything up."""
+    path = state_dir / "devices" / "registry.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(devices) + "\n")

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
 from vitalchain.api.app import create_app
 
-from tests.helpers import wait_until
+from tests.helpers import wait_until, write_registry
 from vitalchain.app.commands.api import register
 from vitalchain.config import Settings
 from vitalchain.core.integrity import (
@@ -105,6 +105,7 @@ def make_world(settings: Settings, tmp_path: Path, seal_seconds: float = 3600) -
               "ts_us": now - (5 - i) * MINUTE_US, "vitals": vitals_at(i)} for i in range(5)]
         seal(settings, ledger, a[:20], 0, late={3})
         seal(settings, ledger, a[20:] + b, 20)
+    write_registry(settings.state_dir, {"dev-a_1": "pat-a", "dev-b": "pat-b"})
     store_path = tmp_path / "api.sqlite"
     store = ApiStore(store_path)
     tokens = {name: store.add_user(name, role) for name, role in

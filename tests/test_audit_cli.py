@@ -80,3 +80,24 @@ def test_clean_then_tampered_via_cli(isolated: Settings, tmp_path: Path) -> None
 
     no_influx = run(world.settings.with_overrides(influx_port=closed_port), *args)
     assert no_influx.exit_code == 2 and "InfluxDB" in no_influx.output
+
+
+@pytest.mark.e2e
+def test_empty_range_and_gaps_have_their_own_exit_statuses(isolated: Settings, tmp_path: Path) -> None:
+    """Nothing sealed in the range: exit 3 and says so, never OK. A seq gap (allowed by
+    docs/DEVICES.md) is printed as information and the audit still exits 0."""
+    world: World = build_world(isolated, gap=("dev-b", 5))
+    report_file = tmp_path / "audit.json"
+    empty = run(world.settings, "--from", str(T0 - 60_000_000), "--to", str(T0 - 1),
+                "--json", str(report_file))
+    assert empty.exit_code == 3, empty.output
+    assert "NOTHING SEALED in this range" in empty.output and "OK" not in empty.output
+    data = json.loads(report_file.read_text())
+    assert data["verdict"] == "nothing_sealed" and data["ok"] is False and data["exit_code"] == 3
+
+    gapped = run(world.settings, "--from", str(T0), "--to", str(world.end_us), "--json",
+                 str(report_file))
+    assert gapped.exit_code == 0, gapped.output
+    assert "info: sequence gap dev-b#5" in gapped.output and "OK: 4 windows" in gapped.output
+    data = json.loads(report_file.read_text())
+    assert data["verdict"] == "clean" and [g["device_id"] for g in data["gaps"]] == ["dev-b"]

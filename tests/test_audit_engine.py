@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -115,10 +117,64 @@ def test_dropped_checkpoint_record_is_named(world: World) -> None:
 
 
 def test_sequence_gap_is_named(isolated: Settings) -> None:
+    """docs/DEVICES.md allows gaps: the audit names them as information and does not fail."""
     world = build_world(isolated, gap=("dev-a", 4))
     report = audit(world)
     assert summary(report) == {**NOTHING, "gaps": [("dev-a", 4, 4)]}, report.to_text()
     assert report.gaps == [GapFinding("dev-a", 4, 4)]
+    assert report.ok and report.verdict == "clean" and report.exit_code == 0, report.to_text()
+    assert report.finding_count() == 0
+    assert "info: sequence gap dev-a#4 (1 never sealed; gaps are allowed" in report.to_text()
+    assert report.to_dict()["counts"]["gaps"] == 1
+
+
+def test_windows_sealed_while_the_audit_runs_are_not_judged(world: World) -> None:
+    """The stream keeps sealing while the audit reads: in the sink's order, readings land in
+    InfluxDB (not yet in the ledger) while the readings are scanned, the window is appended and
+    its point written before the windows are scanned. None of it is a finding; the report says
+    what it did not judge."""
+    finish: list = []
+    pool = ThreadPoolExecutor(1)  # the progress callback runs on the audit's event loop
+
+    def stream_meanwhile(done: int, total: int) -> None:
+        if done == 1:  # window 0 is read; the in-flight readings lie just after it in time
+            finish.append(pool.submit(world.begin_seal, 9, received_us=time.time_ns() // 1000,
+                                      first_ts_us=T0 + 105_000).result())
+        if done == total:  # they were scanned unsealed: now the ledger append and windows point
+            pool.submit(finish.pop()).result()
+
+    report = asyncio.run(run_audit(world.settings, T0, world.end_us, target_rows=4,
+                                   chunk_us=20_000, progress=stream_meanwhile))
+    assert summary(report) == NOTHING, report.to_text()
+    assert report.windows_checked == 4 and report.readings_checked == 36
+    assert report.windows_after_horizon == 1 and report.readings_after_horizon == 9
+    assert report.horizon_log_size == 4 and report.verdict == "clean"
+    assert "sealed after it and not judged: 1 windows, 9 readings" in report.to_text()
+    # the next audit's horizon includes the window: judged, and clean
+    later = asyncio.run(run_audit(world.settings, T0, world.end_us))
+    assert summary(later) == NOTHING and later.windows_checked == 5, later.to_text()
+
+
+def test_a_reading_never_sealed_is_still_inserted_after_the_settle_wait(world: World) -> None:
+    """A stored reading that stays unsealed is a finding even if its received_us is recent."""
+    world.begin_seal(3, received_us=time.time_ns() // 1000)  # never appended
+    started = time.monotonic()
+    report = audit(world, settle_s=1.0)
+    assert time.monotonic() - started >= 1.0  # it waited for the stream before judging
+    assert sorted(f.kind for f in report.readings) == ["inserted"] * 3, report.to_text()
+    assert report.verdict == "findings" and report.exit_code == 1
+
+
+def test_an_empty_range_says_nothing_was_sealed(world: World) -> None:
+    """Before T0 nothing is stored: not OK, a verdict of its own (exit 3)."""
+    report = asyncio.run(run_audit(world.settings, T0 - 10_000_000, T0 - 1))
+    assert summary(report) == NOTHING, report.to_text()
+    assert report.windows_checked == report.readings_checked == 0
+    assert report.verdict == "nothing_sealed" and report.exit_code == 3 and not report.ok
+    assert "NOTHING SEALED in this range" in report.to_text()
+    assert "OK" not in report.to_text()
+    data = report.to_dict()
+    assert data["verdict"] == "nothing_sealed" and data["ok"] is False and data["exit_code"] == 3
 
 
 def test_range_limits_what_is_checked(world: World) -> None:

@@ -25,7 +25,7 @@ from vitalchain.anchor.deploy import deploy
 from vitalchain.api.app import create_app
 from vitalchain.api.news2 import news2
 
-from tests.helpers import wait_until
+from tests.helpers import wait_until, write_registry
 from tests.test_api_anchored import anchor_all
 from tests.test_api_http import seal
 from vitalchain.app.stack.ports import free_ports
@@ -71,6 +71,7 @@ def seed(settings: Settings, now_us: int) -> dict[str, Any]:
     with Ledger(settings.ledger_path) as ledger:
         seal(settings, ledger, a[:30] + c[:10], 0)
         seal(settings, ledger, a[30:] + c[10:] + b, 40)
+    write_registry(settings.state_dir, {DEVICE: "pat-a", "dev-c": "pat-c", "dev-b": "pat-b"})
     return {"next_offset": 40 + 30 + 10 + 5, "latest_a": a[-1]}
 
 
@@ -282,6 +283,7 @@ def test_dashboard_for_a_clinician_and_an_auditor(isolated: Settings, tmp_path: 
             verdict = page.locator("#verdict")
             verdict.locator(".badge", has_text="pending").wait_for()  # sealed just now, not anchored
             assert "every hash checks out" in verdict.inner_text()
+            assert "hashes valid, not anchored yet" in verdict.inner_text()
             keep_screenshot(page, "dashboard.png")
             clinician.close()
 
@@ -304,6 +306,8 @@ def test_dashboard_for_a_clinician_and_an_auditor(isolated: Settings, tmp_path: 
             verdict = page.locator("#verdict")
             verdict.locator(".badge", has_text="valid").wait_for()
             assert "anchored" in verdict.inner_text()
+            # the server checked the anchor on its chain, and the verdict says so (block N)
+            assert "hashes valid, anchor verified on chain (block " in verdict.inner_text()
             assert page.locator("#steps li.step-failed").count() == 0
             assert page.locator("#steps li.step-ok").count() >= 3
 

@@ -171,6 +171,8 @@ def test_cli_with_rpc(bundle, tmp_path):
         r = CliRunner().invoke(verify_command, [str(path), "--rpc", node.url])
     assert r.exit_code == 0 and "VALID" in r.output and "offline" not in r.output
     assert EXAMPLE_ANCHOR["contract"] in r.output
+    assert f"verdict: hashes valid, anchor verified on chain (block {EXAMPLE_ANCHOR['block_number']})" \
+        in r.output
 
 
 def _new_block_42(state):
@@ -208,3 +210,9 @@ def test_missing_receipt_with_the_block_still_canonical_is_not_called_a_reorg(bu
         report = verify_bundle(bundle, JsonRpc(node.url))
     assert report.failed_step == "anchor-receipt"
     assert "reorganised" not in report.steps[-1].detail
+
+
+def test_unreachable_rpc_verdict_does_not_claim_the_anchor(bundle):
+    report = verify_bundle(bundle, JsonRpc("http://127.0.0.1:9"))
+    assert report.summary.startswith("hashes valid, anchor not checked: the node could not be asked")
+    assert report.to_dict()["anchor_block"] is None

@@ -26,6 +26,7 @@ def test_valid_pending_invalid_and_unreadable(tmp_path):
 
     r = runner.invoke(verify_command, [write(tmp_path, "good.json", good)])
     assert r.exit_code == 0 and "VALID (offline" in r.output
+    assert "verdict: hashes valid, anchor not checked" in r.output and "anchored" not in r.output
 
     r = runner.invoke(verify_command, [write(tmp_path, "p.json", pending)])
     assert r.exit_code == 0 and "PENDING" in r.output

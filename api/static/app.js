@@ -395,11 +395,15 @@ async function verify(bundle, label, proofStatus = null, confirmations = null) {
     showVerdict("not-verified", `${label}: ${err.message}.${hint}`);
     return;
   }
-  const meaning = {
-    valid: "every hash checks out and the checkpoint is anchored",
+  // The lead never says "anchored" unless the server checked the anchor on chain; the
+  // server's summary names what was checked ("anchor verified on chain (block N)" or not).
+  const lead = {
+    valid: report.anchor_checked && report.anchor_block != null
+      ? "every hash checks out and the checkpoint is anchored"
+      : "every hash checks out; the anchor was NOT checked",
     pending: "every hash checks out; the checkpoint is not anchored on chain yet",
     invalid: `verification FAILED at step “${report.failed_step}”`,
-    error: `the document is not a usable proof (${report.error})`,
+    error: "the document is not a usable proof",
   }[report.status] || report.status;
   if (report.status === "pending" && proofStatus === "pending-confirmation") {
     // Mined but not yet confirmed: the server withholds the anchor until it is (a reorg could
@@ -410,7 +414,8 @@ async function verify(bundle, label, proofStatus = null, confirmations = null) {
       "Fetch the proof again shortly for an anchored one.", report.steps);
     return;
   }
-  showVerdict(report.status, `${label}: ${meaning}`, report.steps);
+  const summary = report.summary ? ` (${report.summary})` : "";
+  showVerdict(report.status, `${label}: ${lead}${summary}`, report.steps);
 }
 
 async function proveReading(deviceId, seq) {

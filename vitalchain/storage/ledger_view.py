@@ -31,6 +31,7 @@ class WindowInfo:
     start_us: int
     end_us: int
     header: dict[str, Any]
+    sealed_at_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,18 +86,31 @@ class LedgerView:
             "SELECT window_leaf FROM ledger_windows WHERE log_index >= ? AND log_index < ? "
             "ORDER BY log_index", (start, stop))]
 
-    def reading_windows(self, start_us: int, end_us: int) -> list[WindowInfo]:
-        """Reading windows overlapping ``[start_us, end_us]``, by ``end_us`` (headers only)."""
+    def reading_windows(self, start_us: int, end_us: int,
+                        below_index: int | None = None) -> list[WindowInfo]:
+        """Reading windows overlapping ``[start_us, end_us]``, by ``end_us`` (headers only).
+
+        ``below_index`` keeps only windows with a smaller log index: the audit judges the log as
+        it was when it started, not windows a running stream seals while it reads.
+        """
+        limit = 2**63 - 1 if below_index is None else below_index
         rows = self._db.execute(
-            "SELECT log_index, window_id, start_us, end_us, header FROM ledger_windows "
-            "WHERE end_us >= ? AND start_us <= ? ORDER BY end_us, log_index", (start_us, end_us))
+            "SELECT log_index, window_id, start_us, end_us, header, sealed_at_us FROM ledger_windows "
+            "WHERE end_us >= ? AND start_us <= ? AND log_index < ? ORDER BY end_us, log_index",
+            (start_us, end_us, limit))
         found = []
-        for log_index, window_id, w_start, w_end, header in rows:
+        for log_index, window_id, w_start, w_end, header, sealed_at in rows:
             parsed = json.loads(header)
             if parsed.get("format") == WINDOW_FORMAT:
                 found.append(WindowInfo(int(log_index), str(window_id), int(w_start), int(w_end),
-                                        parsed))
+                                        parsed, int(sealed_at)))
         return found
+
+    def window_index(self, window_id: str) -> int | None:
+        """The log index ``window_id`` is sealed at, or None if no window has that id."""
+        row = self._db.execute("SELECT log_index FROM ledger_windows WHERE window_id=?",
+                               (window_id,)).fetchone()
+        return None if row is None else int(row[0])
 
     def locate(self, device_id: str, seq: int) -> IndexedReading | None:
         row = self._db.execute(f"SELECT {_READING_COLUMNS} FROM ledger_readings "

@@ -44,9 +44,11 @@ def register(main: click.Group) -> None:
         import uvicorn
 
         from vitalchain.api.app import create_app
+        from vitalchain.api.redact import log_config
 
+        # uvicorn's access log prints each request line: redact tokens a client put in the URL.
         uvicorn.run(create_app(settings, seal_seconds=seal_seconds), host=host or settings.host,
-                    port=port, log_level="info")
+                    port=port, log_level="info", log_config=log_config())
 
     @main.group("users")
     def users() -> None:

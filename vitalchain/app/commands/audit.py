@@ -1,4 +1,9 @@
-"""``vitalchain audit --from T1 --to T2``: exit 0 clean, 1 findings, 2 could not run."""
+"""``vitalchain audit --from T1 --to T2``.
+
+Exit status: 0 clean, 1 findings (something altered, deleted, inserted, missing or unanchored),
+2 could not run (or bad arguments), 3 nothing sealed in the range (nothing judged).  Sequence
+gaps are information only (docs/DEVICES.md allows them) and never change the status.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from vitalchain.config import Settings
 
 EXIT_FINDINGS = 1
 EXIT_CANNOT_RUN = 2
+EXIT_NOTHING_SEALED = 3
 
 
 class _ProgressLine:
@@ -43,10 +49,18 @@ class _ProgressLine:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE", help="Also write the machine-readable report to FILE.")
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--settle", default=10.0, show_default=True, type=click.FloatRange(0, 600),
+              metavar="SECONDS", help="How long to wait for writes a running stream has in "
+              "flight at the horizon before calling them findings.")
 @click.pass_obj
 def audit_command(settings: Settings, start: str, end: str, rpc: str | None,
-                  json_path: Path | None, quiet: bool) -> None:
-    """Check every reading, window and checkpoint of a time range against ledger and chain."""
+                  json_path: Path | None, quiet: bool, settle: float) -> None:
+    """Check every reading, window and checkpoint of a time range against ledger and chain.
+
+    Judges the window log as it was when the audit started (the horizon, printed); windows a
+    running stream seals meanwhile are counted, not judged.  Exit status: 0 clean, 1 findings,
+    2 could not run, 3 nothing sealed in the range.  Sequence gaps are reported as information.
+    """
     from vitalchain.audit.engine import AuditUnavailable, run_audit
     from vitalchain.audit.timearg import parse_range
     from vitalchain.core.timeutil import TimeArgError
@@ -59,7 +73,7 @@ def audit_command(settings: Settings, start: str, end: str, rpc: str | None,
         raise click.UsageError(f"--rpc {rpc!r} must be an http(s):// URL")
     try:
         report = asyncio.run(run_audit(settings, start_us, end_us, rpc_url=rpc,
-                                       progress=_ProgressLine(quiet)))
+                                       progress=_ProgressLine(quiet), settle_s=settle))
     except AuditUnavailable as exc:
         click.echo(f"audit could not run: {exc}", err=True)
         sys.exit(EXIT_CANNOT_RUN)
@@ -70,8 +84,8 @@ def audit_command(settings: Settings, start: str, end: str, rpc: str | None,
             click.echo(f"cannot write {json_path}: {exc.strerror}", err=True)
             sys.exit(EXIT_CANNOT_RUN)
     click.echo(report.to_text())
-    if not report.ok:
-        sys.exit(EXIT_FINDINGS)
+    if report.exit_code:
+        sys.exit(report.exit_code)
 
 
 def register(main: click.Group) -> None:

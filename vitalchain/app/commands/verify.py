@@ -59,7 +59,7 @@ def format_report(report: VerificationReport) -> str:
         head += f" (failed step: {report.failed_step})"
     elif report.status == "valid" and not report.anchor_checked:
         head += " (offline: hashes valid, anchor not checked)"
-    lines = [head]
+    lines = [head, f"  verdict: {report.summary}"]
     lines += [f"  {_MARK[s.ok]}  {s.step:<18} {s.detail}" for s in report.steps]
     return "\n".join(lines)
 

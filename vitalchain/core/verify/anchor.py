@@ -134,7 +134,8 @@ def verify_anchor(bundle: dict[str, Any], rpc: ChainRpc, report: VerificationRep
         report.add("anchor-block", False, str(exc))
         return
     got = block.get("hash") if isinstance(block, dict) else None
-    report.add("anchor-block", _same_hex(got, anchor["block_hash"]),
-               "block is canonical" if _same_hex(got, anchor["block_hash"])
-               else f"canonical block {anchor['block_number']} is {got}, not the anchor's"
-                    f" {anchor['block_hash']}: " + REORG_ADVICE)
+    if report.add("anchor-block", _same_hex(got, anchor["block_hash"]),
+                  "block is canonical" if _same_hex(got, anchor["block_hash"])
+                  else f"canonical block {anchor['block_number']} is {got}, not the anchor's"
+                       f" {anchor['block_hash']}: " + REORG_ADVICE):
+        report.anchor_block = anchor["block_number"]

@@ -35,6 +35,7 @@ class VerificationReport:
     error: str | None = None  # set when the input itself is unusable (status "error")
     anchor_checked: bool = False
     pending: bool = False
+    anchor_block: int | None = None  # set once the anchor is verified on chain, in this block
 
     def add(self, step: str, ok: bool | None, detail: str = "") -> bool:
         self.steps.append(StepResult(step, ok, detail))
@@ -69,12 +70,35 @@ class VerificationReport:
     def exit_code(self) -> int:
         return EXIT_CODES[self.status]
 
+    @property
+    def summary(self) -> str:
+        """The verdict in words that name what was checked: never "anchored" for a skipped step."""
+        if self.error is not None:
+            return f"not a usable proof: {self.error}"
+        failed = self.failed_steps
+        hash_failures = [s for s in failed if not s.step.startswith("anchor")]
+        if hash_failures:
+            first = hash_failures[0]
+            return f"hashes INVALID: step {first.step} failed ({first.detail})"
+        if failed:
+            first = failed[0]
+            if first.step == "anchor-rpc":
+                return f"hashes valid, anchor not checked: the node could not be asked ({first.detail})"
+            return f"hashes valid, anchor check FAILED at step {first.step} ({first.detail})"
+        if self.pending:
+            return "hashes valid, not anchored yet (no anchor to check)"
+        if self.anchor_checked and self.anchor_block is not None:
+            return f"hashes valid, anchor verified on chain (block {self.anchor_block})"
+        return "hashes valid, anchor not checked"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "status": self.status,
             "failed_step": self.failed_step,
             "anchor_checked": self.anchor_checked,
+            "anchor_block": self.anchor_block,
+            "summary": self.summary,
             "error": self.error,
             "steps": [s.to_dict() for s in self.steps],
         }
