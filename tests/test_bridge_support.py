@@ -52,13 +52,19 @@ def _try_connect(settings: Settings, user: str, password: str) -> bool:
 
 def provision_device(settings: Settings, device: str) -> str:
     """Add the device's MQTT user and make Mosquitto reload its password file (SIGHUP)."""
-    password = MqttCredentials(settings.state_dir).add_users({device: None})[device]
+    return provision_devices(settings, [device])[device]
+
+
+def provision_devices(settings: Settings, devices: list[str]) -> dict[str, str]:
+    """Add several devices' MQTT users with one reload (SIGHUP); returns their passwords."""
+    users = MqttCredentials(settings.state_dir).add_users(dict.fromkeys(devices))
     pid = Stack(settings).pid("mosquitto")
     assert pid is not None, "mosquitto is not running"
     os.kill(pid, signal.SIGHUP)
-    wait_until(lambda: _try_connect(settings, device, password), 15,
-               f"device {device} accepted by Mosquitto after SIGHUP")
-    return password
+    for device in devices:
+        wait_until(lambda d=device: _try_connect(settings, d, users[d]), 15,
+                   f"device {device} accepted by Mosquitto after SIGHUP")
+    return {device: users[device] for device in devices}
 
 
 class Device:
