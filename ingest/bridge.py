@@ -7,14 +7,23 @@ crash of the bridge, a Kafka outage or a broker restart redelivers it instead of
 price is duplicates (a record produced, the ack lost); the stream removes those.
 
 Threads and who does what:
-- paho's network thread (``loop_start``) only turns each PUBLISH into an event on ``_events``;
+- paho's network thread (``loop_start``) only turns each PUBLISH into an event on ``_events``,
+  after waiting while the bridge is full (it reads ``InFlight.released``, a counter the bridge's
+  thread only increases);
 - kafka-python's I/O thread only turns each delivery result into an event on ``_events``;
 - :meth:`Bridge.run`'s thread owns all state: validates, produces, counts, retries and acks.
   ``Client.ack`` from a thread other than paho's is safe with ``loop_start``: like ``publish`` it
   only appends to paho's outgoing deque and wakes the network thread through its socket pair.
 
-Memory is bounded by MQTT 5's Receive Maximum (``max_inflight``): Mosquitto sends at most that many
-unacknowledged QoS 1 messages, so the bridge never holds more, however long Kafka is away.
+Memory is bounded by ``max_inflight``, sent as MQTT 5's Receive Maximum: a broker should send at
+most that many unacknowledged QoS 1 messages. Mosquitto 2.0.11 sends more once acks flow and a
+backlog is queued (D18), so the bridge also holds back itself: paho's thread waits in
+``_on_message`` while the bridge holds ``max_inflight`` messages, which stops reading the socket
+until Kafka has taken some (counted in ``over_receive_maximum``). Overload slows the bridge down.
+
+Packet ids name messages only while in flight, and Mosquitto may have two in flight under one id;
+:mod:`vitalchain.ingest.inflight` keeps the deliveries and decides which PUBACK goes out when (each
+PUBLISH of a connection acked once, in arrival order per id; none for a lost connection's).
 
 Shared subscriptions and broker restarts (measured on Mosquitto 2.0.11, see
 ``tests/test_bridge_resilience.py``): the broker restores a persistent session and its *plain*
@@ -63,6 +72,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from vitalchain.devices.mqtt_auth import MqttCredentials, bridge_user
 from vitalchain.ingest.deadletter import dead_letter_record
+from vitalchain.ingest.inflight import Delivery, InFlight
 from vitalchain.ingest.ratelimit import DeviceRateLimiter
 
 from vitalchain.config import Settings
@@ -89,37 +99,46 @@ def client_id(instance: int) -> str:
 
 @dataclass
 class BridgeCounters:
-    """Running totals; read from any thread (plain ints, updated by the bridge's thread only)."""
+    """Running totals; read from any thread (plain ints, each written by one thread only: the
+    bridge's, except ``over_receive_maximum``, written by paho's)."""
 
     received: int = 0  # MQTT messages taken from Mosquitto (first deliveries and redeliveries)
     forwarded: int = 0  # readings acked by Kafka on the raw topic
     dead_lettered: Counter[str] = field(default_factory=Counter)  # acked DLQ records by reason
-    acked: int = 0  # MQTT messages acknowledged to Mosquitto
-    redelivered_in_flight: int = 0  # redeliveries of a message still being produced (ignored)
+    acked: int = 0  # MQTT messages acknowledged to Mosquitto (QoS 0 ones: finished)
+    # A redelivery (new connection) of a message still being produced: not produced twice, the
+    # earlier delivery is acked on the new connection once its records are in Kafka.
+    redelivered_in_flight: int = 0
+    # A new message under a packet id whose earlier message is still in flight (Mosquitto numbers
+    # a backlog beyond 65,535 ids twice): produced and acked, after the earlier one.
+    same_id_in_flight: int = 0
+    # Deliveries of a lost connection finished without a PUBACK: Mosquitto redelivers them.
+    stale_unacked: int = 0
+    # PUBLISHes that came while the bridge held max_inflight: paho's thread waited for room.
+    over_receive_maximum: int = 0
     produce_errors: int = 0  # failed sends/deliveries (each retried)
     rate_limited_readings: int = 0  # valid readings dead-lettered by the flood rule
 
-    def line(self, in_flight: int) -> str:
+    def line(self, in_flight: int, waiting_for_order: int = 0, retrying: int = 0,
+             stale: int = 0) -> str:
+        """The progress line: every count that can hold a reading back is on it (held now:
+        ``in_flight``, of which ``waiting_for_order`` and ``stale``; ``retrying`` records)."""
         dlq = sum(self.dead_lettered.values())
         reasons = ",".join(f"{k}={v}" for k, v in sorted(self.dead_lettered.items()))
         return (f"received={self.received} forwarded={self.forwarded} dead_lettered={dlq}"
                 f"{f' ({reasons})' if reasons else ''} acked={self.acked} in_flight={in_flight}"
+                f" waiting_for_order={waiting_for_order} retrying={retrying} stale={stale}"
+                f" redelivered_in_flight={self.redelivered_in_flight}"
+                f" same_id_in_flight={self.same_id_in_flight}"
+                f" stale_unacked={self.stale_unacked}"
+                f" over_receive_maximum={self.over_receive_maximum}"
                 f" produce_errors={self.produce_errors}"
                 f" rate_limited_readings={self.rate_limited_readings}")
 
 
 @dataclass
-class _Message:
-    """One MQTT message in flight: acked when ``outstanding`` reaches zero."""
-
-    mid: int
-    qos: int
-    outstanding: int
-
-
-@dataclass
 class _Record:
-    token: int  # the message it came from
+    token: int  # the delivery it came from (vitalchain.ingest.inflight.Delivery.token)
     topic: str
     key: bytes
     value: bytes
@@ -148,9 +167,14 @@ class Bridge:
         self.subscribed = threading.Event()
         self._stop = threading.Event()
         self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        self._messages: dict[int, _Message] = {}
-        self._by_mid: dict[int, int] = {}  # MQTT packet id -> token, for QoS 1 messages in flight
-        self._tokens = itertools.count(1)
+        self._inflight = InFlight()  # the bridge thread's
+        # Which MQTT connection is current: paho's thread bumps it on a disconnect, under the lock
+        # the bridge thread holds while it checks a delivery's connection and queues its PUBACK,
+        # so no PUBACK of a lost connection's delivery ever goes out on a later connection.
+        self._connection = 0
+        self._connection_lock = threading.Lock()
+        self._arrived = 0  # PUBLISHes handed over by paho's thread (written there only)
+        self._room = threading.Condition()  # paho's thread waits here while the bridge is full
         self._retries: list[tuple[float, int, _Record]] = []
         self._retry_seq = itertools.count()
         self._failures_in_row = 0
@@ -160,7 +184,19 @@ class Bridge:
     # --- public ----------------------------------------------------------------------
     @property
     def in_flight(self) -> int:
-        return len(self._messages)
+        """Messages held: taken from MQTT, not yet finished (acked, or left for redelivery)."""
+        return len(self._inflight)
+
+    @property
+    def held(self) -> int:
+        """PUBLISHes paho handed over and the bridge has not finished (what ``max_inflight``
+        bounds; counts those still queued for the bridge's thread, unlike ``in_flight``)."""
+        return self._arrived - self._inflight.released
+
+    def progress_line(self) -> str:
+        """The counters plus what is held right now (any thread)."""
+        return self.counters.line(len(self._inflight), self._inflight.waiting_for_order,
+                                  len(self._retries), self._inflight.stale)
 
     def stop(self) -> None:
         """Ask ``run()`` to finish: take no more messages, flush, ack, disconnect. Thread-safe."""
@@ -268,6 +304,8 @@ class Bridge:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
+        with self._connection_lock:
+            self._connection += 1
         self.connected.clear()
         self.subscribed.clear()
         if not self._stop.is_set():
@@ -275,8 +313,38 @@ class Bridge:
                         "redelivered", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self._events.put(("msg", message.mid, message.qos, message.topic, bytes(message.payload),
-                          self.clock_us()))
+        self._arrived += 1
+        if self._arrived - self._inflight.released > self.max_inflight:
+            # The broker sent more than Receive Maximum (Mosquitto 2.0.11 with a backlog, D18):
+            # stop reading the socket until Kafka has taken some, so overload slows the bridge
+            # down instead of filling its memory. Acks are queued by the bridge's thread meanwhile
+            # and go out when this returns.
+            self.counters.over_receive_maximum += 1
+            self._wait_for_room(client)
+        self._events.put(("msg", self._connection, message.mid, message.qos, message.topic,
+                          bytes(message.payload), self.clock_us()))
+
+    def _full(self, limit: int | None = None) -> bool:
+        return self._arrived - self._inflight.released > (limit or self.max_inflight)
+
+    def _wait_for_room(self, client: mqtt.Client) -> None:
+        """Block paho's thread (it reads no more) until the bridge holds fewer than max_inflight.
+
+        PUBACKs the bridge's thread queues meanwhile are written from here: they free the broker's
+        in-flight slots and show it the bridge is alive (it drops a client it hears nothing from
+        for 1.5x the keep-alive)."""
+        started = time.monotonic()
+        # Resume a little below the limit: one wake-up per tenth of it, not one per message.
+        resume = self.max_inflight - max(1, self.max_inflight // 10) + 1
+        while self._full(resume) and not self._stop.is_set():
+            with self._room:
+                if self._full(resume):
+                    self._room.wait(0.5)
+            client.loop_write()
+        waited = time.monotonic() - started
+        if waited > 10:
+            log.warning("waited %.1fs for room (%d messages held; Kafka slow?)", waited,
+                        self._arrived - self._inflight.released - 1)
 
     # --- bridge thread ---------------------------------------------------------------
     def _next_timeout(self) -> float:
@@ -307,18 +375,23 @@ class Bridge:
         elif kind == "err":
             self._failed(event[1], event[2])
 
-    def _accept(self, mid: int, qos: int, topic: str, payload: bytes, received_us: int) -> None:
+    def _accept(self, connection: int, mid: int, qos: int, topic: str, payload: bytes,
+                received_us: int) -> None:
         self.counters.received += 1
-        if qos > 0 and mid in self._by_mid:
-            # Mosquitto resent (after a reconnect) a message we are still producing: the
-            # pending ack covers it; a second entry would ack that packet id twice.
+        delivery, kind = self._inflight.arrive(connection, mid, qos, topic, payload)
+        if kind == "adopted":
+            # Mosquitto resent (after a reconnect) a message we are still producing: that
+            # delivery is acked on this connection once its records are in Kafka.
             self.counters.redelivered_in_flight += 1
+            self._notify_room()
             return
+        if kind == "same_id":
+            self.counters.same_id_in_flight += 1
         outcome = validate(topic, payload, received_us,
                            max_payload_bytes=self.settings.max_payload_bytes,
                            max_future_seconds=self.settings.max_future_seconds)
         self._apply_flood_rule(outcome, received_us)
-        token = next(self._tokens)
+        token = delivery.token
         records: list[_Record] = []
         key = outcome.device_id.encode() if outcome.device_id else b""
         for reading in outcome.readings:
@@ -329,9 +402,7 @@ class Bridge:
                 self.settings.dlq_topic, outcome.device_id, rejection, topic, payload, received_us)
             records.append(_Record(token, dlq_topic, dlq_key, value, rejection.reason))
             log.debug("rejected %s: %s %s", topic, rejection.reason, rejection.detail)
-        self._messages[token] = _Message(mid, qos, len(records))
-        if qos > 0:
-            self._by_mid[mid] = token
+        self._finish(self._inflight.expect(delivery, len(records)))
         for record in records:
             self._send(record)
 
@@ -370,20 +441,30 @@ class Bridge:
             self.counters.forwarded += 1
         else:
             self.counters.dead_lettered[record.reason] += 1
-        message = self._messages.get(record.token)
-        if message is None:
-            return
-        message.outstanding -= 1
-        if message.outstanding == 0:
-            self._ack(record.token, message)
+        self._finish(self._inflight.record_done(record.token))
 
-    def _ack(self, token: int, message: _Message) -> None:
-        del self._messages[token]
-        if message.qos > 0:
-            self._by_mid.pop(message.mid, None)
+    def _finish(self, deliveries: list[Delivery]) -> None:
+        """PUBACK finished deliveries (in the order given) on the connection they came on; one of
+        a connection since lost gets none: Mosquitto redelivers it (a duplicate, not a loss)."""
+        for delivery in deliveries:
+            if delivery.qos == 0:
+                self.counters.acked += 1
+                continue
             assert self._client is not None
-            self._client.ack(message.mid, message.qos)
-        self.counters.acked += 1
+            with self._connection_lock:
+                current = delivery.connection == self._connection
+                if current:
+                    self._client.ack(delivery.mid, delivery.qos)
+            if current:
+                self.counters.acked += 1
+            else:
+                self.counters.stale_unacked += 1
+        if deliveries:
+            self._notify_room()
+
+    def _notify_room(self) -> None:
+        with self._room:
+            self._room.notify_all()
 
     def _failed(self, record: _Record, exc: BaseException) -> None:
         self.counters.produce_errors += 1
@@ -406,6 +487,7 @@ class Bridge:
     def _shutdown(self, flush_timeout: float = 10.0) -> None:
         """Stop taking messages, flush Kafka, ack what Kafka took, then disconnect."""
         self._stop.set()
+        self._notify_room()  # paho's thread may wait for room: let it see the stop
         client, producer = self._client, self._producer
         if producer is not None:
             try:
@@ -423,7 +505,7 @@ class Bridge:
             client.loop_stop()
         if producer is not None:
             producer.close(timeout=flush_timeout)
-        log.info("bridge stopped: %s", self.counters.line(self.in_flight))
+        log.info("bridge stopped: %s", self.progress_line())
 
 
 def _raw_value(reading: dict[str, Any], received_us: int) -> bytes:

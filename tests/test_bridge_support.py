@@ -51,10 +51,18 @@ def _try_connect(settings: Settings, user: str, password: str) -> bool:
 def provision_device(settings: Settings, device: str) -> str:
     """Add the device's MQTT user to the store and to the running Mosquitto (dynamic-security
     plugin, no SIGHUP); the broker's answer means it is in effect, so it is accepted at once."""
-    password = MqttCredentials(settings.state_dir).add_users({device: None})[device]
-    assert add_to_broker(settings, {device: password}), "mosquitto is not running"
-    assert _try_connect(settings, device, password), f"device {device} refused after provisioning"
-    return password
+    return provision_devices(settings, [device])[device]
+
+
+def provision_devices(settings: Settings, devices: list[str]) -> dict[str, str]:
+    """Add several devices' MQTT users at once (one round of admin commands); returns their
+    passwords, each checked by a real CONNECT."""
+    users = MqttCredentials(settings.state_dir).add_users(dict.fromkeys(devices))
+    passwords = {device: users[device] for device in devices}
+    assert add_to_broker(settings, passwords), "mosquitto is not running"
+    for device, password in passwords.items():
+        assert _try_connect(settings, device, password), f"device {device} refused after provisioning"
+    return passwords
 
 
 class Device:

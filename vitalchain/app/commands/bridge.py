@@ -41,7 +41,9 @@ def bridge() -> None:
 @click.option("--exclusive", is_flag=True,
               help="Subscribe to plain vitals/+ (the default; kept for explicit scripts).")
 @click.option("--max-inflight", type=click.IntRange(1, 65535), default=1000, show_default=True,
-              help="Most unacknowledged MQTT messages held at once (MQTT 5 Receive Maximum).")
+              help="Most unacknowledged MQTT messages held at once: sent as MQTT 5 Receive "
+                   "Maximum, and enforced by the bridge itself when a broker sends more "
+                   "(Mosquitto 2.0.11 does with a backlog; docs/DECISIONS.md D18).")
 @click.option("--progress-every", type=click.FloatRange(min=0.1), default=5.0,
               show_default=True, help="Seconds between progress lines on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="Log each rejected message.")
@@ -70,7 +72,7 @@ def run(settings: Settings, instance: int, group: str, exclusive: bool, max_infl
     signal.signal(signal.SIGINT, on_signal)
 
     def progress(counters: BridgeCounters) -> None:
-        click.echo(f"bridge {client_id(instance)}: {counters.line(the_bridge.in_flight)}", err=True)
+        click.echo(f"bridge {client_id(instance)}: {the_bridge.progress_line()}", err=True)
 
     click.echo(f"bridge {client_id(instance)}: {settings.mqtt_url} {the_bridge.subscription} -> "
                f"kafka {settings.kafka_bootstrap} {settings.raw_topic} (dead letters: "
