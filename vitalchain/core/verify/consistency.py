@@ -58,6 +58,8 @@ def verify_consistency_document(doc: Any, rpc: ChainRpc | None = None, *,
         sub = VerificationReport()
         verify_anchor({"anchor": anchors.get(key), "checkpoint": doc[key]}, rpc, sub)
         failed = sub.failed_steps
+        if not failed and sub.anchor_block is not None:
+            report.anchor_blocks.append(sub.anchor_block)
         report.add(f"anchor-{key}", not failed, "; ".join(f"{s.step}: {s.detail}" for s in failed)
-                   or f"checkpoint {doc[key]['size']} anchored on chain")
+                   or f"checkpoint {doc[key]['size']} anchored on chain (block {sub.anchor_block})")
     return report

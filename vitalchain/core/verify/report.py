@@ -36,6 +36,8 @@ class VerificationReport:
     anchor_checked: bool = False
     pending: bool = False
     anchor_block: int | None = None  # set once the anchor is verified on chain, in this block
+    # a consistency document has two anchors: each verified end's block, old then new
+    anchor_blocks: list[int] = field(default_factory=list)
 
     def add(self, step: str, ok: bool | None, detail: str = "") -> bool:
         self.steps.append(StepResult(step, ok, detail))
@@ -87,6 +89,9 @@ class VerificationReport:
             return f"hashes valid, anchor check FAILED at step {first.step} ({first.detail})"
         if self.pending:
             return "hashes valid, not anchored yet (no anchor to check)"
+        if self.anchor_checked and len(self.anchor_blocks) > 1:
+            blocks = ", ".join(str(b) for b in self.anchor_blocks)
+            return f"hashes valid, both anchors verified on chain (blocks {blocks})"
         if self.anchor_checked and self.anchor_block is not None:
             return f"hashes valid, anchor verified on chain (block {self.anchor_block})"
         return "hashes valid, anchor not checked"
@@ -98,6 +103,7 @@ class VerificationReport:
             "failed_step": self.failed_step,
             "anchor_checked": self.anchor_checked,
             "anchor_block": self.anchor_block,
+            "anchor_blocks": list(self.anchor_blocks),
             "summary": self.summary,
             "error": self.error,
             "steps": [s.to_dict() for s in self.steps],
