@@ -211,3 +211,65 @@ def test_deadletters_list_shows_what_the_archiver_stored(isolated) -> None:
     assert none.exit_code == 0 and none.stdout == "" and "no rejected input archived" in none.stderr
     bad = CliRunner().invoke(main, ["deadletters", "list", "--device", "a b"], env=env)
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize("kind", ["stream", "deadletters"])
+def test_a_worker_whose_kafka_is_gone_says_so_once_and_exits(fresh_stack, kind: str) -> None:
+    stack = fresh_stack(("kafka", "influxdb"))
+    env = _stack_env(stack)
+    log = stack.settings.state_dir / f"{kind}.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "vitalchain", kind, "run"], env=env,
+                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: [w for w in running_workers(stack.settings) if w.kind == kind], 60,
+                   f"the {kind} worker's record")
+        if kind == "stream":
+            wait_until(lambda: "stream: in=" in log.read_text(), 60, "the stream's first progress line")
+        before = len(log.read_text().splitlines())
+        stack.kill("kafka")
+        killed = time.monotonic()
+        code = process.wait(timeout=60)
+        elapsed = time.monotonic() - killed
+    finally:
+        if process.poll() is None:
+            process.kill()
+    after = log.read_text().splitlines()[before:]
+    print(f"{kind}: exited {code} {elapsed:.1f}s after Kafka was killed, {len(after)} lines:", *after, sep="\n")
+    gone = [line for line in after if "stopping: Kafka does not answer" in line]
+    assert len(gone) == 1 and "`vitalchain stack up`" in gone[0], "\n".join(after[-20:])
+    assert "Traceback" not in "\n".join(after), "\n".join(after[-40:])
+    assert elapsed < 35, f"{kind} took {elapsed:.1f}s to exit"
+    assert len(after) < 60, "\n".join(after[-20:])
+
+
+def _listener(port: int = 0):  # type: ignore[no-untyped-def]
+    import socket
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen()
+    return sock
+
+
+def test_the_watchdog_rides_out_a_restart_and_stops_on_a_service_that_stays_gone(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vitalchain.app.watchdog import watch
+
+    kafka, influx = _listener(), _listener()
+    settings = load_settings(environ={}, state_dir=tmp_path, kafka_port=kafka.getsockname()[1],
+                             influx_port=influx.getsockname()[1])
+    reactions: list[str] = []
+    watch(settings, "test", "kafka", "influxdb", grace=2.0, interval=0.1, react=reactions.append)
+    port = kafka.getsockname()[1]
+    kafka.close()  # a restart: back within the grace period
+    wait_until(lambda: "Kafka does not answer" in capsys.readouterr().err, 10, "the first line")
+    kafka = _listener(port)
+    wait_until(lambda: "every service answers again" in capsys.readouterr().err, 10, "the all-clear")
+    assert reactions == []
+    influx.close()  # gone for good
+    wait_until(lambda: reactions, 10, "the watchdog to give up")
+    assert reactions[0].startswith("test: stopping: InfluxDB does not answer at 127.0.0.1:")
+    assert "`vitalchain stack up`" in reactions[0]
+    kafka.close()

@@ -36,7 +36,10 @@ def run_command(settings: Settings, progress_seconds: float) -> None:
         signal.signal(sig, lambda *_: stop.set())
     click.echo(f"deadletters: {settings.kafka_bootstrap} {settings.dlq_topic} -> InfluxDB "
                f"{settings.influx_db}.rejected", err=True)
+    from vitalchain.app.watchdog import watch
+
     record = register_worker(settings, "deadletters")
+    watch(settings, "deadletters", "kafka", "influxdb")
     try:
         run(settings, stop.is_set, progress_seconds)
     finally:

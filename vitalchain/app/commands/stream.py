@@ -38,9 +38,11 @@ def run(settings: Settings, workers: int, worker_name: str | None, progress_seco
 
     require(settings, "kafka", "influxdb")
     if workers == 1:
+        from vitalchain.app.watchdog import watch
         from vitalchain.ingest.stream import run_worker
 
         record = register_worker(settings, "stream")  # the parent of --workers N is not one
+        watch(settings, "stream", "kafka", "influxdb")
         try:
             run_worker(settings, worker_name, loglevel, progress_seconds)
         finally:
