@@ -151,7 +151,8 @@ def test_stack_down_stops_hand_started_workers_then_the_services(fresh_stack) ->
     wait_until(lambda: _vitalchain(env, "bridge", "wait", "--timeout", "5").returncode == 0, 60,
                "`bridge wait` to see the bridge subscribed")
     status = _vitalchain(env, "stack", "status")
-    assert {line.split()[1] for line in status.stdout.splitlines() if line.startswith("worker")} == set(workers)
+    rows = {line.split()[1]: line.split()[2] for line in status.stdout.splitlines() if line.startswith("worker")}
+    assert rows == {"bridge": "subscribed", "stream": "running", "deadletters": "running", "api": "running"}
 
     # A reading sealed while the services run: its proof needs InfluxDB later.
     reading = {"device_id": "dev-x", "patient_id": "pat-x", "seq": 0,
@@ -170,7 +171,7 @@ def test_stack_down_stops_hand_started_workers_then_the_services(fresh_stack) ->
         assert "Traceback" not in log, f"{kind}:\n{log[-3000:]}"
     assert elapsed < 60, f"stack down took {elapsed:.1f}s"
     assert running_workers(stack.settings) == [] and stack.pid("kafka") is None
-    print(f"stack down with 4 hand-started workers: {elapsed:.1f}s")
+    print(f"stack down with 4 hand-started workers: {elapsed:.1f}s", *down.stderr.splitlines(), sep="\n")
 
     proof = _vitalchain(env, "proof", "dev-x", "0")
     assert proof.returncode == 1

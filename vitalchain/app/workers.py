@@ -115,10 +115,14 @@ def stop_workers(settings: Settings, timeout: float = 30.0,
         say(f"stopping worker {worker.describe()}")
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(w.alive() for w in workers):
+    started = time.monotonic()
+    waiting = list(workers)
+    while waiting and time.monotonic() < started + timeout:
         time.sleep(0.1)
-    killed = [w for w in workers if w.alive()]
+        for worker in [w for w in waiting if not w.alive()]:
+            waiting.remove(worker)
+            say(f"worker {worker.kind} (pid {worker.pid}) stopped after {time.monotonic() - started:.1f}s")
+    killed = [w for w in waiting if w.alive()]
     for worker in killed:
         say(f"worker {worker.describe()} ignored SIGTERM for {timeout:.0f}s; killing it")
         with contextlib.suppress(ProcessLookupError):

@@ -63,8 +63,9 @@ def register(main: click.Group) -> None:
         from vitalchain.app.workers import running_workers
 
         for worker in running_workers(settings):
-            state = "ready" if worker.ready or worker.kind != "bridge" else "starting"
-            click.echo(f"worker     {worker.kind:<11} {state:<9} pid {worker.pid:<8} "
+            # Only the bridge reports readiness (subscribed); of the others we know they run.
+            state = ("subscribed" if worker.ready else "starting") if worker.kind == "bridge" else "running"
+            click.echo(f"worker     {worker.kind:<11} {state:<10} pid {worker.pid:<8} "
                        f"{' '.join(worker.argv)}")
         if not all(row.healthy for row in rows):
             sys.exit(1)
