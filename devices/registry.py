@@ -97,6 +97,15 @@ def load_registry(settings: Settings) -> dict[str, str]:
     return dict(data)
 
 
+def patients(settings: Settings) -> dict[str, list[str]]:
+    """Each patient the registry knows, with the ids of the devices on it (sorted): the patients
+    grants and the API refer to."""
+    result: dict[str, list[str]] = {}
+    for device_id, patient_id in sorted(load_registry(settings).items()):
+        result.setdefault(patient_id, []).append(device_id)
+    return dict(sorted(result.items()))
+
+
 def _save_registry(settings: Settings, registry: dict[str, str]) -> None:
     path = registry_path(settings)
     tmp = path.with_suffix(".json.tmp")

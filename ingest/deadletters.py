@@ -35,6 +35,7 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _CODE = re.compile(r"^[a-z0-9_.-]{1,64}$")
 _MAX_US = (2**63 - 1) // 1000 - 1000
 
+CLOSE_TIMEOUT_MS = 2000
 log = logging.getLogger("vitalchain.deadletters")
 
 
@@ -124,7 +125,9 @@ class Archiver:
 
     def close(self) -> None:
         try:
-            self._consumer.close(autocommit=False)
+            # Bounded: kafka-python waits request_timeout_ms for the LeaveGroup answer, which
+            # tansu keeps it waiting for (stop took 20 s); unanswered, the session just expires.
+            self._consumer.close(autocommit=False, timeout_ms=CLOSE_TIMEOUT_MS)
         finally:
             self._loop.run_until_complete(self._influx.close())
             self._loop.close()

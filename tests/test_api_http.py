@@ -241,6 +241,10 @@ def test_cli_users_and_grants(world: World) -> None:
     register(root)
     runner = CliRunner()
     settings = world.settings.with_overrides(state_dir=world.store_path.parent)
+    # Grants name patients the device registry knows (the world's devices, as provisioning writes).
+    registry = settings.state_dir / "devices" / "registry.json"
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    registry.write_text('{"dev-a_1": "pat-a", "dev-b": "pat-b"}\n')
     r = runner.invoke(root, ["users", "add", "carol", "--role", "clinician"], obj=settings)
     assert r.exit_code == 0, r.output
     token = r.output.strip()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,11 @@ def test_demo_proves_a_reading_against_a_running_stack(tmp_path: Path) -> None:
         assert demo.returncode == 0, output
         assert "verdict: VALID" in output
         assert f"http://127.0.0.1:{api}/" in output
+        # It says the dashboard ends with it, and how to keep it; the verify command it prints
+        # can be pasted: bare `vitalchain` only when that is on PATH, else the script's path.
+        assert "demo --serve" in output and "stop with the demo" in output
+        shown = re.search(r"verify:\s+(\S+) verify --rpc", output).group(1)
+        assert Path(shown).is_file() or (shown == "vitalchain" and shutil.which("vitalchain")), shown
         bundle_path = Path(re.search(r"bundle:\s+(\S+)", output).group(1))
         bundle = json.loads(bundle_path.read_text())
         assert bundle["anchor"] is not None

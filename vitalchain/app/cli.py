@@ -15,6 +15,7 @@ import click
 
 from vitalchain.app.production import check_production
 from vitalchain.config import ConfigError, load_settings
+from vitalchain.errors import Unavailable, VitalchainError
 
 # command -> (module whose ``register(group)`` adds it, its one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,10 +26,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bridge": ("vitalchain.app.commands.bridge",
                "MQTT→Kafka bridge: validated readings to the raw topic, rejects to the dead-letter topic."),
     "deadletters": ("vitalchain.app.commands.deadletters",
-                    "Rejected readings: archive the dead-letter topic into InfluxDB measurement ``rejected``."),
+                    "Rejected readings: archive the dead-letter topic (`run`), show what was archived (`list`)."),
     "demo": ("vitalchain.app.demo", "Run the whole pipeline end to end on the local stack and verify one proof."),
     "devices": ("vitalchain.app.commands.devices", "Simulated wearables publishing vital signs over MQTT."),
     "grants": ("vitalchain.app.commands.api", "Patient consent: which clinician may see which patient, until when."),
+    "patients": ("vitalchain.app.commands.patients",
+                 "Patients: who the provisioned devices are on (grants name these ids)."),
     "proof": ("vitalchain.app.commands.anchor",
               "Proofs: `proof DEVICE SEQ`, `proof --at TS_US DEVICE`, `proof consistency S1 S2`."),
     "stack": ("vitalchain.app.stack.cli",
@@ -55,6 +58,17 @@ class LazyGroup(click.Group):
         holder = click.Group()
         importlib.import_module(COMMANDS[cmd_name][0]).register(holder)
         return holder.commands[cmd_name]
+
+    def invoke(self, ctx: click.Context) -> object:
+        """An expected failure (vitalchain's error family: bad input, nothing found, a service
+        down, a refusal) ends in one ``Error:`` line and exit 1, never a traceback."""
+        try:
+            return super().invoke(ctx)
+        except VitalchainError as exc:
+            message = str(exc).strip("'\"")
+            if isinstance(exc, Unavailable) and "vitalchain stack" not in message:
+                message += " (is the local stack up? `vitalchain stack status`)"
+            raise click.ClickException(message) from exc
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         limit = formatter.width - 6 - max(len(name) for name in COMMANDS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -109,6 +110,9 @@ def run_demo(settings: Settings, devices: int, seconds: float, rate: float, say:
         say(f"    dashboard and API: {dashboard}  (OpenAPI: {dashboard}docs)")
         for role, token in access.items():
             say(f"    {role} token: {token}")
+        if not serve:
+            say(f"    (served only while the demo runs, about {seconds + 30:.0f}s more; "
+                f"`{command_name()} demo --serve` keeps it until Ctrl-C)")
         baseline = progress.stored()
         _wait_flowing(settings, identities[0], progress, baseline, pipeline, say)
         baseline, sealed_before = progress.stored(), progress.sealed()
@@ -143,6 +147,9 @@ def run_demo(settings: Settings, devices: int, seconds: float, rate: float, say:
                 f"{settings.logs_dir}")
             return 1
         code = _prove(settings, picked, out_dir, say)
+        if not serve:
+            say(f"the dashboard and API stop with the demo now; the tokens above keep working with "
+                f"`{command_name()} api` (or run `{command_name()} demo --serve`)")
         if serve:
             say(f"serving until Ctrl-C: {dashboard} (the wearables keep publishing)")
             try:
@@ -168,12 +175,28 @@ def _prove(settings: Settings, picked: tuple[str, int], out_dir: Path | None, sa
     verdict = subprocess.run([sys.executable, "-m", "vitalchain", "verify", "--rpc",
                               settings.eth_rpc_url, str(path)], capture_output=True, text=True)
     say(f"    bundle:  {path}")
-    say(f"    verify:  vitalchain verify --rpc {settings.eth_rpc_url} {path}")
+    say(f"    verify:  {command_name()} verify --rpc {settings.eth_rpc_url} {path}")
     for line in (verdict.stdout + verdict.stderr).strip().splitlines():
         say(f"    {line}")
     say("    verdict: " + ("VALID" if verdict.returncode == 0 else f"INVALID (exit {verdict.returncode})"))
-    say("the stack is still running: `vitalchain stack status`, `vitalchain stack down`")
+    say(f"the stack is still running: `{command_name()} stack status`, `{command_name()} stack down`")
     return verdict.returncode
+
+
+def command_name() -> str:
+    """How the user can call vitalchain from here: ``vitalchain`` when that is on PATH and is this
+    installation, else the path of this virtualenv's script (``.venv/bin/vitalchain`` from the
+    checkout), so a command the demo prints can be pasted as it is."""
+    script = Path(sys.executable).parent / "vitalchain"
+    if not script.exists():
+        return f"{sys.executable} -m vitalchain"
+    found = shutil.which("vitalchain")
+    if found and Path(found).resolve() == script.resolve():
+        return "vitalchain"
+    try:
+        return str(script.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def _demo_users(settings: Settings, identities) -> dict[str, str]:  # type: ignore[no-untyped-def]

@@ -64,8 +64,12 @@ def compile_command(check: bool) -> None:
 @click.pass_obj
 def run_command(settings: Settings, poll: float, quiet: bool) -> None:
     """Follow the window log and anchor checkpoints until interrupted (SIGINT/SIGTERM)."""
+    from vitalchain.app.preflight import require
+
+    require(settings, "eth")  # before importing web3: seconds on a loaded machine
     from vitalchain.anchor.chain import AnchorKeyError, ChainError
     from vitalchain.anchor.worker import LedgerDivergedError, Progress, WorkerLockedError, run_worker
+    from vitalchain.app.workers import register_worker
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -80,10 +84,13 @@ def run_command(settings: Settings, poll: float, quiet: bool) -> None:
             for event in progress.events:
                 click.echo(f"{event}  [{progress.line()}]")
 
+    record = register_worker(settings, "anchor")
     try:
         run_worker(settings, stop, report, poll_interval=poll)
     except (AnchorKeyError, ChainError, LedgerDivergedError, WorkerLockedError) as exc:
         _fail(exc)
+    finally:
+        record.remove()
 
 
 @anchor_group.command("status")
@@ -148,19 +155,43 @@ def proof_reading(settings: Settings, device_id: str, seq: int | None, ts_us: in
 
 
 @proof_group.command("consistency")
-@click.argument("size1", type=click.IntRange(min=1))
-@click.argument("size2", type=click.IntRange(min=1))
+@click.argument("size1", type=click.IntRange(min=1), required=False)
+@click.argument("size2", type=click.IntRange(min=1), required=False)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.pass_obj
-def proof_consistency(settings: Settings, size1: int, size2: int, output: Path | None) -> None:
-    """Proof that anchored checkpoint SIZE1 is a prefix of anchored checkpoint SIZE2."""
+def proof_consistency(settings: Settings, size1: int | None, size2: int | None,
+                      output: Path | None) -> None:
+    """Proof that anchored checkpoint SIZE1 is a prefix of anchored checkpoint SIZE2.
+
+    Without sizes: the first and the latest anchored checkpoints (`anchor status` lists them).
+    """
     from vitalchain.anchor.proofs import ProofUnavailable, build_consistency
 
+    if (size1 is None) != (size2 is None):
+        raise click.UsageError("give both SIZE1 and SIZE2, or neither (first and latest anchored)")
+    if size1 is None or size2 is None:
+        size1, size2 = _first_and_latest_anchored(settings)
     try:
         doc = build_consistency(settings, size1, size2)
     except (ProofUnavailable, ValueError) as exc:
         _fail(exc)
     _write(doc, output)
+
+
+def _first_and_latest_anchored(settings: Settings) -> tuple[int, int]:
+    from vitalchain.storage.anchors import AnchorStore
+
+    if not settings.anchor_contract:
+        raise click.ClickException("no anchor contract configured: run `vitalchain anchor deploy` first")
+    from vitalchain.anchor.chain import contract_address
+
+    with AnchorStore(settings.ledger_path) as store:
+        sizes = [c.size for c in store.checkpoints(contract_address(settings), "anchored")]
+    if not sizes:
+        raise click.ClickException("no checkpoint is anchored yet (`vitalchain anchor run` anchors "
+                                   "them; `vitalchain anchor status` shows where it is)")
+    click.echo(f"anchored checkpoints {min(sizes)} and {max(sizes)} (of {len(sizes)})", err=True)
+    return min(sizes), max(sizes)
 
 
 @proof_group.command("verify-consistency")

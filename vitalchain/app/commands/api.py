@@ -32,23 +32,52 @@ def _record(store: ApiStore, action: str, patient_id: str | None, reason: str) -
         allowed=True, status=0, reason=f"{reason} by {_operator()}")
 
 
+def _check_patient(settings: Settings, patient: str) -> None:
+    """A grant is consent of a patient the registry knows: refuse a typo or a device id, which
+    would otherwise be stored as a grant that never matches anybody."""
+    from vitalchain.devices.registry import ProvisioningError, load_registry
+
+    try:
+        registry = load_registry(settings)
+    except ProvisioningError as exc:
+        raise click.ClickException(str(exc)) from None
+    if patient in registry.values():
+        return
+    if patient in registry:
+        raise click.ClickException(f"{patient!r} is a device, not a patient: its patient is "
+                                   f"{registry[patient]!r} (`vitalchain patients list`)")
+    raise click.ClickException(
+        f"unknown patient {patient!r}: no provisioned device is on it (`vitalchain patients list` "
+        f"shows the {len(set(registry.values()))} known patients)")
+
+
 def register(main: click.Group) -> None:
     @main.command("api")
     @click.option("--host", default=None, help="Listen address (default: the settings' host).")
-    @click.option("--port", default=8700, show_default=True, type=click.IntRange(1, 65535))
+    @click.option("--port", default=None, type=click.IntRange(1, 65535),
+                  help="Listen port (default: VITALCHAIN_API_PORT, 8700).")
     @click.option("--seal-seconds", default=5.0, show_default=True, type=click.FloatRange(0.1),
                   help="How often access-log entries are sealed into the ledger.")
     @click.pass_obj
-    def api_command(settings: Settings, host: str | None, port: int, seal_seconds: float) -> None:
+    def api_command(settings: Settings, host: str | None, port: int | None, seal_seconds: float) -> None:
         """Serve the clinician/auditor HTTP API (OpenAPI at /docs)."""
         import uvicorn
 
         from vitalchain.api.app import create_app
         from vitalchain.api.redact import log_config
+        from vitalchain.app.workers import register_worker
 
-        # uvicorn's access log prints each request line: redact tokens a client put in the URL.
-        uvicorn.run(create_app(settings, seal_seconds=seal_seconds), host=host or settings.host,
-                    port=port, log_level="info", log_config=log_config())
+        host, port = host or settings.host, port or settings.api_port
+        url = f"http://{host}:{port}/"
+        click.echo(f"API and dashboard on {url} (OpenAPI: {url}docs); sign in with a token from "
+                   "`vitalchain users add NAME --role clinician|auditor`", err=True)
+        record = register_worker(settings, "api")
+        try:
+            # uvicorn's access log prints each request line: redact tokens a client put in the URL.
+            uvicorn.run(create_app(settings, seal_seconds=seal_seconds), host=host, port=port,
+                        log_level="info", log_config=log_config())
+        finally:
+            record.remove()
 
     @main.group("users")
     def users() -> None:
@@ -102,6 +131,7 @@ def register(main: click.Group) -> None:
     @click.option("--until", "until", required=True, help="Expiry, ISO 8601 (UTC if no offset).")
     @click.pass_obj
     def grants_add(settings: Settings, patient: str, clinician: str, until: str) -> None:
+        _check_patient(settings, patient)
         store = ApiStore(api_path(settings))
         try:
             grant = store.add_grant(check_id(patient, "patient id"), clinician,

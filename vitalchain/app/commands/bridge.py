@@ -56,6 +56,10 @@ def run(settings: Settings, instance: int, group: str, exclusive: bool, max_infl
     logging.getLogger("kafka").setLevel(logging.ERROR if not verbose else logging.WARNING)
     if exclusive and group:
         raise click.UsageError("--exclusive and --group exclude each other")
+    from vitalchain.app.preflight import require
+    from vitalchain.app.workers import register_worker
+
+    require(settings, "kafka", "mqtt")
     try:
         if settings.mode == "dev" and provision_bridge(settings, instance):
             click.echo(f"bridge: provisioned MQTT user {client_id(instance)}", err=True)
@@ -79,10 +83,43 @@ def run(settings: Settings, instance: int, group: str, exclusive: bool, max_infl
                f"{settings.dlq_topic})", err=True)
     worker = threading.Thread(target=the_bridge.run, args=(progress, progress_every),
                               name="bridge")
+    record = register_worker(settings, "bridge")
     worker.start()
     # The main thread only waits, so signal handlers run promptly.
     while worker.is_alive():
         worker.join(timeout=0.5)
+        if the_bridge.subscribed.is_set():
+            record.mark_ready()
+    record.remove()
+
+
+@bridge.command("wait")
+@click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
+              help="Seconds to wait before giving up (exit 1).")
+@click.pass_obj
+def wait(settings: Settings, timeout: float) -> None:
+    """Wait until a bridge of this state folder is subscribed (after `bridge run &`).
+
+    Mosquitto drops what devices publish while no bridge has ever subscribed (the bridge's
+    persistent session queues readings only once it exists), so a script starts the devices after
+    this returns.
+    """
+    import time
+
+    from vitalchain.app.workers import running_workers
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready = [w for w in running_workers(settings, "bridge") if w.ready]
+        if ready:
+            click.echo(f"bridge ready: {ready[0].describe()}", err=True)
+            return
+        time.sleep(0.2)
+    running = running_workers(settings, "bridge")
+    raise click.ClickException(
+        f"no bridge of {settings.state_dir} subscribed within {timeout:.0f}s"
+        + (f" ({len(running)} running: see its output)" if running else
+           ": none is running; start one with `vitalchain bridge run &`"))
 
 
 @bridge.command("forget-session")

@@ -33,10 +33,20 @@ def run(settings: Settings, workers: int, worker_name: str | None, progress_seco
 
     Prints a progress line (readings in, sealed windows, duplicates, conflicts, late) to stderr.
     """
-    from vitalchain.ingest.stream import run_worker
+    from vitalchain.app.preflight import require
+    from vitalchain.app.workers import register_worker
 
+    require(settings, "kafka", "influxdb")
     if workers == 1:
-        run_worker(settings, worker_name, loglevel, progress_seconds)
+        from vitalchain.app.watchdog import watch
+        from vitalchain.ingest.stream import run_worker
+
+        record = register_worker(settings, "stream")  # the parent of --workers N is not one
+        watch(settings, "stream", "kafka", "influxdb")
+        try:
+            run_worker(settings, worker_name, loglevel, progress_seconds)
+        finally:
+            record.remove()
         return
     children = [
         subprocess.Popen([sys.executable, "-c", "from vitalchain.app.cli import main; main()", "stream", "run",

@@ -36,7 +36,7 @@ def register(main: click.Group) -> None:
     @stack.command()
     @click.pass_obj
     def down(settings: Settings) -> None:
-        """Stop every service; nothing is left running."""
+        """Stop this state folder's workers, then every service; nothing is left running."""
         Stack(settings, log=_say).down()
         _say("stack down")
 
@@ -53,12 +53,19 @@ def register(main: click.Group) -> None:
     @stack.command()
     @click.pass_obj
     def status(settings: Settings) -> None:
-        """Show each service; exit 1 when any is down or unusable."""
+        """Show each service, then each running worker; exit 1 when any service is down or unusable."""
         rows = Stack(settings).status()
         for row in rows:
             state = "healthy" if row.healthy else ("UNHEALTHY" if row.running else "DOWN")
             pid = str(row.pid) if row.pid else "-"
             click.echo(f"{row.name:<10} {state:<9} {settings.host}:{row.port:<6} pid {pid:<8} "
                        f"{row.detail}")
+        from vitalchain.app.workers import running_workers
+
+        for worker in running_workers(settings):
+            # Only the bridge reports readiness (subscribed); of the others we know they run.
+            state = ("subscribed" if worker.ready else "starting") if worker.kind == "bridge" else "running"
+            click.echo(f"worker     {worker.kind:<11} {state:<10} pid {worker.pid:<8} "
+                       f"{' '.join(worker.argv)}")
         if not all(row.healthy for row in rows):
             sys.exit(1)

@@ -2,8 +2,10 @@
 
 ``up`` starts each service as a detached child (its own session, so it outlives the command that
 started it and ``down`` can signal its whole process group), records its pid and command line under
-``<state_dir>/run/``, and returns only once every service answers its probe. ``down`` sends SIGTERM,
-waits, then SIGKILL, and removes the records, so nothing is left behind.
+``<state_dir>/run/``, and returns only once every service answers its probe. ``down`` first stops the
+state folder's workers (``vitalchain.app.workers``: bridge, stream, anchor, dead-letter archiver,
+API, however they were started), then sends each service SIGTERM, waits, then SIGKILL, and removes
+the records, so nothing is left behind.
 """
 
 from __future__ import annotations
@@ -204,7 +206,12 @@ class Stack:
         if child is not None and child.poll() is not None:
             self._children.pop(name, None)
 
-    def down(self) -> None:
+    def down(self, worker_timeout: float = 30.0) -> None:
+        """Stop this state folder's workers first (while the services they need are there to
+        let them stop cleanly), then every service."""
+        from vitalchain.app.workers import stop_workers  # workers imports this module
+
+        stop_workers(self.settings, worker_timeout, say=self.log)
         for svc in reversed(SERVICES):
             if self._read_record(svc.name) is not None:
                 self.log(f"stopping {svc.name}")
