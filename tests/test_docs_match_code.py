@@ -53,17 +53,23 @@ TOPIC = re.compile(r"(?:\$share/[A-Za-z<>_.-]+/)?vitals/[^\s`\"),|:;\]]+")
 
 def _topic_shapes() -> dict[str, bool]:
     """Every topic or filter shape the docs may name -> whether the code agrees."""
-    from vitalchain.devices.mqtt_auth import render_acl
+    from vitalchain.devices import mqtt_dynsec
     from vitalchain.devices.registry import DeviceIdentity
     from vitalchain.ingest.bridge import SUBSCRIPTION, Bridge
 
-    acl = render_acl(["vitalchain-bridge-0"]).splitlines()
+    roles = {role["rolename"]: role for role in mqtt_dynsec.static_roles()}
+    bridge = {(acl["acltype"], acl["topic"]) for acl in roles[mqtt_dynsec.BRIDGE_ROLE]["acls"]}
+    device = {(acl["acltype"], acl["topic"]) for acl in mqtt_dynsec.device_role("dev-1")["acls"]}
     return {
         "vitals/+": SUBSCRIPTION == "vitals/+" and Bridge(Settings(), group=None).subscription == "vitals/+",
         "$share/NAME/vitals/+": Bridge(Settings(), group="NAME").subscription == "$share/NAME/vitals/+",
-        "vitals/#": "topic read vitals/#" in acl,
-        "vitals/%u": "pattern write vitals/%u" in acl,
-        "vitals/<device_id>": DeviceIdentity("dev-1", "p", "").topic == "vitals/dev-1",
+        "vitals/#": ("subscribePattern", "vitals/#") in bridge and ("publishClientReceive", "vitals/#") in bridge,
+        "$share/+/vitals/#": ("subscribePattern", "$share/+/vitals/#") in bridge,
+        "vitals/<device_id>": DeviceIdentity("dev-1", "p", "").topic == "vitals/dev-1"
+        and device == {("publishClientSend", "vitals/dev-1")},
+        # the literal the 2.0.11 plugin does not substitute (docs/DECISIONS.md D12 explains why no
+        # role uses it): named in the docs only as a rejected alternative
+        "vitals/%u": all("%u" not in topic for _, topic in bridge | device),
     }
 
 
