@@ -156,6 +156,9 @@ def test_clinician_and_auditor_screens(isolated: Settings, tmp_path: Path) -> No
             row = page.locator("#patients tr[data-patient=pat-decline]")
             row.wait_for()
 
+            # sickest first
+            order = page.locator("#patients tbody tr").evaluate_all("rs => rs.map(r => r.dataset.patient)")
+            assert order == ["pat-decline", "pat-amber", "pat-stable"], order
             # only the clinician's cards, and no raw refusal anywhere
             assert page.locator("#patients-card").is_visible()
             assert page.locator("#audit-card").is_hidden()

@@ -234,7 +234,11 @@ async function loadPatients() {
   const tbody = $("patients").tBodies[0];
   tbody.replaceChildren();
   state.patients.clear();
-  for (const p of body.patients) {
+  // sickest first: the highest NEWS2 at the top, patients without a reading last
+  const ranked = body.patients.slice().sort((a, b) =>
+    (b.news2 ? b.news2.score : -1) - (a.news2 ? a.news2.score : -1)
+    || a.patient_id.localeCompare(b.patient_id));
+  for (const p of ranked) {
     state.patients.set(p.patient_id, p);
     const row = tbody.insertRow();
     row.dataset.patient = p.patient_id;
