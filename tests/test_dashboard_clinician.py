@@ -207,6 +207,9 @@ def test_clinician_and_auditor_screens(isolated: Settings, tmp_path: Path) -> No
             y = page.evaluate("(() => { const s = state.charts.get('spo2').scales.y; return [s.min, s.max]; })()")
             assert y[0] <= 85 and y[1] >= 100, y  # not zoomed to the noise
             assert page.locator("figure.chart[data-vital=hr]").get_attribute("data-gaps") == "0"
+            # the legend under each chart: the last point's value and time, never "--"
+            legend = page.locator("figure.chart[data-vital=hr] .u-legend").inner_text()
+            assert "(last point)" in legend and "/min" in legend and "--" not in legend, legend
             keep_screenshot(page, "dashboard-clinician.png")
 
             # the stable patient's device was off for three minutes: a break, not a straight line

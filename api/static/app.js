@@ -348,7 +348,8 @@ function showLatest() {
     value.append(num, " ", unit);
     const at = document.createElement("div");
     at.className = "at";
-    at.textContent = `${fmtTime(t, true)} · ${ageOf(t)}`;
+    at.textContent = `${fmtTime(t, true)} · ${ageOf(t)}` +
+      (p.latest.state === "unsealed" ? " · not yet sealed" : "") + (stale ? " · no newer reading" : "");
     tile.append(label, value, at);
     box.append(tile);
   }
@@ -512,9 +513,7 @@ async function loadVitals() {
     box.dataset.latest = last ? vital.series.map((k) => last[k]).join("/") : "";
     box.dataset.gaps = String(gaps);
     box.querySelector(".sub").textContent = last
-      ? `${what.short} · last point ${vital.series.map((k) => fmt(last[k], vital.digits)).join("/")} ` +
-        `${vital.unit} at ${fmtTime(new Date(last.ts_us / 1000), true)}` +
-        (gaps ? ` · ${gaps} gap(s) with no readings` : "")
+      ? `${what.short}` + (gaps ? ` · ${gaps} gap(s) with no readings` : " · no gaps")
       : "no readings in range";
   }
 }
@@ -600,6 +599,22 @@ function drawBands(u, vital) {
   ctx.restore();
 }
 
+const SERIES_LABEL = { hr: "Heart rate", spo2: "SpO₂", rr: "Respiration", temp_c: "Temperature",
+                       sys: "Systolic", dia: "Diastolic" };
+
+function lastIndex(values) {
+  for (let i = values.length - 1; i >= 0; i -= 1) {
+    if (values[i] !== null && values[i] !== undefined) return i;
+  }
+  return null;
+}
+
+function timeValue(u, v, si, idx) {
+  const i = idx ?? lastIndex(u.data[1]);
+  if (i === null) return "—";
+  return `${fmtTime(new Date(u.data[0][i] * 1000), true)}${idx === null || idx === undefined ? " (last point)" : ""}`;
+}
+
 function clockLabel(s) {
   const p = parts(new Date(s * 1000));
   return `${p.hour}:${p.minute}`;
@@ -621,7 +636,8 @@ function makeChart(vital, data) {
   const font = "12px system-ui, sans-serif";
   const opts = {
     width: chartWidth(box), height: CHART_HEIGHT,
-    legend: { show: false },
+    // the legend shows the point under the cursor, and the last point when there is none
+    legend: { show: true, live: true },
     cursor: { points: { size: 6 } },
     scales: { x: { time: true }, y: { range: (u, lo, hi) => yRange(vital, lo, hi) } },
     axes: [
@@ -629,8 +645,13 @@ function makeChart(vital, data) {
         labelSize: 16, labelFont: font },
       { size: 44, font },
     ],
-    series: [{}, ...vital.series.map((k) => ({
-      label: k, stroke: COLOURS[k], width: 2, spanGaps: false,
+    series: [{ label: "Time", value: timeValue }, ...vital.series.map((k) => ({
+      label: SERIES_LABEL[k], stroke: COLOURS[k], width: 2, spanGaps: false,
+      value: (u, v, si, idx) => {
+        const i = idx ?? lastIndex(u.data[si]);
+        const value = i === null ? null : u.data[si][i];
+        return value === null || value === undefined ? "no reading" : `${fmt(value, vital.digits)} ${vital.unit}`;
+      },
       points: { show: data[0].length < 60, size: 4 },
     }))],
     hooks: { drawClear: [(u) => drawBands(u, vital)] },
