@@ -138,7 +138,7 @@ def test_clinician_and_auditor_screens(isolated: Settings, tmp_path: Path) -> No
     store = ApiStore(store_path)
     try:
         tokens = {name: store.add_user(name, role) for name, role in
-                  (("dr-okafor", "clinician"), ("audrey", "auditor"))}
+                  (("dr-okafor", "clinician"), ("audrey", "auditor"), ("root", "admin"))}
         for patient in ward:
             store.add_grant(patient, "dr-okafor", now_us + 8 * 3600 * SECOND_US, "root")
     finally:
@@ -246,5 +246,13 @@ def test_clinician_and_auditor_screens(isolated: Settings, tmp_path: Path) -> No
             page.locator("#verdict .badge", has_text="valid").wait_for()
             keep_screenshot(page, "dashboard-auditor-full.png")
             context.close()
+
+            # an admin has no cards: a note says where users and grants are managed, no 403
+            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            page.set_default_timeout(15_000)
+            sign_in(page, base, tokens["root"])
+            page.locator("#role-note", has_text="admin role has no dashboard cards").wait_for()
+            assert page.locator("#patients-card").is_hidden() and page.locator("#audit-card").is_hidden()
+            assert "403" not in page.inner_text("body")
         finally:
             browser.close()
