@@ -241,9 +241,19 @@ def test_clinician_and_auditor_screens(isolated: Settings, tmp_path: Path) -> No
             assert "403" not in page.inner_text("body")
             assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d " + ZONE,
                              page.locator("#windows tbody tr td.time").first.inner_text())
-            with page.expect_download():
+            with page.expect_download() as download_info:
                 page.locator("#windows tbody tr").first.get_by_role("button").first.click()
             page.locator("#verdict .badge", has_text="valid").wait_for()
+            # a copy of that proof with its heart rate edited: the verdict names the broken step
+            proof = tmp_path / "proof.json"
+            download_info.value.save_as(proof)
+            bundle = json.loads(proof.read_text())
+            bundle["reading"]["vitals"]["hr"] += 1
+            forged = tmp_path / "forged.json"
+            forged.write_text(json.dumps(bundle))
+            page.set_input_files("#proof-file", str(forged))
+            page.locator("#verdict .badge", has_text="invalid").wait_for()
+            assert "reading-inclusion" in page.locator("#verdict").inner_text()
             keep_screenshot(page, "dashboard-auditor-full.png")
             context.close()
 

@@ -708,10 +708,7 @@ async function verify(bundle, label, proofStatus = null, confirmations = null) {
     return;
   }
   const meaning = {
-    valid: report.anchor_checked
-      ? "every hash checks out and the checkpoint is anchored (checked on chain)"
-      : "every hash checks out and the bundle says its checkpoint is anchored; the anchoring " +
-        "transaction was not looked up on chain here (vitalchain verify --rpc does that)",
+    valid: "every hash checks out and the checkpoint is anchored",
     pending: "every hash checks out; the checkpoint is not anchored on chain yet",
     invalid: `verification FAILED at step “${report.failed_step}”`,
     error: `the document is not a usable proof (${report.error})`,
