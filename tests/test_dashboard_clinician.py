@@ -71,6 +71,10 @@ def seed_ward(settings: Settings, now_us: int) -> dict[str, list[dict[str, Any]]
         "pat-amber": simulated("pat-amber", "dev-amber", 2, now_us, Deterioration(300, 1200, 3600)),
         "pat-stable": simulated("pat-stable", "dev-stable", 3, now_us, None, GAP_S),
     }
+    # the device registry as provisioning leaves it (the API takes consent for devices from it)
+    registry = settings.state_dir / "devices" / "registry.json"
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    registry.write_text(json.dumps({rows[0]["device_id"]: p for p, rows in ward.items()}) + "\n")
     everything = sorted((r for rows in ward.values() for r in rows), key=lambda r: r["ts_us"])
     offset = 0
     with Ledger(settings.ledger_path) as ledger:
