@@ -16,10 +16,10 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from vitalchain.devices.physiology import Patient
+from vitalchain.devices.physiology import Deterioration, Patient
 from vitalchain.devices.registry import DeviceIdentity
 from vitalchain.devices.seqstore import SeqCounter
 from vitalchain.devices.transport import ConnectRefused, LinkDown, MqttLink, PublishRejected
@@ -47,6 +47,8 @@ class DeviceConfig:
     keepalive: int = 30
     episodes_per_hour: float = 1.0
     seed: int = 0
+    # patient id -> scripted deterioration (the demo's patient who goes amber, then red)
+    scripts: dict[str, Deterioration] = field(default_factory=dict)
 
     def check(self) -> None:
         if not self.rate > 0:
@@ -68,7 +70,8 @@ class Device:
         self.seq = seq
         self.on_ack = on_ack
         self.clock = clock
-        self.patient = Patient(identity.patient_id, config.seed, config.episodes_per_hour)
+        self.patient = Patient(identity.patient_id, config.seed, config.episodes_per_hour,
+                               config.scripts.get(identity.patient_id))
         self._rng = random.Random(f"vitalchain-device/{config.seed}/{identity.device_id}")
         self.queue: deque[Reading] = deque()
         self.inflight: dict[asyncio.Future[None], list[Reading]] = {}

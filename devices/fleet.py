@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from vitalchain.devices.firmware import Device, DeviceConfig
+from vitalchain.devices.physiology import Deterioration
 from vitalchain.devices.registry import DeviceIdentity, identities
 from vitalchain.devices.seqstore import DEFAULT_BLOCK, SeqCounter
 
@@ -91,12 +92,14 @@ async def run_fleet(settings: Settings, device_ids: Sequence[str | DeviceIdentit
                     buffer_limit: int = 10_000, max_inflight: int = 10,
                     progress_interval: float = 1.0, drain_timeout: float = 30.0,
                     track_acked: bool = True, episodes_per_hour: float = 1.0,
-                    stop: asyncio.Event | None = None) -> FleetStats:
+                    stop: asyncio.Event | None = None,
+                    scripts: dict[str, Deterioration] | None = None) -> FleetStats:
     """Run provisioned devices until each took ``count`` readings or ``duration`` seconds passed
     (or ``stop`` is set), then give them up to ``drain_timeout`` s to empty their buffers.
 
     ``on_progress`` gets the live ``FleetStats`` every ``progress_interval`` s and once at the end.
     With neither ``count`` nor ``duration`` the fleet runs until ``stop`` is set.
+    ``scripts`` gives patients (by id) a scripted deterioration; the others are untouched.
     """
     if count is not None and count < 0:
         raise ValueError("count must not be negative")
@@ -121,7 +124,8 @@ async def run_fleet(settings: Settings, device_ids: Sequence[str | DeviceIdentit
 
     config = DeviceConfig(settings.host, settings.mqtt_port, rate=rate, batch=batch,
                           buffer_limit=buffer_limit, max_inflight=max_inflight,
-                          episodes_per_hour=episodes_per_hour, seed=seed)
+                          episodes_per_hour=episodes_per_hour, seed=seed,
+                          scripts=dict(scripts or {}))
     config.check()
     # A block of about a minute's readings (at least the default): fewer fsyncs, a gap after a crash
     # of at most that minute (gaps are allowed, docs/DEVICES.md).

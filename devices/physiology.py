@@ -5,8 +5,10 @@ so values wander for minutes but always come back), measurement noise, and now a
 (tachycardia, desaturation, fever, hypotension) that ramps in, holds and ramps out. Everything is
 drawn from one ``random.Random`` seeded by ``(seed, patient_id)``, so a given seed, patient and
 sampling interval always produce the same series: tests and demos are repeatable, and two patients
-never share a trajectory. Results are clamped to ``vitalchain.core.payload.limits`` so nothing the simulator emits
-can be rejected for being physically impossible.
+never share a trajectory. One patient can also be given a scripted :class:`Deterioration` (the demo's
+patient whose NEWS2 goes amber, then red, on a schedule); it draws no random numbers, so it changes
+nothing in anyone else's series. Results are clamped to ``vitalchain.core.payload.limits`` so
+nothing the simulator emits can be rejected for being physically impossible.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ _DRIFT_NOISE = {"hr": (4.0, 1.5), "spo2": (0.7, 0.6), "rr": (1.2, 0.8), "temp_c"
                 "sys": (5.0, 3.0), "dia": (3.0, 2.0)}
 _DRIFT_NOISE_ROWS = tuple((name, drift, noise) for name, (drift, noise) in _DRIFT_NOISE.items())
 _DRIFT_TAU_S = 600.0
+_SCRIPT_DAMPING = 0.6  # share of drift/noise removed once a scripted deterioration is under way
 _MIN_PULSE_PRESSURE = 10
 
 # kind -> {vital: (low, high) of the peak change}
@@ -54,6 +57,72 @@ class Episode:
         return t_s > self.start_s + self.duration_s
 
 
+# Where a scripted deterioration takes the vitals (drift and noise still ride on top). Chosen so
+# NEWS2 (api/news2.py, Scale 1) is robustly in a band: amber = hr 1 + spo2 1 + rr 2 + temp 1 +
+# sys 0 = 5 (6 when SpO2 noise dips to 93); red = hr 2 + spo2 3 + rr 3 + temp 1 + sys 2 = 11.
+AMBER_TARGET: dict[str, float] = {"hr": 100, "spo2": 94.4, "rr": 22.5, "temp_c": 38.5,
+                                  "sys": 128, "dia": 78}
+RED_TARGET: dict[str, float] = {"hr": 124, "spo2": 88.5, "rr": 28, "temp_c": 38.8,
+                                "sys": 96, "dia": 58}
+
+
+@dataclass(frozen=True)
+class Deterioration:
+    """A scripted decline: from the patient's own baseline to NEWS2 amber, a plateau, then red.
+
+    Times are seconds of the patient's clock (``Patient.t_s``): the vitals leave the baseline at
+    ``start_s``, reach the amber targets at ``amber_s``, hold them for the first third of the way
+    to ``red_s``, reach the red targets at ``red_s`` and stay there. A clinician watching the demo
+    sees the alarm path: the score's colour change, then the emergency band. Deterministic and
+    free of random draws, so adding it to one patient leaves every other series as it was.
+    """
+
+    start_s: float
+    amber_s: float
+    red_s: float
+
+    def __post_init__(self) -> None:
+        if not self.start_s < self.amber_s < self.red_s:
+            raise ValueError("a deterioration needs start_s < amber_s < red_s")
+
+    @classmethod
+    def over(cls, seconds: float, offset_s: float = 0.0) -> Deterioration:
+        """A schedule fitted to a run of ``seconds``: starts at 10 %, amber by 40 %, red by 80 %."""
+        if not seconds > 0:
+            raise ValueError("seconds must be positive")
+        return cls(offset_s + 0.1 * seconds, offset_s + 0.4 * seconds, offset_s + 0.8 * seconds)
+
+    def stage(self, t_s: float) -> str:
+        """``baseline``, ``worsening``, ``amber``, ``worse`` or ``red`` at ``t_s``."""
+        hold_end = self.amber_s + (self.red_s - self.amber_s) / 3
+        if t_s <= self.start_s:
+            return "baseline"
+        if t_s < self.amber_s:
+            return "worsening"
+        if t_s <= hold_end:
+            return "amber"
+        return "worse" if t_s < self.red_s else "red"
+
+    def strength(self, t_s: float) -> float:
+        """0 before the script starts, rising to 1 at ``amber_s`` and staying there."""
+        return min(1.0, max(0.0, (t_s - self.start_s) / (self.amber_s - self.start_s)))
+
+    def target(self, t_s: float, baseline: Vitals) -> dict[str, float]:
+        """The vitals the script asks for at ``t_s``: piecewise linear between its key frames."""
+        hold_end = self.amber_s + (self.red_s - self.amber_s) / 3
+        if t_s <= self.start_s:
+            return {k: float(v) for k, v in baseline.items()}
+        if t_s < self.amber_s:
+            low, high, w = baseline, AMBER_TARGET, (t_s - self.start_s) / (self.amber_s - self.start_s)
+        elif t_s <= hold_end:
+            return dict(AMBER_TARGET)
+        elif t_s < self.red_s:
+            low, high, w = AMBER_TARGET, RED_TARGET, (t_s - hold_end) / (self.red_s - hold_end)
+        else:
+            return dict(RED_TARGET)
+        return {k: low[k] + (high[k] - low[k]) * w for k in baseline}
+
+
 @dataclass
 class Patient:
     """One patient's generator. Call ``sample(dt_s)`` once per reading."""
@@ -61,6 +130,7 @@ class Patient:
     patient_id: str
     seed: int = 0
     episodes_per_hour: float = 1.0
+    script: Deterioration | None = None
     baseline: Vitals = field(init=False)
     t_s: float = field(init=False, default=0.0)
     episode: Episode | None = field(init=False, default=None)
@@ -119,6 +189,12 @@ class Patient:
             level = self.episode.envelope(self.t_s)
             for name, change in self.episode.peak.items():
                 raw[name] += change * level
+        if self.script is not None:
+            # The baseline moves to the script's target; drift, noise and episodes ride on top,
+            # shrunk as the script takes hold so the score stays in the band the script is in.
+            keep = 1.0 - _SCRIPT_DAMPING * self.script.strength(self.t_s)
+            for name, value in self.script.target(self.t_s, baseline).items():
+                raw[name] = value + (raw[name] - baseline[name]) * keep
         return _plausible(raw)
 
 

@@ -100,6 +100,7 @@ def test_dashboard_withholds_altered_and_unknown_and_marks_unsealed(isolated: Se
             assert page.locator("#proof-btn").is_disabled()
             assert "not sealed yet" in page.locator("#proof-target").inner_text()
             page.locator("#patient-note", has_text="1 reading(s) not yet sealed").wait_for()
+            page.locator("#latest .tile[data-vital=hr] .at", has_text="not yet sealed").wait_for()
 
             # pat-c's newest sealed reading deleted from InfluxDB: named, not silently skipped
             assert row_c.locator("td.integrity .state-missing").count() == 0

@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from vitalchain.api.news2 import news2
 
+from tests.audit_support import influx_query
 from vitalchain.app.stack.ports import free_ports
+from vitalchain.config import load_settings
 from vitalchain.core.verify import verify_bundle
 from vitalchain.storage.chainrpc import JsonRpc
 
@@ -48,6 +51,12 @@ def test_demo_proves_a_reading_against_a_running_stack(tmp_path: Path) -> None:
         assert bundle["anchor"] is not None
         report = verify_bundle(bundle, JsonRpc(f"http://127.0.0.1:{eth}"))
         assert report.status == "valid", report.to_dict()
+        # the named patient deteriorated: their last stored reading scores NEWS2 red
+        declining = re.search(r"patient (\S+) deteriorates: NEWS2 amber", output)
+        assert declining, output
+        newest = influx_query(load_settings(env), "SELECT * FROM readings WHERE patient_id = "
+                              f"'{declining[1]}' ORDER BY time DESC LIMIT 1")
+        assert newest and news2(newest[0]).risk == "high", newest
         # The demo leaves the stack as it found it: running, and stoppable.
         assert vitalchain("stack", "status").returncode == 0
     finally:

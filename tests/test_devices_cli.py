@@ -52,6 +52,18 @@ def test_provision_and_run(fresh_stack: Callable[..., Stack]) -> None:
     assert result.exit_code == 0, result.output
     assert SeqCounter.for_device(broker.settings, "cli-00001").peek > 8  # continued
 
+    # one named patient deteriorates on a schedule; a patient not among the devices is refused
+    declining = load_registry(broker.settings)["cli-00001"]
+    result = runner.invoke(main, ["devices", "run", "--devices", "1", "--prefix", "cli", "--rate", "50",
+                                  "--duration", "0.2", "--deteriorate", declining,
+                                  "--deteriorate-over", "60"], env=env)
+    assert result.exit_code == 0, result.output
+    assert f"patient {declining} deteriorates: NEWS2 amber from about 24s, red from about 48s" \
+        in result.stderr
+    result = runner.invoke(main, ["devices", "run", "--devices", "1", "--prefix", "cli", "--count", "1",
+                                  "--deteriorate", "patient-nobody"], env=env)
+    assert result.exit_code == 2 and "not a patient of these devices" in result.output
+
 
 def test_cli_refuses_bad_input(tmp_path) -> None:
     runner = CliRunner()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from vitalchain.devices.physiology import EPISODES, Patient
+from vitalchain.devices.physiology import EPISODES, Deterioration, Patient
 from vitalchain.devices.seqstore import SeqCounter
 
 from vitalchain.core.payload.limits import VITAL_LIMITS, vital_violations
@@ -130,3 +130,56 @@ def test_seq_counter_refuses_corrupt_state(tmp_path: Path) -> None:
     path.write_text('{"next_seq": -4}')
     with pytest.raises(ValueError):
         SeqCounter(path)
+
+
+def _scripted_run(patient: str, seed: int, script: Deterioration,
+                  seconds: int) -> tuple[list[dict], list[str]]:
+    person = Patient(patient, seed=seed, episodes_per_hour=0, script=script)
+    vitals, stages = [], []
+    for _ in range(seconds):
+        vitals.append(person.sample(1.0))
+        stages.append(script.stage(person.t_s))
+    return vitals, stages
+
+
+def test_scripted_deterioration_goes_amber_then_red() -> None:
+    """The demo's declining patient: NEWS2 medium (5-6) on the plateau, high (>= 7) at the end,
+    whatever the patient's own baseline."""
+    from vitalchain.api.news2 import news2
+
+    script = Deterioration(60, 240, 480)
+    for seed in range(3):
+        for patient in ("patient-a", "patient-b", "patient-c", "p9"):
+            vitals, stages = _scripted_run(patient, seed, script, 700)
+            amber = [news2(v) for v, s in zip(vitals, stages, strict=True) if s == "amber"]
+            red = [news2(v) for v, s in zip(vitals, stages, strict=True) if s == "red"]
+            assert len(amber) > 50 and len(red) > 150
+            medium = sum(n.risk == "medium" for n in amber) / len(amber)
+            assert medium >= 0.95, (seed, patient, [n.score for n in amber])
+            assert all(n.score >= 7 and n.risk == "high" for n in red), (seed, patient)
+            assert all(vital_violations(v) == [] for v in vitals)
+
+
+def test_script_changes_nothing_before_it_starts_nor_anyone_else() -> None:
+    """A script draws no random numbers: the series before it starts is the unscripted one, and
+    the other patients of the same seed are exactly as they were (tests and demos compare them)."""
+    script = Deterioration(100, 200, 300)
+    plain = Patient("p1", seed=5)
+    scripted = Patient("p1", seed=5, script=script)
+    before = [(plain.sample(1.0), scripted.sample(1.0)) for _ in range(100)]
+    assert all(a == b for a, b in before)
+    after = [(plain.sample(1.0), scripted.sample(1.0)) for _ in range(300)]
+    assert any(a != b for a, b in after)
+    assert scripted.baseline == plain.baseline
+
+
+def test_deterioration_schedule() -> None:
+    script = Deterioration.over(60)
+    assert (script.start_s, script.amber_s, script.red_s) == (6, 24, 48)
+    assert [script.stage(t) for t in (0, 10, 25, 40, 60)] == \
+        ["baseline", "worsening", "amber", "worse", "red"]
+    assert Deterioration.over(60, offset_s=-60).stage(0) == "red"
+    with pytest.raises(ValueError):
+        Deterioration(10, 5, 20)
+    with pytest.raises(ValueError):
+        Deterioration.over(0)

@@ -5,6 +5,9 @@ none is recorded, provisions a few dozen wearables, runs the bridge, a stream wo
 anchoring worker as the same processes an operator runs, drives the fleet with a live progress
 line, then proves one reading whose checkpoint is anchored and verifies that proof against the
 chain with ``vitalchain verify --rpc``.
+
+One demo patient (the first wearable's) deteriorates on a schedule fitted to the run: NEWS2 goes
+amber, then red, so whoever watches the dashboard sees what an alarm looks like.
 """
 
 from __future__ import annotations
@@ -100,6 +103,12 @@ def run_demo(settings: Settings, devices: int, seconds: float, rate: float, say:
     identities = provision_devices(settings, devices, prefix="demo")
 
     access = _demo_users(settings, identities)
+    from vitalchain.devices.physiology import Deterioration
+
+    declining = identities[0].patient_id
+    script = Deterioration.over(seconds)
+    say(f"    patient {declining} deteriorates: NEWS2 amber from about {script.amber_s:.0f}s, "
+        f"red from about {script.red_s:.0f}s into the run")
     progress = Progress(settings)
     with Pipeline(settings) as pipeline:
         for kind in ("bridge", "stream", "anchor", "deadletters"):
@@ -123,7 +132,7 @@ def run_demo(settings: Settings, devices: int, seconds: float, rate: float, say:
             progress.show(stats.published, stats.acked)
 
         stats = asyncio.run(run_fleet(settings, identities, rate=rate, duration=seconds,
-                                      on_progress=on_progress))
+                                      on_progress=on_progress, scripts={declining: script}))
         progress.show(stats.published, stats.acked, force=True)
         if progress.tty:
             click.echo("", err=True)
@@ -153,8 +162,11 @@ def run_demo(settings: Settings, devices: int, seconds: float, rate: float, say:
         if serve:
             say(f"serving until Ctrl-C: {dashboard} (the wearables keep publishing)")
             try:
+                # a new fleet starts the patients' clocks again: the declining one stays red
+                still_red = Deterioration.over(seconds, offset_s=-seconds)
                 asyncio.run(run_fleet(settings, identities, rate=rate,
-                                      on_progress=lambda s: progress.show(s.published, s.acked)))
+                                      on_progress=lambda s: progress.show(s.published, s.acked),
+                                      scripts={declining: still_red}))
             except KeyboardInterrupt:
                 say("stopping the pipeline")
         return code

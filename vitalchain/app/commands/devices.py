@@ -18,6 +18,7 @@ from vitalchain.core.payload.schema import schema_text
 from vitalchain.devices.fleet import FleetStats, run_fleet
 from vitalchain.devices.mqtt_auth import ADMIN_USER, MqttCredentials
 from vitalchain.devices.mqtt_dynsec import write_config
+from vitalchain.devices.physiology import Deterioration
 from vitalchain.devices.registry import (
     DeviceIdentity,
     ProvisioningError,
@@ -111,10 +112,15 @@ def register(main: click.Group) -> None:
                   show_default=True, help="Mean rate of clinical episodes per patient.")
     @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
                   help="Seconds between progress reports.")
+    @click.option("--deteriorate", "declining", default=None, metavar="PATIENT",
+                  help="A patient of these devices whose NEWS2 goes amber, then red (scripted).")
+    @click.option("--deteriorate-over", type=click.FloatRange(min=1), default=600.0,
+                  show_default=True, help="Seconds the deterioration takes (amber by 40 %, red by 80 %).")
     @click.pass_obj
     def run(settings: Settings, n_devices: int, prefix: str, rate: float,
             duration: float | None, count: int | None, batch: int, seed: int,
-            buffer_limit: int, episodes_per_hour: float, interval: float) -> None:
+            buffer_limit: int, episodes_per_hour: float, interval: float,
+            declining: str | None, deteriorate_over: float) -> None:
         """Run devices against the broker until --duration/--count, then drain and summarise."""
         if duration is not None and count is not None:
             raise click.UsageError("give --duration or --count, not both")
@@ -124,9 +130,19 @@ def register(main: click.Group) -> None:
             devices = provision_devices(settings, n_devices, prefix)
         except (ProvisioningError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
+        scripts = {}
+        if declining is not None:
+            patients = sorted({d.patient_id for d in devices})
+            if declining not in patients:
+                raise click.UsageError(f"--deteriorate {declining!r} is not a patient of these "
+                                       f"devices ({', '.join(patients[:5])}{', ...' if len(patients) > 5 else ''})")
+            scripts[declining] = Deterioration.over(deteriorate_over)
+            click.echo(f"patient {declining} deteriorates: NEWS2 amber from about "
+                       f"{scripts[declining].amber_s:.0f}s, red from about "
+                       f"{scripts[declining].red_s:.0f}s", err=True)
         show, finish = _progress_printer(click.get_text_stream("stderr"))
         stats = asyncio.run(_run(settings, devices, rate, duration, count, batch, seed,
-                                 buffer_limit, episodes_per_hour, interval, show))
+                                 buffer_limit, episodes_per_hour, interval, show, scripts))
         finish()
         click.echo(f"devices       {stats.devices}\n"
                    f"elapsed       {stats.elapsed_s:.1f} s\n"
@@ -148,7 +164,8 @@ def register(main: click.Group) -> None:
 async def _run(settings: Settings, devices: list[DeviceIdentity], rate: float, duration: float | None,
                count: int | None, batch: int, seed: int, buffer_limit: int,
                episodes_per_hour: float, interval: float,
-               show: Callable[[FleetStats], None]) -> FleetStats:
+               show: Callable[[FleetStats], None],
+               scripts: dict[str, Deterioration] | None = None) -> FleetStats:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -161,7 +178,7 @@ async def _run(settings: Settings, devices: list[DeviceIdentity], rate: float, d
                                show,
                                buffer_limit=buffer_limit, progress_interval=interval,
                                track_acked=False, episodes_per_hour=episodes_per_hour,
-                               stop=stop, drain_timeout=30.0)
+                               stop=stop, drain_timeout=30.0, scripts=scripts)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
