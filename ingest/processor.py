@@ -10,6 +10,17 @@ matter what Kafka's committed offsets say.
 Acks: a record is acked only when its whole window is sealed, and always in offset order, so the
 offsets Faust commits never pass an unsealed record.  Records at or below the sealed offset are
 acked at once (they are done).
+
+Epochs (docs/STREAM.md): a sealed offset means "done" only in the incarnation of the partition it
+was read from.  So before skipping anything below what the ledger says is sealed, the processor
+checks that the partition is still that incarnation: when it takes a partition with a sealed
+offset S it seeks to S and compares the record there with the ledger's *tail* hash; and whenever
+the partition's log end (high watermark) falls to or below what it has done, offsets went
+backwards.  Either finding starts a new epoch in the ledger (compare-and-set: the ledger is the
+arbiter among workers) and the partition is read again from its first offset.  An open window of
+the old incarnation is sealed first (its records were read and can still be kept); whatever the
+old Kafka held beyond that is gone, and the audit reports the readings it lacks as lost in a
+Kafka restart.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from vitalchain.ingest.sink import Sealer, SealRefused
-from vitalchain.ingest.windowing import ClosedWindow, PartitionWindower
+from vitalchain.ingest.windowing import ClosedWindow, PartitionWindower, record_hash
 
 from vitalchain.storage.ledger import Ledger
 
@@ -31,6 +42,14 @@ Ack = Callable[[], object]
 Seek = Callable[[int, int], Awaitable[None]]
 Earliest = Callable[[int], Awaitable[int]]
 Highwater = Callable[[int], int | None]
+
+# A log end at or below what is done must persist this long before it counts: the consumer's
+# high watermark comes from its last fetch, which may predate records another worker has sealed
+# since; fetches (every fetch_max_wait, 0.5 s) refresh it well within this time.
+BACKWARDS_CONFIRM_S = 2.0
+# A seek (to the sealed offset while checking an incarnation, or back to the expected offset) is
+# repeated this often while the record sought does not come (a rebalance's seek may undo ours).
+RESEEK_S = 1.0
 
 
 @dataclass
@@ -48,6 +67,8 @@ class StreamStats:
     out_of_position: int = 0
     resyncs: int = 0
     seal_retries: int = 0
+    epochs: int = 0
+    salvaged: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def line(self) -> str:
@@ -56,15 +77,25 @@ class StreamStats:
                 f"windows={self.sealed_windows} (idle {self.idle_cuts}) "
                 f"duplicates={self.duplicates} conflicts={self.conflicts} "
                 f"invalid={self.invalid} late={self.late} skipped={self.skipped} "
-                f"resyncs={self.resyncs} rate={self.sealed_readings / elapsed:.0f}/s")
+                f"resyncs={self.resyncs} epochs={self.epochs} "
+                f"rate={self.sealed_readings / elapsed:.0f}/s")
 
 
 @dataclass
 class _Partition:
     windower: PartitionWindower
+    epoch: int = 0
     acks: list[tuple[int, Ack]] = field(default_factory=list)
     last_arrival: float = field(default_factory=time.monotonic)
     seek_target: int | None = None
+    # Incarnation check pending: the sealed offset whose record must match the ledger's tail.
+    verify_offset: int | None = None
+    verify_hash: bytes | None = None
+    verify_earliest_checked: bool = False
+    seeked_at: float = 0.0
+    backwards_since: float | None = None
+    # Highest log end seen in this epoch: what the old Kafka held, if the epoch has to end.
+    end_seen: int | None = None
 
 
 class StreamProcessor:
@@ -100,9 +131,10 @@ class StreamProcessor:
         state = self._states.get(partition)
         if state is not None:
             return state
-        sealed = self.ledger.last_sealed_offset(self.topic, partition)
+        position = self.ledger.position(self.topic, partition)
+        sealed = position.sealed_offset
         if sealed is None:
-            # Nothing sealed yet: the partition starts at the log's first offset.
+            # Nothing sealed in this epoch yet: the partition starts at the log's first offset.
             sealed_floor = await self._earliest(partition) - 1
         else:
             sealed_floor = sealed
@@ -111,8 +143,14 @@ class StreamProcessor:
             self.topic, partition, window_us=self.window_us, salt_key=self._salt_key,
             salt_key_id=self._salt_key_id, sealed_offset=sealed_floor,
             prev_end_us=self.ledger.previous_window_end_us(self.topic, partition),
-            sealed_leaf=self.ledger.sealed_leaf)
-        state = self._states[partition] = _Partition(windower)
+            sealed_leaf=self.ledger.sealed_leaf, epoch=position.epoch)
+        state = self._states[partition] = _Partition(windower, epoch=position.epoch)
+        if sealed is not None:
+            # Nothing below S may be skipped until the record at S proves this is the
+            # incarnation S was sealed from.
+            state.verify_offset, state.verify_hash = sealed, position.tail_hash
+            state.seek_target, state.seeked_at = sealed, time.monotonic()
+            await self._seek(partition, sealed)
         return state
 
     # --- records ------------------------------------------------------------------------------
@@ -120,14 +158,20 @@ class StreamProcessor:
                      ack: Ack) -> None:
         async with self._lock(partition):
             state = await self._state(partition)
+            if state.verify_offset is not None:
+                await self._verify(partition, state, offset, key, value, ack)
+                return
             windower = state.windower
             expected = windower.expected_offset
             if expected is not None and offset > expected:
                 self.stats.out_of_position += 1
-                if state.seek_target != expected:
+                # Again after RESEEK_S: a rebalance's own seek (to Kafka's committed offset,
+                # which after a broker restart may belong to the old incarnation) can undo ours.
+                if (state.seek_target != expected
+                        or time.monotonic() - state.seeked_at > RESEEK_S):
                     log.info("partition %s: got offset %s, expected %s: seeking back",
                              partition, offset, expected)
-                    state.seek_target = expected
+                    state.seek_target, state.seeked_at = expected, time.monotonic()
                     await self._seek(partition, expected)
                 return
             state.seek_target = None
@@ -160,6 +204,7 @@ class StreamProcessor:
         not beyond what we took): records that are merely delayed (a rebalance, a slow fetch)
         must not cause a wall-clock cut, which replay could not reproduce.
         """
+        await self._check_log_ends()
         now = time.monotonic()
         for partition, state in list(self._states.items()):
             if not state.windower.has_open or now - state.last_arrival < self.idle_seal_seconds:
@@ -174,6 +219,107 @@ class StreamProcessor:
                 closed = state.windower.cut_idle()
                 if closed is not None:
                     await self._seal(partition, state, closed)
+
+    # --- incarnations and epochs ---------------------------------------------------------------
+    async def _verify(self, partition: int, state: _Partition, offset: int, key: bytes,
+                      value: bytes, ack: Ack) -> None:
+        """Check the record at the sealed offset against the ledger's tail (see module doc)."""
+        target = state.verify_offset
+        assert target is not None
+        if offset < target:
+            return  # fetched before our seek took effect; it comes again if it is needed
+        if offset > target:
+            # Either fetched before our seek took effect, or the record at S is gone (retention
+            # deleted it): then nothing at or below S can be offered again, and nothing new can
+            # be skipped, so the partition goes on in its epoch.
+            if not state.verify_earliest_checked:
+                state.verify_earliest_checked = True
+                if await self._earliest(partition) > target:
+                    log.warning("partition %s: the record at sealed offset %s is no longer in "
+                                "Kafka; cannot check its incarnation, going on in epoch %s",
+                                partition, target, state.epoch)
+                    self._verified(state)
+                    await self._seek(partition, target + 1)
+                    return
+            if state.seek_target != target or time.monotonic() - state.seeked_at > RESEEK_S:
+                state.seek_target, state.seeked_at = target, time.monotonic()
+                await self._seek(partition, target)
+            return
+        if state.verify_hash is not None and record_hash(key, value) != state.verify_hash:
+            await self._new_epoch(partition, state, f"the record at sealed offset {offset} is not "
+                                  "the one sealed there (topic recreated or broker restarted)")
+            return
+        self._verified(state)
+        self.stats.skipped += 1
+        ack()  # the sealed record itself: done
+
+    @staticmethod
+    def _verified(state: _Partition) -> None:
+        state.verify_offset = state.verify_hash = None
+        state.seek_target = None
+
+    async def _check_log_ends(self) -> None:
+        """Start a new epoch for partitions whose log end fell to or below what is done."""
+        for partition, state in list(self._states.items()):
+            highwater = self._highwater(partition)
+            if highwater is None:
+                continue
+            target = state.seek_target
+            if (target is not None and highwater > target
+                    and time.monotonic() - state.seeked_at > RESEEK_S):
+                # Waiting for a record that Kafka has, and none comes: the consumer sits
+                # elsewhere (a rebalance's seek, past the log end of a new incarnation).
+                async with self._lock(partition):
+                    if self._states.get(partition) is state and state.seek_target == target:
+                        state.seeked_at = time.monotonic()
+                        await self._seek(partition, target)
+            done = state.windower.done_offset
+            if state.verify_offset is not None:
+                done = state.verify_offset
+            if done is None or highwater > done:
+                state.backwards_since = None
+                if state.verify_offset is None:
+                    state.end_seen = max(state.end_seen or 0, highwater)
+                continue
+            now = time.monotonic()
+            if state.backwards_since is None:
+                state.backwards_since = now
+            if now - state.backwards_since < BACKWARDS_CONFIRM_S:
+                continue
+            async with self._lock(partition):
+                if self._states.get(partition) is not state:
+                    continue
+                reason = (f"Kafka's log end {highwater} is at or below offset {done}, "
+                          "already taken: offsets went backwards (broker restarted, topic "
+                          "recreated or log truncated)")
+                if state.windower.has_open:
+                    await self._salvage(partition, state)
+                    if self._states.get(partition) is not state:
+                        continue  # the seal was refused: the partition was resynced
+                await self._new_epoch(partition, state, reason)
+
+    async def _salvage(self, partition: int, state: _Partition) -> None:
+        """Seal the open window of an incarnation that is gone: its records were read intact,
+        only what followed them is lost.  Recorded as an idle cut (a wall-clock cut)."""
+        closed = state.windower.cut_idle()
+        if closed is not None:
+            self.stats.salvaged += len(closed.readings)
+            await self._seal(partition, state, closed)
+
+    async def _new_epoch(self, partition: int, state: _Partition, reason: str) -> None:
+        epoch = self.ledger.begin_epoch(self.topic, partition, state.epoch, reason,
+                                        prior_end_offset=state.end_seen)
+        unsealed = len(state.acks)
+        log.warning("partition %s: %s; now in epoch %s (from %s), reading it again from its "
+                    "first offset; %s records read but not sealed are dropped with the old "
+                    "incarnation", partition, reason, epoch, state.epoch, unsealed)
+        self.stats.epochs += 1
+        self._states.pop(partition, None)
+        fresh = await self._state(partition)
+        target = fresh.windower.expected_offset
+        if fresh.verify_offset is None and target is not None:
+            fresh.seek_target, fresh.seeked_at = target, time.monotonic()
+            await self._seek(partition, target)
 
     async def revoke(self, partitions: set[int]) -> None:
         """Forget revoked partitions (waits for an in-flight seal, so it never races a new owner)."""
@@ -193,8 +339,8 @@ class StreamProcessor:
                 self._states.pop(partition, None)
                 fresh = await self._state(partition)
                 target = fresh.windower.expected_offset
-                if target is not None:
-                    fresh.seek_target = target
+                if fresh.verify_offset is None and target is not None:
+                    fresh.seek_target, fresh.seeked_at = target, time.monotonic()
                     await self._seek(partition, target)
                 return
             except Exception as exc:  # InfluxDB/Kafka trouble: keep the window, try again
