@@ -77,7 +77,7 @@ class StreamStats:
                 f"windows={self.sealed_windows} (idle {self.idle_cuts}) "
                 f"duplicates={self.duplicates} conflicts={self.conflicts} "
                 f"invalid={self.invalid} late={self.late} skipped={self.skipped} "
-                f"resyncs={self.resyncs} epochs={self.epochs} "
+                f"resyncs={self.resyncs} epochs={self.epochs} salvaged={self.salvaged} "
                 f"rate={self.sealed_readings / elapsed:.0f}/s")
 
 
@@ -117,6 +117,9 @@ class StreamProcessor:
         self._highwater = highwater or (lambda partition: None)
         self._retry_delay_s = retry_delay_s
         self._states: dict[int, _Partition] = {}
+        # Open windows of revoked partitions, kept in case the revocation came from a broker
+        # restart: then their records exist nowhere else (see _seal_orphan).
+        self._orphans: dict[int, _Partition] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self.stats = StreamStats()
         self.stopping = False
@@ -239,6 +242,7 @@ class StreamProcessor:
                                 "Kafka; cannot check its incarnation, going on in epoch %s",
                                 partition, target, state.epoch)
                     self._verified(state)
+                    self._orphans.pop(partition, None)
                     await self._seek(partition, target + 1)
                     return
             if state.seek_target != target or time.monotonic() - state.seeked_at > RESEEK_S:
@@ -250,6 +254,7 @@ class StreamProcessor:
                                   "the one sealed there (topic recreated or broker restarted)")
             return
         self._verified(state)
+        self._orphans.pop(partition, None)  # same incarnation: Kafka still has those records
         self.stats.skipped += 1
         ack()  # the sealed record itself: done
 
@@ -304,11 +309,56 @@ class StreamProcessor:
         closed = state.windower.cut_idle()
         if closed is not None:
             self.stats.salvaged += len(closed.readings)
+            log.warning("partition %s: sealing the open window of the incarnation that is gone "
+                        "(offsets %s..%s, %s readings)", partition, closed.first_offset,
+                        closed.last_offset, len(closed.readings))
             await self._seal(partition, state, closed)
 
+    async def _seal_orphan(self, partition: int, state: _Partition) -> None:
+        """Before a new epoch, seal the open window this worker held when it lost the partition
+        in the rebalance the broker's restart caused: read intact from the old incarnation, it
+        exists nowhere else.  Only if it still follows what is sealed in the same epoch (the
+        ledger fences it otherwise: another worker went on, and then it is not ours to seal)."""
+        orphan = self._orphans.pop(partition, None)
+        if orphan is None or orphan.epoch != state.epoch:
+            return
+        sealed = self.ledger.position(self.topic, partition).sealed_offset
+        first = orphan.windower.open_first_offset
+        if first is None or (sealed is not None and first != sealed + 1):
+            return
+        closed = orphan.windower.cut_idle()
+        if closed is None:
+            return
+        while True:
+            try:
+                result = await self.sealer.seal(closed)
+                break
+            except SealRefused as exc:
+                log.warning("partition %s: the old incarnation's open window was refused: %s",
+                            partition, exc)
+                return
+            except Exception as exc:  # InfluxDB/Kafka trouble: its records exist nowhere else
+                if self.stopping:
+                    raise
+                self.stats.seal_retries += 1
+                log.warning("partition %s: sealing the old incarnation's open window failed "
+                            "(%s: %s); retrying", partition, type(exc).__name__, exc)
+                await asyncio.sleep(self._retry_delay_s)
+        self.stats.salvaged += len(closed.readings)
+        log.warning("partition %s: sealed the open window the worker held when the broker went "
+                    "(offsets %s..%s, %s readings) in epoch %s", partition, closed.first_offset,
+                    closed.last_offset, len(closed.readings), orphan.epoch)
+        if result.log_index is not None:
+            self.stats.sealed_windows += 1
+            self.stats.sealed_readings += result.readings
+            self.stats.idle_cuts += 1
+
     async def _new_epoch(self, partition: int, state: _Partition, reason: str) -> None:
+        orphan = self._orphans.get(partition)
+        seen = [e for e in (state.end_seen, orphan and orphan.end_seen) if e is not None]
+        await self._seal_orphan(partition, state)
         epoch = self.ledger.begin_epoch(self.topic, partition, state.epoch, reason,
-                                        prior_end_offset=state.end_seen)
+                                        prior_end_offset=max(seen) if seen else None)
         unsealed = len(state.acks)
         log.warning("partition %s: %s; now in epoch %s (from %s), reading it again from its "
                     "first offset; %s records read but not sealed are dropped with the old "
@@ -325,7 +375,12 @@ class StreamProcessor:
         """Forget revoked partitions (waits for an in-flight seal, so it never races a new owner)."""
         for partition in partitions:
             async with self._lock(partition):
-                self._states.pop(partition, None)
+                state = self._states.pop(partition, None)
+                if (state is not None and state.windower.has_open
+                        and state.verify_offset is None):
+                    self._orphans[partition] = state
+                else:
+                    self._orphans.pop(partition, None)
 
     # --- sealing ------------------------------------------------------------------------------
     async def _seal(self, partition: int, state: _Partition, closed: ClosedWindow) -> None:
