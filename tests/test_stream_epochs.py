@@ -89,8 +89,13 @@ def check_windows_by_epoch(settings: Settings, new_readings: int) -> None:
     assert sum(w.header["size"] for w in new) == new_readings
 
 
+@pytest.mark.parametrize(("steps_after", "reason"), [
+    (30, "is not the one sealed there"),  # the new log passes the sealed offset: tail differs
+    (8, "offsets went backwards"),  # the new log ends below the sealed offset
+], ids=["tail-differs", "log-end-below"])
 def test_kafka_restart_between_runs_starts_a_new_epoch(fresh_stack: Callable[..., Stack],
-                                                       tmp_path: Path) -> None:
+                                                       tmp_path: Path, steps_after: int,
+                                                       reason: str) -> None:
     """The issue's sequence: run, stop, restart Kafka, run again: nothing new is skipped."""
     stack = start_stack(fresh_stack)
     settings = stack.settings
@@ -108,7 +113,7 @@ def test_kafka_restart_between_runs_starts_a_new_epoch(fresh_stack: Callable[...
     stack.restart("kafka")
 
     replays = [r for r in first if r["seq"] == 7]  # devices resending sealed readings
-    after = steady(range(35, 65), T0 + 7 * SECOND)
+    after = steady(range(35, 35 + steps_after), T0 + 7 * SECOND)
     ends = produce(settings, replays[:3] + after + replays[3:])
     started = time.monotonic()
     worker = Worker(settings, "b", tmp_path)
@@ -130,6 +135,7 @@ def test_kafka_restart_between_runs_starts_a_new_epoch(fresh_stack: Callable[...
     assert {e.partition for e in epochs} == {p for p, n in ends.items() if n}
     for e in epochs:
         assert e.epoch == 1 and e.prior_sealed_offset == first_ends[e.partition] - 1, e
+        assert reason in e.reason, e
     assert "epochs=" in worker.log_path.read_text()
 
     report = asyncio.run(run_audit(settings, T0, T0 + 60 * SECOND))
