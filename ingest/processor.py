@@ -120,6 +120,9 @@ class StreamProcessor:
         # Open windows of revoked partitions, kept in case the revocation came from a broker
         # restart: then their records exist nowhere else (see _seal_orphan).
         self._orphans: dict[int, _Partition] = {}
+        # Assigned partitions: checked on the next tick even if no record comes (a consumer
+        # positioned past the log end of a new incarnation would otherwise wait forever).
+        self._claimed: set[int] = set()
         self._locks: dict[int, asyncio.Lock] = {}
         self.stats = StreamStats()
         self.stopping = False
@@ -207,6 +210,7 @@ class StreamProcessor:
         not beyond what we took): records that are merely delayed (a rebalance, a slow fetch)
         must not cause a wall-clock cut, which replay could not reproduce.
         """
+        await self._take_claims()
         await self._check_log_ends()
         now = time.monotonic()
         for partition, state in list(self._states.items()):
@@ -250,6 +254,10 @@ class StreamProcessor:
                 await self._seek(partition, target)
             return
         if state.verify_hash is not None and record_hash(key, value) != state.verify_hash:
+            if state.windower.has_open:  # a recheck while running: those records were read
+                await self._salvage(partition, state)
+                if self._states.get(partition) is not state:
+                    return  # the seal was refused: the partition was resynced
             await self._new_epoch(partition, state, f"the record at sealed offset {offset} is not "
                                   "the one sealed there (topic recreated or broker restarted)")
             return
@@ -262,6 +270,7 @@ class StreamProcessor:
     def _verified(state: _Partition) -> None:
         state.verify_offset = state.verify_hash = None
         state.seek_target = None
+        state.end_seen = None  # same incarnation: a lagging high watermark is not a new dip
 
     async def _check_log_ends(self) -> None:
         """Start a new epoch for partitions whose log end fell to or below what is done."""
@@ -278,6 +287,10 @@ class StreamProcessor:
                     if self._states.get(partition) is state and state.seek_target == target:
                         state.seeked_at = time.monotonic()
                         await self._seek(partition, target)
+            if (state.verify_offset is None and state.end_seen is not None
+                    and highwater < state.end_seen
+                    and await self._recheck(partition, state, highwater)):
+                continue
             done = state.windower.done_offset
             if state.verify_offset is not None:
                 done = state.verify_offset
@@ -302,6 +315,26 @@ class StreamProcessor:
                     if self._states.get(partition) is not state:
                         continue  # the seal was refused: the partition was resynced
                 await self._new_epoch(partition, state, reason)
+
+    async def _recheck(self, partition: int, state: _Partition, highwater: int) -> bool:
+        """The log end fell below one seen before in this epoch: a broker restart whose new
+        log already passed our position, or (Apache Kafka) a leader whose high watermark lags.
+        Check the record at the sealed offset again, keeping the open window; True if started.
+        """
+        async with self._lock(partition):
+            if self._states.get(partition) is not state or state.verify_offset is not None:
+                return False
+            position = self.ledger.position(self.topic, partition)
+            if position.epoch != state.epoch or position.sealed_offset is None:
+                return False  # nothing sealed in this epoch: the log-end rule decides
+            log.warning("partition %s: Kafka's log end fell from %s to %s; checking the record "
+                        "at sealed offset %s again", partition, state.end_seen, highwater,
+                        position.sealed_offset)
+            state.verify_offset, state.verify_hash = position.sealed_offset, position.tail_hash
+            state.verify_earliest_checked = False
+            state.seek_target, state.seeked_at = position.sealed_offset, time.monotonic()
+            await self._seek(partition, position.sealed_offset)
+            return True
 
     async def _salvage(self, partition: int, state: _Partition) -> None:
         """Seal the open window of an incarnation that is gone: its records were read intact,
@@ -371,8 +404,20 @@ class StreamProcessor:
             fresh.seek_target, fresh.seeked_at = target, time.monotonic()
             await self._seek(partition, target)
 
+    def claim(self, partitions: set[int]) -> None:
+        """Note newly assigned partitions; their state (and incarnation check) is set up by the
+        next :meth:`idle_tick`, outside the rebalance callback that reports them."""
+        self._claimed |= partitions
+
+    async def _take_claims(self) -> None:
+        for partition in sorted(self._claimed - set(self._states)):
+            async with self._lock(partition):
+                if partition in self._claimed and partition not in self._states:
+                    await self._state(partition)
+
     async def revoke(self, partitions: set[int]) -> None:
         """Forget revoked partitions (waits for an in-flight seal, so it never races a new owner)."""
+        self._claimed -= partitions
         for partition in partitions:
             async with self._lock(partition):
                 state = self._states.pop(partition, None)

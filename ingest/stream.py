@@ -135,6 +135,10 @@ def create_app(settings: Settings, worker_name: str | None = None,
     async def progress() -> None:
         print(processor().stats.line(), file=sys.stderr, flush=True)
 
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+        processor().claim({tp.partition for tp in assigned if tp.topic == settings.raw_topic})
+
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         await processor().revoke({tp.partition for tp in revoked

@@ -64,7 +64,9 @@ async def test_log_end_below_what_is_taken_seals_the_open_window_and_starts_over
         assert [w.window_id for w in ledger.windows()] == ["p0-0", "p0-4"]
 
         highwater[0] = 3  # the broker restarted: its new log ends below offset 11, taken
-        await proc.idle_tick()
+        await proc.idle_tick()  # a log end lower than before: check the sealed record again
+        assert seeks[-1] == 7 and ledger.epochs(topic) == []
+        await proc.idle_tick()  # and the log ends below it: offsets went backwards
         windows = list(ledger.windows())
         assert [w.window_id for w in windows] == ["p0-0", "p0-4", "p0-8"]
         assert windows[2].idle_cut and "epoch" not in windows[2].header
