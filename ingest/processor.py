@@ -14,13 +14,14 @@ acked at once (they are done).
 Epochs (docs/STREAM.md): a sealed offset means "done" only in the incarnation of the partition it
 was read from.  So before skipping anything below what the ledger says is sealed, the processor
 checks that the partition is still that incarnation: when it takes a partition with a sealed
-offset S it seeks to S and compares the record there with the ledger's *tail* hash; and whenever
-the partition's log end (high watermark) falls to or below what it has done, offsets went
-backwards.  Either finding starts a new epoch in the ledger (compare-and-set: the ledger is the
-arbiter among workers) and the partition is read again from its first offset.  An open window of
-the old incarnation is sealed first (its records were read and can still be kept); whatever the
-old Kafka held beyond that is gone, and the audit reports the readings it lacks as lost in a
-Kafka restart.
+offset S (on the first tick after the assignment, record or not) it seeks to S and compares the
+record there with the ledger's *tail* hash; whenever the partition's log end (high watermark)
+falls below one seen before it checks that record again; and when the log end is at or below
+what it has done, offsets went backwards.  Either finding starts a new epoch in the ledger
+(compare-and-set: the ledger is the arbiter among workers) and the partition is read again from
+its first offset.  An open window of the old incarnation is sealed first (its records were read
+and can still be kept); whatever the old Kafka held beyond that is gone, and the audit reports
+the readings it lacks as lost in a Kafka restart.
 """
 
 from __future__ import annotations
