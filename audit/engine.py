@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from vitalchain.audit.anchors import ChainUnavailable, check_checkpoints
-from vitalchain.audit.report import AuditReport, GapFinding, ReadingFinding, WindowFinding, reading_id
+from vitalchain.audit.report import (
+    AuditReport,
+    EpochNote,
+    GapFinding,
+    LossFinding,
+    ReadingFinding,
+    WindowFinding,
+    reading_id,
+)
 
 from vitalchain.config import Settings
 from vitalchain.errors import Unavailable
@@ -276,6 +284,32 @@ def _gaps(view: LedgerView, windows: list[WindowInfo]) -> list[GapFinding]:
     return gaps
 
 
+def _split_losses(view: LedgerView, gaps: list[GapFinding]) -> tuple[list[GapFinding],
+                                                                      list[LossFinding]]:
+    """Separate gaps lost in a Kafka restart from the unexplained ones.
+
+    A gap is a restart loss when the device's reading just before it and the one just after it
+    are sealed in the same partition, the later one in a later epoch that the ledger records as
+    started: those readings were acknowledged and sat in the old incarnation's memory.  Anything
+    else stays an unexplained gap (deleted before sealing, or never sent).
+    """
+    started = {(e.topic, e.partition, e.epoch) for e in view.epochs()}
+    gaps_left: list[GapFinding] = []
+    lost: list[LossFinding] = []
+    for gap in gaps:
+        before = view.locate(gap.device_id, gap.first_missing - 1)
+        after = view.locate(gap.device_id, gap.last_missing + 1)
+        a = view.window_place(before.log_index) if before else None
+        b = view.window_place(after.log_index) if after else None
+        if (a is not None and b is not None and a[:2] == b[:2] and b[2] > a[2]
+                and all((b[0], b[1], e) in started for e in range(a[2] + 1, b[2] + 1))):
+            lost.append(LossFinding(gap.device_id, gap.first_missing, gap.last_missing, a[0],
+                                    a[1], a[2], b[2]))
+        else:
+            gaps_left.append(gap)
+    return gaps_left, lost
+
+
 def _running_max(ranges: list[tuple[int, int, int]]) -> list[int]:
     out, top = [], -1
     for _, last, _ in ranges:
@@ -319,7 +353,12 @@ async def run_audit(settings: Settings, start_us: int, end_us: int, rpc_url: str
                                      _Chunker(target_rows, chunk_us * 60), horizon)
         except InfluxError as exc:
             raise AuditUnavailable(f"InfluxDB: {exc}") from exc
-        report.gaps.extend(_gaps(view, windows))
+        gaps, lost = _split_losses(view, _gaps(view, windows))
+        report.gaps.extend(gaps)
+        report.lost.extend(lost)
+        report.epochs.extend(EpochNote(e.topic, e.partition, e.epoch, e.started_at_us, e.reason,
+                                       e.prior_sealed_offset, e.prior_end_offset)
+                             for e in view.epochs())  # rare, and context for any loss
         first_index = min((w.log_index for w in windows), default=None)
         try:
             await asyncio.to_thread(check_checkpoints, settings, view, report, first_index,

@@ -8,12 +8,20 @@ The verdict, and the exit status of ``vitalchain audit``, says only what was che
 - ``clean`` (exit 0): something was sealed in the range and nothing was altered, deleted,
   inserted, missing or unanchored;
 - ``findings`` (exit 1): at least one of those;
+- ``incomplete`` (exit 1): nothing altered, deleted, inserted or unanchored, but readings the
+  devices were told were delivered were lost in a Kafka restart (below);
 - exit 2 (not a verdict): the audit could not run (a service down, no ledger, bad arguments);
 - ``nothing_sealed`` (exit 3): no window sealed before the horizon overlaps the range and no
   reading is stored in it, so there was nothing to judge; never reported as OK.
 
 Sequence gaps are information, not findings: docs/DEVICES.md allows them (a device reserves seqs
 in blocks, so a crash skips numbers), so they never change the verdict.
+
+Readings lost in a Kafka restart are not tampering and are reported apart from it (``lost``): a
+device's sequence gap whose last reading before it was sealed in one epoch of its partition and
+whose first reading after it in a later epoch sat in Kafka's memory when the broker restarted or
+the topic was recreated (docs/STREAM.md, "Epochs").  They still make the audit fail: readings the
+devices were told were delivered are missing, and the report says so plainly.
 """
 
 from __future__ import annotations
@@ -21,8 +29,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-CLEAN, FINDINGS, NOTHING_SEALED = "clean", "findings", "nothing_sealed"
-EXIT_CODES = {CLEAN: 0, FINDINGS: 1, NOTHING_SEALED: 3}
+CLEAN, FINDINGS, INCOMPLETE, NOTHING_SEALED = "clean", "findings", "incomplete", "nothing_sealed"
+EXIT_CODES = {CLEAN: 0, FINDINGS: 1, INCOMPLETE: 1, NOTHING_SEALED: 3}
 EXIT_CANNOT_RUN = 2
 READING_KINDS = ("altered", "deleted", "inserted")
 WINDOW_KINDS = ("missing", "changed", "unsealed")
@@ -69,6 +77,45 @@ class GapFinding:
         return self.last_missing - self.first_missing + 1
 
 
+@dataclass(frozen=True)
+class LossFinding:
+    """Readings acknowledged to a device but never sealed because Kafka lost them."""
+
+    device_id: str
+    first_missing: int
+    last_missing: int
+    topic: str
+    partition: int
+    from_epoch: int
+    to_epoch: int
+
+    @property
+    def count(self) -> int:
+        return self.last_missing - self.first_missing + 1
+
+
+@dataclass(frozen=True)
+class EpochNote:
+    """One new epoch of a partition (its offsets started over), as the ledger recorded it."""
+
+    topic: str
+    partition: int
+    epoch: int
+    started_at_us: int
+    reason: str
+    prior_sealed_offset: int | None
+    prior_end_offset: int | None
+
+    @property
+    def unsealed_records(self) -> int | None:
+        """Records the old incarnation held beyond what was sealed, as far as the stream saw
+        (an upper bound on readings lost there: duplicates and rejected records count too)."""
+        if self.prior_end_offset is None:
+            return None
+        return max(0, self.prior_end_offset - (self.prior_sealed_offset
+                                               if self.prior_sealed_offset is not None else -1) - 1)
+
+
 @dataclass
 class AuditReport:
     start_us: int
@@ -81,6 +128,8 @@ class AuditReport:
     windows: list[WindowFinding] = field(default_factory=list)
     checkpoints: list[CheckpointFinding] = field(default_factory=list)
     gaps: list[GapFinding] = field(default_factory=list)
+    lost: list[LossFinding] = field(default_factory=list)
+    epochs: list[EpochNote] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     windows_checked: int = 0
     readings_checked: int = 0
@@ -97,6 +146,8 @@ class AuditReport:
     def verdict(self) -> str:
         if self.finding_count():
             return FINDINGS
+        if self.lost:
+            return INCOMPLETE
         return NOTHING_SEALED if self.nothing_sealed else CLEAN
 
     @property
@@ -104,9 +155,17 @@ class AuditReport:
         return EXIT_CODES[self.verdict]
 
     @property
+    def tampered(self) -> bool:
+        """Any finding other than readings lost in a Kafka restart (gaps are information)."""
+        return bool(self.finding_count())
+
+    @property
     def ok(self) -> bool:
         """True only for ``clean``: something was judged and nothing is wrong."""
         return self.verdict == CLEAN
+
+    def lost_count(self) -> int:
+        return sum(f.count for f in self.lost)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +187,11 @@ class AuditReport:
             "windows": [{**asdict(f), "fields": list(f.fields)} for f in self.windows],
             "checkpoints": [asdict(f) for f in self.checkpoints],
             "gaps": [{**asdict(g), "count": g.count} for g in self.gaps],
+            "lost": [{**asdict(f), "count": f.count, "cause": "kafka_restart"}
+                     for f in self.lost],
+            "lost_count": self.lost_count(),
+            "epochs": [{**asdict(e), "unsealed_records": e.unsealed_records}
+                       for e in self.epochs],
             "notes": list(self.notes),
         }
 
@@ -135,8 +199,13 @@ class AuditReport:
         """The verdict in one line that names what was checked (and what was not)."""
         chain = (f"{self.checkpoints_checked} checkpoints checked on chain" if self.chain_checked
                  else "checkpoints not checked on chain")
+        lost = (f"{self.lost_count()} readings acknowledged to devices were lost in Kafka restarts "
+                "before they were sealed (not tampering)")
         if self.verdict == FINDINGS:
-            return f"FAILED: {self.finding_count()} findings ({chain})"
+            besides = f"; besides, {lost}" if self.lost else ""
+            return f"FAILED: {self.finding_count()} findings ({chain}){besides}"
+        if self.verdict == INCOMPLETE:
+            return f"INCOMPLETE: nothing altered, deleted, inserted or unanchored, but {lost} ({chain})"
         if self.verdict == NOTHING_SEALED:
             return ("NOTHING SEALED in this range before the horizon: 0 windows, 0 readings "
                     f"judged, so nothing is vouched for ({chain})")
@@ -162,6 +231,21 @@ class AuditReport:
                     f"{reading_id(g.device_id, g.first_missing)}..{g.last_missing}")
             lines.append(f"info: sequence gap {span} ({g.count} never sealed; gaps are allowed "
                          "by docs/DEVICES.md, not a finding)")
+        for f in self.lost:
+            span = (reading_id(f.device_id, f.first_missing) if f.count == 1 else
+                    f"{reading_id(f.device_id, f.first_missing)}..{f.last_missing}")
+            lines.append(f"LOST IN A KAFKA RESTART: {span} ({f.count} missing): sealed readings "
+                         f"of the device surround it in epochs {f.from_epoch} and {f.to_epoch} of "
+                         f"{f.topic}[{f.partition}]; acknowledged to the device, held only in "
+                         "Kafka's memory, never sealed (not tampering)")
+        for e in self.epochs:
+            held = ("" if e.unsealed_records is None else
+                    f"; Kafka held {e.unsealed_records} records beyond it that were never sealed")
+            sealed = ("nothing" if e.prior_sealed_offset is None
+                      else f"up to offset {e.prior_sealed_offset}")
+            lines.append(f"EPOCH: {e.topic}[{e.partition}] started epoch {e.epoch} at "
+                         f"{e.started_at_us} us ({e.reason}); epoch {e.epoch - 1} had sealed "
+                         f"{sealed}{held}")
         lines.extend(f"note: {n}" for n in self.notes)
         lines.append(self.summary())
         return "\n".join(lines)

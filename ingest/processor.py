@@ -10,6 +10,18 @@ matter what Kafka's committed offsets say.
 Acks: a record is acked only when its whole window is sealed, and always in offset order, so the
 offsets Faust commits never pass an unsealed record.  Records at or below the sealed offset are
 acked at once (they are done).
+
+Epochs (docs/STREAM.md): a sealed offset means "done" only in the incarnation of the partition it
+was read from.  So before skipping anything below what the ledger says is sealed, the processor
+checks that the partition is still that incarnation: when it takes a partition with a sealed
+offset S (on the first tick after the assignment, record or not) it seeks to S and compares the
+record there with the ledger's *tail* hash; whenever the partition's log end (high watermark)
+falls below one seen before it checks that record again; and when the log end is at or below
+what it has done, offsets went backwards.  Either finding starts a new epoch in the ledger
+(compare-and-set: the ledger is the arbiter among workers) and the partition is read again from
+its first offset.  An open window of the old incarnation is sealed first (its records were read
+and can still be kept); whatever the old Kafka held beyond that is gone, and the audit reports
+the readings it lacks as lost in a Kafka restart.
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from vitalchain.ingest.sink import Sealer, SealRefused
-from vitalchain.ingest.windowing import ClosedWindow, PartitionWindower
+from vitalchain.ingest.windowing import ClosedWindow, PartitionWindower, record_hash
 
 from vitalchain.storage.ledger import Ledger
 
@@ -31,6 +43,14 @@ Ack = Callable[[], object]
 Seek = Callable[[int, int], Awaitable[None]]
 Earliest = Callable[[int], Awaitable[int]]
 Highwater = Callable[[int], int | None]
+
+# A log end at or below what is done must persist this long before it counts: the consumer's
+# high watermark comes from its last fetch, which may predate records another worker has sealed
+# since; fetches (every fetch_max_wait, 0.5 s) refresh it well within this time.
+BACKWARDS_CONFIRM_S = 2.0
+# A seek (to the sealed offset while checking an incarnation, or back to the expected offset) is
+# repeated this often while the record sought does not come (a rebalance's seek may undo ours).
+RESEEK_S = 1.0
 
 
 @dataclass
@@ -48,6 +68,8 @@ class StreamStats:
     out_of_position: int = 0
     resyncs: int = 0
     seal_retries: int = 0
+    epochs: int = 0
+    salvaged: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def line(self) -> str:
@@ -56,15 +78,25 @@ class StreamStats:
                 f"windows={self.sealed_windows} (idle {self.idle_cuts}) "
                 f"duplicates={self.duplicates} conflicts={self.conflicts} "
                 f"invalid={self.invalid} late={self.late} skipped={self.skipped} "
-                f"resyncs={self.resyncs} rate={self.sealed_readings / elapsed:.0f}/s")
+                f"resyncs={self.resyncs} epochs={self.epochs} salvaged={self.salvaged} "
+                f"rate={self.sealed_readings / elapsed:.0f}/s")
 
 
 @dataclass
 class _Partition:
     windower: PartitionWindower
+    epoch: int = 0
     acks: list[tuple[int, Ack]] = field(default_factory=list)
     last_arrival: float = field(default_factory=time.monotonic)
     seek_target: int | None = None
+    # Incarnation check pending: the sealed offset whose record must match the ledger's tail.
+    verify_offset: int | None = None
+    verify_hash: bytes | None = None
+    verify_earliest_checked: bool = False
+    seeked_at: float = 0.0
+    backwards_since: float | None = None
+    # Highest log end seen in this epoch: what the old Kafka held, if the epoch has to end.
+    end_seen: int | None = None
 
 
 class StreamProcessor:
@@ -86,6 +118,12 @@ class StreamProcessor:
         self._highwater = highwater or (lambda partition: None)
         self._retry_delay_s = retry_delay_s
         self._states: dict[int, _Partition] = {}
+        # Open windows of revoked partitions, kept in case the revocation came from a broker
+        # restart: then their records exist nowhere else (see _seal_orphan).
+        self._orphans: dict[int, _Partition] = {}
+        # Assigned partitions: checked on the next tick even if no record comes (a consumer
+        # positioned past the log end of a new incarnation would otherwise wait forever).
+        self._claimed: set[int] = set()
         self._locks: dict[int, asyncio.Lock] = {}
         self.stats = StreamStats()
         self.stopping = False
@@ -100,9 +138,10 @@ class StreamProcessor:
         state = self._states.get(partition)
         if state is not None:
             return state
-        sealed = self.ledger.last_sealed_offset(self.topic, partition)
+        position = self.ledger.position(self.topic, partition)
+        sealed = position.sealed_offset
         if sealed is None:
-            # Nothing sealed yet: the partition starts at the log's first offset.
+            # Nothing sealed in this epoch yet: the partition starts at the log's first offset.
             sealed_floor = await self._earliest(partition) - 1
         else:
             sealed_floor = sealed
@@ -111,8 +150,14 @@ class StreamProcessor:
             self.topic, partition, window_us=self.window_us, salt_key=self._salt_key,
             salt_key_id=self._salt_key_id, sealed_offset=sealed_floor,
             prev_end_us=self.ledger.previous_window_end_us(self.topic, partition),
-            sealed_leaf=self.ledger.sealed_leaf)
-        state = self._states[partition] = _Partition(windower)
+            sealed_leaf=self.ledger.sealed_leaf, epoch=position.epoch)
+        state = self._states[partition] = _Partition(windower, epoch=position.epoch)
+        if sealed is not None:
+            # Nothing below S may be skipped until the record at S proves this is the
+            # incarnation S was sealed from.
+            state.verify_offset, state.verify_hash = sealed, position.tail_hash
+            state.seek_target, state.seeked_at = sealed, time.monotonic()
+            await self._seek(partition, sealed)
         return state
 
     # --- records ------------------------------------------------------------------------------
@@ -120,14 +165,20 @@ class StreamProcessor:
                      ack: Ack) -> None:
         async with self._lock(partition):
             state = await self._state(partition)
+            if state.verify_offset is not None:
+                await self._verify(partition, state, offset, key, value, ack)
+                return
             windower = state.windower
             expected = windower.expected_offset
             if expected is not None and offset > expected:
                 self.stats.out_of_position += 1
-                if state.seek_target != expected:
+                # Again after RESEEK_S: a rebalance's own seek (to Kafka's committed offset,
+                # which after a broker restart may belong to the old incarnation) can undo ours.
+                if (state.seek_target != expected
+                        or time.monotonic() - state.seeked_at > RESEEK_S):
                     log.info("partition %s: got offset %s, expected %s: seeking back",
                              partition, offset, expected)
-                    state.seek_target = expected
+                    state.seek_target, state.seeked_at = expected, time.monotonic()
                     await self._seek(partition, expected)
                 return
             state.seek_target = None
@@ -160,6 +211,8 @@ class StreamProcessor:
         not beyond what we took): records that are merely delayed (a rebalance, a slow fetch)
         must not cause a wall-clock cut, which replay could not reproduce.
         """
+        await self._take_claims()
+        await self._check_log_ends()
         now = time.monotonic()
         for partition, state in list(self._states.items()):
             if not state.windower.has_open or now - state.last_arrival < self.idle_seal_seconds:
@@ -175,11 +228,205 @@ class StreamProcessor:
                 if closed is not None:
                     await self._seal(partition, state, closed)
 
+    # --- incarnations and epochs ---------------------------------------------------------------
+    async def _verify(self, partition: int, state: _Partition, offset: int, key: bytes,
+                      value: bytes, ack: Ack) -> None:
+        """Check the record at the sealed offset against the ledger's tail (see module doc)."""
+        target = state.verify_offset
+        assert target is not None
+        if offset < target:
+            return  # fetched before our seek took effect; it comes again if it is needed
+        if offset > target:
+            # Either fetched before our seek took effect, or the record at S is gone (retention
+            # deleted it): then nothing at or below S can be offered again, and nothing new can
+            # be skipped, so the partition goes on in its epoch.
+            if not state.verify_earliest_checked:
+                state.verify_earliest_checked = True
+                if await self._earliest(partition) > target:
+                    log.warning("partition %s: the record at sealed offset %s is no longer in "
+                                "Kafka; cannot check its incarnation, going on in epoch %s",
+                                partition, target, state.epoch)
+                    self._verified(state)
+                    self._orphans.pop(partition, None)
+                    await self._seek(partition, target + 1)
+                    return
+            if state.seek_target != target or time.monotonic() - state.seeked_at > RESEEK_S:
+                state.seek_target, state.seeked_at = target, time.monotonic()
+                await self._seek(partition, target)
+            return
+        if state.verify_hash is not None and record_hash(key, value) != state.verify_hash:
+            if state.windower.has_open:  # a recheck while running: those records were read
+                await self._salvage(partition, state)
+                if self._states.get(partition) is not state:
+                    return  # the seal was refused: the partition was resynced
+            await self._new_epoch(partition, state, f"the record at sealed offset {offset} is not "
+                                  "the one sealed there (topic recreated or broker restarted)")
+            return
+        self._verified(state)
+        self._orphans.pop(partition, None)  # same incarnation: Kafka still has those records
+        self.stats.skipped += 1
+        ack()  # the sealed record itself: done
+
+    @staticmethod
+    def _verified(state: _Partition) -> None:
+        state.verify_offset = state.verify_hash = None
+        state.seek_target = None
+        state.end_seen = None  # same incarnation: a lagging high watermark is not a new dip
+
+    async def _check_log_ends(self) -> None:
+        """Start a new epoch for partitions whose log end fell to or below what is done."""
+        for partition, state in list(self._states.items()):
+            highwater = self._highwater(partition)
+            if highwater is None:
+                continue
+            target = state.seek_target
+            if (target is not None and highwater > target
+                    and time.monotonic() - state.seeked_at > RESEEK_S):
+                # Waiting for a record that Kafka has, and none comes: the consumer sits
+                # elsewhere (a rebalance's seek, past the log end of a new incarnation).
+                async with self._lock(partition):
+                    if self._states.get(partition) is state and state.seek_target == target:
+                        state.seeked_at = time.monotonic()
+                        await self._seek(partition, target)
+            if (state.verify_offset is None and state.end_seen is not None
+                    and highwater < state.end_seen
+                    and await self._recheck(partition, state, highwater)):
+                continue
+            done = state.windower.done_offset
+            if state.verify_offset is not None:
+                done = state.verify_offset
+            if done is None or highwater > done:
+                state.backwards_since = None
+                if state.verify_offset is None:
+                    state.end_seen = max(state.end_seen or 0, highwater)
+                continue
+            now = time.monotonic()
+            if state.backwards_since is None:
+                state.backwards_since = now
+            if now - state.backwards_since < BACKWARDS_CONFIRM_S:
+                continue
+            async with self._lock(partition):
+                if self._states.get(partition) is not state:
+                    continue
+                reason = (f"Kafka's log end {highwater} is at or below offset {done}, "
+                          "already taken: offsets went backwards (broker restarted, topic "
+                          "recreated or log truncated)")
+                if state.windower.has_open:
+                    await self._salvage(partition, state)
+                    if self._states.get(partition) is not state:
+                        continue  # the seal was refused: the partition was resynced
+                await self._new_epoch(partition, state, reason)
+
+    async def _recheck(self, partition: int, state: _Partition, highwater: int) -> bool:
+        """The log end fell below one seen before in this epoch: a broker restart whose new
+        log already passed our position, or (Apache Kafka) a leader whose high watermark lags.
+        Check the record at the sealed offset again, keeping the open window; True if started.
+        """
+        async with self._lock(partition):
+            if self._states.get(partition) is not state or state.verify_offset is not None:
+                return False
+            position = self.ledger.position(self.topic, partition)
+            if position.epoch != state.epoch or position.sealed_offset is None:
+                return False  # nothing sealed in this epoch: the log-end rule decides
+            log.warning("partition %s: Kafka's log end fell from %s to %s; checking the record "
+                        "at sealed offset %s again", partition, state.end_seen, highwater,
+                        position.sealed_offset)
+            state.verify_offset, state.verify_hash = position.sealed_offset, position.tail_hash
+            state.verify_earliest_checked = False
+            state.seek_target, state.seeked_at = position.sealed_offset, time.monotonic()
+            await self._seek(partition, position.sealed_offset)
+            return True
+
+    async def _salvage(self, partition: int, state: _Partition) -> None:
+        """Seal the open window of an incarnation that is gone: its records were read intact,
+        only what followed them is lost.  Recorded as an idle cut (a wall-clock cut)."""
+        closed = state.windower.cut_idle()
+        if closed is not None:
+            self.stats.salvaged += len(closed.readings)
+            log.warning("partition %s: sealing the open window of the incarnation that is gone "
+                        "(offsets %s..%s, %s readings)", partition, closed.first_offset,
+                        closed.last_offset, len(closed.readings))
+            await self._seal(partition, state, closed)
+
+    async def _seal_orphan(self, partition: int, state: _Partition) -> None:
+        """Before a new epoch, seal the open window this worker held when it lost the partition
+        in the rebalance the broker's restart caused: read intact from the old incarnation, it
+        exists nowhere else.  Only if it still follows what is sealed in the same epoch (the
+        ledger fences it otherwise: another worker went on, and then it is not ours to seal)."""
+        orphan = self._orphans.pop(partition, None)
+        if orphan is None or orphan.epoch != state.epoch:
+            return
+        sealed = self.ledger.position(self.topic, partition).sealed_offset
+        first = orphan.windower.open_first_offset
+        if first is None or (sealed is not None and first != sealed + 1):
+            return
+        closed = orphan.windower.cut_idle()
+        if closed is None:
+            return
+        while True:
+            try:
+                result = await self.sealer.seal(closed)
+                break
+            except SealRefused as exc:
+                log.warning("partition %s: the old incarnation's open window was refused: %s",
+                            partition, exc)
+                return
+            except Exception as exc:  # InfluxDB/Kafka trouble: its records exist nowhere else
+                if self.stopping:
+                    raise
+                self.stats.seal_retries += 1
+                log.warning("partition %s: sealing the old incarnation's open window failed "
+                            "(%s: %s); retrying", partition, type(exc).__name__, exc)
+                await asyncio.sleep(self._retry_delay_s)
+        self.stats.salvaged += len(closed.readings)
+        log.warning("partition %s: sealed the open window the worker held when the broker went "
+                    "(offsets %s..%s, %s readings) in epoch %s", partition, closed.first_offset,
+                    closed.last_offset, len(closed.readings), orphan.epoch)
+        if result.log_index is not None:
+            self.stats.sealed_windows += 1
+            self.stats.sealed_readings += result.readings
+            self.stats.idle_cuts += 1
+
+    async def _new_epoch(self, partition: int, state: _Partition, reason: str) -> None:
+        orphan = self._orphans.get(partition)
+        seen = [e for e in (state.end_seen, orphan and orphan.end_seen) if e is not None]
+        await self._seal_orphan(partition, state)
+        epoch = self.ledger.begin_epoch(self.topic, partition, state.epoch, reason,
+                                        prior_end_offset=max(seen) if seen else None)
+        unsealed = len(state.acks)
+        log.warning("partition %s: %s; now in epoch %s (from %s), reading it again from its "
+                    "first offset; %s records read but not sealed are dropped with the old "
+                    "incarnation", partition, reason, epoch, state.epoch, unsealed)
+        self.stats.epochs += 1
+        self._states.pop(partition, None)
+        fresh = await self._state(partition)
+        target = fresh.windower.expected_offset
+        if fresh.verify_offset is None and target is not None:
+            fresh.seek_target, fresh.seeked_at = target, time.monotonic()
+            await self._seek(partition, target)
+
+    def claim(self, partitions: set[int]) -> None:
+        """Note newly assigned partitions; their state (and incarnation check) is set up by the
+        next :meth:`idle_tick`, outside the rebalance callback that reports them."""
+        self._claimed |= partitions
+
+    async def _take_claims(self) -> None:
+        for partition in sorted(self._claimed - set(self._states)):
+            async with self._lock(partition):
+                if partition in self._claimed and partition not in self._states:
+                    await self._state(partition)
+
     async def revoke(self, partitions: set[int]) -> None:
         """Forget revoked partitions (waits for an in-flight seal, so it never races a new owner)."""
+        self._claimed -= partitions
         for partition in partitions:
             async with self._lock(partition):
-                self._states.pop(partition, None)
+                state = self._states.pop(partition, None)
+                if (state is not None and state.windower.has_open
+                        and state.verify_offset is None):
+                    self._orphans[partition] = state
+                else:
+                    self._orphans.pop(partition, None)
 
     # --- sealing ------------------------------------------------------------------------------
     async def _seal(self, partition: int, state: _Partition, closed: ClosedWindow) -> None:
@@ -193,8 +440,8 @@ class StreamProcessor:
                 self._states.pop(partition, None)
                 fresh = await self._state(partition)
                 target = fresh.windower.expected_offset
-                if target is not None:
-                    fresh.seek_target = target
+                if fresh.verify_offset is None and target is not None:
+                    fresh.seek_target, fresh.seeked_at = target, time.monotonic()
                     await self._seek(partition, target)
                 return
             except Exception as exc:  # InfluxDB/Kafka trouble: keep the window, try again

@@ -41,7 +41,15 @@ class Sealer:
 
     async def seal(self, closed: ClosedWindow) -> SealResult:
         """Make ``closed`` durable; raises :class:`SealRefused` if the ledger fences it off."""
-        sealed = self.ledger.last_sealed_offset(closed.topic, closed.partition)
+        position = self.ledger.position(closed.topic, closed.partition)
+        if position.epoch != closed.epoch:
+            existing = (self.ledger.window_by_id(closed.header["window_id"])
+                        if closed.header else None)
+            if existing and existing.header == closed.header:
+                return SealResult(existing.log_index, 0)
+            raise SealRefused(f"{closed.topic}[{closed.partition}] is in epoch {position.epoch}; "
+                              f"a window of epoch {closed.epoch} is stale")
+        sealed = position.sealed_offset
         if sealed is not None and sealed >= closed.last_offset:
             existing = (self.ledger.window_by_id(closed.header["window_id"])
                         if closed.header else None)
@@ -56,7 +64,7 @@ class Sealer:
         if closed.header is None:
             try:
                 self.ledger.advance_offset(closed.topic, closed.partition, closed.first_offset,
-                                           closed.last_offset)
+                                           closed.last_offset, closed.epoch, closed.tail_hash)
             except StaleWindow as exc:
                 raise SealRefused(str(exc)) from exc
             return SealResult(None, 0)
@@ -70,7 +78,8 @@ class Sealer:
                 for i, r in enumerate(closed.readings)]
         try:
             index = self.ledger.append_window(closed.topic, closed.partition, header,
-                                              closed.leaf_hashes, rows, closed.idle_cut)
+                                              closed.leaf_hashes, rows, closed.idle_cut,
+                                              closed.tail_hash)
         except (StaleWindow, WindowConflict) as exc:
             # Our readings points may have overwritten the winner's window_id fields; the
             # winner's window point is restored here, the readings when the range is replayed.

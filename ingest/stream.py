@@ -14,7 +14,8 @@ stay safe:
 - after assignment Faust seeks to Kafka's committed offsets (``Recovery._resume_streams`` ->
   ``Consumer.perform_seek``), *after* the ``on_partitions_assigned`` signal, so a seek there would
   be undone; instead the processor checks every record against the ledger's position and seeks
-  back (``app.consumer.seek``) when the consumer is ahead of what is sealed;
+  (``app.consumer.seek_wait``, on the consumer's thread) when the consumer is ahead of what is
+  sealed, or to the sealed offset to check the partition's incarnation (docs/STREAM.md, "Epochs");
 - the producer (dead letters only) keeps aiokafka's default ``enable_idempotence=False``: tansu
   rejects idempotent producers.
 """
@@ -87,7 +88,11 @@ def create_app(settings: Settings, worker_name: str | None = None,
         await future  # wait for the broker's ack before the range can be sealed
 
     async def seek(partition: int, offset: int) -> None:
-        await app.consumer.seek(TP(settings.raw_topic, partition), offset)
+        # seek_wait runs the seek on the consumer's own thread.  ``app.consumer.seek`` calls
+        # aiokafka's seek from this thread while the consumer thread drains fetched records,
+        # which crashed the fetcher (KeyError in Fetcher.fetched_records) when the stream
+        # seeks right after taking a partition.  seek_wait also resets Faust's read offset.
+        await app.consumer.seek_wait({TP(settings.raw_topic, partition): offset})
 
     async def earliest(partition: int) -> int:
         tp = TP(settings.raw_topic, partition)
@@ -130,6 +135,10 @@ def create_app(settings: Settings, worker_name: str | None = None,
     @app.timer(interval=progress_every_s)
     async def progress() -> None:
         print(processor().stats.line(), file=sys.stderr, flush=True)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+        processor().claim({tp.partition for tp in assigned if tp.topic == settings.raw_topic})
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:

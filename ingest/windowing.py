@@ -30,6 +30,7 @@ from typing import Any
 
 from vitalchain.core.integrity import (
     CanonicalError,
+    blake3_hasher,
     build_window_header,
     canonical_reading,
     reading_leaf_hash,
@@ -37,6 +38,7 @@ from vitalchain.core.integrity import (
 
 STAGE = "stream"
 MAX_DETAIL = 300
+RECORD_DOMAIN = b"vitalchain-kafka-record/1\x00"
 
 SealedLeafLookup = Callable[[str, int], bytes | None]
 
@@ -73,6 +75,8 @@ class ClosedWindow:
     idle_cut: bool
     dead_letters: tuple[DeadLetter, ...]
     duplicates: int
+    epoch: int = 0
+    tail_hash: bytes | None = None  # record_hash of the record at last_offset
 
     @property
     def leaf_hashes(self) -> list[bytes]:
@@ -89,6 +93,7 @@ class _OpenWindow:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     duplicates: int = 0
     late: int = 0
+    tail_hash: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +113,17 @@ def dead_letter(reason: str, detail: str, topic: str, payload: bytes, received_u
              "received_us": received_us, "stage": STAGE}
     return DeadLetter(key=key, value=json.dumps(value, separators=(",", ":")).encode(),
                       reason=reason)
+
+
+def record_hash(key: bytes, value: bytes) -> bytes:
+    """Identity of one Kafka record's bytes (key and value, length-delimited).
+
+    The ledger keeps it for the record at each partition's sealed offset, so a worker can tell
+    whether the record now at that offset is the one sealed (same incarnation) or another one
+    (the topic was recreated or a memory-only broker restarted).  The bridge stamps
+    ``received_us`` into every value, so two incarnations practically never agree here.
+    """
+    return blake3_hasher.digest(RECORD_DOMAIN + len(key).to_bytes(4, "big") + key + value)
 
 
 def parse_record(value: bytes) -> tuple[dict[str, Any], int]:
@@ -135,7 +151,7 @@ class PartitionWindower:
 
     def __init__(self, topic: str, partition: int, *, window_us: int, salt_key: bytes,
                  salt_key_id: str, sealed_offset: int | None, prev_end_us: int | None,
-                 sealed_leaf: SealedLeafLookup) -> None:
+                 sealed_leaf: SealedLeafLookup, epoch: int = 0) -> None:
         if window_us <= 0:
             raise ValueError("window_us must be positive")
         self.topic = topic
@@ -144,6 +160,7 @@ class PartitionWindower:
         self._salt_key = salt_key
         self._salt_key_id = salt_key_id
         self.sealed_offset = sealed_offset
+        self.epoch = epoch
         self.prev_end_us = prev_end_us
         self._sealed_leaf = sealed_leaf
         self._open: _OpenWindow | None = None
@@ -180,12 +197,13 @@ class PartitionWindower:
         done = self.done_offset
         if done is not None and offset <= done:
             return Offered("already_done")
+        tail = record_hash(key, value)
         try:
             reading, received_us = parse_record(value)
             canonical = canonical_reading(reading, self._salt_key)
             leaf = reading_leaf_hash(canonical)
         except (ValueError, KeyError, CanonicalError) as exc:
-            window = self._extend(offset)
+            window = self._extend(offset, tail)
             window.dead_letters.append(dead_letter(
                 "invalid_record", str(exc), self.topic, value, _received_us(value), key))
             return Offered("invalid")
@@ -196,7 +214,7 @@ class PartitionWindower:
         if known is None:
             known = self._sealed_leaf(*identity)
         if known is not None:
-            window = self._extend(offset)
+            window = self._extend(offset, tail)
             if known == leaf:
                 window.duplicates += 1
                 return Offered("duplicate")
@@ -211,7 +229,7 @@ class PartitionWindower:
         if (self._open is not None and self._open.first_ts is not None
                 and ts - self._open.first_ts >= self.window_us):
             closed = self._close(idle_cut=False)
-        window = self._extend(offset)
+        window = self._extend(offset, tail)
         if window.first_ts is None:
             window.first_ts = ts
         late = self.prev_end_us is not None and ts < self.prev_end_us
@@ -236,11 +254,12 @@ class PartitionWindower:
                                       None)
 
     # --- internals ----------------------------------------------------------------------------
-    def _extend(self, offset: int) -> _OpenWindow:
+    def _extend(self, offset: int, tail_hash: bytes) -> _OpenWindow:
         if self._open is None:
             self._open = _OpenWindow(first_offset=offset, last_offset=offset)
         else:
             self._open.last_offset = offset
+        self._open.tail_hash = tail_hash
         return self._open
 
     def _close(self, idle_cut: bool) -> ClosedWindow:
@@ -253,7 +272,7 @@ class PartitionWindower:
                 [r.canonical for r in window.readings], partition=self.partition,
                 first_offset=window.first_offset, last_offset=window.last_offset,
                 salt_key_id=self._salt_key_id, late=window.late,
-                leaf_hashes=[r.leaf for r in window.readings])
+                leaf_hashes=[r.leaf for r in window.readings], epoch=self.epoch)
             # Readings of the next window are late relative to this one, sealed or not yet.
             self.prev_end_us = header["end_us"]
         # The closed window's offsets count as taken: the next window starts after them.
@@ -261,7 +280,8 @@ class PartitionWindower:
         self._unsealed_leaves.update(window.leaves)
         return ClosedWindow(self.topic, self.partition, window.first_offset, window.last_offset,
                             tuple(window.readings), header, idle_cut,
-                            tuple(window.dead_letters), window.duplicates)
+                            tuple(window.dead_letters), window.duplicates, self.epoch,
+                            window.tail_hash)
 
 
 def _received_us(value: bytes) -> int:

@@ -124,3 +124,18 @@ def test_invalid_records_are_dead_lettered(value: bytes) -> None:
     closed = w.cut_idle()
     assert closed is not None and closed.header is None
     assert json.loads(closed.dead_letters[0].value)["reason"] == "invalid_record"
+
+
+def test_windows_carry_their_epoch_and_the_identity_of_their_last_record() -> None:
+    from vitalchain.ingest.windowing import record_hash
+
+    w = PartitionWindower("raw", 3, window_us=2 * SECOND, salt_key=KEY, salt_key_id="k",
+                          sealed_offset=None, prev_end_us=None, sealed_leaf=lambda d, s: None,
+                          epoch=2)
+    values = [record(reading("d1", i, T0 + i * 500_000)) for i in range(5)]
+    [closed] = feed(w, values)
+    assert (closed.epoch, closed.first_offset, closed.last_offset) == (2, 0, 3)
+    assert closed.header["window_id"] == "p3e2-0" and closed.header["epoch"] == 2
+    assert closed.tail_hash == record_hash(b"", values[3])
+    assert record_hash(b"", values[3]) != record_hash(b"d1", values[3])
+    assert windower().offer(0, values[0]).outcome == "kept"

@@ -18,10 +18,20 @@ Guarantees of :meth:`Ledger.append_window`:
 - *idempotent*: appending a window whose ``window_id`` is already sealed with the *same* header
   returns the existing index and changes nothing; a *different* header under that id raises
   :class:`WindowConflict`;
-- *fenced*: a window must start right after the partition's last sealed offset, otherwise
-  :class:`StaleWindow` is raised (a worker that lost its partition cannot seal stale data);
+- *fenced*: a window must start right after the partition's last sealed offset *of the
+  partition's current epoch* and carry that epoch, otherwise :class:`StaleWindow` is raised (a
+  worker that lost its partition, or that still reads an incarnation of it that is gone, cannot
+  seal stale data);
 - *atomic*: header, leaf hashes, reading index rows and the partition's sealed offset are written
   in one transaction.
+
+Epochs (docs/STREAM.md, "Epochs"): Kafka offsets are only meaningful within one incarnation of a
+partition.  tansu keeps topics in memory, so a restart starts every partition at offset 0 again;
+in production a recreated topic, a rebuilt cluster or an unclean leader election does the same.
+The ledger therefore keeps, per partition, the *epoch* its sealed offset belongs to and the hash
+of the record at that offset (the *tail*), and :meth:`Ledger.begin_epoch` starts a new epoch
+(compare-and-set on the current one, so several workers agree: the ledger is the arbiter).
+Offsets sealed in an older epoch never make a record of a newer one look done.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vitalchain.core.integrity import WINDOW_FORMAT, canonical_json, window_leaf_hash
+from vitalchain.core.integrity import WINDOW_FORMAT, canonical_json, header_epoch, window_leaf_hash
 from vitalchain.errors import Refused, VitalchainError
 
 HASH_BYTES = 32
@@ -79,6 +89,20 @@ CREATE TABLE IF NOT EXISTS ledger_partitions (
     last_end_us    INTEGER,
     PRIMARY KEY (topic, partition)
 );
+CREATE TABLE IF NOT EXISTS ledger_epochs (
+    topic                TEXT    NOT NULL,
+    partition            INTEGER NOT NULL,
+    epoch                INTEGER NOT NULL,
+    started_at_us        INTEGER NOT NULL,
+    reason               TEXT    NOT NULL,
+    prior_sealed_offset  INTEGER,
+    prior_end_offset     INTEGER,
+    PRIMARY KEY (topic, partition, epoch)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS ledger_epochs_no_update BEFORE UPDATE ON ledger_epochs
+BEGIN SELECT RAISE(ABORT, 'ledger_epochs is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_epochs_no_delete BEFORE DELETE ON ledger_epochs
+BEGIN SELECT RAISE(ABORT, 'ledger_epochs is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_windows_no_update BEFORE UPDATE ON ledger_windows
 BEGIN SELECT RAISE(ABORT, 'ledger_windows is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_windows_no_delete BEFORE DELETE ON ledger_windows
@@ -88,6 +112,11 @@ BEGIN SELECT RAISE(ABORT, 'ledger_readings is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_readings_no_delete BEFORE DELETE ON ledger_readings
 BEGIN SELECT RAISE(ABORT, 'ledger_readings is append-only'); END;
 """
+
+
+# Columns added to ledger_partitions after the first release; added on open when missing, so a
+# ledger sealed before epochs existed keeps working (all its windows are epoch 0).
+PARTITION_COLUMNS = (("epoch", "INTEGER NOT NULL DEFAULT 0"), ("tail_hash", "BLOB"))
 
 
 class LedgerError(VitalchainError):
@@ -111,6 +140,32 @@ class ReadingIndexRow:
     ts_us: int
     index_in_window: int
     leaf_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionPosition:
+    """Where a partition stands: its current epoch and what is sealed in it.
+
+    ``sealed_offset``/``tail_hash`` are None while nothing is sealed in the current epoch;
+    ``tail_hash`` is also None for ranges sealed before tails were recorded (then only the
+    "offsets went backwards" rule can detect a new incarnation)."""
+
+    epoch: int
+    sealed_offset: int | None
+    tail_hash: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class EpochRecord:
+    """One start of a new epoch: why, and what the previous epoch had sealed and seen."""
+
+    topic: str
+    partition: int
+    epoch: int
+    started_at_us: int
+    reason: str
+    prior_sealed_offset: int | None
+    prior_end_offset: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +234,10 @@ class Ledger:
                 for statement in SCHEMA.split(";\n"):
                     if statement.strip():
                         self._db.execute(statement)
+                have = {r[1] for r in self._db.execute("PRAGMA table_info(ledger_partitions)")}
+                for name, decl in PARTITION_COLUMNS:
+                    if name not in have:
+                        self._db.execute(f"ALTER TABLE ledger_partitions ADD COLUMN {name} {decl}")
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -204,10 +263,68 @@ class Ledger:
 
     # --- partitions -----------------------------------------------------------------------
     def last_sealed_offset(self, topic: str, partition: int) -> int | None:
-        """Highest offset of ``(topic, partition)`` that is done (sealed or dropped), or None."""
-        row = self._one("SELECT sealed_offset FROM ledger_partitions WHERE topic=? AND partition=?",
-                        (topic, partition))
-        return None if row is None else int(row[0])
+        """Highest offset of ``(topic, partition)`` done (sealed or dropped) in its current
+        epoch, or None when nothing is."""
+        return self.position(topic, partition).sealed_offset
+
+    def position(self, topic: str, partition: int) -> PartitionPosition:
+        with self._lock:
+            return self._position_locked(topic, partition)
+
+    def _position_locked(self, topic: str, partition: int) -> PartitionPosition:
+        epoch = self._epoch_locked(topic, partition)
+        row = self._db.execute("SELECT sealed_offset, epoch, tail_hash FROM ledger_partitions "
+                               "WHERE topic=? AND partition=?", (topic, partition)).fetchone()
+        if row is None or int(row[1]) != epoch:
+            return PartitionPosition(epoch, None, None)
+        return PartitionPosition(epoch, int(row[0]), None if row[2] is None else bytes(row[2]))
+
+    def _epoch_locked(self, topic: str, partition: int) -> int:
+        row = self._db.execute("SELECT MAX(epoch) FROM ledger_epochs WHERE topic=? AND "
+                               "partition=?", (topic, partition)).fetchone()
+        return 0 if row is None or row[0] is None else int(row[0])
+
+    def current_epoch(self, topic: str, partition: int) -> int:
+        with self._lock:
+            return self._epoch_locked(topic, partition)
+
+    def begin_epoch(self, topic: str, partition: int, from_epoch: int, reason: str,
+                    prior_end_offset: int | None = None) -> int:
+        """Start epoch ``from_epoch + 1`` of the partition unless another worker already moved
+        past ``from_epoch``; returns the partition's current epoch either way.
+
+        Compare-and-set in one transaction, so workers that noticed the same new incarnation
+        start exactly one new epoch, and a worker acting on an old observation changes nothing.
+        ``prior_end_offset`` is the log end the caller last saw in the old incarnation (what
+        was in Kafka beyond the sealed offset is lost with it; the audit reports the readings).
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                current = self._position_locked(topic, partition)
+                if current.epoch != from_epoch:
+                    self._db.execute("COMMIT")
+                    return current.epoch
+                self._db.execute(
+                    "INSERT INTO ledger_epochs (topic, partition, epoch, started_at_us, reason, "
+                    "prior_sealed_offset, prior_end_offset) VALUES (?,?,?,?,?,?,?)",
+                    (topic, partition, from_epoch + 1, time.time_ns() // 1000, reason,
+                     current.sealed_offset, prior_end_offset))
+                self._db.execute("COMMIT")
+                return from_epoch + 1
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def epochs(self, topic: str | None = None) -> list[EpochRecord]:
+        """Every epoch start (epoch 0 is implicit), by topic, partition and epoch."""
+        where, args = ("WHERE topic=?", (topic,)) if topic is not None else ("", ())
+        rows = self._all("SELECT topic, partition, epoch, started_at_us, reason, "
+                         f"prior_sealed_offset, prior_end_offset FROM ledger_epochs {where} "
+                         "ORDER BY topic, partition, epoch", args)
+        return [EpochRecord(str(r[0]), int(r[1]), int(r[2]), int(r[3]), str(r[4]),
+                            None if r[5] is None else int(r[5]),
+                            None if r[6] is None else int(r[6])) for r in rows]
 
     def previous_window_end_us(self, topic: str, partition: int) -> int | None:
         """``end_us`` of the partition's last sealed window: readings before it are late."""
@@ -216,22 +333,27 @@ class Ledger:
         return None if row is None or row[0] is None else int(row[0])
 
     def last_window(self, topic: str, partition: int) -> SealedWindow | None:
+        # By log index, not offset: a later epoch's windows start at low offsets again.
         row = self._one("SELECT log_index FROM ledger_windows WHERE topic=? AND partition=? "
-                        "ORDER BY last_offset DESC LIMIT 1", (topic, partition))
+                        "ORDER BY log_index DESC LIMIT 1", (topic, partition))
         return None if row is None else self.window_by_index(int(row[0]))
 
     def advance_offset(self, topic: str, partition: int, first_offset: int,
-                       last_offset: int) -> None:
+                       last_offset: int, epoch: int = 0, tail_hash: bytes | None = None) -> None:
         """Mark a range that held no sealable reading (only duplicates/conflicts) as done.
 
-        Fenced like :meth:`append_window`; re-marking the same range is a no-op.
+        Fenced like :meth:`append_window` (offset and epoch); re-marking the same range is a
+        no-op.  ``tail_hash`` identifies the record at ``last_offset`` (see :meth:`position`).
         """
         _check_int("first_offset", first_offset)
         _check_int("last_offset", last_offset)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                sealed = self._sealed_offset_locked(topic, partition)
+                position = self._position_locked(topic, partition)
+                self._check_epoch(topic, partition, epoch, position.epoch,
+                                  f"range {first_offset}..{last_offset}")
+                sealed = position.sealed_offset
                 if sealed is not None and sealed >= last_offset:
                     self._db.execute("COMMIT")
                     return
@@ -239,25 +361,31 @@ class Ledger:
                     raise StaleWindow(f"range {first_offset}..{last_offset} of {topic}[{partition}] "
                                       f"does not follow sealed offset {sealed}")
                 self._db.execute(
-                    "INSERT INTO ledger_partitions (topic, partition, sealed_offset) "
-                    "VALUES (?, ?, ?) ON CONFLICT (topic, partition) "
-                    "DO UPDATE SET sealed_offset=excluded.sealed_offset",
-                    (topic, partition, last_offset))
+                    "INSERT INTO ledger_partitions (topic, partition, sealed_offset, epoch, "
+                    "tail_hash) VALUES (?, ?, ?, ?, ?) ON CONFLICT (topic, partition) "
+                    "DO UPDATE SET sealed_offset=excluded.sealed_offset, epoch=excluded.epoch, "
+                    "tail_hash=excluded.tail_hash",
+                    (topic, partition, last_offset, epoch, tail_hash))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def _sealed_offset_locked(self, topic: str, partition: int) -> int | None:
-        row = self._db.execute("SELECT sealed_offset FROM ledger_partitions "
-                               "WHERE topic=? AND partition=?", (topic, partition)).fetchone()
-        return None if row is None else int(row[0])
+    @staticmethod
+    def _check_epoch(topic: str, partition: int, epoch: int, current: int, what: str) -> None:
+        if epoch != current:
+            raise StaleWindow(f"{what} of {topic}[{partition}] belongs to epoch {epoch}, the "
+                              f"partition is in epoch {current}")
 
     # --- appending --------------------------------------------------------------------------
     def append_window(self, topic: str, partition: int, header: Mapping[str, Any],
                       leaf_hashes: Sequence[bytes], readings: Sequence[ReadingIndexRow],
-                      idle_cut: bool) -> int:
-        """Seal one window; returns its log index (see the module docstring for guarantees)."""
+                      idle_cut: bool, tail_hash: bytes | None = None) -> int:
+        """Seal one window; returns its log index (see the module docstring for guarantees).
+
+        The window's epoch is its header's (``header_epoch``); ``tail_hash`` identifies the
+        Kafka record at its ``last_offset``, so a later worker can tell whether the partition it
+        reads is still the incarnation these offsets came from."""
         header, window_id, size = _checked_header(header, partition)
         if len(leaf_hashes) != size or len(readings) != size:
             raise ValueError(f"window {window_id}: size {size} but {len(leaf_hashes)} leaf hashes "
@@ -265,7 +393,7 @@ class Ledger:
         for i, (leaf, row) in enumerate(zip(leaf_hashes, readings, strict=True)):
             if len(leaf) != HASH_BYTES or row.leaf_hash != leaf or row.index_in_window != i:
                 raise ValueError(f"window {window_id}: index row {i} does not match its leaf")
-        return self._append(topic, partition, header, leaf_hashes, readings, idle_cut)
+        return self._append(topic, partition, header, leaf_hashes, readings, idle_cut, tail_hash)
 
     def append_entry_window(self, topic: str, partition: int, header: Mapping[str, Any],
                             leaf_hashes: Sequence[bytes]) -> int:
@@ -280,11 +408,11 @@ class Ledger:
         header, window_id, size = _checked_header(header, partition)
         if size < 1 or len(leaf_hashes) != size or any(len(h) != HASH_BYTES for h in leaf_hashes):
             raise ValueError(f"window {window_id}: size {size} but {len(leaf_hashes)} leaf hashes")
-        return self._append(topic, partition, header, leaf_hashes, (), False)
+        return self._append(topic, partition, header, leaf_hashes, (), False, None)
 
     def _append(self, topic: str, partition: int, header: dict[str, Any],
                 leaf_hashes: Sequence[bytes], readings: Sequence[ReadingIndexRow],
-                idle_cut: bool) -> int:
+                idle_cut: bool, tail_hash: bytes | None) -> int:
         """One ``BEGIN IMMEDIATE`` transaction around the append, so concurrent writers queue."""
         header_json = canonical_json(header).decode()
         window_leaf = window_leaf_hash(header)
@@ -292,8 +420,7 @@ class Ledger:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 index = self._append_locked(topic, partition, header, header_json, window_leaf,
-                                            leaf_hashes, readings, idle_cut,
-                                            header["first_offset"], header["last_offset"])
+                                            leaf_hashes, readings, idle_cut, tail_hash)
                 self._db.execute("COMMIT")
                 return index
             except BaseException:
@@ -303,8 +430,9 @@ class Ledger:
     def _append_locked(self, topic: str, partition: int, header: dict[str, Any],
                        header_json: str, window_leaf: bytes, leaf_hashes: Sequence[bytes],
                        readings: Sequence[ReadingIndexRow], idle_cut: bool,
-                       first_offset: int, last_offset: int) -> int:
+                       tail_hash: bytes | None) -> int:
         window_id = header["window_id"]
+        first_offset, last_offset = header["first_offset"], header["last_offset"]
         existing = self._db.execute(
             "SELECT log_index, header FROM ledger_windows WHERE window_id=?",
             (window_id,)).fetchone()
@@ -312,7 +440,10 @@ class Ledger:
             if existing[1] == header_json:
                 return int(existing[0])
             raise WindowConflict(f"window {window_id} is already sealed with a different header")
-        sealed = self._sealed_offset_locked(topic, partition)
+        epoch = header_epoch(header)
+        position = self._position_locked(topic, partition)
+        self._check_epoch(topic, partition, epoch, position.epoch, f"window {window_id}")
+        sealed = position.sealed_offset
         if sealed is not None and first_offset != sealed + 1:
             raise StaleWindow(f"window {window_id} of {topic}[{partition}] does not follow the "
                               f"sealed offset {sealed}")
@@ -336,10 +467,11 @@ class Ledger:
             raise WindowConflict(f"window {window_id}: a reading is already sealed in another "
                                  f"window ({exc})") from exc
         self._db.execute(
-            "INSERT INTO ledger_partitions (topic, partition, sealed_offset, last_end_us) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE SET "
-            "sealed_offset=excluded.sealed_offset, last_end_us=excluded.last_end_us",
-            (topic, partition, last_offset, int(header["end_us"])))
+            "INSERT INTO ledger_partitions (topic, partition, sealed_offset, last_end_us, epoch, "
+            "tail_hash) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE SET "
+            "sealed_offset=excluded.sealed_offset, last_end_us=excluded.last_end_us, "
+            "epoch=excluded.epoch, tail_hash=excluded.tail_hash",
+            (topic, partition, last_offset, int(header["end_us"]), epoch, tail_hash))
         return index
 
     # --- reading the log --------------------------------------------------------------------

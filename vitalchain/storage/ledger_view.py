@@ -45,6 +45,17 @@ class IndexedReading:
     leaf_hash: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class EpochRow:
+    topic: str
+    partition: int
+    epoch: int
+    started_at_us: int
+    reason: str
+    prior_sealed_offset: int | None
+    prior_end_offset: int | None
+
+
 _READING_COLUMNS = "device_id, seq, ts_us, window_id, log_index, index_in_window, leaf_hash"
 
 
@@ -126,6 +137,28 @@ class LedgerView:
                 (device_id, int(span["first_seq"]), int(span["last_seq"]), window.log_index))
             for row in rows:
                 yield _reading(row)
+
+    def window_place(self, log_index: int) -> tuple[str, int, int] | None:
+        """``(topic, partition, epoch)`` of the window at ``log_index`` (epoch 0 when its header
+        has none: windows sealed before epochs existed, or in a partition's first epoch)."""
+        row = self._db.execute("SELECT topic, partition, header FROM ledger_windows "
+                               "WHERE log_index=?", (log_index,)).fetchone()
+        if row is None:
+            return None
+        epoch = json.loads(row[2]).get("epoch", 0)
+        return str(row[0]), int(row[1]), int(epoch) if isinstance(epoch, int) else 0
+
+    def epochs(self) -> list[EpochRow]:
+        """Every new epoch the stream started (none on a ledger older than epochs)."""
+        try:
+            rows = self._db.execute(
+                "SELECT topic, partition, epoch, started_at_us, reason, prior_sealed_offset, "
+                "prior_end_offset FROM ledger_epochs ORDER BY topic, partition, epoch").fetchall()
+        except sqlite3.OperationalError:
+            return []
+        return [EpochRow(str(r[0]), int(r[1]), int(r[2]), int(r[3]), str(r[4]),
+                         None if r[5] is None else int(r[5]), None if r[6] is None else int(r[6]))
+                for r in rows]
 
     def device_seqs(self, device_id: str, lo: int, hi: int) -> Iterator[int]:
         """Sealed sequence numbers of a device in ``[lo, hi]``, ascending (any window)."""

@@ -14,7 +14,8 @@ given):
 - ``derive_salt(key: bytes, device_id: str, seq: int) -> str``
 - ``salt_key_id(key: bytes) -> str``
 - ``build_window_header(readings, *, partition, first_offset, last_offset, salt_key_id,
-  late=0, leaf_hashes=None, hasher=blake3_hasher) -> dict``
+  late=0, leaf_hashes=None, hasher=blake3_hasher, epoch=0) -> dict``;
+  ``header_epoch(header) -> int``; ``window_id(partition, first_offset, epoch=0) -> str``
 - ``MerkleLog(leaves=(), hasher=blake3_hasher)``: ``append``, ``extend``, ``size``, ``leaf``,
   ``root(size=None)``, ``checkpoint(size=None)``, ``inclusion_proof(index, size=None)``,
   ``consistency_proof(old_size, new_size=None)``
@@ -43,7 +44,7 @@ from .merkle import (
     verify_inclusion,
 )
 from .salt import derive_salt, salt_key_id
-from .window import WINDOW_FORMAT, build_window_header, window_id
+from .window import WINDOW_FORMAT, build_window_header, header_epoch, window_id
 
 __all__ = [
     "ANCHOR_FIELDS",
@@ -64,6 +65,7 @@ __all__ = [
     "consistency_proof",
     "derive_salt",
     "get_hasher",
+    "header_epoch",
     "inclusion_proof",
     "reading_leaf_hash",
     "root",

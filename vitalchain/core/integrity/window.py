@@ -18,8 +18,12 @@ from .merkle import root
 WINDOW_FORMAT = "vitalchain-window/1"
 
 
-def window_id(partition: int, first_offset: int) -> str:
-    """``"p<partition>-<first_offset>"``: a window is a contiguous offset range of a partition."""
+def window_id(partition: int, first_offset: int, epoch: int = 0) -> str:
+    """``"p<partition>-<first_offset>"`` in epoch 0, ``"p<partition>e<epoch>-<first_offset>"``
+    after: a window is a contiguous offset range of one *incarnation* of a partition, and a
+    recreated or restarted memory-only Kafka hands out the same offsets again (docs/STREAM.md)."""
+    if epoch:
+        return f"p{partition}e{epoch}-{first_offset}"
     return f"p{partition}-{first_offset}"
 
 
@@ -33,6 +37,7 @@ def build_window_header(
     late: int = 0,
     leaf_hashes: Sequence[bytes] | None = None,
     hasher: Hasher = blake3_hasher,
+    epoch: int = 0,
 ) -> dict[str, Any]:
     """Header of a window over ``readings`` (canonical objects, salt included, in window order).
 
@@ -40,11 +45,15 @@ def build_window_header(
     hashes in the same order.  ``start_us``/``end_us`` are the min/max ``ts_us``; per device,
     ``first_seq``/``last_seq`` are the min/max ``seq`` present.  Raises ``ValueError`` for an
     empty window or a reading without integer ``ts_us``/``seq``.
+
+    ``epoch`` is the partition's epoch (how many times its offsets started over); it is part of
+    the window's identity and appears in the header only when non-zero, so epoch-0 headers are
+    byte-identical to those sealed before epochs existed.
     """
     if not readings:
         raise ValueError("a window holds at least one reading")
     for name, value in (("partition", partition), ("first_offset", first_offset),
-                        ("last_offset", last_offset), ("late", late)):
+                        ("last_offset", last_offset), ("late", late), ("epoch", epoch)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name} must be a non-negative integer")
     if last_offset < first_offset:
@@ -67,9 +76,9 @@ def build_window_header(
             d["first_seq"] = min(d["first_seq"], seq)
             d["last_seq"] = max(d["last_seq"], seq)
             d["count"] += 1
-    return {
+    header: dict[str, Any] = {
         "format": WINDOW_FORMAT,
-        "window_id": window_id(partition, first_offset),
+        "window_id": window_id(partition, first_offset, epoch),
         "partition": partition,
         "first_offset": first_offset,
         "last_offset": last_offset,
@@ -81,3 +90,14 @@ def build_window_header(
         "late": late,
         "salt_key_id": salt_key_id,
     }
+    if epoch:
+        header["epoch"] = epoch
+    return header
+
+
+def header_epoch(header: Mapping[str, Any]) -> int:
+    """The epoch a window header belongs to (0 when the field is absent)."""
+    epoch = header.get("epoch", 0)
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+    return epoch

@@ -1,0 +1,218 @@
+"""A Kafka restart must never make the stream skip new readings (docs/STREAM.md, "Epochs").
+
+tansu keeps topics in memory: after a restart every partition starts at offset 0 again while the
+ledger remembers the offsets it sealed before.  These tests restart the real broker with the
+stack supervisor and demand that every record produced after the restart is sealed (in a new
+epoch, under new window ids), that nothing sealed before is sealed twice, and that what sat in
+Kafka's memory at the restart is reported by the audit as lost in a Kafka restart, apart from
+tampering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from vitalchain.audit.engine import run_audit
+
+from tests.helpers import wait_until
+from tests.stream_support import SECOND, T0, Input, Worker, all_done, check_sealed, produce, reading
+from vitalchain.app.stack.supervisor import Stack
+from vitalchain.config import Settings
+from vitalchain.storage.ledger import Ledger
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+DEVICES = 6
+
+
+def steady(seqs: range, t0: int, devices: int = DEVICES) -> list[dict[str, Any]]:
+    """One reading per device every 0.2 s of event time, ``seqs`` in order."""
+    return [reading(f"dev{d}", seq, t0 + i * SECOND // 5 + d * 10)
+            for i, seq in enumerate(seqs) for d in range(devices)]
+
+
+def ids(records: list[dict[str, Any]]) -> set[tuple[str, int]]:
+    return {(r["device_id"], r["seq"]) for r in records}
+
+
+def epoch_settled(settings: Settings, ends: dict[int, int], epoch: int) -> Callable[[], bool]:
+    """Every partition that got records since the restart is in ``epoch`` and sealed to its end."""
+    def check() -> bool:
+        with Ledger(settings.ledger_path) as ledger:
+            for p, n in ends.items():
+                if n == 0:
+                    continue
+                position = ledger.position(settings.raw_topic, p)
+                if position.epoch != epoch or position.sealed_offset != n - 1:
+                    return False
+        return True
+    return check
+
+
+def sealed_ids(settings: Settings) -> set[tuple[str, int]]:
+    with Ledger(settings.ledger_path) as ledger:
+        rows = ledger._all("SELECT device_id, seq FROM ledger_readings")
+    return {(str(d), int(s)) for d, s in rows}
+
+
+def lost_ids(report: Any) -> set[tuple[str, int]]:
+    return {(f.device_id, seq) for f in report.lost
+            for seq in range(f.first_missing, f.last_missing + 1)}
+
+
+def start_stack(fresh_stack: Callable[..., Stack]) -> Stack:
+    return fresh_stack(("kafka", "influxdb"), window_seconds=2.0, idle_seal_seconds=2.0,
+                       stream_app_id=f"vc-epoch-{uuid.uuid4().hex[:8]}")
+
+
+def check_windows_by_epoch(settings: Settings, new_readings: int) -> None:
+    """Epoch-0 windows keep their old ids and headers; epoch-1 windows say so and hold exactly
+    the readings that were new after the restart (replays were not sealed again)."""
+    with Ledger(settings.ledger_path) as ledger:
+        windows = list(ledger.windows(topic=settings.raw_topic))
+    old = [w for w in windows if "epoch" not in w.header]
+    new = [w for w in windows if "epoch" in w.header]
+    assert old and new
+    for w in old:
+        assert w.window_id == f"p{w.header['partition']}-{w.header['first_offset']}"
+    for w in new:
+        assert w.header["epoch"] == 1
+        assert w.window_id == f"p{w.header['partition']}e1-{w.header['first_offset']}"
+    assert sum(w.header["size"] for w in new) == new_readings
+
+
+@pytest.mark.parametrize(("steps_after", "reason"), [
+    (30, "is not the one sealed there"),  # the new log passes the sealed offset: tail differs
+    (8, "offsets went backwards"),  # the new log ends below the sealed offset
+], ids=["tail-differs", "log-end-below"])
+def test_kafka_restart_between_runs_starts_a_new_epoch(fresh_stack: Callable[..., Stack],
+                                                       tmp_path: Path, steps_after: int,
+                                                       reason: str) -> None:
+    """The issue's sequence: run, stop, restart Kafka, run again: nothing new is skipped."""
+    stack = start_stack(fresh_stack)
+    settings = stack.settings
+    first = steady(range(0, 30), T0)
+    first_ends = produce(settings, first)
+    worker = Worker(settings, "a", tmp_path)
+    try:
+        wait_until(lambda: all_done(settings, first_ends), 60, "the first run to seal everything",
+                   interval=0.3)
+    finally:
+        worker.kill(signal.SIGTERM)
+    # Acknowledged by Kafka while no stream worker runs, then the broker restarts: lost.
+    in_memory = steady(range(30, 35), T0 + 6 * SECOND)
+    produce(settings, in_memory)
+    stack.restart("kafka")
+
+    replays = [r for r in first if r["seq"] == 7]  # devices resending sealed readings
+    after = steady(range(35, 35 + steps_after), T0 + 7 * SECOND)
+    ends = produce(settings, replays[:3] + after + replays[3:])
+    started = time.monotonic()
+    worker = Worker(settings, "b", tmp_path)
+    try:
+        wait_until(epoch_settled(settings, ends, 1), 90, "every record after the restart sealed "
+                   "in epoch 1", interval=0.3)
+        elapsed = time.monotonic() - started
+    except AssertionError:
+        print(worker.tail())
+        raise
+    finally:
+        worker.kill(signal.SIGTERM)
+
+    unique = {(r["device_id"], r["seq"]): r for r in first + after}
+    check_sealed(settings, Input(first + after, unique))
+    check_windows_by_epoch(settings, len(after))
+    with Ledger(settings.ledger_path) as ledger:
+        epochs = ledger.epochs(settings.raw_topic)
+    assert {e.partition for e in epochs} == {p for p, n in ends.items() if n}
+    for e in epochs:
+        assert e.epoch == 1 and e.prior_sealed_offset == first_ends[e.partition] - 1, e
+        assert reason in e.reason, e
+    assert "epochs=" in worker.log_path.read_text()
+
+    report = asyncio.run(run_audit(settings, T0, T0 + 60 * SECOND))
+    assert not report.tampered, report.to_text()
+    assert lost_ids(report) == ids(in_memory), report.to_text()
+    assert all(f.from_epoch == 0 and f.to_epoch == 1 for f in report.lost)
+    text = report.to_text()
+    assert "LOST IN A KAFKA RESTART: dev0#30..34 (5 missing)" in text
+    assert text.splitlines()[-1].startswith("INCOMPLETE:") and "not tampering" in text
+    assert report.to_dict()["lost_count"] == len(in_memory)
+    print(f"after restart: {len(after)} new readings sealed in epoch 1 "
+          f"({elapsed:.1f}s from worker start); {len(in_memory)} lost with tansu's memory, "
+          f"reported by the audit; {len(replays)} replays not sealed again")
+
+
+@pytest.mark.parametrize("n_workers", [1, 2], ids=["one-worker", "two-workers"])
+def test_kafka_restart_mid_run_keeps_every_later_reading(fresh_stack: Callable[..., Stack],
+                                                         tmp_path: Path, n_workers: int) -> None:
+    """Restart the broker under running workers: every reading produced after the restart is
+    sealed, and every earlier one is sealed or reported lost in a Kafka restart.  Workers
+    sharing the partitions agree on one new epoch per partition: the ledger is the arbiter."""
+    stack = start_stack(fresh_stack)
+    settings = stack.settings
+    workers = [Worker(settings, name, tmp_path) for name in "ab"[:n_workers]]
+    try:
+        before = steady(range(0, 40), T0)
+        produce(settings, before)
+
+        def some_sealed() -> bool:
+            with Ledger(settings.ledger_path) as ledger:
+                return ledger.log_size() >= 2
+        wait_until(some_sealed, 60, "the worker to seal a few windows", interval=0.1)
+        # The workers stall (as under a long GC pause or a frozen VM) while Kafka acknowledges
+        # more readings, and the broker restarts.  What a fetch already in flight delivered
+        # reaches them and may be sealed; the rest is lost, and the audit must say so.
+        for worker in workers:
+            os.killpg(worker.proc.pid, signal.SIGSTOP)
+        try:
+            in_memory = steady(range(40, 45), T0 + 8 * SECOND)
+            produce(settings, in_memory)
+            sealed_at_restart = sealed_ids(settings)
+            stack.restart("kafka")
+        finally:
+            for worker in workers:
+                os.killpg(worker.proc.pid, signal.SIGCONT)
+        restarted = time.monotonic()
+        after = steady(range(45, 85), T0 + 9 * SECOND)
+        ends = produce(settings, after)
+        wait_until(epoch_settled(settings, ends, 1), 90, "every record after the restart sealed "
+                   "in epoch 1", interval=0.3)
+        elapsed = time.monotonic() - restarted
+        for worker in workers:
+            assert worker.alive(), worker.tail()
+    except AssertionError:
+        for worker in workers:
+            print(worker.tail())
+        raise
+    finally:
+        for worker in workers:
+            worker.kill(signal.SIGTERM)
+
+    sealed = sealed_ids(settings)
+    assert ids(after) <= sealed
+    unique = {k: r for r in before + in_memory + after
+              if (k := (r["device_id"], r["seq"])) in sealed}
+    check_sealed(settings, Input(before + in_memory + after, unique))
+    check_windows_by_epoch(settings, len(after))
+    with Ledger(settings.ledger_path) as ledger:
+        epochs = ledger.epochs(settings.raw_topic)
+    assert sorted(e.partition for e in epochs) == sorted(p for p, n in ends.items() if n)
+    assert all(e.epoch == 1 for e in epochs), epochs
+    report = asyncio.run(run_audit(settings, T0, T0 + 60 * SECOND))
+    assert not report.tampered, report.to_text()
+    assert lost_ids(report) == ids(before + in_memory) - sealed, report.to_text()
+    assert sealed_at_restart <= sealed
+    print(f"mid-run restart, {n_workers} worker(s): {len(before)} before ({len(sealed_at_restart)} sealed at the "
+          f"restart, {len(ids(before) & sealed)} in the end); {len(in_memory)} produced while "
+          f"stalled ({len(ids(in_memory) & sealed)} sealed); {len(lost_ids(report))} reported "
+          f"lost; {len(after)} after, all sealed "
+          f"{elapsed:.1f}s after the restart")
