@@ -18,7 +18,7 @@ import httpx
 import uvicorn
 from vitalchain.api.app import create_app
 
-from tests.helpers import wait_until
+from tests.common_support import wait_until
 from tests.test_api_http import MINUTE_US, seal, vitals_at
 from vitalchain.app.stack.ports import free_port
 from vitalchain.config import Settings

@@ -15,7 +15,7 @@ from typing import Any
 from vitalchain.anchor.deploy import deploy
 from vitalchain.anchor.worker import AnchorWorker
 
-from tests.helpers import wait_until
+from tests.common_support import wait_until
 from vitalchain.config import Settings
 from vitalchain.core.integrity import build_window_header, canonical_reading, reading_leaf_hash, salt_key_id
 from vitalchain.storage.anchors import AnchorStore

@@ -21,14 +21,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from vitalchain.devices.mqtt_auth import BRIDGE_USER, PROBE_USER, MqttCredentials
 
-from tests.helpers import wait_until
-from tests.test_bridge_support import (
+from tests.bridge_support import (
     Records,
     make_reading,
     provision_device,
     running_bridge,
     unique_device,
 )
+from tests.common_support import wait_until
 from vitalchain.config import Settings
 
 pytestmark = pytest.mark.e2e

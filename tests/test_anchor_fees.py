@@ -16,7 +16,7 @@ from vitalchain.anchor.feepolicy import GWEI, FeeCaps, decide
 from vitalchain.anchor.synthetic import SyntheticSealer
 from vitalchain.anchor.worker import status
 
-from tests.helpers import wait_until
+from tests.common_support import wait_until
 from tests.test_anchor_worker import (
     ROOT,
     anchor_settings,

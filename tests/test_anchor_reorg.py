@@ -23,7 +23,7 @@ from vitalchain.anchor.deploy import deploy
 from vitalchain.anchor.proofs import ProofService
 from vitalchain.anchor.synthetic import SyntheticSealer, write_readings
 
-from tests.helpers import wait_until
+from tests.common_support import wait_until
 from tests.test_anchor_worker import (
     anchor_settings,
     check_invariants,

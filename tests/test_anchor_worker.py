@@ -24,7 +24,7 @@ from vitalchain.anchor.synthetic import SyntheticSealer
 from vitalchain.anchor.worker import Progress, WorkerLockedError, run_worker
 from web3 import Web3
 
-from tests.helpers import wait_until
+from tests.common_support import wait_until
 from vitalchain.config import Settings
 from vitalchain.core.integrity import MerkleLog
 from vitalchain.storage.anchors import AnchorStore

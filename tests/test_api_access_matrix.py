@@ -17,7 +17,7 @@ import pytest
 from fastapi.routing import APIRoute
 
 from tests.api_support import seed, served
-from tests.helpers import wait_until
+from tests.common_support import wait_until
 from vitalchain.app.stack.ports import free_port
 from vitalchain.config import Settings, to_environ
 

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
 from vitalchain.api.app import create_app
 
-from tests.helpers import wait_until, write_registry
+from tests.common_support import wait_until, write_registry
 from vitalchain.app.commands.api import register
 from vitalchain.config import Settings
 from vitalchain.core.integrity import (

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import wait_until
+from tests.common_support import wait_until
 from vitalchain.app.pipeline import Pipeline
 from vitalchain.app.stack.ports import free_port
 from vitalchain.app.stack.supervisor import Stack

@@ -11,7 +11,7 @@ import pytest
 from vitalchain.anchor.deploy import deploy
 from vitalchain.anchor.worker import AnchorWorker
 
-from tests.helpers import wait_until
+from tests.common_support import wait_until
 from tests.test_api_http import make_world
 from vitalchain.config import Settings
 from vitalchain.storage.anchors import AnchorStore

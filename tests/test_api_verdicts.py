@@ -10,7 +10,7 @@ import pytest
 
 from tests.api_support import served
 from tests.audit_support import T0, build_world
-from tests.helpers import write_registry
+from tests.common_support import write_registry
 from vitalchain.config import Settings
 from vitalchain.storage.apistore import ApiStore
 

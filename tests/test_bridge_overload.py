@@ -24,8 +24,8 @@ from kafka import KafkaConsumer, TopicPartition
 from vitalchain.ingest.bridge import Bridge, forget_session
 from vitalchain.ingest.bridge_provision import provision_bridge
 
-from tests.helpers import wait_until
-from tests.test_bridge_support import Device, make_reading, provision_devices, unique_device
+from tests.bridge_support import Device, make_reading, provision_devices, unique_device
+from tests.common_support import wait_until
 from vitalchain.config import Settings
 
 DEVICES = 8

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from vitalchain.ingest.bridge import forget_session
 
-from tests.helpers import wait_until
-from tests.test_bridge_support import (
+from tests.bridge_support import (
     Device,
     Records,
     make_reading,
@@ -25,6 +24,7 @@ from tests.test_bridge_support import (
     running_bridge,
     unique_device,
 )
+from tests.common_support import wait_until
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.app.stack.topology import ensure_topics
 from vitalchain.config import Settings

@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 from vitalchain.devices.registry import patient_for
 
-from tests.helpers import wait_until
+from tests.common_support import wait_until
 from vitalchain.app.cli import main
 from vitalchain.app.stack.ports import free_port, free_ports
 from vitalchain.app.stack.supervisor import Stack

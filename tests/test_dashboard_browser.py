@@ -25,7 +25,7 @@ from vitalchain.anchor.deploy import deploy
 from vitalchain.api.app import create_app
 from vitalchain.api.news2 import news2
 
-from tests.helpers import wait_until, write_registry
+from tests.common_support import wait_until, write_registry
 from tests.test_api_anchored import anchor_all
 from tests.test_api_http import seal
 from vitalchain.app.stack.ports import free_ports

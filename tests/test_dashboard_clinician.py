@@ -21,7 +21,7 @@ from vitalchain.anchor.deploy import deploy
 from vitalchain.api.news2 import news2, score_pulse, score_rr, score_spo2_scale1, score_systolic, score_temperature
 from vitalchain.devices.physiology import Deterioration, Patient
 
-from tests.helpers import wait_until
+from tests.common_support import wait_until
 from tests.test_api_anchored import anchor_all
 from tests.test_api_http import seal
 from tests.test_dashboard_browser import (

@@ -14,7 +14,7 @@ import pytest
 from vitalchain.api.news2 import news2
 
 from tests.audit_support import influx_query
-from tests.helpers import wait_until
+from tests.common_support import wait_until
 from tests.test_api_verified_reads import ALARMING, alter, insert, stored_row
 from tests.test_dashboard_browser import (
     CHROMIUM,

@@ -13,7 +13,7 @@ from vitalchain.ingest.deadletters import MAX_PAYLOAD_BYTES, Archiver, rejected_
 
 from tests.api_support import seed, served
 from tests.audit_support import influx_query
-from tests.helpers import wait_until
+from tests.common_support import wait_until
 from tests.stream_support import producer
 from vitalchain.app.pipeline import Pipeline
 from vitalchain.config import Settings

@@ -27,7 +27,7 @@ from vitalchain.devices.registry import (
 )
 from vitalchain.devices.transport import ConnectRefused, MqttLink, PublishRejected
 
-from tests.helpers import wait_until
+from tests.common_support import wait_until
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings
 from vitalchain.core.payload.schema import message_problems

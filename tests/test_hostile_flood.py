@@ -12,8 +12,7 @@ import time
 import pytest
 from vitalchain.ingest.ratelimit import DeviceRateLimiter
 
-from tests.helpers import wait_until
-from tests.test_bridge_support import (
+from tests.bridge_support import (
     Device,
     Records,
     make_reading,
@@ -21,6 +20,7 @@ from tests.test_bridge_support import (
     running_bridge,
     unique_device,
 )
+from tests.common_support import wait_until
 from vitalchain.config import Settings
 
 SECOND = 1_000_000

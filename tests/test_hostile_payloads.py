@@ -24,8 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from tests.helpers import wait_until
-from tests.test_bridge_support import (
+from tests.bridge_support import (
     Device,
     Records,
     make_reading,
@@ -33,6 +32,7 @@ from tests.test_bridge_support import (
     running_bridge,
     unique_device,
 )
+from tests.common_support import wait_until
 from vitalchain.config import Settings
 from vitalchain.core.payload.validation import REASONS
 

@@ -19,9 +19,9 @@ from vitalchain.devices.mqtt_dynsec import CONTROL_TOPIC, RESPONSE_TOPIC
 from vitalchain.devices.registry import provision_devices
 from vitalchain.ingest.bridge_provision import provision_bridge
 
-from tests.helpers import wait_until
+from tests.bridge_support import provision_device, unique_device
+from tests.common_support import wait_until
 from tests.test_access_mqtt import Client
-from tests.test_bridge_support import provision_device, unique_device
 from vitalchain.config import Settings
 
 pytestmark = pytest.mark.e2e

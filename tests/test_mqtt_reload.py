@@ -17,10 +17,9 @@ import pytest
 from vitalchain.devices.mqtt_auth import BRIDGE_USER, MqttCredentials
 from vitalchain.devices.registry import provision_devices
 
-from tests.helpers import wait_until
+from tests.bridge_support import bridge_instance_user, provision_device, unique_device
+from tests.common_support import wait_until
 from tests.test_access_mqtt import Client
-from tests.test_bridge_provision_support import bridge_instance_user
-from tests.test_bridge_support import provision_device, unique_device
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings
 

@@ -31,7 +31,7 @@ from vitalchain.devices.fleet import FleetStats, run_fleet
 from vitalchain.devices.registry import DeviceIdentity, provision_devices
 from vitalchain.ingest.bridge import forget_session
 
-from tests.helpers import wait_until
+from tests.common_support import wait_until
 from vitalchain.app.pipeline import Pipeline
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings

@@ -16,7 +16,7 @@ from vitalchain.audit.engine import run_audit
 from vitalchain.devices.fleet import FleetStats, run_fleet
 from vitalchain.devices.registry import DeviceIdentity, provision_devices
 
-from tests.helpers import wait_until
+from tests.common_support import wait_until
 from tests.test_pipeline_e2e import (
     DEVICES,
     RATE_HZ,

@@ -22,7 +22,7 @@ from vitalchain.anchor.proofs import (
 from vitalchain.anchor.synthetic import SyntheticSealer, write_readings
 from vitalchain.anchor.worker import run_worker
 
-from tests.helpers import wait_until
+from tests.common_support import wait_until
 from vitalchain.app.commands.anchor import proof_group
 from vitalchain.config import Settings
 from vitalchain.core.integrity import reading_leaf_hash

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import wait_until
+from tests.common_support import wait_until
 from tests.stream_support import (
     Worker,
     all_done,

@@ -1,4 +1,4 @@
-"""Small helpers shared by the tests."""
+"""Waiting on a condition with a deadline, and small fixtures of data, shared by the tests."""
 
 from __future__ import annotations
 

@@ -14,11 +14,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from kafka import KafkaConsumer
 from vitalchain.devices.mqtt_admin import add_to_broker
-from vitalchain.devices.mqtt_auth import MqttCredentials
+from vitalchain.devices.mqtt_auth import MqttCredentials, bridge_user
+from vitalchain.devices.mqtt_check import connack
 from vitalchain.ingest.bridge import Bridge, forget_session
 from vitalchain.ingest.bridge_provision import provision_bridge
 
-from tests.helpers import wait_until
+from tests.common_support import wait_until
 from vitalchain.config import Settings
 
 
@@ -154,3 +155,10 @@ def running_bridge(settings: Settings, **options: Any) -> Iterator[Bridge]:
         assert not thread.is_alive(), "bridge did not stop within 30s"
         with contextlib.suppress(OSError, TimeoutError):
             forget_session(settings, options["instance"])
+
+
+def bridge_instance_user(settings: Settings, instance: int = 7) -> None:
+    """Provision bridge ``instance`` on a running broker; it must be accepted at once."""
+    assert provision_bridge(settings, instance) is True
+    user = bridge_user(instance)
+    assert connack(settings, user, MqttCredentials(settings.state_dir).password(user)) == "accepted"
