@@ -14,11 +14,11 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from vitalchain.anchor.compile import load_artifact
 from web3 import HTTPProvider, Web3
 from web3._utils.empty import empty as EMPTY
 from web3.contract import Contract
 
+from vitalchain.anchor.compile import load_artifact
 from vitalchain.config import DEV_ANCHOR_PRIVATE_KEY, Settings
 from vitalchain.core.verify.anchor import ANCHORED_SIGNATURE, ANCHORED_TOPIC  # noqa: F401 (part of this API)
 from vitalchain.errors import InvalidInput, Unavailable

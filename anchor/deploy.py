@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vitalchain.anchor import chain
-from vitalchain.anchor.compile import load_artifact
 from web3 import Web3
 
+from vitalchain.anchor import chain
+from vitalchain.anchor.compile import load_artifact
 from vitalchain.config import Settings, record_setting
 
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from vitalchain.anchor import chain
-
 from vitalchain.config import Settings
 from vitalchain.core.integrity import (
     build_bundle,

@@ -49,10 +49,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitalchain.anchor import chain
-from vitalchain.anchor.feepolicy import FeeCaps, decide
 from web3.exceptions import BlockNotFound, TransactionNotFound
 
+from vitalchain.anchor import chain
+from vitalchain.anchor.feepolicy import FeeCaps, decide
 from vitalchain.config import Settings
 from vitalchain.core.timeutil import now_us
 from vitalchain.errors import Altered, Refused

@@ -26,7 +26,6 @@ import threading
 from typing import Any
 
 from vitalchain.api.logview import LogView
-
 from vitalchain.core.integrity.access import (
     ACCESS_PARTITION,
     ACCESS_TOPIC,

@@ -22,6 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from vitalchain.anchor.proofs import ProofService, ProofUnavailable
 from vitalchain.api import dashboard, fhir, fhirsearch, rejected, vitals
 from vitalchain.api.accesslog import AccessLog, AccessProofUnavailable
@@ -31,13 +32,12 @@ from vitalchain.api.bodyguard import BodyGuard
 from vitalchain.api.logview import LogAltered, LogView
 from vitalchain.api.news2 import news2
 from vitalchain.api.recorder import AccessRecorder
-from vitalchain.devices.registry import ProvisioningError, load_registry
-
 from vitalchain.config import Settings
 from vitalchain.core.ids import ID_REGEX, ROLES, USER_REGEX
 from vitalchain.core.integrity.access import ACCESS_TOPIC
 from vitalchain.core.timeutil import MAX_ANY_US, MAX_TIME_US, iso_from_us, now_us, parse_time_us
 from vitalchain.core.verify import verify_access_proof, verify_bundle
+from vitalchain.devices.registry import ProvisioningError, load_registry
 from vitalchain.errors import VitalchainError, status_for
 from vitalchain.storage.apistore import ApiStore, StoreError, User
 from vitalchain.storage.chainrpc import JsonRpc

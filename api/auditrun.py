@@ -12,8 +12,8 @@ from typing import Any
 
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
-from vitalchain.audit.engine import AuditUnavailable, run_audit
 
+from vitalchain.audit.engine import AuditUnavailable, run_audit
 from vitalchain.config import Settings
 from vitalchain.core.timeutil import TimeArgError, parse_time_us
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
+
 from vitalchain.api.auth import access_info
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"

@@ -32,7 +32,6 @@ from urllib.parse import urlencode
 
 from vitalchain.api import fhir
 from vitalchain.api.fhirdates import UNIVERSE, DateValueError, Spans, intersection, prefixed, union
-
 from vitalchain.core.ids import ID_REGEX
 
 Key = tuple[int, str]  # (InfluxDB time in ns, device id): one reading of one patient

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from vitalchain.anchor import chain
-
 from vitalchain.config import Settings
 from vitalchain.errors import Altered
 from vitalchain.storage.anchors import AnchorStore, Checkpoint

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+
 from vitalchain.api.auth import ACCESS_KEY
 from vitalchain.api.redact import redact_query, redact_text
 

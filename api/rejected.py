@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vitalchain.ingest.deadletters import REJECTED_MEASUREMENT
-
 from vitalchain.core.timeutil import iso_from_us
+from vitalchain.ingest.deadletters import REJECTED_MEASUREMENT
 from vitalchain.storage.influx import InfluxClient, quote_ident
 
 MAX_DEVICES = 200  # devices of one patient looked up per query

@@ -11,11 +11,11 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from vitalchain.anchor import chain
-from vitalchain.audit.report import AuditReport, CheckpointFinding
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
 
+from vitalchain.anchor import chain
+from vitalchain.audit.report import AuditReport, CheckpointFinding
 from vitalchain.config import Settings
 from vitalchain.core.integrity import MerkleLog, ProofError, verify_consistency
 from vitalchain.errors import Unavailable

@@ -31,7 +31,6 @@ from vitalchain.audit.report import (
     WindowFinding,
     reading_id,
 )
-
 from vitalchain.config import Settings
 from vitalchain.errors import Unavailable
 from vitalchain.storage.influx import InfluxClient, InfluxError, quote_ident

@@ -31,7 +31,6 @@ from vitalchain.anchor.deploy import deploy
 from vitalchain.anchor.proofs import ProofService
 from vitalchain.anchor.synthetic import SyntheticSealer, write_readings
 from vitalchain.anchor.worker import Progress, run_worker
-
 from vitalchain.app.stack.ports import free_ports
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import load_settings

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from kafka import KafkaConsumer, TopicPartition
-from vitalchain.devices.registry import DeviceIdentity, provision_devices
-from vitalchain.ingest.bridge import Bridge
 
 from vitalchain.app.stack.ports import free_ports
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings, load_settings
+from vitalchain.devices.registry import DeviceIdentity, provision_devices
+from vitalchain.ingest.bridge import Bridge
 
 
 def _bridge(settings: Settings) -> tuple[Bridge, threading.Thread]:

@@ -24,13 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from vitalchain.devices.fleet import run_fleet
-from vitalchain.devices.registry import provision_devices
-
 from vitalchain.app.stack.ports import free_ports
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.app.stack.topology import ensure_topics
 from vitalchain.config import Settings, load_settings
+from vitalchain.devices.fleet import run_fleet
+from vitalchain.devices.registry import provision_devices
 
 _LAUNCH = "import sys; from vitalchain.app.cli import main; sys.argv[0] = 'vitalchain'; main()"
 _CRC = ("import kafka.record.util as u; "

@@ -19,12 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from vitalchain.devices.fleet import FleetStats, run_fleet
-from vitalchain.devices.registry import provision_devices
-
 from vitalchain.app.stack.ports import free_ports
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import load_settings
+from vitalchain.devices.fleet import FleetStats, run_fleet
+from vitalchain.devices.registry import provision_devices
 
 
 def main() -> int:

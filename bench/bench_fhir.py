@@ -29,7 +29,6 @@ import uvicorn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vitalchain.api.app import create_app
-
 from vitalchain.app.stack.ports import free_port, free_ports
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import load_settings

@@ -52,13 +52,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
-from vitalchain.devices.fleet import run_fleet
-from vitalchain.devices.registry import DeviceIdentity, provision_devices
 
 from vitalchain.app.pipeline import Pipeline, wait_flowing
 from vitalchain.app.stack.ports import free_ports
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings, load_settings
+from vitalchain.devices.fleet import run_fleet
+from vitalchain.devices.registry import DeviceIdentity, provision_devices
 from vitalchain.storage.influx import rows_of
 from vitalchain.storage.ledger import Ledger
 

@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from vitalchain.devices.registry import DeviceIdentity, provision_devices
 
 from vitalchain.app.stack.ports import free_ports
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings, load_settings
+from vitalchain.devices.registry import DeviceIdentity, provision_devices
 
 
 class Publisher(threading.Thread):

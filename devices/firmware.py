@@ -19,12 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vitalchain.core.payload.limits import MAX_BATCH, MIN_BATCH
 from vitalchain.devices.physiology import Deterioration, Patient
 from vitalchain.devices.registry import DeviceIdentity
 from vitalchain.devices.seqstore import SeqCounter
 from vitalchain.devices.transport import ConnectRefused, LinkDown, MqttLink, PublishRejected
-
-from vitalchain.core.payload.limits import MAX_BATCH, MIN_BATCH
 
 Reading = dict[str, Any]
 AckSink = Callable[[str, list[int]], None]

@@ -16,12 +16,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from vitalchain.config import Settings
 from vitalchain.devices.firmware import Device, DeviceConfig
 from vitalchain.devices.physiology import Deterioration
 from vitalchain.devices.registry import DeviceIdentity, identities
 from vitalchain.devices.seqstore import DEFAULT_BLOCK, SeqCounter
-
-from vitalchain.config import Settings
 
 
 @dataclass

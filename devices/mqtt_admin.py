@@ -23,10 +23,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from vitalchain.config import Settings
 from vitalchain.devices import mqtt_dynsec
 from vitalchain.devices.mqtt_auth import ADMIN_USER, MqttCredentials
-
-from vitalchain.config import Settings
 from vitalchain.errors import Refused, Unavailable
 
 # Per control message. The plugin of Mosquitto 2.0.11 rewrites its whole JSON file after every

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from vitalchain.config import Settings
 from vitalchain.devices import mqtt_admin
 from vitalchain.devices.mqtt_auth import (
     DEVICE_ID_PATTERN,
@@ -28,8 +29,6 @@ from vitalchain.devices.mqtt_auth import (
     is_reserved,
 )
 from vitalchain.devices.mqtt_check import connack  # noqa: F401 - part of this module's API
-
-from vitalchain.config import Settings
 from vitalchain.errors import InvalidInput
 
 

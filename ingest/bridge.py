@@ -70,14 +70,14 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from vitalchain.devices.mqtt_auth import MqttCredentials, bridge_user
-from vitalchain.ingest.deadletter import dead_letter_record
-from vitalchain.ingest.inflight import Delivery, InFlight
-from vitalchain.ingest.ratelimit import DeviceRateLimiter
 
 from vitalchain.config import Settings
 from vitalchain.core.payload.validation import Outcome, Rejection, validate
 from vitalchain.core.timeutil import now_us
+from vitalchain.devices.mqtt_auth import MqttCredentials, bridge_user
+from vitalchain.ingest.deadletter import dead_letter_record
+from vitalchain.ingest.inflight import Delivery, InFlight
+from vitalchain.ingest.ratelimit import DeviceRateLimiter
 
 log = logging.getLogger("vitalchain.bridge")
 

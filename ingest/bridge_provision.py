@@ -8,10 +8,9 @@ and a running local Mosquitto learns it through its dynamic-security plugin (no 
 
 from __future__ import annotations
 
+from vitalchain.config import Settings
 from vitalchain.devices.mqtt_admin import add_to_broker
 from vitalchain.devices.mqtt_auth import MqttCredentials, bridge_user
-
-from vitalchain.config import Settings
 
 
 def provision_bridge(settings: Settings, instance: int) -> bool:

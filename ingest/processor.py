@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 
 from vitalchain.ingest.sink import Sealer, SealRefused
 from vitalchain.ingest.windowing import ClosedWindow, PartitionWindower, record_hash
-
 from vitalchain.storage.ledger import Ledger
 
 log = logging.getLogger("vitalchain.stream")

@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from vitalchain.ingest.windowing import ClosedWindow, DeadLetter
-
 from vitalchain.errors import Refused
+from vitalchain.ingest.windowing import ClosedWindow, DeadLetter
 from vitalchain.storage.influx import InfluxClient
 from vitalchain.storage.ledger import Ledger, ReadingIndexRow, StaleWindow, WindowConflict
 from vitalchain.storage.readings import reading_point, window_point

@@ -29,12 +29,12 @@ from typing import Any
 
 import faust
 from faust.types import TP
-from vitalchain.ingest.processor import StreamProcessor
-from vitalchain.ingest.sink import Sealer
-from vitalchain.ingest.windowing import DeadLetter
 
 from vitalchain.config import Settings
 from vitalchain.core.integrity import salt_key_id
+from vitalchain.ingest.processor import StreamProcessor
+from vitalchain.ingest.sink import Sealer
+from vitalchain.ingest.windowing import DeadLetter
 from vitalchain.storage.influx import InfluxClient
 from vitalchain.storage.ledger import Ledger
 from vitalchain.storage.saltkey import load_or_create_salt_key

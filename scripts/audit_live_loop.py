@@ -36,18 +36,18 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
+
 from vitalchain.anchor.deploy import deploy
 from vitalchain.api.app import api_path
-from vitalchain.audit.engine import run_audit
-from vitalchain.audit.report import AuditReport
-from vitalchain.devices.fleet import run_fleet
-from vitalchain.devices.registry import provision_devices
-from vitalchain.ingest.bridge import forget_session
-
 from vitalchain.app.pipeline import Pipeline
 from vitalchain.app.stack.ports import free_port, free_ports
 from vitalchain.app.stack.supervisor import Stack
+from vitalchain.audit.engine import run_audit
+from vitalchain.audit.report import AuditReport
 from vitalchain.config import Settings, load_settings
+from vitalchain.devices.fleet import run_fleet
+from vitalchain.devices.registry import provision_devices
+from vitalchain.ingest.bridge import forget_session
 from vitalchain.storage.apistore import ApiStore
 
 Say = Callable[[str], None]

@@ -37,14 +37,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
-from vitalchain.anchor.deploy import deploy
-from vitalchain.devices.fleet import FleetStats, run_fleet
-from vitalchain.devices.registry import provision_devices
 
+from vitalchain.anchor.deploy import deploy
 from vitalchain.app.pipeline import Pipeline, wait_flowing
 from vitalchain.app.stack.ports import free_ports
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings, load_settings, to_environ
+from vitalchain.devices.fleet import FleetStats, run_fleet
+from vitalchain.devices.registry import provision_devices
 from vitalchain.storage.anchors import AnchorStore
 from vitalchain.storage.influx import rows_of
 from vitalchain.storage.ledger import Ledger

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import httpx
 import uvicorn
-from vitalchain.api.app import create_app
 
 from tests.common_support import wait_until
 from tests.test_api_http import MINUTE_US, seal, vitals_at
+from vitalchain.api.app import create_app
 from vitalchain.app.stack.ports import free_port
 from vitalchain.config import Settings
 from vitalchain.storage.apistore import ApiStore

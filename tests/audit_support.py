@@ -12,10 +12,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.common_support import wait_until
 from vitalchain.anchor.deploy import deploy
 from vitalchain.anchor.worker import AnchorWorker
-
-from tests.common_support import wait_until
 from vitalchain.config import Settings
 from vitalchain.core.integrity import build_window_header, canonical_reading, reading_leaf_hash, salt_key_id
 from vitalchain.storage.anchors import AnchorStore

@@ -13,14 +13,14 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from kafka import KafkaConsumer
+
+from tests.common_support import wait_until
+from vitalchain.config import Settings
 from vitalchain.devices.mqtt_admin import add_to_broker
 from vitalchain.devices.mqtt_auth import MqttCredentials, bridge_user
 from vitalchain.devices.mqtt_check import connack
 from vitalchain.ingest.bridge import Bridge, forget_session
 from vitalchain.ingest.bridge_provision import provision_bridge
-
-from tests.common_support import wait_until
-from vitalchain.config import Settings
 
 
 def unique_device(prefix: str = "dev") -> str:

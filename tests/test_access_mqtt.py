@@ -19,7 +19,6 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from vitalchain.devices.mqtt_auth import BRIDGE_USER, PROBE_USER, MqttCredentials
 
 from tests.bridge_support import (
     Records,
@@ -30,6 +29,7 @@ from tests.bridge_support import (
 )
 from tests.common_support import wait_until
 from vitalchain.config import Settings
+from vitalchain.devices.mqtt_auth import BRIDGE_USER, PROBE_USER, MqttCredentials
 
 pytestmark = pytest.mark.e2e
 

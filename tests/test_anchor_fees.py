@@ -11,10 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from vitalchain.anchor import chain
-from vitalchain.anchor.feepolicy import GWEI, FeeCaps, decide
-from vitalchain.anchor.synthetic import SyntheticSealer
-from vitalchain.anchor.worker import status
 
 from tests.common_support import wait_until
 from tests.test_anchor_worker import (
@@ -25,6 +21,10 @@ from tests.test_anchor_worker import (
     latest_anchored,
     worker_thread,
 )
+from vitalchain.anchor import chain
+from vitalchain.anchor.feepolicy import GWEI, FeeCaps, decide
+from vitalchain.anchor.synthetic import SyntheticSealer
+from vitalchain.anchor.worker import status
 from vitalchain.config import ConfigError, load_settings, to_environ
 from vitalchain.storage.anchors import AnchorStore
 from vitalchain.storage.ledger import Ledger

@@ -18,10 +18,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from vitalchain.anchor import chain
-from vitalchain.anchor.deploy import deploy
-from vitalchain.anchor.proofs import ProofService
-from vitalchain.anchor.synthetic import SyntheticSealer, write_readings
 
 from tests.common_support import wait_until
 from tests.test_anchor_worker import (
@@ -30,6 +26,10 @@ from tests.test_anchor_worker import (
     latest_anchored,
     worker_thread,
 )
+from vitalchain.anchor import chain
+from vitalchain.anchor.deploy import deploy
+from vitalchain.anchor.proofs import ProofService
+from vitalchain.anchor.synthetic import SyntheticSealer, write_readings
 from vitalchain.app.commands.anchor import anchor_group, proof_group
 from vitalchain.app.commands.verify import verify_command
 from vitalchain.config import Settings

@@ -18,13 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from web3 import Web3
+
+from tests.common_support import wait_until
 from vitalchain.anchor import chain
 from vitalchain.anchor.deploy import deploy
 from vitalchain.anchor.synthetic import SyntheticSealer
 from vitalchain.anchor.worker import Progress, WorkerLockedError, run_worker
-from web3 import Web3
-
-from tests.common_support import wait_until
 from vitalchain.config import Settings
 from vitalchain.core.integrity import MerkleLog
 from vitalchain.storage.anchors import AnchorStore

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from vitalchain.anchor.deploy import deploy
-from vitalchain.anchor.worker import AnchorWorker
 
 from tests.common_support import wait_until
 from tests.test_api_http import make_world
+from vitalchain.anchor.deploy import deploy
+from vitalchain.anchor.worker import AnchorWorker
 from vitalchain.config import Settings
 from vitalchain.storage.anchors import AnchorStore
 

@@ -20,9 +20,9 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
-from vitalchain.api.app import create_app
 
 from tests.common_support import wait_until, write_registry
+from vitalchain.api.app import create_app
 from vitalchain.app.commands.api import register
 from vitalchain.config import Settings
 from vitalchain.core.integrity import (

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from vitalchain.api.news2 import (
     news2,
     score_pulse,
@@ -15,7 +16,6 @@ from vitalchain.api.news2 import (
     score_temperature,
 )
 from vitalchain.api.vitals import choose_interval_s
-
 from vitalchain.core.timeutil import iso_from_us, parse_time_us
 from vitalchain.storage.apistore import ApiStore
 

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle
-from vitalchain.anchor.deploy import deploy
-from vitalchain.api.news2 import news2
 
 from tests.audit_support import influx_query, influx_write
 from tests.test_api_anchored import anchor_all
 from tests.test_api_http import MINUTE_US, SALT_KEY, World, make_world, seal
+from vitalchain.anchor.deploy import deploy
+from vitalchain.api.news2 import news2
 from vitalchain.config import Settings
 from vitalchain.core.integrity import canonical_reading, reading_leaf_hash
 from vitalchain.core.timeutil import iso_from_us

@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from vitalchain.audit.engine import run_audit
-from vitalchain.audit.report import AuditReport, GapFinding
 
 from tests.audit_support import T0, World, build_world, influx_query, influx_write
+from vitalchain.audit.engine import run_audit
+from vitalchain.audit.report import AuditReport, GapFinding
 from vitalchain.config import Settings
 from vitalchain.core.integrity import canonical_reading, reading_leaf_hash
 from vitalchain.storage.influx import quote_string

@@ -21,12 +21,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
-from vitalchain.ingest.bridge import Bridge, forget_session
-from vitalchain.ingest.bridge_provision import provision_bridge
 
 from tests.bridge_support import Device, make_reading, provision_devices, unique_device
 from tests.common_support import wait_until
 from vitalchain.config import Settings
+from vitalchain.ingest.bridge import Bridge, forget_session
+from vitalchain.ingest.bridge_provision import provision_bridge
 
 DEVICES = 8
 MESSAGES_PER_DEVICE = 9_000  # 72,000 messages: beyond the 65,535 packet ids of one MQTT session

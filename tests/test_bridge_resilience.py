@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from vitalchain.ingest.bridge import forget_session
 
 from tests.bridge_support import (
     Device,
@@ -28,6 +27,7 @@ from tests.common_support import wait_until
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.app.stack.topology import ensure_topics
 from vitalchain.config import Settings
+from vitalchain.ingest.bridge import forget_session
 
 # `vitalchain bridge run` in a child process of the test's own.
 _LAUNCH = "import sys; from vitalchain.app.cli import main; sys.argv[0] = 'vitalchain'; main()"

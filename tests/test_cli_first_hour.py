@@ -21,7 +21,6 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from vitalchain.devices.registry import patient_for
 
 from tests.common_support import wait_until
 from vitalchain.app.cli import main
@@ -29,6 +28,7 @@ from vitalchain.app.stack.ports import free_port, free_ports
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.app.workers import running_workers
 from vitalchain.config import load_settings
+from vitalchain.devices.registry import patient_for
 
 
 def _registry(state: Path, devices: list[str]) -> None:
@@ -184,7 +184,6 @@ def test_deadletters_list_shows_what_the_archiver_stored(isolated) -> None:
     import base64
 
     from vitalchain.ingest.deadletters import rejected_point
-
     from vitalchain.storage.influx import InfluxClient
 
     now = time.time_ns() // 1000

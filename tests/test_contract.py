@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 from eth_account import Account
-from vitalchain.anchor import chain
-from vitalchain.anchor.compile import compile_source, load_artifact
-from vitalchain.anchor.deploy import deploy
 from web3 import Web3
 from web3.exceptions import ContractCustomError
 
+from vitalchain.anchor import chain
+from vitalchain.anchor.compile import compile_source, load_artifact
+from vitalchain.anchor.deploy import deploy
 from vitalchain.app.stack import tools
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import DEV_ANCHOR_PRIVATE_KEY, Settings, load_settings, read_settings_file

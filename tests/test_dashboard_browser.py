@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 import uvicorn
-from vitalchain.anchor.deploy import deploy
-from vitalchain.api.app import create_app
-from vitalchain.api.news2 import news2
 
 from tests.common_support import wait_until, write_registry
 from tests.test_api_anchored import anchor_all
 from tests.test_api_http import seal
+from vitalchain.anchor.deploy import deploy
+from vitalchain.api.app import create_app
+from vitalchain.api.news2 import news2
 from vitalchain.app.stack.ports import free_ports
 from vitalchain.config import Settings
 from vitalchain.storage.apistore import ApiStore

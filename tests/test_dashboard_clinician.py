@@ -17,9 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vitalchain.anchor.deploy import deploy
-from vitalchain.api.news2 import news2, score_pulse, score_rr, score_spo2_scale1, score_systolic, score_temperature
-from vitalchain.devices.physiology import Deterioration, Patient
 
 from tests.common_support import wait_until
 from tests.test_api_anchored import anchor_all
@@ -34,7 +31,10 @@ from tests.test_dashboard_browser import (
     serve,
     sign_in,
 )
+from vitalchain.anchor.deploy import deploy
+from vitalchain.api.news2 import news2, score_pulse, score_rr, score_spo2_scale1, score_systolic, score_temperature
 from vitalchain.config import Settings
+from vitalchain.devices.physiology import Deterioration, Patient
 from vitalchain.storage.apistore import ApiStore
 from vitalchain.storage.ledger import Ledger
 

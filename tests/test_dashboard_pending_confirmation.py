@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-from vitalchain.anchor.deploy import deploy
-from vitalchain.anchor.worker import AnchorWorker
 
 from tests.common_support import wait_until
 from tests.test_dashboard_browser import (
@@ -23,6 +21,8 @@ from tests.test_dashboard_browser import (
     serve,
     sign_in,
 )
+from vitalchain.anchor.deploy import deploy
+from vitalchain.anchor.worker import AnchorWorker
 from vitalchain.config import Settings
 from vitalchain.storage.anchors import AnchorStore
 from vitalchain.storage.apistore import ApiStore

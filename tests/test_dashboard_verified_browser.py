@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from vitalchain.api.news2 import news2
 
 from tests.audit_support import influx_query
 from tests.common_support import wait_until
@@ -30,6 +29,7 @@ from tests.test_dashboard_browser import (
     sign_in,
     wave,
 )
+from vitalchain.api.news2 import news2
 from vitalchain.config import Settings
 from vitalchain.storage.apistore import ApiStore
 

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from vitalchain.ingest.deadletter import dead_letter_value
-from vitalchain.ingest.deadletters import MAX_PAYLOAD_BYTES, Archiver, rejected_point
 
 from tests.api_support import seed, served
 from tests.audit_support import influx_query
@@ -18,6 +16,8 @@ from tests.stream_support import producer
 from vitalchain.app.pipeline import Pipeline
 from vitalchain.config import Settings
 from vitalchain.core.payload.validation import Rejection
+from vitalchain.ingest.deadletter import dead_letter_value
+from vitalchain.ingest.deadletters import MAX_PAYLOAD_BYTES, Archiver, rejected_point
 
 
 def produce_rejects(settings: Settings, now_us: int) -> None:

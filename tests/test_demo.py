@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from vitalchain.api.news2 import news2
 
 from tests.audit_support import influx_query
+from vitalchain.api.news2 import news2
 from vitalchain.app.stack.ports import free_ports
 from vitalchain.config import load_settings
 from vitalchain.core.verify import verify_bundle

@@ -8,11 +8,11 @@ from dataclasses import fields
 from pathlib import Path
 
 from click.testing import CliRunner
-from vitalchain.devices.mqtt_auth import ADMIN_USER, BRIDGE_USER, PROBE_USER, MqttCredentials
-from vitalchain.devices.mqtt_dynsec import ADMIN_ROLE, BRIDGE_ROLE, policy
 
 from vitalchain.app.cli import main as cli_main
 from vitalchain.config import ENV_PREFIX, Settings
+from vitalchain.devices.mqtt_auth import ADMIN_USER, BRIDGE_USER, PROBE_USER, MqttCredentials
+from vitalchain.devices.mqtt_dynsec import ADMIN_ROLE, BRIDGE_ROLE, policy
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 

@@ -8,12 +8,12 @@ from collections.abc import Callable
 
 import pytest
 from click.testing import CliRunner
-from vitalchain.devices.registry import load_registry
-from vitalchain.devices.seqstore import SeqCounter
 
 from vitalchain.app.cli import main
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.core.payload.schema import build_schema
+from vitalchain.devices.registry import load_registry
+from vitalchain.devices.seqstore import SeqCounter
 
 pytestmark = pytest.mark.e2e
 
@@ -85,9 +85,8 @@ def test_schema_command_prints_the_schema() -> None:
 def test_progress_updates_in_place_on_a_terminal() -> None:
     import io
 
-    from vitalchain.devices.fleet import FleetStats
-
     from vitalchain.app.commands.devices import _progress_printer
+    from vitalchain.devices.fleet import FleetStats
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:

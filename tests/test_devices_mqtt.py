@@ -16,6 +16,11 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+
+from tests.common_support import wait_until
+from vitalchain.app.stack.supervisor import Stack
+from vitalchain.config import Settings
+from vitalchain.core.payload.schema import message_problems
 from vitalchain.devices.fleet import FleetStats, run_fleet
 from vitalchain.devices.mqtt_auth import BRIDGE_USER, MqttCredentials
 from vitalchain.devices.registry import (
@@ -26,11 +31,6 @@ from vitalchain.devices.registry import (
     provision_devices,
 )
 from vitalchain.devices.transport import ConnectRefused, MqttLink, PublishRejected
-
-from tests.common_support import wait_until
-from vitalchain.app.stack.supervisor import Stack
-from vitalchain.config import Settings
-from vitalchain.core.payload.schema import message_problems
 
 pytestmark = pytest.mark.e2e
 

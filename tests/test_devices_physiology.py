@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from vitalchain.devices.physiology import EPISODES, Deterioration, Patient
-from vitalchain.devices.seqstore import SeqCounter
 
 from vitalchain.core.payload.limits import VITAL_LIMITS, vital_violations
+from vitalchain.devices.physiology import EPISODES, Deterioration, Patient
+from vitalchain.devices.seqstore import SeqCounter
 
 
 @settings(max_examples=40, deadline=None)

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vitalchain.devices.physiology import Patient
 
 import vitalchain.core.payload as payload
 from vitalchain.core.payload.limits import MAX_BATCH, VITAL_LIMITS
 from vitalchain.core.payload.schema import SCHEMA_FILE, build_schema, message_problems
+from vitalchain.devices.physiology import Patient
 
 
 def reading(seq: int = 0, device: str = "wearable-00001", **vitals: Any) -> dict[str, Any]:

@@ -27,10 +27,10 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome
 from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import OperationOutcome as FhirpyOutcome
 from fhirpy.base.exceptions import ResourceNotFound
-from vitalchain.api import fhir, vitals
 
 from tests.api_support import served
 from tests.test_api_http import seal, vitals_at
+from vitalchain.api import fhir, vitals
 from vitalchain.config import Settings
 from vitalchain.storage.apistore import ApiStore
 from vitalchain.storage.influx import InfluxClient, Point

@@ -13,10 +13,10 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 from hypothesis import given
 from hypothesis import strategies as st
+
 from vitalchain.api import fhir, fhirsearch
 from vitalchain.api.fhirdates import UNIVERSE, DateValueError, prefixed, value_range
 from vitalchain.api.fhirsearch import SearchError, parse_search
-
 from vitalchain.core.timeutil import MAX_TIME_US
 
 BASE = "http://127.0.0.1:8700/fhir"

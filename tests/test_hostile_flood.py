@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-from vitalchain.ingest.ratelimit import DeviceRateLimiter
 
 from tests.bridge_support import (
     Device,
@@ -22,6 +21,7 @@ from tests.bridge_support import (
 )
 from tests.common_support import wait_until
 from vitalchain.config import Settings
+from vitalchain.ingest.ratelimit import DeviceRateLimiter
 
 SECOND = 1_000_000
 

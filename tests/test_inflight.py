@@ -10,6 +10,7 @@ import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from vitalchain.ingest.inflight import InFlight
 
 

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
+from vitalchain.app.commands.bridge import bridge as bridge_group
+from vitalchain.app.stack.ports import free_ports
+from vitalchain.config import load_settings
 from vitalchain.devices.mqtt_auth import (
     ADMIN_USER,
     BRIDGE_USER,
@@ -29,10 +33,6 @@ from vitalchain.devices.mqtt_dynsec import (
     write_config,
 )
 from vitalchain.ingest.bridge import client_id
-
-from vitalchain.app.commands.bridge import bridge as bridge_group
-from vitalchain.app.stack.ports import free_ports
-from vitalchain.config import load_settings
 
 
 def _grants(creds: MqttCredentials) -> dict[str, list[tuple[str, str]]]:

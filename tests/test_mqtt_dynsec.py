@@ -12,17 +12,17 @@ import json
 import uuid
 
 import pytest
+
+from tests.bridge_support import provision_device, unique_device
+from tests.common_support import wait_until
+from tests.test_access_mqtt import Client
+from vitalchain.config import Settings
 from vitalchain.devices.mqtt_admin import add_to_broker, remove_from_broker
 from vitalchain.devices.mqtt_auth import BRIDGE_USER, PROBE_USER, MqttCredentials
 from vitalchain.devices.mqtt_check import connack
 from vitalchain.devices.mqtt_dynsec import CONTROL_TOPIC, RESPONSE_TOPIC
 from vitalchain.devices.registry import provision_devices
 from vitalchain.ingest.bridge_provision import provision_bridge
-
-from tests.bridge_support import provision_device, unique_device
-from tests.common_support import wait_until
-from tests.test_access_mqtt import Client
-from vitalchain.config import Settings
 
 pytestmark = pytest.mark.e2e
 

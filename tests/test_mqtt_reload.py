@@ -14,14 +14,14 @@ import contextlib
 from collections.abc import Callable
 
 import pytest
-from vitalchain.devices.mqtt_auth import BRIDGE_USER, MqttCredentials
-from vitalchain.devices.registry import provision_devices
 
 from tests.bridge_support import bridge_instance_user, provision_device, unique_device
 from tests.common_support import wait_until
 from tests.test_access_mqtt import Client
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings
+from vitalchain.devices.mqtt_auth import BRIDGE_USER, MqttCredentials
+from vitalchain.devices.registry import provision_devices
 
 pytestmark = pytest.mark.e2e
 

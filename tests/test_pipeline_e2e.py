@@ -27,9 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from vitalchain.devices.fleet import FleetStats, run_fleet
-from vitalchain.devices.registry import DeviceIdentity, provision_devices
-from vitalchain.ingest.bridge import forget_session
 
 from tests.common_support import wait_until
 from vitalchain.app.pipeline import Pipeline
@@ -41,6 +38,9 @@ from vitalchain.core.integrity import (
     reading_leaf_hash,
     root,
 )
+from vitalchain.devices.fleet import FleetStats, run_fleet
+from vitalchain.devices.registry import DeviceIdentity, provision_devices
+from vitalchain.ingest.bridge import forget_session
 from vitalchain.storage.influx import InfluxClient
 from vitalchain.storage.ledger import Ledger
 from vitalchain.storage.readings import StoredReading, reading_from_row, reading_point

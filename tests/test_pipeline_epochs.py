@@ -12,9 +12,6 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from vitalchain.audit.engine import run_audit
-from vitalchain.devices.fleet import FleetStats, run_fleet
-from vitalchain.devices.registry import DeviceIdentity, provision_devices
 
 from tests.common_support import wait_until
 from tests.test_pipeline_e2e import (
@@ -29,7 +26,10 @@ from tests.test_pipeline_e2e import (
     wait_flowing,
 )
 from vitalchain.app.stack.supervisor import Stack
+from vitalchain.audit.engine import run_audit
 from vitalchain.config import Settings
+from vitalchain.devices.fleet import FleetStats, run_fleet
+from vitalchain.devices.registry import DeviceIdentity, provision_devices
 from vitalchain.storage.ledger import Ledger
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]

@@ -12,14 +12,14 @@ import json
 from pathlib import Path
 
 import pytest
-from vitalchain.ingest import processor as processor_module
-from vitalchain.ingest.processor import StreamProcessor
-from vitalchain.ingest.sink import Sealer
-from vitalchain.ingest.windowing import DeadLetter
 
 from tests.stream_support import SECOND, T0, influx_rows, reading
 from vitalchain.config import Settings
 from vitalchain.core.integrity import salt_key_id
+from vitalchain.ingest import processor as processor_module
+from vitalchain.ingest.processor import StreamProcessor
+from vitalchain.ingest.sink import Sealer
+from vitalchain.ingest.windowing import DeadLetter
 from vitalchain.storage.influx import InfluxClient
 from vitalchain.storage.ledger import Ledger
 

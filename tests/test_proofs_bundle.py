@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+
+from tests.common_support import wait_until
 from vitalchain.anchor.deploy import deploy
 from vitalchain.anchor.proofs import (
     ProofService,
@@ -21,8 +23,6 @@ from vitalchain.anchor.proofs import (
 )
 from vitalchain.anchor.synthetic import SyntheticSealer, write_readings
 from vitalchain.anchor.worker import run_worker
-
-from tests.common_support import wait_until
 from vitalchain.app.commands.anchor import proof_group
 from vitalchain.config import Settings
 from vitalchain.core.integrity import reading_leaf_hash

@@ -14,11 +14,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from kafka import KafkaProducer
-from vitalchain.devices.mqtt_admin import add_to_broker
-from vitalchain.devices.mqtt_auth import BRIDGE_USER, MqttCredentials
 
 from tests.common_support import wait_until
 from vitalchain.app.stack.supervisor import ServiceStartError, Stack, pid_alive
+from vitalchain.devices.mqtt_admin import add_to_broker
+from vitalchain.devices.mqtt_auth import BRIDGE_USER, MqttCredentials
 from vitalchain.storage.influx import InfluxClient, Point, quote_string
 
 

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vitalchain.audit.engine import run_audit
 
 from tests.common_support import wait_until
 from tests.stream_support import SECOND, T0, Input, Worker, all_done, check_sealed, produce, reading
 from vitalchain.app.stack.supervisor import Stack
+from vitalchain.audit.engine import run_audit
 from vitalchain.config import Settings
 from vitalchain.storage.ledger import Ledger
 

@@ -6,9 +6,9 @@ import base64
 import json
 
 import pytest
-from vitalchain.ingest.windowing import ClosedWindow, PartitionWindower
 
 from vitalchain.core.integrity import canonical_reading, reading_leaf_hash, root
+from vitalchain.ingest.windowing import ClosedWindow, PartitionWindower
 
 KEY = bytes(range(32))
 SECOND = 1_000_000
