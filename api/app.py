@@ -37,7 +37,7 @@ from vitalchain.core.ids import ID_REGEX, ROLES, USER_REGEX
 from vitalchain.core.integrity.access import ACCESS_TOPIC
 from vitalchain.core.timeutil import MAX_ANY_US, MAX_TIME_US, iso_from_us, now_us, parse_time_us
 from vitalchain.core.verify import verify_access_proof, verify_bundle
-from vitalchain.devices.registry import ProvisioningError, load_registry
+from vitalchain.devices.registry import ProvisioningError, UnknownPatient, check_known_patient, load_registry
 from vitalchain.errors import VitalchainError, status_for
 from vitalchain.storage.apistore import ApiStore, StoreError, User
 from vitalchain.storage.chainrpc import JsonRpc
@@ -534,8 +534,9 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
         assert until is not None
         request.scope["vitalchain.access"]["patient_id"] = body.patient_id
         try:
+            check_known_patient(_registry(ctx.settings), body.patient_id)
             return ctx.store.add_grant(body.patient_id, body.clinician, until, user.name).to_dict()
-        except StoreError as exc:
+        except (StoreError, UnknownPatient) as exc:
             raise HTTPException(422, str(exc)) from None
 
     @app.post("/admin/grants/revoke", tags=["admin"])

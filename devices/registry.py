@@ -105,6 +105,22 @@ def patients(settings: Settings) -> dict[str, list[str]]:
     return dict(sorted(result.items()))
 
 
+class UnknownPatient(InvalidInput):
+    """A patient id the registry does not know (a typo, or a device id given for a patient)."""
+
+
+def check_known_patient(registry: dict[str, str], patient: str) -> None:
+    """A grant is consent of a patient the registry knows: refuse a typo or a device id, which
+    would otherwise be stored as a grant that never matches anybody (the CLI and the API both)."""
+    if patient in registry.values():
+        return
+    if patient in registry:
+        raise UnknownPatient(f"{patient!r} is a device, not a patient: its patient is "
+                             f"{registry[patient]!r} (`vitalchain patients list`)")
+    raise UnknownPatient(f"unknown patient {patient!r}: no provisioned device is on it "
+                         f"(`vitalchain patients list` shows the {len(set(registry.values()))} known patients)")
+
+
 def _save_registry(settings: Settings, registry: dict[str, str]) -> None:
     path = registry_path(settings)
     tmp = path.with_suffix(".json.tmp")

@@ -227,9 +227,13 @@ def test_grant_expiry_and_revocation_via_api(world: World) -> None:
                       json={"patient_id": "pat-b", "clinician": "bob"}).status_code == 404
     bad = [{"patient_id": "pat-b", "clinician": "audrey", "until": "2999-01-01"},  # not clinician
            {"patient_id": "pat-b", "clinician": "bob", "until": "2001-01-01"},     # in the past
-           {"patient_id": "pat b", "clinician": "bob", "until": "2999-01-01"}]     # bad id
+           {"patient_id": "pat b", "clinician": "bob", "until": "2999-01-01"},     # bad id
+           {"patient_id": "pat-z", "clinician": "bob", "until": "2999-01-01"},     # unknown patient
+           {"patient_id": "dev-b", "clinician": "bob", "until": "2999-01-01"}]     # a device, not a patient
     for body in bad:
         assert world.post("root", "/admin/grants", json=body).status_code == 422, body
+    device = world.post("root", "/admin/grants", json=bad[-1]).json()["detail"]
+    assert "is a device, not a patient" in device and "'pat-b'" in device
     grants = world.get("root", "/admin/grants", params={"clinician": "bob"}).json()["grants"]
     assert [g["active"] for g in grants] == [False, False]
 

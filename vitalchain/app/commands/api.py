@@ -33,22 +33,13 @@ def _record(store: ApiStore, action: str, patient_id: str | None, reason: str) -
 
 
 def _check_patient(settings: Settings, patient: str) -> None:
-    """A grant is consent of a patient the registry knows: refuse a typo or a device id, which
-    would otherwise be stored as a grant that never matches anybody."""
-    from vitalchain.devices.registry import ProvisioningError, load_registry
+    """Refuse a grant for a patient the registry does not know (``check_known_patient``)."""
+    from vitalchain.devices.registry import ProvisioningError, UnknownPatient, check_known_patient, load_registry
 
     try:
-        registry = load_registry(settings)
-    except ProvisioningError as exc:
+        check_known_patient(load_registry(settings), patient)
+    except (ProvisioningError, UnknownPatient) as exc:
         raise click.ClickException(str(exc)) from None
-    if patient in registry.values():
-        return
-    if patient in registry:
-        raise click.ClickException(f"{patient!r} is a device, not a patient: its patient is "
-                                   f"{registry[patient]!r} (`vitalchain patients list`)")
-    raise click.ClickException(
-        f"unknown patient {patient!r}: no provisioned device is on it (`vitalchain patients list` "
-        f"shows the {len(set(registry.values()))} known patients)")
 
 
 def register(main: click.Group) -> None:
