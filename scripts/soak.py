@@ -6,7 +6,8 @@
 A private stack (Mosquitto, tansu, InfluxDB, anvil) on free loopback ports in a temporary folder,
 the anchor contract deployed, and the bridge, a stream worker and the anchoring worker run as the
 same ``vitalchain ... run`` processes an operator starts. A fleet of wearables publishes for the
-whole run; meanwhile, at random moments (``--seed`` makes them repeatable), one of these faults:
+whole run; meanwhile, at random moments (``--seed`` makes them repeatable), one of these faults,
+each once per round in a random order:
 
 - ``bridge``, ``stream``, ``anchor``: SIGKILL the worker, restart it a moment later;
 - ``mosquitto``, ``anvil``, ``kafka``: restart the service (tansu keeps topics in memory only, so a
@@ -103,8 +104,11 @@ def inject(stack: Stack, pipeline: Pipeline, fault: str, rng: random.Random) -> 
 def fault_loop(stack: Stack, pipeline: Pipeline, faults: tuple[str, ...], stop: threading.Event,
                rng: random.Random, started: float, record: Faults, every: tuple[float, float]) -> None:
     try:
+        queue: list[str] = []
         while not stop.wait(rng.uniform(*every)):
-            fault = rng.choice(faults)
+            if not queue:  # every fault once per round, in a random order: none is left out by chance
+                queue = rng.sample(faults, len(faults))
+            fault = queue.pop()
             inject(stack, pipeline, fault, rng)
             record.done.append((time.monotonic() - started, fault))
             print(f"[soak] {time.monotonic() - started:6.0f}s  fault: {fault}", flush=True)
