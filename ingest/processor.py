@@ -156,6 +156,8 @@ class StreamProcessor:
             # incarnation S was sealed from.
             state.verify_offset, state.verify_hash = sealed, position.tail_hash
             state.seek_target, state.seeked_at = sealed, time.monotonic()
+            log.info("partition %s: checking the record at sealed offset %s (epoch %s)",
+                     partition, sealed, position.epoch)
             await self._seek(partition, sealed)
         return state
 
@@ -411,8 +413,13 @@ class StreamProcessor:
 
     async def _take_claims(self) -> None:
         for partition in sorted(self._claimed - set(self._states)):
+            self._claimed.discard(partition)
+            if self.ledger.position(self.topic, partition).sealed_offset is None:
+                # Nothing sealed in this epoch, nothing that could be skipped: the first record
+                # sets the partition up, and asks Kafka for its first offset only then.
+                continue
             async with self._lock(partition):
-                if partition in self._claimed and partition not in self._states:
+                if partition not in self._states:
                     await self._state(partition)
 
     async def revoke(self, partitions: set[int]) -> None:
