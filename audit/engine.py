@@ -24,7 +24,6 @@ from typing import Any
 from vitalchain.audit.anchors import ChainUnavailable, check_checkpoints
 from vitalchain.audit.report import (
     AuditReport,
-    EpochNote,
     GapFinding,
     LossFinding,
     ReadingFinding,
@@ -355,9 +354,7 @@ async def run_audit(settings: Settings, start_us: int, end_us: int, rpc_url: str
         gaps, lost = _split_losses(view, _gaps(view, windows))
         report.gaps.extend(gaps)
         report.lost.extend(lost)
-        report.epochs.extend(EpochNote(e.topic, e.partition, e.epoch, e.started_at_us, e.reason,
-                                       e.prior_sealed_offset, e.prior_end_offset)
-                             for e in view.epochs())  # rare, and context for any loss
+        report.epochs.extend(view.epochs())  # rare, and context for any loss
         first_index = min((w.log_index for w in windows), default=None)
         try:
             await asyncio.to_thread(check_checkpoints, settings, view, report, first_index,

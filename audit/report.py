@@ -29,6 +29,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from vitalchain.storage.ledger import EpochRecord
+
 CLEAN, FINDINGS, INCOMPLETE, NOTHING_SEALED = "clean", "findings", "incomplete", "nothing_sealed"
 EXIT_CODES = {CLEAN: 0, FINDINGS: 1, INCOMPLETE: 1, NOTHING_SEALED: 3}
 EXIT_CANNOT_RUN = 2
@@ -94,28 +96,6 @@ class LossFinding:
         return self.last_missing - self.first_missing + 1
 
 
-@dataclass(frozen=True)
-class EpochNote:
-    """One new epoch of a partition (its offsets started over), as the ledger recorded it."""
-
-    topic: str
-    partition: int
-    epoch: int
-    started_at_us: int
-    reason: str
-    prior_sealed_offset: int | None
-    prior_end_offset: int | None
-
-    @property
-    def unsealed_records(self) -> int | None:
-        """Records the old incarnation held beyond what was sealed, as far as the stream saw
-        (an upper bound on readings lost there: duplicates and rejected records count too)."""
-        if self.prior_end_offset is None:
-            return None
-        return max(0, self.prior_end_offset - (self.prior_sealed_offset
-                                               if self.prior_sealed_offset is not None else -1) - 1)
-
-
 @dataclass
 class AuditReport:
     start_us: int
@@ -129,7 +109,7 @@ class AuditReport:
     checkpoints: list[CheckpointFinding] = field(default_factory=list)
     gaps: list[GapFinding] = field(default_factory=list)
     lost: list[LossFinding] = field(default_factory=list)
-    epochs: list[EpochNote] = field(default_factory=list)
+    epochs: list[EpochRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     windows_checked: int = 0
     readings_checked: int = 0

@@ -167,6 +167,24 @@ class EpochRecord:
     prior_sealed_offset: int | None
     prior_end_offset: int | None
 
+    @property
+    def unsealed_records(self) -> int | None:
+        """Records the old incarnation held beyond what was sealed, as far as the stream saw
+        (an upper bound on readings lost there: duplicates and rejected records count too)."""
+        if self.prior_end_offset is None:
+            return None
+        return max(0, self.prior_end_offset - (self.prior_sealed_offset
+                                               if self.prior_sealed_offset is not None else -1) - 1)
+
+
+EPOCH_COLUMNS = "topic, partition, epoch, started_at_us, reason, prior_sealed_offset, prior_end_offset"
+
+
+def epoch_record(row: Sequence[Any]) -> EpochRecord:
+    """An :class:`EpochRecord` from a row of ``SELECT {EPOCH_COLUMNS} FROM ledger_epochs``."""
+    return EpochRecord(str(row[0]), int(row[1]), int(row[2]), int(row[3]), str(row[4]),
+                       None if row[5] is None else int(row[5]), None if row[6] is None else int(row[6]))
+
 
 @dataclass(frozen=True, slots=True)
 class SealedWindow:
@@ -319,12 +337,9 @@ class Ledger:
     def epochs(self, topic: str | None = None) -> list[EpochRecord]:
         """Every epoch start (epoch 0 is implicit), by topic, partition and epoch."""
         where, args = ("WHERE topic=?", (topic,)) if topic is not None else ("", ())
-        rows = self._all("SELECT topic, partition, epoch, started_at_us, reason, "
-                         f"prior_sealed_offset, prior_end_offset FROM ledger_epochs {where} "
+        rows = self._all(f"SELECT {EPOCH_COLUMNS} FROM ledger_epochs {where} "
                          "ORDER BY topic, partition, epoch", args)
-        return [EpochRecord(str(r[0]), int(r[1]), int(r[2]), int(r[3]), str(r[4]),
-                            None if r[5] is None else int(r[5]),
-                            None if r[6] is None else int(r[6])) for r in rows]
+        return [epoch_record(r) for r in rows]
 
     def previous_window_end_us(self, topic: str, partition: int) -> int | None:
         """``end_us`` of the partition's last sealed window: readings before it are late."""

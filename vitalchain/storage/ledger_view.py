@@ -18,6 +18,7 @@ from typing import Any
 
 from vitalchain.core.integrity import WINDOW_FORMAT
 from vitalchain.errors import Unavailable
+from vitalchain.storage.ledger import EPOCH_COLUMNS, EpochRecord, epoch_record
 
 
 class LedgerUnavailable(Unavailable):
@@ -43,17 +44,6 @@ class IndexedReading:
     log_index: int
     index_in_window: int
     leaf_hash: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class EpochRow:
-    topic: str
-    partition: int
-    epoch: int
-    started_at_us: int
-    reason: str
-    prior_sealed_offset: int | None
-    prior_end_offset: int | None
 
 
 _READING_COLUMNS = "device_id, seq, ts_us, window_id, log_index, index_in_window, leaf_hash"
@@ -148,17 +138,14 @@ class LedgerView:
         epoch = json.loads(row[2]).get("epoch", 0)
         return str(row[0]), int(row[1]), int(epoch) if isinstance(epoch, int) else 0
 
-    def epochs(self) -> list[EpochRow]:
+    def epochs(self) -> list[EpochRecord]:
         """Every new epoch the stream started (none on a ledger older than epochs)."""
         try:
-            rows = self._db.execute(
-                "SELECT topic, partition, epoch, started_at_us, reason, prior_sealed_offset, "
-                "prior_end_offset FROM ledger_epochs ORDER BY topic, partition, epoch").fetchall()
+            rows = self._db.execute(f"SELECT {EPOCH_COLUMNS} FROM ledger_epochs "
+                                    "ORDER BY topic, partition, epoch").fetchall()
         except sqlite3.OperationalError:
             return []
-        return [EpochRow(str(r[0]), int(r[1]), int(r[2]), int(r[3]), str(r[4]),
-                         None if r[5] is None else int(r[5]), None if r[6] is None else int(r[6]))
-                for r in rows]
+        return [epoch_record(r) for r in rows]
 
     def device_seqs(self, device_id: str, lo: int, hi: int) -> Iterator[int]:
         """Sealed sequence numbers of a device in ``[lo, hi]``, ascending (any window)."""
