@@ -399,6 +399,10 @@ class StreamProcessor:
                     "first offset; %s records read but not sealed are dropped with the old "
                     "incarnation", partition, reason, epoch, state.epoch, unsealed)
         self.stats.epochs += 1
+        await self._restart_from_ledger(partition)
+
+    async def _restart_from_ledger(self, partition: int) -> None:
+        """Drop what this worker holds of the partition and go on from where the ledger says."""
         self._states.pop(partition, None)
         fresh = await self._state(partition)
         target = fresh.windower.expected_offset
@@ -443,12 +447,7 @@ class StreamProcessor:
             except SealRefused as exc:
                 log.warning("partition %s: %s; resyncing from the ledger", partition, exc)
                 self.stats.resyncs += 1
-                self._states.pop(partition, None)
-                fresh = await self._state(partition)
-                target = fresh.windower.expected_offset
-                if fresh.verify_offset is None and target is not None:
-                    fresh.seek_target, fresh.seeked_at = target, time.monotonic()
-                    await self._seek(partition, target)
+                await self._restart_from_ledger(partition)
                 return
             except Exception as exc:  # InfluxDB/Kafka trouble: keep the window, try again
                 if self.stopping:

@@ -142,7 +142,17 @@ def running_bridge(settings: Settings, **options: Any) -> Iterator[Bridge]:
     options.setdefault("group", f"test-{uuid.uuid4().hex[:8]}")
     options.setdefault("instance", random.randint(1000, 9999))
     provision_bridge(settings, options["instance"])  # each instance is its own MQTT user (D7)
-    bridge = Bridge(settings, **options)
+    try:
+        with bridge_thread(Bridge(settings, **options), stop_timeout=30) as bridge:
+            yield bridge
+    finally:
+        with contextlib.suppress(OSError, TimeoutError):
+            forget_session(settings, options["instance"])
+
+
+@contextlib.contextmanager
+def bridge_thread(bridge: Bridge, stop_timeout: float = 30) -> Iterator[Bridge]:
+    """Run ``bridge`` in a thread until the block ends; it must subscribe, live and stop in time."""
     thread = threading.Thread(target=bridge.run, name="bridge", daemon=True)
     thread.start()
     try:
@@ -151,10 +161,8 @@ def running_bridge(settings: Settings, **options: Any) -> Iterator[Bridge]:
         assert thread.is_alive(), "bridge thread died"
     finally:
         bridge.stop()
-        thread.join(30)
-        assert not thread.is_alive(), "bridge did not stop within 30s"
-        with contextlib.suppress(OSError, TimeoutError):
-            forget_session(settings, options["instance"])
+        thread.join(stop_timeout)
+        assert not thread.is_alive(), f"bridge did not stop within {stop_timeout:.0f}s"
 
 
 def bridge_instance_user(settings: Settings, instance: int = 7) -> None:

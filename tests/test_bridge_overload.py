@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from tests.bridge_support import Device, make_reading, provision_devices, unique_device
+from tests.bridge_support import Device, bridge_thread, make_reading, provision_devices, unique_device
 from tests.common_support import wait_until
 from vitalchain.config import Settings
 from vitalchain.ingest.bridge import Bridge, forget_session
@@ -35,17 +35,9 @@ MESSAGES_PER_DEVICE = 9_000  # 72,000 messages: beyond the 65,535 packet ids of 
 @contextlib.contextmanager
 def _bridge(settings: Settings, instance: int, max_inflight: int = 1000) -> Iterator[Bridge]:
     """A bridge in a thread on the plain subscription, keeping its session when it stops."""
-    bridge = Bridge(settings, instance=instance, group=None, max_inflight=max_inflight)
-    thread = threading.Thread(target=bridge.run, name="bridge", daemon=True)
-    thread.start()
-    try:
-        wait_until(bridge.subscribed.is_set, 20, "bridge subscribed")
+    with bridge_thread(Bridge(settings, instance=instance, group=None, max_inflight=max_inflight),
+                       stop_timeout=60) as bridge:
         yield bridge
-        assert thread.is_alive(), "bridge thread died"
-    finally:
-        bridge.stop()
-        thread.join(60)
-        assert not thread.is_alive(), "bridge did not stop within 60s"
 
 
 def _queue_backlog(settings: Settings, instance: int, per_message: int) -> list[str]:
