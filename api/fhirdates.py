@@ -21,6 +21,7 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 
 from vitalchain.core.timeutil import MAX_TIME_US, iso_from_us
+from vitalchain.errors import InvalidInput
 
 Span = tuple[int, int]
 Spans = tuple[Span, ...]
@@ -35,7 +36,7 @@ _DATE = re.compile(
 _UNESCAPED_PLUS = re.compile(r"(T[0-9:.]+) (\d{2}:\d{2})$")
 
 
-class DateValueError(ValueError):
+class DateValueError(InvalidInput):
     """A date search value this server cannot turn into a range (the message says why)."""
 
 

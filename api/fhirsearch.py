@@ -33,6 +33,7 @@ from urllib.parse import urlencode
 from vitalchain.api import fhir
 from vitalchain.api.fhirdates import UNIVERSE, DateValueError, Spans, intersection, prefixed, union
 from vitalchain.core.ids import ID_REGEX
+from vitalchain.errors import VitalchainError
 
 Key = tuple[int, str]  # (InfluxDB time in ns, device id): one reading of one patient
 MAX_COUNT = 1000
@@ -47,8 +48,9 @@ _ID = re.compile(ID_REGEX)
 _CURSOR = re.compile(r"(after|before):(\d{1,19}):([A-Za-z0-9][A-Za-z0-9_.-]{0,63}):(-1|[0-5])")
 
 
-class SearchError(Exception):
-    """A request the FHIR API refuses: HTTP status, FHIR issue code, and the reason."""
+class SearchError(VitalchainError):
+    """A request the FHIR API refuses: HTTP status, FHIR issue code, and the reason (FHIR's own
+    statuses, so it carries one instead of taking its kind's)."""
 
     def __init__(self, status: int, code: str, diagnostics: str, location: str | None = None):
         super().__init__(diagnostics)

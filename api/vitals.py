@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vitalchain.errors import InvalidInput
 from vitalchain.storage.influx import InfluxClient, quote_ident
 from vitalchain.storage.ledger import Ledger
 from vitalchain.storage.readings import READINGS_MEASUREMENT, VITAL_FIELDS, point_time_ns
@@ -50,7 +51,7 @@ def choose_interval_s(start_us: int, end_us: int, max_points: int = MAX_POINTS) 
     return math.ceil(need / 86400) * 86400
 
 
-class TooManyReadings(ValueError):
+class TooManyReadings(InvalidInput):
     """The range holds more readings than one verified request may check."""
 
 
