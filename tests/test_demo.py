@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.audit_support import influx_query
+from tests.common_support import demo_env, run_vitalchain
 from vitalchain.api.news2 import news2
-from vitalchain.app.stack.ports import free_ports
 from vitalchain.config import load_settings
 from vitalchain.core.verify import verify_bundle
 from vitalchain.storage.chainrpc import JsonRpc
@@ -22,17 +20,11 @@ from vitalchain.storage.chainrpc import JsonRpc
 
 @pytest.mark.e2e
 def test_demo_proves_a_reading_against_a_running_stack(tmp_path: Path) -> None:
-    mqtt, kafka, influx, eth, rpc, api = free_ports(6)
-    env = dict(os.environ)
-    env.update({"VITALCHAIN_STATE_DIR": str(tmp_path / "state"), "VITALCHAIN_MQTT_PORT": str(mqtt),
-                "VITALCHAIN_KAFKA_PORT": str(kafka), "VITALCHAIN_INFLUX_PORT": str(influx),
-                "VITALCHAIN_ETH_PORT": str(eth), "VITALCHAIN_INFLUX_RPC_PORT": str(rpc),
-                "VITALCHAIN_API_PORT": str(api), "VITALCHAIN_WINDOW_SECONDS": "3",
-                "VITALCHAIN_IDLE_SEAL_SECONDS": "2", "VITALCHAIN_ANCHOR_INTERVAL_SECONDS": "3"})
+    env = demo_env(tmp_path / "state")
+    api, eth = env["VITALCHAIN_API_PORT"], env["VITALCHAIN_ETH_PORT"]
 
     def vitalchain(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "vitalchain", *args], env=env, text=True,
-                              capture_output=True, timeout=timeout)
+        return run_vitalchain(env, *args, timeout=timeout)
 
     try:
         assert vitalchain("stack", "up").returncode == 0

@@ -6,32 +6,23 @@ sealed in the first; the stream must start a new epoch and prove the second run'
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from vitalchain.app.stack.ports import free_ports
+from tests.common_support import demo_env, run_vitalchain
 from vitalchain.storage.ledger import Ledger
 
 
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
 def test_demo_stack_down_stack_up_demo(tmp_path: Path) -> None:
-    mqtt, kafka, influx, eth, rpc, api = free_ports(6)
     state = tmp_path / "state"
-    env = dict(os.environ)
-    env.update({"VITALCHAIN_STATE_DIR": str(state), "VITALCHAIN_MQTT_PORT": str(mqtt),
-                "VITALCHAIN_KAFKA_PORT": str(kafka), "VITALCHAIN_INFLUX_PORT": str(influx),
-                "VITALCHAIN_ETH_PORT": str(eth), "VITALCHAIN_INFLUX_RPC_PORT": str(rpc),
-                "VITALCHAIN_API_PORT": str(api), "VITALCHAIN_WINDOW_SECONDS": "3",
-                "VITALCHAIN_IDLE_SEAL_SECONDS": "2", "VITALCHAIN_ANCHOR_INTERVAL_SECONDS": "3"})
+    env = demo_env(state)
 
     def vitalchain(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "vitalchain", *args], env=env, text=True,
-                              capture_output=True, timeout=timeout)
+        return run_vitalchain(env, *args, timeout=timeout)
 
     def demo() -> str:
         run = vitalchain("demo", "--devices", "6", "--seconds", "8")
