@@ -33,6 +33,7 @@ from faust.types import TP
 
 from vitalchain.config import Settings
 from vitalchain.core.integrity import salt_key_id
+from vitalchain.ingest.kafka_compat import guard_connection_close
 from vitalchain.ingest.processor import StreamProcessor
 from vitalchain.ingest.sink import Sealer
 from vitalchain.ingest.windowing import DeadLetter
@@ -58,6 +59,7 @@ def create_app(settings: Settings, worker_name: str | None = None,
                progress_every_s: float = 2.0) -> faust.App:
     """The Faust app of one stream worker (several workers share partitions via the group)."""
     worker_name = worker_name or str(os.getpid())
+    guard_connection_close()
     # Faust creates only the last level of its data dir.
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(

@@ -155,7 +155,9 @@ def mutated_readings(draw: st.DrawFn) -> dict[str, Any]:
     for _ in range(draw(st.integers(0, 3))):
         vitals = doc.get("vitals")
         target = vitals if isinstance(vitals, dict) and draw(st.booleans()) else doc
-        key = draw(st.sampled_from(sorted(target)) | st.text(max_size=5))
+        # Earlier drops may have emptied the target: then only a new key can be edited.
+        keys = st.sampled_from(sorted(target)) | st.text(max_size=5) if target else st.text(max_size=5)
+        key = draw(keys)
         action = draw(st.sampled_from(["drop", "set", "edge"]))
         if action == "drop":
             target.pop(key, None)
