@@ -150,7 +150,7 @@ def add_to_broker(settings: Settings, users: dict[str, str]) -> bool:
     """Create these users in the running local Mosquitto; users it has already are kept as they
     are (the store never changes a password). False when it is not running."""
     names = sorted(users)
-    return _apply(settings, _batches(names, lambda u: mqtt_dynsec.create_commands(u, users[u])))
+    return _apply(settings, _batches(names, lambda u: mqtt_dynsec.create_commands(u, users[u], settings.mqtt_shards)))
 
 
 def remove_from_broker(settings: Settings, users: list[str]) -> bool:

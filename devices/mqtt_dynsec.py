@@ -8,9 +8,10 @@ SIGHUP that Mosquitto #2934 turns into lost readings (tests/test_mqtt_reload.py)
 The rules are those of the former password file and ACL (D7):
 
 - nothing is allowed unless a role allows it (``defaultACLAccess`` all false but unsubscribe);
-- device ``d`` has its own role ``device:d`` that may publish to ``vitals/d`` and nothing else: the
-  plugin of Mosquitto 2.0.11 substitutes no ``%u`` in role ACLs (measured), so one shared role
-  cannot say "its own topic";
+- device ``d`` has its own role ``device:d`` that may publish to its shard's topic
+  ``vitals/<shard>/d`` (``vitalchain.core.payload.shards``) and to the former ``vitals/d`` (devices
+  not yet migrated), nothing else: the plugin of Mosquitto 2.0.11 substitutes no ``%u`` in role
+  ACLs (measured), so one shared role cannot say "its own topic";
 - every bridge user has the role ``vitalchain-bridge``: subscribe to (plainly or in a shared
   group) and receive ``vitals/#``;
 - the probe has no role: it may connect, nothing else;
@@ -29,6 +30,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from vitalchain.config import Settings
+from vitalchain.core.payload.shards import device_topic
 from vitalchain.devices.mqtt_auth import ADMIN_USER, PROBE_USER, is_bridge_user, is_reserved
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
@@ -38,6 +41,7 @@ BRIDGE_ROLE = "vitalchain-bridge"
 DEVICE_ROLE_PREFIX = "device:"
 SHARED_VITALS = "$share/+/vitals/#"
 PLUGIN_FILE = "mosquitto_dynamic_security.so"
+DEFAULT_SHARDS = Settings.mqtt_shards
 _ITERATIONS = 101  # what the plugin itself writes for a new password (Mosquitto 2.0.11)
 
 Json = dict[str, Any]
@@ -74,10 +78,12 @@ def policy() -> Json:
     return {"defaultACLAccess": default_access(), "roles": static_roles()}
 
 
-def device_role(device_id: str) -> Json:
-    """The role of one device: publish to its own topic, nothing else."""
+def device_role(device_id: str, shard_count: int = DEFAULT_SHARDS) -> Json:
+    """The role of one device: publish to its own topic (its shard's, or the former unsharded
+    one during a migration), nothing else."""
     return {"rolename": DEVICE_ROLE_PREFIX + device_id,
-            "acls": [_acl("publishClientSend", f"vitals/{device_id}")]}
+            "acls": [_acl("publishClientSend", device_topic(device_id, shard_count)),
+                     _acl("publishClientSend", f"vitals/{device_id}")]}
 
 
 def roles_of(user: str) -> list[str]:
@@ -101,34 +107,36 @@ def hashed(password: str, salt: bytes | None = None) -> Json:
             "iterations": _ITERATIONS}
 
 
-def render_config(users: dict[str, str], admin_password: str) -> Json:
+def render_config(users: dict[str, str], admin_password: str,
+                  shard_count: int = DEFAULT_SHARDS) -> Json:
     """The plugin's whole configuration for these users (and the admin)."""
     everyone = {**users, ADMIN_USER: admin_password}
     clients = [{"username": user, **hashed(password),
                 "roles": [{"rolename": role} for role in roles_of(user)]}
                for user, password in sorted(everyone.items())]
-    device_roles = [device_role(user) for user in sorted(users)
+    device_roles = [device_role(user, shard_count) for user in sorted(users)
                     if roles_of(user) and roles_of(user)[0].startswith(DEVICE_ROLE_PREFIX)]
     return {"defaultACLAccess": default_access(), "clients": clients, "groups": [],
             "roles": static_roles() + device_roles}
 
 
-def write_config(path: Path, users: dict[str, str], admin_password: str) -> None:
+def write_config(path: Path, users: dict[str, str], admin_password: str,
+                 shard_count: int = DEFAULT_SHARDS) -> None:
     """Write the configuration (password hashes: mode 0600) for a broker about to start."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        json.dump(render_config(users, admin_password), handle, indent=1)
+        json.dump(render_config(users, admin_password, shard_count), handle, indent=1)
     os.replace(tmp, path)
 
 
-def create_commands(user: str, password: str) -> list[Json]:
+def create_commands(user: str, password: str, shard_count: int = DEFAULT_SHARDS) -> list[Json]:
     """Control commands that add one user (and a device's role) to a running broker."""
     commands: list[Json] = []
     roles = roles_of(user)
     if roles and roles[0].startswith(DEVICE_ROLE_PREFIX):
-        commands.append({"command": "createRole", **device_role(user)})
+        commands.append({"command": "createRole", **device_role(user, shard_count)})
     commands.append({"command": "createClient", "username": user, "password": password,
                      "roles": [{"rolename": role} for role in roles]})
     return commands

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitalchain.config import Settings
+from vitalchain.core.payload.shards import shard_of
 from vitalchain.devices import mqtt_admin
 from vitalchain.devices.mqtt_auth import (
     DEVICE_ID_PATTERN,
@@ -41,6 +42,9 @@ class DeviceIdentity:
     device_id: str
     patient_id: str
     password: str
+    # The device's shard (vitalchain.core.payload.shards), set by provisioning; None means the
+    # former unsharded topic, which the broker still accepts during a migration.
+    shard: int | None = None
 
     @property
     def username(self) -> str:
@@ -48,7 +52,10 @@ class DeviceIdentity:
 
     @property
     def topic(self) -> str:
-        return f"vitals/{self.device_id}"
+        """Where the device publishes: ``vitals/<shard>/<device_id>`` (docs/DEVICES.md)."""
+        if self.shard is None:
+            return f"vitals/{self.device_id}"
+        return f"vitals/{self.shard}/{self.device_id}"
 
 
 def devices_dir(settings: Settings) -> Path:
@@ -160,7 +167,8 @@ def provision_devices(settings: Settings, n: int, prefix: str = "wearable",
             for device_id in pending:
                 registry[device_id] = patient_for(device_id)
             _save_registry(settings, registry)
-    return [DeviceIdentity(d, registry[d], stored[d]) for d in ids]
+    return [DeviceIdentity(d, registry[d], stored[d], shard_of(d, settings.mqtt_shards))
+            for d in ids]
 
 
 def identities(settings: Settings, device_ids: list[str]) -> list[DeviceIdentity]:
@@ -176,7 +184,8 @@ def identities(settings: Settings, device_ids: list[str]) -> list[DeviceIdentity
             password = creds.password(device_id)
         except KeyError as exc:
             raise ProvisioningError(f"device {device_id!r} has no MQTT credentials") from exc
-        result.append(DeviceIdentity(device_id, registry[device_id], password))
+        result.append(DeviceIdentity(device_id, registry[device_id], password,
+                                     shard_of(device_id, settings.mqtt_shards)))
     return result
 
 

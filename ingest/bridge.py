@@ -25,13 +25,24 @@ Packet ids name messages only while in flight, and Mosquitto may have two in fli
 :mod:`vitalchain.ingest.inflight` keeps the deliveries and decides which PUBACK goes out when (each
 PUBLISH of a connection acked once, in arrival order per id; none for a lost connection's).
 
+Shards (the default; docs/DECISIONS.md D6 and the shards decision): each device publishes to
+``vitals/<shard>/<device_id>`` (:mod:`vitalchain.core.payload.shards`), and each bridge subscribes
+*plainly*, with its own persistent session, to ``vitals/<shard>/+`` for the shards it owns
+(``shards``; all of them by default), plus the former unsharded ``vitals/+`` when it owns shard 0
+(devices not yet migrated). Mosquitto 2.0.11 restores a persistent session's plain subscriptions
+from its persistence file after a restart, so messages published while the broker comes back are
+queued for their bridge, not dropped; several bridges split the load without shared
+subscriptions. On every connect the bridge subscribes to its filters, then unsubscribes its session
+from the shard filters it does not own (a session remembers what an earlier run subscribed to), so
+moving a shard to another bridge means: start the new owner, wait until it is subscribed, then
+restart the old one without it (the other order drops what is published in between).
+
 Shared subscriptions and broker restarts (measured on Mosquitto 2.0.11, see
 ``tests/test_bridge_resilience.py``): the broker restores a persistent session and its *plain*
 subscriptions from its persistence file, but not its *shared* ones. Messages published after a
 Mosquitto restart and before the bridge has reconnected and re-subscribed therefore reach no
-subscriber and are dropped by the broker. ``group=None`` subscribes to plain ``vitals/+`` instead,
-which loses nothing across broker restarts but does not split load between bridges (each bridge
-would get every message). The bridge re-subscribes on every connect in both modes.
+subscriber and are dropped by the broker. A ``group`` (``$share/<group>/vitals/#``) is therefore
+opt-in only. The bridge re-subscribes on every connect in both modes.
 
 Shared subscription caveat 2 (Mosquitto 2.0): members of ``$share/<group>/...`` with a persistent
 session keep getting their round-robin share while offline (queued for them), so a bridge instance
@@ -72,6 +83,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from vitalchain.config import Settings
+from vitalchain.core.payload.shards import LEGACY_FILTER, check_shard_count, shard_filter
 from vitalchain.core.payload.validation import Outcome, Rejection, validate
 from vitalchain.core.timeutil import now_us
 from vitalchain.devices.mqtt_auth import MqttCredentials, bridge_user
@@ -82,7 +94,8 @@ from vitalchain.ingest.ratelimit import DeviceRateLimiter
 log = logging.getLogger("vitalchain.bridge")
 
 DEFAULT_GROUP = "vitalchain-bridges"
-SUBSCRIPTION = "vitals/+"
+SUBSCRIPTION = LEGACY_FILTER  # the former unsharded topics, read by the owner of shard 0
+SHARED_FILTER = "vitals/#"  # inside $share/<group>/: every device topic, sharded or not
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 
 
@@ -149,15 +162,17 @@ class _Record:
 class Bridge:
     """One bridge instance. ``run()`` blocks until ``stop()``; counters are live on ``counters``."""
 
-    def __init__(self, settings: Settings, *, instance: int = 0, group: str | None = DEFAULT_GROUP,
-                 max_inflight: int = 1000, clock_us: Callable[[], int] = now_us,
+    def __init__(self, settings: Settings, *, instance: int = 0, group: str | None = None,
+                 shards: list[int] | None = None, max_inflight: int = 1000,
+                 clock_us: Callable[[], int] = now_us,
                  retry_backoff: tuple[float, float] = (0.2, 10.0)) -> None:
         if not 1 <= max_inflight <= 65535:
             raise ValueError("max_inflight must be within 1..65535 (MQTT Receive Maximum)")
         self.settings = settings
         self.instance = instance
         self.group = group
-        self.subscription = f"$share/{group}/{SUBSCRIPTION}" if group else SUBSCRIPTION
+        self.subscriptions, self.released = subscription_plan(settings.mqtt_shards, shards, group)
+        self.subscription = " ".join(self.subscriptions)  # for progress lines and logs
         self.max_inflight = max_inflight
         self.clock_us = clock_us
         self.retry_backoff = retry_backoff
@@ -292,7 +307,11 @@ class Bridge:
         log.info("connected to %s as %s (session present: %s)", self.settings.mqtt_url,
                  client_id(self.instance), flags.session_present)
         self.connected.set()
-        client.subscribe(self.subscription, qos=1)
+        client.subscribe([(f, 1) for f in self.subscriptions])
+        if self.released:
+            # Filters an earlier run of this session may hold (another shard set, plain vs
+            # group): not ours now. Unsubscribing one never held is harmless (UNSUBACK 0x11).
+            client.unsubscribe(self.released)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
                       properties: Any) -> None:
@@ -506,6 +525,28 @@ class Bridge:
         if producer is not None:
             producer.close(timeout=flush_timeout)
         log.info("bridge stopped: %s", self.progress_line())
+
+
+def subscription_plan(shard_count: int, shards: list[int] | None, group: str | None
+                      ) -> tuple[list[str], list[str]]:
+    """(filters to subscribe, filters to drop from the session) for these shards or this group.
+
+    ``shards=None``: every shard. The owner of shard 0 also reads the former unsharded topics. A
+    group reads every device topic through ``$share/<group>/vitals/#`` (not restored by
+    Mosquitto 2.0.11 after a restart: opt-in, D6) and holds no plain filter."""
+    check_shard_count(shard_count)
+    every = [shard_filter(s) for s in range(shard_count)] + [LEGACY_FILTER]
+    if group is not None:
+        if shards is not None:
+            raise ValueError("a shared-subscription group reads every shard; give shards or a "
+                             "group, not both")
+        return [f"$share/{group}/{SHARED_FILTER}"], every
+    owned = list(range(shard_count)) if shards is None else sorted(set(shards))
+    if not owned or any(not 0 <= s < shard_count for s in owned):
+        raise ValueError(f"shards {owned} must be a non-empty subset of 0..{shard_count - 1} "
+                         f"(VITALCHAIN_MQTT_SHARDS={shard_count})")
+    mine = [shard_filter(s) for s in owned] + ([LEGACY_FILTER] if 0 in owned else [])
+    return mine, [f for f in every if f not in mine]
 
 
 def _raw_value(reading: dict[str, Any], received_us: int) -> bytes:

@@ -49,6 +49,12 @@ def test_demo_proves_a_reading_against_a_running_stack(tmp_path: Path) -> None:
         newest = influx_query(load_settings(env), "SELECT * FROM readings WHERE patient_id = "
                               f"'{declining[1]}' ORDER BY time DESC LIMIT 1")
         assert newest and news2(newest[0]).risk == "high", newest
+        # Two bridges carried the fleet, each over its own shards (docs/DEVICES.md): the six
+        # demo wearables fall in shards 0, 0, 0, 2, 3, 1, so each bridge forwarded some.
+        logs = tmp_path / "state" / "logs"
+        for name in ("bridge-0", "bridge-1"):
+            forwarded = re.findall(r"forwarded=(\d+)", (logs / f"{name}.log").read_text())
+            assert forwarded and int(forwarded[-1]) > 0, (name, forwarded)
         # The demo leaves the stack as it found it: running, and stoppable.
         assert vitalchain("stack", "status").returncode == 0
     finally:

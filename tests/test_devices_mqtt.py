@@ -21,6 +21,7 @@ from tests.common_support import wait_until
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings
 from vitalchain.core.payload.schema import message_problems
+from vitalchain.core.payload.shards import device_topic
 from vitalchain.devices.fleet import FleetStats, run_fleet
 from vitalchain.devices.mqtt_auth import BRIDGE_USER, MqttCredentials
 from vitalchain.devices.registry import (
@@ -36,8 +37,9 @@ pytestmark = pytest.mark.e2e
 
 
 class BridgeListener:
-    """Subscribes to ``vitals/+`` as the bridge user; a persistent session and auto-reconnect so
-    it also gets what was published while the broker restarted."""
+    """Subscribes to ``vitals/#`` (every shard topic, and the former unsharded ones) as the bridge
+    user; a persistent session and auto-reconnect so it also gets what was published while the
+    broker restarted."""
 
     def __init__(self, settings: Settings) -> None:
         self.messages: list[tuple[str, dict[str, Any]]] = []
@@ -48,7 +50,7 @@ class BridgeListener:
                              clean_session=False)
         client.username_pw_set(BRIDGE_USER, MqttCredentials(settings.state_dir).password(BRIDGE_USER))
         client.reconnect_delay_set(0.1, 0.5)
-        client.on_connect = lambda c, u, f, rc, p: c.subscribe("vitals/+", qos=1)
+        client.on_connect = lambda c, u, f, rc, p: c.subscribe("vitals/#", qos=1)
         client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
         client.on_message = self._on_message
         self.client = client
@@ -97,7 +99,8 @@ def check_received(listener: BridgeListener, stats: FleetStats) -> None:
     with listener.lock:
         messages = list(listener.messages)
     for topic, body in messages:
-        device_id = topic.split("/", 1)[1]
+        device_id = topic.rsplit("/", 1)[1]
+        assert topic == device_topic(device_id, Settings.mqtt_shards), topic  # its shard's topic
         assert message_problems(body, device_id=device_id) == [], body
         for reading in body.get("readings", [body]):
             assert reading["patient_id"] == patient_for(device_id)

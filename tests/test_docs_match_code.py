@@ -1,8 +1,9 @@
 """README.md and docs/ say what the code does, for every shape a test can check.
 
 - the settings table in README lists exactly the fields of ``Settings``, with their defaults;
-- every MQTT topic or filter the docs name (``vitals/+``, ``$share/NAME/vitals/+``, ``vitals/#``,
-  ``vitals/%u``, ``vitals/<device_id>``) is the one the bridge subscribes to, the ACL grants or a
+- every MQTT topic or filter the docs name (``vitals/+``, ``vitals/<shard>/+``,
+  ``$share/NAME/vitals/#``, ``vitals/#``, ``vitals/%u``, ``vitals/<shard>/<device_id>``,
+  ``vitals/<device_id>``) is the one the bridge subscribes to, the ACL grants or a
   device publishes to, and the Kafka topics are the settings' defaults;
 - every ``vitalchain COMMAND [SUBCOMMAND]`` the docs show exists;
 - THREAT_MODEL's "access log" asset is the API's access log, not the dead-letter topic.
@@ -53,6 +54,7 @@ TOPIC = re.compile(r"(?:\$share/[A-Za-z<>_.-]+/)?vitals/[^\s`\"),|:;\]]+")
 
 def _topic_shapes() -> dict[str, bool]:
     """Every topic or filter shape the docs may name -> whether the code agrees."""
+    from vitalchain.core.payload.shards import device_topic, shard_of
     from vitalchain.devices import mqtt_dynsec
     from vitalchain.devices.registry import DeviceIdentity
     from vitalchain.ingest.bridge import SUBSCRIPTION, Bridge
@@ -61,12 +63,20 @@ def _topic_shapes() -> dict[str, bool]:
     bridge = {(acl["acltype"], acl["topic"]) for acl in roles[mqtt_dynsec.BRIDGE_ROLE]["acls"]}
     device = {(acl["acltype"], acl["topic"]) for acl in mqtt_dynsec.device_role("dev-1")["acls"]}
     return {
-        "vitals/+": SUBSCRIPTION == "vitals/+" and Bridge(Settings(), group=None).subscription == "vitals/+",
-        "$share/NAME/vitals/+": Bridge(Settings(), group="NAME").subscription == "$share/NAME/vitals/+",
+        # the former unsharded topics: read by the owner of shard 0 only
+        "vitals/+": SUBSCRIPTION == "vitals/+" and "vitals/+" in Bridge(Settings(), shards=[0]).subscriptions
+        and "vitals/+" not in Bridge(Settings(), shards=[1]).subscriptions,
+        "vitals/<shard>/+": Bridge(Settings(), shards=[1]).subscriptions == ["vitals/1/+"],
+        "vitals/0/+": Bridge(Settings(), shards=[0]).subscriptions == ["vitals/0/+", "vitals/+"],
+        "$share/NAME/vitals/#": Bridge(Settings(), group="NAME").subscriptions == ["$share/NAME/vitals/#"],
         "vitals/#": ("subscribePattern", "vitals/#") in bridge and ("publishClientReceive", "vitals/#") in bridge,
         "$share/+/vitals/#": ("subscribePattern", "$share/+/vitals/#") in bridge,
         "vitals/<device_id>": DeviceIdentity("dev-1", "p", "").topic == "vitals/dev-1"
-        and device == {("publishClientSend", "vitals/dev-1")},
+        and ("publishClientSend", "vitals/dev-1") in device,
+        "vitals/<shard>/<device_id>": DeviceIdentity("dev-1", "p", "", 3).topic == "vitals/3/dev-1"
+        and shard_of("dev-1", Settings.mqtt_shards) == 3
+        and device == {("publishClientSend", device_topic("dev-1", Settings.mqtt_shards)),
+                       ("publishClientSend", "vitals/dev-1")},
         # the literal the 2.0.11 plugin does not substitute (docs/DECISIONS.md D12 explains why no
         # role uses it): named in the docs only as a rejected alternative
         "vitals/%u": all("%u" not in topic for _, topic in bridge | device),

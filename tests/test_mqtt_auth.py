@@ -62,7 +62,9 @@ def test_each_bridge_instance_is_its_own_reader_and_its_client_id(tmp_path: Path
         (t, "$CONTROL/dynamic-security/#")
         for t in ("publishClientSend", "publishClientReceive", "subscribePattern"))
     assert grants == {BRIDGE_USER: READ_ALL, bridge_user(7): READ_ALL, PROBE_USER: [],
-                      "dev-1": [("publishClientSend", "vitals/dev-1")]}
+                      # its shard's topic (shard_of("dev-1", 4) == 3) and the former unsharded one
+                      "dev-1": [("publishClientSend", "vitals/3/dev-1"),
+                                ("publishClientSend", "vitals/dev-1")]}
     assert client_id(7) == bridge_user(7) == "vitalchain-bridge-7"
     # Whatever no role allows is refused: only unsubscribing is free.
     assert default_access() == {"publishClientSend": False, "publishClientReceive": False,
@@ -131,9 +133,12 @@ def test_runtime_commands_give_a_device_its_own_role_only() -> None:
     commands = create_commands("dev-9", "pw")
     assert commands == [
         {"command": "createRole", "rolename": "device:dev-9",
-         "acls": [{"acltype": "publishClientSend", "topic": "vitals/dev-9", "allow": True}]},
+         "acls": [{"acltype": "publishClientSend", "topic": "vitals/1/dev-9", "allow": True},
+                  {"acltype": "publishClientSend", "topic": "vitals/dev-9", "allow": True}]},
         {"command": "createClient", "username": "dev-9", "password": "pw",
          "roles": [{"rolename": "device:dev-9"}]}]
+    # The shard count (fixed at install) decides the shard topic: with one shard, shard 0.
+    assert create_commands("dev-9", "pw", 1)[0]["acls"][0]["topic"] == "vitals/0/dev-9"
     assert create_commands(bridge_user(4), "pw") == [
         {"command": "createClient", "username": bridge_user(4), "password": "pw",
          "roles": [{"rolename": BRIDGE_ROLE}]}]

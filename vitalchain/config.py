@@ -49,6 +49,9 @@ class Settings:
     # empty means ``host`` and the port above.
     mqtt_host: str = ""
     mqtt_tls_ca_file: str = ""
+    # Devices are split into this many shards (topic vitals/<shard>/<device_id>, D-shards in
+    # docs/DECISIONS.md); fixed at install: changing it moves devices to other topics.
+    mqtt_shards: int = 4
     kafka_servers: str = ""
     influx_endpoint: str = ""
     influx_token_file: str = ""
@@ -188,6 +191,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"{ENV_PREFIX}PARTITIONS must be at least 1")
     if settings.window_seconds <= 0:
         raise ConfigError(f"{ENV_PREFIX}WINDOW_SECONDS must be positive")
+    if not 1 <= settings.mqtt_shards <= 1024:
+        raise ConfigError(f"{ENV_PREFIX}MQTT_SHARDS must be within 1..1024")
     if not settings.flood_rate_per_second > 0:
         raise ConfigError(f"{ENV_PREFIX}FLOOD_RATE_PER_SECOND must be positive")
     if settings.flood_burst < 1:

@@ -1,7 +1,8 @@
 """``vitalchain demo``: the whole pipeline on the local stack, end to end, in about a minute.
 
 Starts the stack if it is not running (or uses the one already up), deploys the anchor contract if
-none is recorded, provisions a few dozen wearables, runs the bridge, a stream worker and the
+none is recorded, provisions a few dozen wearables, runs two bridges (each over its own device
+shards, docs/DEVICES.md), a stream worker and the
 anchoring worker as the same processes an operator runs, drives the fleet with a live progress
 line, then proves one reading whose checkpoint is anchored and verifies that proof against the
 chain with ``vitalchain verify --rpc``.
@@ -24,7 +25,7 @@ from pathlib import Path
 import click
 import httpx
 
-from vitalchain.app.pipeline import Pipeline
+from vitalchain.app.pipeline import Pipeline, start_bridges, wait_bridges
 from vitalchain.config import Settings
 from vitalchain.storage.influx import InfluxError, rows_of
 
@@ -85,7 +86,7 @@ class Progress:
 
 
 def run_demo(settings: Settings, devices: int, seconds: float, rate: float, say: Say,
-             out_dir: Path | None = None, serve: bool = False) -> int:
+             out_dir: Path | None = None, serve: bool = False, bridges: int = 2) -> int:
     from vitalchain.anchor.deploy import deploy
     from vitalchain.app.stack.supervisor import Stack
     from vitalchain.devices.fleet import run_fleet
@@ -111,7 +112,8 @@ def run_demo(settings: Settings, devices: int, seconds: float, rate: float, say:
         f"red from about {script.red_s:.0f}s into the run")
     progress = Progress(settings)
     with Pipeline(settings) as pipeline:
-        for kind in ("bridge", "stream", "anchor", "deadletters"):
+        start_bridges(pipeline, bridges)
+        for kind in ("stream", "anchor", "deadletters"):
             pipeline.start(kind)
         pipeline.start("api", None, "--port", str(settings.api_port))
         dashboard = f"http://{settings.host}:{settings.api_port}/"
@@ -123,7 +125,8 @@ def run_demo(settings: Settings, devices: int, seconds: float, rate: float, say:
             say(f"    (served only while the demo runs, about {seconds + 30:.0f}s more; "
                 f"`{command_name()} demo --serve` keeps it until Ctrl-C)")
         baseline = progress.stored()
-        _wait_flowing(settings, identities[0], progress, baseline, pipeline, say)
+        _wait_flowing(settings, identities[0], progress, baseline, pipeline, say,
+                      bridges=bridges)
         baseline, sealed_before = progress.stored(), progress.sealed()
         say(f"4/5 running the pipeline for {seconds:.0f}s (logs in {settings.logs_dir})")
 
@@ -244,13 +247,17 @@ def _wait_api(settings: Settings, pipeline: Pipeline, timeout: float = 30.0) -> 
 
 
 def _wait_flowing(settings: Settings, probe, progress: Progress, baseline: int,  # type: ignore[no-untyped-def]
-                  pipeline: Pipeline, say: Say, timeout: float = 90.0) -> None:
+                  pipeline: Pipeline, say: Say, timeout: float = 90.0, bridges: int = 1) -> None:
     """Send probe readings until one is stored: Mosquitto acknowledges and drops what devices
     publish before the bridge's first subscription exists, so the fleet waits for the path."""
     from vitalchain.devices.fleet import run_fleet
 
-    say("    waiting for the bridge and the stream worker to be ready (probe readings)")
+    say("    waiting for the bridges and the stream worker to be ready (probe readings)")
     deadline = time.monotonic() + timeout
+    try:
+        wait_bridges(settings, bridges, pipeline, timeout)
+    except TimeoutError as exc:
+        raise click.ClickException(f"{exc}; see the logs in {settings.logs_dir}") from None
     while time.monotonic() < deadline:
         pipeline.check_alive()
         asyncio.run(run_fleet(settings, [probe], rate=5.0, count=1, drain_timeout=5.0))
@@ -290,9 +297,16 @@ def register(main: click.Group) -> None:
     @click.option("--rate", default=1.0, show_default=True, help="Readings per second per device.")
     @click.option("--serve", is_flag=True,
                   help="Afterwards keep the wearables, pipeline and dashboard running until Ctrl-C.")
+    @click.option("--bridges", type=click.IntRange(1), default=2, show_default=True,
+                  help="MQTT->Kafka bridges, splitting the device shards between them "
+                       "(at most VITALCHAIN_MQTT_SHARDS).")
     @click.pass_obj
-    def demo(settings: Settings, devices: int, seconds: float, rate: float, serve: bool) -> None:
+    def demo(settings: Settings, devices: int, seconds: float, rate: float, serve: bool,
+             bridges: int) -> None:
         """Run the whole pipeline end to end on the local stack and verify one proof."""
+        if bridges > settings.mqtt_shards:
+            raise click.BadParameter(f"at most {settings.mqtt_shards} (VITALCHAIN_MQTT_SHARDS)",
+                                     param_hint="--bridges")
         code = run_demo(settings, devices, seconds, rate, say=lambda m: click.echo(m, err=True),
-                        serve=serve)
+                        serve=serve, bridges=bridges)
         sys.exit(code)

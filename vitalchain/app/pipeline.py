@@ -109,6 +109,50 @@ class Pipeline:
         self.stop_all()
 
 
+def bridge_plan(settings: Settings, bridges: int) -> list[tuple[str, list[str]]]:
+    """(component name, ``bridge run`` arguments) of ``bridges`` bridges splitting the shards
+    round-robin: bridge ``i`` is instance ``i`` (its own MQTT user and persistent session, D7) and
+    owns shards ``i, i+bridges, ...`` (docs/DEVICES.md)."""
+    from vitalchain.core.payload.shards import shards_of_bridge
+
+    plan = []
+    for index in range(bridges):
+        shards = shards_of_bridge(index, bridges, settings.mqtt_shards)
+        plan.append((f"bridge-{index}", ["--instance", str(index),
+                                         "--shards", ",".join(map(str, shards))]))
+    return plan
+
+
+def start_bridges(pipeline: Pipeline, bridges: int, *args: str) -> list[str]:
+    """Start ``bridges`` bridges over all the shards (see :func:`bridge_plan`); their names."""
+    names = []
+    for name, plan_args in bridge_plan(pipeline.settings, bridges):
+        pipeline.start("bridge", name, *plan_args, *args)
+        names.append(name)
+    return names
+
+
+def wait_bridges(settings: Settings, count: int, pipeline: Pipeline | None = None,
+                 timeout: float = 60.0) -> None:
+    """Wait until ``count`` bridges of this state folder are subscribed.
+
+    Mosquitto drops what a device publishes before its shard's bridge first subscribed (later its
+    persistent session queues it), so a fleet may start only once every shard has its reader: one
+    probe reading proves only its own shard's path."""
+    from vitalchain.app.workers import running_workers
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if pipeline is not None:
+            pipeline.check_alive()
+        ready = [w for w in running_workers(settings, "bridge") if w.ready]
+        if len(ready) >= count:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(ready)} of {count} bridges subscribed within {timeout:.0f}s")
+        time.sleep(0.2)
+
+
 def wait_flowing(settings: Settings, probe: DeviceIdentity, pipeline: Pipeline | None = None,
                  timeout: float = 90.0, settle: float | None = None) -> None:
     """Publish probe readings until one is stored in InfluxDB: the bridge has subscribed and the

@@ -14,6 +14,7 @@ from types import FrameType
 import click
 
 from vitalchain.config import Settings
+from vitalchain.core.payload.shards import parse_shards
 from vitalchain.errors import VitalchainError
 from vitalchain.ingest.bridge import DEFAULT_GROUP, Bridge, BridgeCounters, client_id, forget_session
 from vitalchain.ingest.bridge_provision import provision_bridge
@@ -38,8 +39,13 @@ def bridge() -> None:
                    "the devices' messages. Caveat: Mosquitto 2.0 does not restore shared subscriptions "
                    "after a broker restart, so messages published before the bridges re-subscribe are "
                    "lost; the default plain subscription loses nothing (docs/DECISIONS.md D6).")
+@click.option("--shards", "shard_list", default="all", show_default=True,
+              help="Device shards this bridge reads, e.g. '0,2' or '0-1' (each a plain "
+                   "vitals/<shard>/+ subscription; shard 0's owner also reads the former "
+                   "vitals/+). Give every bridge its own shards and together all of "
+                   "0..VITALCHAIN_MQTT_SHARDS-1 (docs/DEVICES.md).")
 @click.option("--exclusive", is_flag=True,
-              help="Subscribe to plain vitals/+ (the default; kept for explicit scripts).")
+              help="Plain subscriptions, no group (the default; kept for explicit scripts).")
 @click.option("--max-inflight", type=click.IntRange(1, 65535), default=1000, show_default=True,
               help="Most unacknowledged MQTT messages held at once: sent as MQTT 5 Receive "
                    "Maximum, and enforced by the bridge itself when a broker sends more "
@@ -48,14 +54,20 @@ def bridge() -> None:
               show_default=True, help="Seconds between progress lines on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="Log each rejected message.")
 @click.pass_obj
-def run(settings: Settings, instance: int, group: str, exclusive: bool, max_inflight: int,
-        progress_every: float, verbose: bool) -> None:
+def run(settings: Settings, instance: int, group: str, shard_list: str, exclusive: bool,
+        max_inflight: int, progress_every: float, verbose: bool) -> None:
     """Run one bridge instance until SIGTERM or SIGINT, then flush, ack and disconnect."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.ERROR if not verbose else logging.WARNING)
     if exclusive and group:
         raise click.UsageError("--exclusive and --group exclude each other")
+    if group and shard_list != "all":
+        raise click.UsageError("--group reads every shard; --shards and --group exclude each other")
+    try:
+        shards = None if group else parse_shards(shard_list, settings.mqtt_shards)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--shards") from exc
     from vitalchain.app.preflight import require
     from vitalchain.app.workers import register_worker
 
@@ -63,7 +75,7 @@ def run(settings: Settings, instance: int, group: str, exclusive: bool, max_infl
     try:
         if settings.mode == "dev" and provision_bridge(settings, instance):
             click.echo(f"bridge: provisioned MQTT user {client_id(instance)}", err=True)
-        the_bridge = Bridge(settings, instance=instance, group=group,
+        the_bridge = Bridge(settings, instance=instance, group=group, shards=shards,
                             max_inflight=max_inflight)
     except (KeyError, ValueError, RuntimeError, VitalchainError) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from exc
@@ -96,8 +108,11 @@ def run(settings: Settings, instance: int, group: str, exclusive: bool, max_infl
 @bridge.command("wait")
 @click.option("--timeout", type=click.FloatRange(0.1), default=60.0, show_default=True,
               help="Seconds to wait before giving up (exit 1).")
+@click.option("--count", type=click.IntRange(1), default=1, show_default=True,
+              help="Bridges that must be subscribed (one per shard set: a device's readings "
+                   "are dropped until its shard's bridge first subscribed).")
 @click.pass_obj
-def wait(settings: Settings, timeout: float) -> None:
+def wait(settings: Settings, timeout: float, count: int) -> None:
     """Wait until a bridge of this state folder is subscribed (after `bridge run &`).
 
     Mosquitto drops what devices publish while no bridge has ever subscribed (the bridge's
@@ -111,13 +126,16 @@ def wait(settings: Settings, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         ready = [w for w in running_workers(settings, "bridge") if w.ready]
-        if ready:
-            click.echo(f"bridge ready: {ready[0].describe()}", err=True)
+        if len(ready) >= count:
+            for worker in ready:
+                click.echo(f"bridge ready: {worker.describe()}", err=True)
             return
         time.sleep(0.2)
     running = running_workers(settings, "bridge")
+    subscribed = sum(w.ready for w in running)
     raise click.ClickException(
-        f"no bridge of {settings.state_dir} subscribed within {timeout:.0f}s"
+        f"{subscribed or 'no'} bridge(s) of {settings.state_dir} subscribed within "
+        f"{timeout:.0f}s, {count} wanted"
         + (f" ({len(running)} running: see its output)" if running else
            ": none is running; start one with `vitalchain bridge run &`"))
 

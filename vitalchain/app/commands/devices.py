@@ -84,7 +84,7 @@ def register(main: click.Group) -> None:
         """
         creds = MqttCredentials(settings.state_dir)
         users = creds.users()
-        write_config(path, users, creds.admin_password())
+        write_config(path, users, creds.admin_password(), settings.mqtt_shards)
         click.echo(f"{path}: {len(users)} users and the admin {ADMIN_USER}")
 
     @devices_group.command("schema")

@@ -41,7 +41,7 @@ def _prepare_mosquitto(settings: Settings) -> list[str]:
     # of truth); while Mosquitto runs, the plugin takes changes on its control topic and rewrites
     # this file itself (D12). Files of the former password-file set-up would only hold stale hashes.
     dynsec = base / "dynamic-security.json"
-    write_config(dynsec, creds.users(), creds.admin_password())
+    write_config(dynsec, creds.users(), creds.admin_password(), settings.mqtt_shards)
     for stale in ("passwd", "acl"):
         (base / stale).unlink(missing_ok=True)
     conf = base / "mosquitto.conf"

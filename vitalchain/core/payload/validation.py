@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vitalchain.core.payload.limits import ID_PATTERN, MAX_BATCH, MAX_JSON_INT, MIN_TS_US, VITAL_LIMITS
+from vitalchain.core.payload.shards import split_topic
 
 TOPIC_PREFIX = "vitals/"
 # fullmatch, not match: Python's ``$`` also matches before a trailing newline.
@@ -34,7 +35,7 @@ _ID = re.compile(ID_PATTERN.removeprefix("^").removesuffix("$"))
 # Reason codes of dead-letter records with stage "bridge" (the value's "reason" field).
 REASONS: dict[str, str] = {
     "oversized": "payload larger than max_payload_bytes; not parsed",
-    "bad_topic": "MQTT topic is not vitals/<device id>",
+    "bad_topic": "MQTT topic is not vitals/<shard>/<device id> (or vitals/<device id>)",
     "malformed_json": ("payload is not UTF-8 JSON, or has NaN/Infinity, duplicate keys "
                        "or absurd nesting"),
     "not_an_object": "top-level JSON value is not an object",
@@ -98,9 +99,13 @@ class _Reject(Exception):
 
 
 def device_id_from_topic(topic: str) -> str | None:
-    if not topic.startswith(TOPIC_PREFIX):
+    """The device id of ``vitals/<shard>/<device_id>`` or of the former ``vitals/<device_id>``
+    (docs/DEVICES.md); None for any other shape. Which shard a device may use is the broker's
+    access rule (one topic per device), not re-checked here."""
+    parts = split_topic(topic)
+    if parts is None:
         return None
-    device_id = topic[len(TOPIC_PREFIX):]
+    device_id = parts[1]
     return device_id if _ID.fullmatch(device_id) else None
 
 
@@ -226,7 +231,7 @@ def validate(topic: str, payload: bytes, now_us: int, *, max_payload_bytes: int,
         return outcome
     if device_id is None:
         outcome.rejections.append(Rejection("bad_topic", f"topic {topic[:200]!r} is not "
-                                                         "vitals/<device id>"))
+                                                         "vitals/<shard>/<device id>"))
         return outcome
     latest_us = now_us + int(max_future_seconds * 1_000_000)
     try:
