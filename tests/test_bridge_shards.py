@@ -330,3 +330,26 @@ def test_a_device_publishes_only_to_its_own_shard_and_a_bridge_reads_only_its_ow
         other_raw.close()
         for instance in instances:
             forget_session(isolated, instance)
+
+
+# --- the command line ------------------------------------------------------------------------
+def _cli(tmp_path: Path, *args: str):  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from vitalchain.app.cli import main
+
+    return CliRunner().invoke(main, list(args), env={"VITALCHAIN_STATE_DIR": str(tmp_path)})
+
+
+def test_bridge_run_refuses_shards_it_cannot_own(tmp_path: Path) -> None:
+    # Refused before any service is reached: a typo must not start a bridge that reads nothing.
+    bad = _cli(tmp_path, "bridge", "run", "--shards", "4")
+    assert bad.exit_code == 2 and "outside 0..3" in bad.output, bad.output
+    both = _cli(tmp_path, "bridge", "run", "--shards", "0", "--group", "g")
+    assert both.exit_code == 2 and "exclude each other" in both.output, both.output
+
+
+def test_bridge_wait_counts_the_bridges(tmp_path: Path) -> None:
+    result = _cli(tmp_path, "bridge", "wait", "--count", "2", "--timeout", "0.3")
+    assert result.exit_code == 1
+    assert "no bridge(s)" in result.output and "2 wanted" in result.output, result.output
