@@ -31,6 +31,8 @@ ARGS: dict[str, list[str]] = {
     # 500 devices x 5 Hz is near what one stream worker seals on a 2-core box: the last row shows
     # where the pipeline starts to fall behind.
     "bench_pipeline": ["--devices", "10,100,500", "--rate", "5", "--seconds", "20"],
+    # one bridge vs two over device shards, draining the same backlog (docs/PERFORMANCE.md)
+    "bench_bridges": ["--bridges", "1", "2", "--devices", "16", "--messages", "1000"],
     # the size: verified vs unverified read of 10,000 readings (docs/PERFORMANCE.md)
     "bench_reads": ["--readings", "10000", "--rounds", "3"],
 }
