@@ -25,8 +25,9 @@ Packet ids name messages only while in flight, and Mosquitto may have two in fli
 :mod:`vitalchain.ingest.inflight` keeps the deliveries and decides which PUBACK goes out when (each
 PUBLISH of a connection acked once, in arrival order per id; none for a lost connection's).
 
-Shards (the default; docs/DECISIONS.md D6 and the shards decision): each device publishes to
-``vitals/<shard>/<device_id>`` (:mod:`vitalchain.core.payload.shards`), and each bridge subscribes
+Shards (the default; docs/DECISIONS.md D24, and D6 for why not shared subscriptions): each
+device publishes to ``vitals/<shard>/<device_id>`` (:mod:`vitalchain.core.payload.shards`), and
+each bridge subscribes
 *plainly*, with its own persistent session, to ``vitals/<shard>/+`` for the shards it owns
 (``shards``; all of them by default), plus the former unsharded ``vitals/+`` when it owns shard 0
 (devices not yet migrated). Mosquitto 2.0.11 restores a persistent session's plain subscriptions

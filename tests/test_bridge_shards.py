@@ -1,5 +1,5 @@
 """Several bridges over device shards: plain subscriptions that survive a Mosquitto restart and a
-bridge's SIGKILL (docs/DEVICES.md, docs/DECISIONS.md, the shards decision).
+bridge's SIGKILL (docs/DEVICES.md *Shards*, docs/DECISIONS.md D24).
 
 The units first (no services), then the real broker: two bridges, each with its own persistent
 session subscribed plainly to its shards, lose no acknowledged reading when Mosquitto restarts or

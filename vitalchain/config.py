@@ -49,7 +49,7 @@ class Settings:
     # empty means ``host`` and the port above.
     mqtt_host: str = ""
     mqtt_tls_ca_file: str = ""
-    # Devices are split into this many shards (topic vitals/<shard>/<device_id>, D-shards in
+    # Devices are split into this many shards (topic vitals/<shard>/<device_id>, D24 in
     # docs/DECISIONS.md); fixed at install: changing it moves devices to other topics.
     mqtt_shards: int = 4
     kafka_servers: str = ""

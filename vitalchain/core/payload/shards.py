@@ -8,6 +8,7 @@ losing what devices publish while the broker comes back. Instead every device be
 broker does restore. The shard is a pure function of the device id and the shard count, so
 provisioning, the broker's access rules, the simulator and a second machine all agree without
 sharing state; the count is fixed at install (changing it moves devices to other topics).
+docs/DECISIONS.md D24 has the choice, docs/DEVICES.md *Shards* what firmware does.
 
 The former topic ``vitals/<device_id>`` (no shard) stays accepted for devices not yet migrated: the
 bridge that owns shard 0 also subscribes plainly to ``vitals/+`` (``LEGACY_FILTER``).
