@@ -165,7 +165,7 @@ class SealPoller:
 
     def _run(self) -> None:
         next_index = 0
-        with Ledger(self.settings.ledger_path) as ledger:
+        with Ledger(self.settings.ledger_target) as ledger:
             while not self._stop.is_set():
                 size = ledger.log_size()
                 now = time.time()
@@ -227,7 +227,7 @@ def run_pipeline_row(settings: Settings, stack: Stack, pipeline: Pipeline, polle
     pending = set(stats.acked_ids)
     located: dict[tuple[str, int], tuple[str, int]] = {}  # (device, seq) -> (window_id, ts_us)
     deadline = time.monotonic() + drain_timeout
-    with Ledger(settings.ledger_path) as ledger:
+    with Ledger(settings.ledger_target) as ledger:
         while True:
             pipeline.check_alive()
             for key in list(pending):
