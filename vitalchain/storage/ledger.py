@@ -484,9 +484,9 @@ class Ledger:
              str(header["root"]), header_json, window_leaf, b"".join(leaf_hashes),
              1 if idle_cut else 0, time.time_ns() // 1000))
         try:
-            self._db.executemany(
-                "INSERT INTO ledger_readings (device_id, seq, ts_us, window_id, log_index, "
-                "index_in_window, leaf_hash) VALUES (?,?,?,?,?,?,?)",
+            self._db.insert_rows(
+                "ledger_readings", ("device_id", "seq", "ts_us", "window_id", "log_index",
+                                    "index_in_window", "leaf_hash"),
                 [(r.device_id, r.seq, r.ts_us, window_id, index, r.index_in_window, r.leaf_hash)
                  for r in readings])
         except self._db.integrity_errors as exc:

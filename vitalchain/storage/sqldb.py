@@ -74,6 +74,12 @@ class SqlDb:
     def _begin_write(self, lock_key: int) -> None:
         raise NotImplementedError
 
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert many rows at once (a window's reading index): ``executemany`` on SQLite,
+        ``COPY FROM STDIN`` on PostgreSQL (one stream instead of a statement per row)."""
+        placeholders = ",".join("?" * len(columns))
+        self.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})", rows)
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -198,6 +204,14 @@ class PostgresDb(SqlDb):
         if rows:
             with self._db.cursor() as cursor:
                 cursor.executemany(_pg_sql(sql), [tuple(r) for r in rows])  # type: ignore[arg-type]
+
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        with self._db.cursor() as cursor, cursor.copy(
+                f"COPY {table} ({', '.join(columns)}) FROM STDIN".encode()) as copy:
+            for row in rows:
+                copy.write_row(row)
 
     def _begin_write(self, lock_key: int) -> None:
         self._db.execute(b"BEGIN")
