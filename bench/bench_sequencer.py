@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_sequencer.py                     # both backends, sizes 10,100,1000
     .venv/bin/python bench/bench_sequencer.py --backends postgresql --appenders 1,4
+    .venv/bin/python bench/bench_sequencer.py --backends postgresql,postgresql-serializable
 
 Every window of every stream worker goes through :meth:`Ledger.append_window`, one at a time per
 ledger (SQLite: the file's write lock; PostgreSQL: the ledger's advisory lock): the one point of
@@ -13,6 +14,10 @@ commit. PostgreSQL is a private server the stack starts in a temporary folder (d
 ``fsync`` and ``synchronous_commit`` on, as a default server); SQLite is a WAL file with
 ``synchronous=FULL``, as the ledger opens it. docs/ARCHITECTURE.md turns the figures into the
 readings/s and devices the design carries before the sequencer is the limit.
+
+``postgresql-serializable`` is the alternative the design did not take (docs/DECISIONS.md D24):
+no advisory lock, each append a SERIALIZABLE transaction retried when PostgreSQL aborts it
+(serialization failure, or two appenders taking the same log index); the retries are counted.
 """
 
 from __future__ import annotations
@@ -53,28 +58,53 @@ def windows_of(partition: int, count: int, size: int) -> list[tuple[dict, list[b
     return out
 
 
+def _serializable_instead_of_the_lock() -> tuple[type[Exception], ...]:
+    """Make this process's ledger writes SERIALIZABLE transactions without the advisory lock."""
+    import psycopg
+
+    from vitalchain.storage.sqldb import PostgresDb
+
+    def begin(self: PostgresDb, lock_key: int) -> None:
+        self._db.execute(b"BEGIN ISOLATION LEVEL SERIALIZABLE")
+
+    PostgresDb._begin_write = begin  # type: ignore[method-assign]
+    return (psycopg.errors.SerializationFailure, psycopg.errors.UniqueViolation,
+            psycopg.errors.DeadlockDetected)
+
+
 def appender(target: str, partition: int, count: int, size: int, ready: mp.Barrier,
-             done: mp.Queue) -> None:
+             done: mp.Queue, serializable: bool = False) -> None:
     batch = windows_of(partition, count, size)
     ledger = Ledger(target)
+    retry_on = _serializable_instead_of_the_lock() if serializable else ()
+    retries = 0
     ready.wait()
     for header, leaves, rows in batch:
-        ledger.append_window("raw", partition, header, leaves, rows, idle_cut=False)
-    done.put(time.perf_counter())
+        while True:
+            try:
+                ledger.append_window("raw", partition, header, leaves, rows, idle_cut=False)
+                break
+            except retry_on:
+                retries += 1
+    done.put((time.perf_counter(), retries))
     ledger.close()
 
 
-def measure(target: str, appenders: int, count: int, size: int) -> float:
-    """Windows appended per second by ``appenders`` processes of ``count`` windows each."""
+def measure(target: str, appenders: int, count: int, size: int,
+            serializable: bool = False) -> tuple[float, int]:
+    """Windows appended per second by ``appenders`` processes of ``count`` windows each, and
+    how many appends were retried."""
     Ledger(target).close()
     ready = mp.Barrier(appenders + 1)
     done: mp.Queue = mp.Queue()
-    procs = [mp.Process(target=appender, args=(target, p, count, size, ready, done)) for p in range(appenders)]
+    procs = [mp.Process(target=appender, args=(target, p, count, size, ready, done, serializable))
+             for p in range(appenders)]
     for p in procs:
         p.start()
     ready.wait()
     start = time.perf_counter()
-    ends = [done.get(timeout=600) for _ in procs]
+    finished = [done.get(timeout=600) for _ in procs]
+    ends = [end for end, _ in finished]
     for p in procs:
         p.join(60)
         if p.exitcode != 0:
@@ -82,7 +112,7 @@ def measure(target: str, appenders: int, count: int, size: int) -> float:
     with Ledger(target) as ledger:
         assert ledger.log_size() == appenders * count
         assert [w.log_index for w in ledger.windows()] == list(range(appenders * count))
-    return appenders * count / (max(ends) - start)
+    return appenders * count / (max(ends) - start), sum(r for _, r in finished)
 
 
 def main() -> int:
@@ -96,19 +126,19 @@ def main() -> int:
     backends = [b for b in args.backends.split(",") if b]
     sizes = [int(x) for x in args.sizes.split(",")]
     appenders = [int(x) for x in args.appenders.split(",")]
-    results: list[tuple[str, int, int, float]] = []
+    results: list[tuple[str, int, int, float, int]] = []
     with tempfile.TemporaryDirectory(prefix="bench-sequencer-") as folder:
         url = f"postgresql://vitalchain@127.0.0.1:{free_port()}/postgres"
         stack = Stack(load_settings(environ={}, state_dir=Path(folder), ledger_url=url))
         try:
-            if "postgresql" in backends:
+            if any(b.startswith("postgresql") for b in backends):
                 stack.up(("postgres",))
             n = 0
             for backend in backends:
                 for size in sizes:
                     for k in appenders:
                         n += 1
-                        if backend == "postgresql":
+                        if backend.startswith("postgresql"):
                             import psycopg
 
                             with psycopg.connect(url, autocommit=True) as conn:
@@ -117,16 +147,16 @@ def main() -> int:
                         else:
                             target = str(Path(folder) / f"b{n}.sqlite")
                         count = max(5, min(400, args.readings // size))
-                        rate = measure(target, k, count, size)
-                        results.append((backend, size, k, rate))
+                        rate, retries = measure(target, k, count, size, backend.endswith("-serializable"))
+                        results.append((backend, size, k, rate, retries))
                         print(f"{backend:<10} size {size:>5} appenders {k}: {rate:8.1f} windows/s "
-                              f"= {rate * size:10.0f} readings/s", flush=True)
+                              f"= {rate * size:10.0f} readings/s, {retries} retries", flush=True)
         finally:
             stack.down()
     print()
-    print(f"{'backend':<10} {'size':>5} {'appenders':>9} {'windows/s':>10} {'readings/s':>11}")
-    for backend, size, k, rate in results:
-        print(f"{backend:<10} {size:>5} {k:>9} {rate:>10.1f} {rate * size:>11.0f}")
+    print(f"{'backend':<23} {'size':>5} {'appenders':>9} {'windows/s':>10} {'readings/s':>11} {'retries':>8}")
+    for backend, size, k, rate, retries in results:
+        print(f"{backend:<23} {size:>5} {k:>9} {rate:>10.1f} {rate * size:>11.0f} {retries:>8}")
     return 0
 
 
