@@ -255,3 +255,31 @@ def test_an_unreachable_database_is_a_clear_error_without_the_password() -> None
     with pytest.raises(Unavailable, match="unreachable") as caught:
         Ledger(f"postgresql://vc:s3cret@127.0.0.1:{free_port()}/ledger")
     assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.integration
+def test_the_stacks_private_server_keeps_the_ledger_across_a_restart(tmp_path: Path) -> None:
+    """`stack up` runs initdb once and a server on the URL's port; the ledger survives a restart of
+    it (durable, in the state folder); `stack down` leaves nothing running."""
+    from tests.conftest import stack_settings
+    from vitalchain.app.stack.ports import free_port
+    from vitalchain.app.stack.supervisor import Stack
+
+    settings = stack_settings(tmp_path / "state", ledger_url=f"postgresql://vc@127.0.0.1:{free_port()}/ledger")
+    stack = Stack(settings)
+    try:
+        stack.up(("postgres",))
+        [row] = [r for r in stack.status() if r.name == "postgres"]
+        assert row.healthy and row.detail.startswith("query ok") and row.port == settings.private_postgres.port
+        h, leaves, rows = window(0, 0, 2)
+        with Ledger(settings.ledger_target) as ledger:
+            ledger.append_window("raw", 0, h, leaves, rows, idle_cut=False)
+        first = stack.pid("postgres")
+        stack.restart("postgres")
+        assert stack.pid("postgres") not in (None, first)
+        with Ledger(settings.ledger_target) as ledger:
+            assert ledger.log_size() == 1 and ledger.locate("d1", 2) is not None
+    finally:
+        stack.down()
+    assert stack.pid("postgres") is None
+    assert not list((tmp_path / "state").rglob("*.sqlite"))
