@@ -272,13 +272,21 @@ def test_the_stacks_private_server_keeps_the_ledger_across_a_restart(tmp_path: P
         [row] = [r for r in stack.status() if r.name == "postgres"]
         assert row.healthy and row.detail.startswith("query ok") and row.port == settings.private_postgres.port
         h, leaves, rows = window(0, 0, 2)
-        with Ledger(settings.ledger_target) as ledger:
-            ledger.append_window("raw", 0, h, leaves, rows, idle_cut=False)
+        kept_open = Ledger(settings.ledger_target)
+        kept_open.append_window("raw", 0, h, leaves, rows, idle_cut=False)
         first = stack.pid("postgres")
         stack.restart("postgres")
         assert stack.pid("postgres") not in (None, first)
         with Ledger(settings.ledger_target) as ledger:
             assert ledger.log_size() == 1 and ledger.locate("d1", 2) is not None
+        # A connection the restart dropped: the statement that finds out fails, and says so;
+        # the next one runs on a new connection (the stream retries a failed seal).
+        h2, l2, r2 = window(0, 3, 5, seq0=3)
+        with pytest.raises(psycopg.OperationalError):
+            kept_open.append_window("raw", 0, h2, l2, r2, idle_cut=False)
+        assert kept_open.append_window("raw", 0, h2, l2, r2, idle_cut=False) == 1
+        assert kept_open.log_size() == 2
+        kept_open.close()
     finally:
         stack.down()
     assert stack.pid("postgres") is None

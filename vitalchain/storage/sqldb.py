@@ -63,6 +63,7 @@ class SqlDb:
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
+        self.in_write = False
 
     # --- what subclasses provide ----------------------------------------------------------
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
@@ -120,12 +121,18 @@ class SqlDb:
         """One write transaction; writers of the same ``lock_key`` queue (module docstring)."""
         with self.lock:
             self._begin_write(lock_key)
+            self.in_write = True
             try:
                 yield self
             except BaseException:
-                self.execute("ROLLBACK")
+                self._rollback()
                 raise
+            finally:
+                self.in_write = False
             self.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        self.execute("ROLLBACK")
 
 
 class SqliteDb(SqlDb):
@@ -181,44 +188,65 @@ class PostgresDb(SqlDb):
     dialect = "postgresql"
 
     def __init__(self, url: str, read_only: bool = False, connect_timeout_s: float = 10.0) -> None:
-        import psycopg
 
         super().__init__()
         self.url = url
-        options = "-c default_transaction_read_only=on" if read_only else None
+        self._options = "-c default_transaction_read_only=on" if read_only else None
+        self._timeout = max(1, int(connect_timeout_s))
+        self._db = self._connect()
+
+    def _connect(self) -> Any:
+        import psycopg
+
         try:
-            self._db = psycopg.connect(url, autocommit=True, options=options,
-                                       connect_timeout=max(1, int(connect_timeout_s)))
+            return psycopg.connect(self.url, autocommit=True, options=self._options,
+                                   connect_timeout=self._timeout)
         except psycopg.OperationalError as exc:
             from vitalchain.errors import Unavailable
 
-            raise Unavailable(f"ledger database {redact_url(url)} unreachable: "
-                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise Unavailable(f"ledger database {redact_url(self.url)} unreachable: {first}") from exc
+
+    def _live(self) -> Any:
+        """The connection, opened again if the server dropped it (restart, failover) and no
+        transaction of ours was on it: the statement that saw the drop failed (its caller
+        retries, as the stream and the anchor worker do with any storage error); the next one
+        runs on a new connection. Within a transaction nothing is reopened: it is lost, and
+        its caller must see that."""
+        if self._db.broken and not self.in_write:
+            self._db = self._connect()
+        return self._db
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        db = self._live()
         if args:
-            return self._db.execute(_pg_sql(sql), tuple(args))  # type: ignore[arg-type]
-        return self._db.execute(sql.encode())  # no params: no placeholder processing
+            return db.execute(_pg_sql(sql), tuple(args))  # type: ignore[arg-type]
+        return db.execute(sql.encode())  # no params: no placeholder processing
+
+    def _rollback(self) -> None:
+        if not self._db.broken:  # a dropped connection took the transaction with it
+            self._db.execute(b"ROLLBACK")
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
-            with self._db.cursor() as cursor:
+            with self._live().cursor() as cursor:
                 cursor.executemany(_pg_sql(sql), [tuple(r) for r in rows])  # type: ignore[arg-type]
 
     def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if not rows:
             return
-        with self._db.cursor() as cursor, cursor.copy(
+        with self._live().cursor() as cursor, cursor.copy(
                 f"COPY {table} ({', '.join(columns)}) FROM STDIN".encode()) as copy:
             for row in rows:
                 copy.write_row(row)
 
     def _begin_write(self, lock_key: int) -> None:
-        self._db.execute(b"BEGIN")
+        db = self._live()
+        db.execute(b"BEGIN")
         try:
-            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
         except BaseException:
-            self._db.execute(b"ROLLBACK")
+            self._rollback()
             raise
 
     def close(self) -> None:
