@@ -158,3 +158,39 @@ def test_stream_anchor_and_api_workers_share_no_files(isolated: Settings, postgr
                 w.kill(signal.SIGTERM)
     # Nothing of the ledger on disk: no SQLite file in any folder.
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.sqlite*")) == []
+
+
+def test_a_stream_worker_rides_out_a_postgresql_restart(isolated: Settings, postgres: Stack,
+                                                        tmp_path: Path) -> None:
+    """The ledger's server restarts while a worker seals: the seal that meets the dropped
+    connection fails and is retried on a new one; every reading still sealed exactly once."""
+    from tests.conftest import stack_settings
+
+    own = Stack(stack_settings(tmp_path / "pg", ledger_url=f"postgresql://vc@127.0.0.1:{free_port()}/ledger"))
+    try:
+        own.up(("postgres",))
+        settings = isolated.with_overrides(
+            window_seconds=2.0, idle_seal_seconds=2.5, stream_app_id=f"vc-pgr-{uuid.uuid4().hex[:8]}",
+            ledger_url=own.settings.ledger_url, ledger_file="", state_dir=tmp_path / "worker")
+        inp = make_input(devices=8, seconds=16)
+        ends = produce(settings, inp.records)
+        worker = Worker(settings, "a", tmp_path)
+        try:
+            def sealed(windows: int) -> bool:
+                with Ledger(settings.ledger_target) as ledger:
+                    return ledger.log_size() >= windows
+
+            wait_until(lambda: sealed(3), 90, "3 windows sealed before the restart", interval=0.05)
+            own.restart("postgres")
+            assert not all_done(settings, ends), "everything was sealed before the restart"
+
+            def finished() -> bool:
+                assert worker.alive(), worker.tail()
+                return all_done(settings, ends)
+
+            wait_until(finished, 120, "the worker to seal everything after the restart", interval=0.3)
+        finally:
+            worker.kill(signal.SIGTERM)
+        check_sealed(settings, inp)
+    finally:
+        own.down()

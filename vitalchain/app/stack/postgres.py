@@ -9,7 +9,8 @@ it is a child process like the other services (``stack down`` stops it with SIGI
 
 PostgreSQL refuses to run as root. Under root (CI containers) the server runs as the package's
 ``postgres`` user: its data folder is handed to that user, and folders on the way to it that
-others cannot traverse get the traverse bit (``o+x``, not read), or the server could not reach it.
+others cannot traverse get the traverse bit (``o+x``, not read) at every start, or the server could
+not reach it.
 """
 
 from __future__ import annotations
@@ -75,13 +76,17 @@ def prepare_postgres(settings: Settings) -> list[str]:
         raise MissingToolError("no private PostgreSQL: VITALCHAIN_LEDGER_URL does not name 127.0.0.1")
     prefix, user = _run_as()
     data = data_dir(settings)
+    if user is not None:
+        # At every start, not only at initdb: others may take the bit away meanwhile (pytest
+        # resets its /tmp/pytest-of-<user> to 0700 whenever a session starts).
+        data.parent.mkdir(parents=True, exist_ok=True)
+        _reachable_for(data, user)
     if not (data / "PG_VERSION").is_file():
         if data.exists():
             shutil.rmtree(data)  # an initdb that did not finish
         data.mkdir(parents=True, mode=0o700)
         if user is not None:
             os.chown(data, user.pw_uid, user.pw_gid)
-            _reachable_for(data, user)
         done = subprocess.run([*prefix, str(pg_bin("initdb")), "-D", str(data), "-U", url.user,
                                "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"],
                               capture_output=True, text=True, check=False)
