@@ -99,8 +99,8 @@ class ProofService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.ledger = Ledger(settings.ledger_path)
-        self.store = AnchorStore(settings.ledger_path)
+        self.ledger = Ledger(settings.ledger_target)
+        self.store = AnchorStore(settings.ledger_target)
         self.contract = (chain.contract_address(settings) if settings.anchor_contract else None)
         self.mirror = LogMirror(self.ledger)
         self.log = self.mirror.log

@@ -60,6 +60,7 @@ from vitalchain.storage.anchors import AnchorStore, AnchorTx, Checkpoint, Reorg
 from vitalchain.storage.influx import InfluxClient, Point
 from vitalchain.storage.ledger import Ledger
 from vitalchain.storage.logmirror import LogMirror
+from vitalchain.storage.sqldb import LOCK_ANCHOR_WORKER, SessionLock
 
 log = logging.getLogger("vitalchain.anchor")
 
@@ -134,8 +135,8 @@ class AnchorWorker:
         self.contract = chain.anchor_contract(self.w3, self.contract_address)
         self.resend_after = (resend_after if resend_after is not None
                              else max(10 * settings.eth_block_time, 5.0))
-        self.ledger = Ledger(settings.ledger_path)
-        self.store = AnchorStore(settings.ledger_path)
+        self.ledger = Ledger(settings.ledger_target)
+        self.store = AnchorStore(settings.ledger_target)
         self.mirror = LogMirror(self.ledger)
         self.log = self.mirror.log
         self._influx_retry_at = 0.0
@@ -499,6 +500,21 @@ class AnchorWorker:
         self.store.set_waiting(self.contract_address, self._waiting)
 
 
+class _PgWorkerLock:
+    """On PostgreSQL: a session advisory lock in the ledger's database, so the rule holds for
+    workers on different hosts too (freed when the holder's connection dies)."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            self._lock = SessionLock(url, LOCK_ANCHOR_WORKER)
+        except BlockingIOError:
+            raise WorkerLockedError("another anchor worker holds the ledger database's anchor "
+                                    "lock") from None
+
+    def release(self) -> None:
+        self._lock.release()
+
+
 class _WorkerLock:
     """An flock next to the ledger: one anchoring worker per ledger (freed even on SIGKILL)."""
 
@@ -525,7 +541,8 @@ def run_worker(settings: Settings, stop_event: threading.Event,
     Errors talking to the chain or InfluxDB are retried every ``poll_interval``; errors that
     need an operator (wrong key, no contract configured, altered ledger) raise.
     """
-    lock = _WorkerLock(settings.ledger_path)
+    lock: _WorkerLock | _PgWorkerLock = (_PgWorkerLock(settings.ledger_url) if settings.ledger_url
+                                         else _WorkerLock(settings.ledger_path))
     try:
         worker = AnchorWorker(settings, resend_after=resend_after)
         try:
@@ -544,7 +561,7 @@ def status(settings: Settings) -> dict[str, Any]:
     """What ``vitalchain anchor status`` prints: counts per checkpoint status, the latest
     anchored checkpoint, the unconfirmed one, the backlog and why it waits, and every reorg."""
     contract = chain.contract_address(settings)
-    with AnchorStore(settings.ledger_path) as store, Ledger(settings.ledger_path) as ledger:
+    with AnchorStore(settings.ledger_target) as store, Ledger(settings.ledger_target) as ledger:
         all_cps = store.checkpoints(contract)
         anchored = store.latest(contract, "anchored")
         mined = store.latest(contract, "mined")

@@ -60,7 +60,9 @@ Prover = Annotated[User, Depends(require("auditor", "clinician"))]
 
 
 def api_path(settings: Settings) -> str:
-    return str(settings.state_dir / "api.sqlite")
+    """Where the API's users, grants and access entries live: the ledger's PostgreSQL database
+    when there is one (API replicas share no files), else ``<state_dir>/api.sqlite``."""
+    return settings.ledger_url or str(settings.state_dir / "api.sqlite")
 
 
 @dataclass
@@ -86,7 +88,7 @@ class ApiContext:
 
 def open_context(settings: Settings, store_path: str | None = None) -> ApiContext:
     store = ApiStore(store_path or api_path(settings))
-    ledger = Ledger(settings.ledger_path)
+    ledger = Ledger(settings.ledger_target)
     view = LogView(settings, ledger)
     return ApiContext(settings, store, ledger, view, AccessLog(store, ledger, view),
                       ProofService(settings), threading.Lock())

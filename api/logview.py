@@ -40,7 +40,7 @@ class LogView:
 
     def __init__(self, settings: Settings, ledger: Ledger) -> None:
         self.ledger = ledger
-        self.store = AnchorStore(settings.ledger_path)
+        self.store = AnchorStore(settings.ledger_target)
         self.contract = chain.contract_address(settings) if settings.anchor_contract else None
         self.confirmations_required = settings.anchor_confirmations
         self.mirror = LogMirror(ledger)

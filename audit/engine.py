@@ -329,7 +329,7 @@ async def run_audit(settings: Settings, start_us: int, end_us: int, rpc_url: str
     if rpc_url:
         settings = settings.with_overrides(eth_rpc=rpc_url)
     try:
-        view = LedgerView(settings.ledger_path)
+        view = LedgerView(settings.ledger_target)
     except LedgerUnavailable as exc:
         raise AuditUnavailable(str(exc)) from exc
     try:

@@ -71,7 +71,7 @@ def main() -> int:
             stack.up(("influxdb", "anvil"))
             settings = settings.with_overrides(
                 anchor_contract=deploy(settings, record=False).address)
-            ledger = Ledger(settings.ledger_path)
+            ledger = Ledger(settings.ledger_target)
             sealer = SyntheticSealer(ledger, devices=args.devices)
             def show(progress: Progress) -> None:
                 for event in progress.events:
@@ -81,7 +81,7 @@ def main() -> int:
                                       kwargs={"poll_interval": 0.1}, daemon=True)
             readings = []
             seal_s = 0.0
-            store = AnchorStore(settings.ledger_path)
+            store = AnchorStore(settings.ledger_target)
             for n in range(1, args.checkpoints + 1):
                 started = time.perf_counter()
                 batch = [sealer.seal(per_window) for _ in range(windows_per_cp)]

@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_pipeline.py                          # 10,100,500 devices, 2 Hz, 20 s
     .venv/bin/python bench/bench_pipeline.py --devices 10,100 --seconds 10 --rate 5
     .venv/bin/python bench/bench_pipeline.py --devices 1000 --rate 5 --batch 10 --workers 2
+    .venv/bin/python bench/bench_pipeline.py --ledger postgresql      # the ledger on PostgreSQL
 
 Starts a private stack (Mosquitto, Kafka, InfluxDB) on free loopback ports in a temporary folder
 and tears it down at the end. For each device count, in the same run:
@@ -23,7 +24,8 @@ window to close, so it is bounded below by the window length (``--window-seconds
 
 A second latency, to *sealed*, is taken from the ledger (a poller notes when each window first
 appears in the log). ``--batch`` readings go in one MQTT message; ``--workers`` stream worker
-processes share the partitions.
+processes share the partitions. ``--ledger postgresql`` puts the ledger on a private PostgreSQL
+server the stack starts (``VITALCHAIN_LEDGER_URL`` on 127.0.0.1) instead of the SQLite file.
 
 CPU: for every process of the pipeline (simulator = this process's fleet thread; Mosquitto, Kafka,
 InfluxDB = the stack's services; bridge and stream = their process groups, children included), the
@@ -64,7 +66,7 @@ from vitalchain.storage.ledger import Ledger
 
 POLL_S = 0.2
 SERVICES = ("mosquitto", "kafka", "influxdb")
-CPU_COLUMNS = ("simulator", "mosquitto", "bridge", "kafka", "stream", "influxdb")
+CPU_COLUMNS = ("simulator", "mosquitto", "bridge", "kafka", "stream", "influxdb", "postgres")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -83,7 +85,8 @@ def group_cpu_seconds(leader: int) -> float:
 
 
 def cpu_snapshot(stack: Stack, pipeline: Pipeline) -> dict[str, float]:
-    snap = {name: group_cpu_seconds(pid) for name in SERVICES if (pid := stack.pid(name)) is not None}
+    snap = {name: group_cpu_seconds(pid) for name in (*SERVICES, "postgres")
+            if (pid := stack.pid(name)) is not None}
     for name in ("bridge", "stream"):
         snap[name] = group_cpu_seconds(pipeline.components[name].process.pid)
     return snap
@@ -165,7 +168,7 @@ class SealPoller:
 
     def _run(self) -> None:
         next_index = 0
-        with Ledger(self.settings.ledger_path) as ledger:
+        with Ledger(self.settings.ledger_target) as ledger:
             while not self._stop.is_set():
                 size = ledger.log_size()
                 now = time.time()
@@ -190,12 +193,14 @@ class SealPoller:
         self._thread.join(10)
 
 
-def bench_settings(folder: Path, window_seconds: float, idle_seal_seconds: float) -> Settings:
-    mqtt, kafka, influx, eth, rpc = free_ports(5)
+def bench_settings(folder: Path, window_seconds: float, idle_seal_seconds: float,
+                   ledger: str = "sqlite") -> Settings:
+    mqtt, kafka, influx, eth, rpc, pg = free_ports(6)
+    url = f"postgresql://vitalchain@127.0.0.1:{pg}/ledger" if ledger == "postgresql" else ""
     return load_settings(environ={}, state_dir=folder, mqtt_port=mqtt, kafka_port=kafka,
                          influx_port=influx, eth_port=eth, influx_rpc_port=rpc,
                          window_seconds=window_seconds, idle_seal_seconds=idle_seal_seconds,
-                         stream_app_id="vitalchain-bench")
+                         stream_app_id="vitalchain-bench", ledger_url=url)
 
 
 def run_raw(settings: Settings, identities: list[DeviceIdentity], rate: float, seconds: float,
@@ -227,7 +232,7 @@ def run_pipeline_row(settings: Settings, stack: Stack, pipeline: Pipeline, polle
     pending = set(stats.acked_ids)
     located: dict[tuple[str, int], tuple[str, int]] = {}  # (device, seq) -> (window_id, ts_us)
     deadline = time.monotonic() + drain_timeout
-    with Ledger(settings.ledger_path) as ledger:
+    with Ledger(settings.ledger_target) as ledger:
         while True:
             pipeline.check_alive()
             for key in list(pending):
@@ -269,9 +274,9 @@ def run_pipeline_row(settings: Settings, stack: Stack, pipeline: Pipeline, polle
 
 
 def print_table(rows: list[Row], seconds: float, window_seconds: float,
-                ceiling: tuple[int, float, float] | None) -> None:
+                ceiling: tuple[int, float, float] | None, ledger: str = "sqlite") -> None:
     print()
-    print(f"pipeline vs. raw simulator, {seconds:.0f} s per run, window {window_seconds:g} s, "
+    print(f"pipeline vs. raw simulator, {seconds:.0f} s per run, window {window_seconds:g} s, ledger {ledger}, "
           f"latency = sample → queryable in InfluxDB (±{POLL_S} s)")
     header = (f"{'devices':>7} {'Hz':>4} {'batch':>5} {'wrk':>3} {'offered/s':>9} {'raw acked/s':>11} "
               f"{'e2e stored/s':>12} {'ratio':>6} {'q p50':>6} {'q p99':>6} {'q max':>6} {'s p50':>6} "
@@ -292,10 +297,10 @@ def print_table(rows: list[Row], seconds: float, window_seconds: float,
     for r in rows:
         if not r.cpu_ms_per_1k:
             continue
-        own = sum(r.cpu_ms_per_1k.get(c, 0.0) for c in ("bridge", "kafka", "stream", "influxdb"))
+        own = sum(r.cpu_ms_per_1k.get(c, 0.0) for c in ("bridge", "kafka", "stream", "influxdb", "postgres"))
         print(f"{r.devices:>7} " + " ".join(f"{r.cpu_ms_per_1k.get(c, float('nan')):>10.1f}"
                                               for c in CPU_COLUMNS) + f" {own:>10.1f}")
-    print("(pipeline = bridge + Kafka + stream + InfluxDB, the processes the target budget counts)")
+    print("(pipeline = bridge + Kafka + stream + InfluxDB (+ PostgreSQL), the processes the target budget counts)")
     if ceiling is not None:
         devices, rate, acked_per_s = ceiling
         best = max((r for r in rows if r.complete), key=lambda r: r.pipeline_rate, default=None)
@@ -315,6 +320,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="fleet run length per row")
     parser.add_argument("--batch", type=int, default=1, help="readings per MQTT message")
     parser.add_argument("--workers", type=int, default=1, help="stream worker processes")
+    parser.add_argument("--ledger", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the ledger's backend (postgresql: a private server on a free port)")
     parser.add_argument("--window-seconds", type=float, default=2.0)
     parser.add_argument("--idle-seal-seconds", type=float, default=1.0)
     parser.add_argument("--ceiling-rate", type=float, default=20.0,
@@ -336,15 +343,16 @@ def main() -> int:
     rows = [Row(n, args.rate, args.batch, args.workers) for n in counts]
     ceiling: tuple[int, float, float] | None = None
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as folder:
-        settings = bench_settings(Path(folder), args.window_seconds, args.idle_seal_seconds)
+        settings = bench_settings(Path(folder), args.window_seconds, args.idle_seal_seconds, args.ledger)
+        services = (*SERVICES, "postgres") if args.ledger == "postgresql" else SERVICES
         stack = Stack(settings)
         try:
-            print(f"starting {', '.join(SERVICES)} in {folder}", flush=True)
+            print(f"starting {', '.join(services)} in {folder}", flush=True)
             # Provisioned before Mosquitto starts: it reads every user at start, while adding
             # thousands to a running one costs time per user (docs/DECISIONS.md D12).
             fleets = {n: provision_devices(settings, n, prefix=f"b{n}") for n in counts}
             probe = provision_devices(settings, 1, prefix="probe")[0]
-            stack.up(SERVICES)
+            stack.up(services)
             # Raw first: before any bridge subscribed, Mosquitto has no one to queue for.
             for row in rows:
                 row.raw_rate = run_raw(settings, fleets[row.devices], row.rate, args.seconds, args.batch)
@@ -373,7 +381,7 @@ def main() -> int:
                             break
         finally:
             stack.down()
-    print_table(rows, args.seconds, args.window_seconds, ceiling)
+    print_table(rows, args.seconds, args.window_seconds, ceiling, args.ledger)
     return 0 if all(r.complete for r in rows) else 1
 
 

@@ -151,7 +151,7 @@ def main() -> int:
         stack = Stack(settings)
         try:
             stack.up(("influxdb",))
-            ledger = Ledger(settings.ledger_path)
+            ledger = Ledger(settings.ledger_target)
             t = time.perf_counter()
             seal_all(settings, ledger, n, args.others, args.window)
             print(f"sealed {n} readings of one patient + {args.others} of other devices "

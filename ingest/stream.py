@@ -122,7 +122,7 @@ def create_app(settings: Settings, worker_name: str | None = None,
     def processor() -> StreamProcessor:
         if "processor" not in state:
             key = load_or_create_salt_key(settings)
-            ledger = Ledger(settings.ledger_path)
+            ledger = Ledger(settings.ledger_target)
             influx = InfluxClient(settings)
             state["processor"] = StreamProcessor(
                 settings.raw_topic, ledger=ledger,

@@ -121,7 +121,7 @@ def _wait_first_window(settings: Settings, pipeline: Pipeline, timeout: float = 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pipeline.check_alive()
-        with contextlib.suppress(LedgerUnavailable), LedgerView(settings.ledger_path) as view:
+        with contextlib.suppress(LedgerUnavailable), LedgerView(settings.ledger_target) as view:
             if view.log_size():
                 return
         time.sleep(0.5)

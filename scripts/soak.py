@@ -121,7 +121,7 @@ def wait_sealed(settings: Settings, acked: set[tuple[str, int]], timeout: float)
     pending = set(acked)
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
-        with Ledger(settings.ledger_path) as ledger:
+        with Ledger(settings.ledger_target) as ledger:
             pending = {key for key in pending if ledger.locate(*key) is None}
         if pending:
             time.sleep(2)
@@ -133,9 +133,9 @@ def wait_anchored(settings: Settings, timeout: float) -> tuple[int, int]:
     deadline = time.monotonic() + timeout
     size = covered = 0
     while time.monotonic() < deadline:
-        with Ledger(settings.ledger_path) as ledger:
+        with Ledger(settings.ledger_target) as ledger:
             size = ledger.log_size()
-        with AnchorStore(settings.ledger_path) as store:
+        with AnchorStore(settings.ledger_target) as store:
             latest = store.latest(settings.anchor_contract, "anchored")
         covered = latest.size if latest else 0
         if size and covered >= size:

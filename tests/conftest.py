@@ -26,12 +26,19 @@ _counter = itertools.count()
 # `make test-fast` (-m "not integration") leaves it out. Tests that start services some other way
 # carry the marker themselves; under VITALCHAIN_TEST_FAST=1 starting a stack fails loudly, so a
 # missing marker cannot hide (scripts/test-fast.sh).
-SERVICE_FIXTURES = frozenset({"stack", "fresh_stack", "isolated"})
+SERVICE_FIXTURES = frozenset({"stack", "fresh_stack", "isolated", "postgres"})
+
+
+def _on_postgres(item: pytest.Item) -> bool:
+    """A case of a backend-parametrized test that runs on PostgreSQL (a service)."""
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and "postgresql" in callspec.params.values()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())) or item.get_closest_marker("e2e"):
+        if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())) or item.get_closest_marker("e2e") \
+                or _on_postgres(item):
             item.add_marker(pytest.mark.integration)
 
 
@@ -97,3 +104,28 @@ def isolated(stack: Stack, tmp_path: Path) -> Settings:
     ensure_topics(settings)
     ensure_database(settings)
     return settings
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A private PostgreSQL server for the session (``vitalchain stack``'s own, on a free port);
+    tests take a database of their own on it (tests/pg_support.py ``new_database``)."""
+    [port] = free_ports(1)
+    running = Stack(stack_settings(tmp_path_factory.mktemp("postgres"),
+                                   ledger_url=f"postgresql://vitalchain@127.0.0.1:{port}/vitalchain"))
+    try:
+        running.up(("postgres",))
+        yield running
+    finally:
+        running.down()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a ledger store opens, once per backend: a SQLite file, or a fresh database on the
+    session's PostgreSQL server (the ledger contract suite runs on both)."""
+    if request.param == "sqlite":
+        return tmp_path / "ledger.sqlite"
+    from tests.pg_support import new_database
+
+    return new_database(request.getfixturevalue("postgres"))

@@ -143,7 +143,7 @@ class Worker:
 
 def all_done(settings: Settings, highwaters: dict[int, int]) -> bool:
     """Every partition sealed up to its last record (windows or duplicate-only ranges)."""
-    ledger = Ledger(settings.ledger_path)
+    ledger = Ledger(settings.ledger_target)
     try:
         return all(n == 0 or ledger.last_sealed_offset(settings.raw_topic, p) == n - 1
                    for p, n in highwaters.items())
@@ -173,7 +173,7 @@ def check_sealed(settings: Settings, inp: Input) -> dict[str, dict[str, Any]]:
         assert {k: s.canonical[k] for k in original} == original
         assert reading_leaf_hash(s.canonical).hex() == s.leaf_hex
         assert s.late == ((s.canonical["device_id"], s.canonical["seq"]) in inp.late)
-    ledger = Ledger(settings.ledger_path)
+    ledger = Ledger(settings.ledger_target)
     try:
         assert ledger.reading_count() == len(inp.unique)
         by_window: dict[str, list[tuple[int, bytes]]] = defaultdict(list)

@@ -87,6 +87,11 @@ class Settings:
 
     salt_key_file: str = ""
     ledger_file: str = ""
+    # Empty: the ledger is the SQLite file ``ledger_path`` (the embedded default). A
+    # ``postgresql://USER@HOST:PORT/DB`` URL puts the ledger (window log, reading index, anchor
+    # records, API users/grants/access entries) in that database instead, so workers on several
+    # hosts share it; on 127.0.0.1 ``vitalchain stack up`` runs a private server for it.
+    ledger_url: str = ""
 
     # --- derived locations -------------------------------------------------------------
     @property
@@ -123,8 +128,51 @@ class Settings:
         """SQLite file holding the window log, reading index and anchor records."""
         return Path(self.ledger_file) if self.ledger_file else self.state_dir / "ledger.sqlite"
 
+    @property
+    def ledger_target(self) -> str | Path:
+        """What the ledger's stores open: the PostgreSQL URL when one is set, else the file."""
+        return self.ledger_url or self.ledger_path
+
+    @property
+    def ledger_on_postgres(self) -> bool:
+        return bool(self.ledger_url)
+
+    @property
+    def private_postgres(self) -> PostgresUrl | None:
+        """The URL's parts when it names a server on 127.0.0.1 (``stack up`` runs that one)."""
+        if not self.ledger_url:
+            return None
+        url = parse_postgres_url(self.ledger_url)
+        return url if url.host == "127.0.0.1" else None
+
     def with_overrides(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class PostgresUrl:
+    user: str
+    host: str
+    port: int
+    database: str
+
+
+def parse_postgres_url(url: str) -> PostgresUrl:
+    """``postgresql://USER@HOST:PORT/DB`` in parts; anything else is a :class:`ConfigError`."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 5432
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_PREFIX}LEDGER_URL has a bad port: {exc}") from exc
+    database = parts.path.lstrip("/")
+    if parts.scheme not in ("postgresql", "postgres") or not parts.username or not parts.hostname \
+            or not database or "/" in database:
+        raise ConfigError(f"{ENV_PREFIX}LEDGER_URL must look like postgresql://USER@HOST:PORT/DB "
+                          f"(got scheme {parts.scheme!r}, user {parts.username!r}, host "
+                          f"{parts.hostname!r}, database {database!r})")
+    return PostgresUrl(parts.username, parts.hostname, port, database)
 
 
 def _coerce(name: str, raw: str, target: Any) -> Any:
@@ -185,6 +233,8 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
 
 
 def _check(settings: Settings) -> None:
+    if settings.ledger_url:
+        parse_postgres_url(settings.ledger_url)
     if settings.mode not in ("dev", "production"):
         raise ConfigError(f"{ENV_PREFIX}MODE must be 'dev' or 'production', not {settings.mode!r}")
     if settings.partitions < 1:

@@ -52,18 +52,18 @@ class Progress:
     def sealed(self) -> int:
         from vitalchain.storage.ledger import Ledger
 
-        if not self.settings.ledger_path.exists():
+        if not self.settings.ledger_on_postgres and not self.settings.ledger_path.exists():
             return 0
-        with Ledger(self.settings.ledger_path) as ledger:
+        with Ledger(self.settings.ledger_target) as ledger:
             return ledger.log_size()
 
     def anchored(self) -> tuple[int, int]:
         """(anchored checkpoints, windows they cover)."""
         from vitalchain.storage.anchors import AnchorStore
 
-        if not self.settings.ledger_path.exists():
+        if not self.settings.ledger_on_postgres and not self.settings.ledger_path.exists():
             return 0, 0
-        with AnchorStore(self.settings.ledger_path) as store:
+        with AnchorStore(self.settings.ledger_target) as store:
             done = store.checkpoints(self.settings.anchor_contract, "anchored")
         return len(done), max((c.size for c in done), default=0)
 
@@ -276,11 +276,11 @@ def _anchored_reading(settings: Settings, after: int) -> tuple[str, int] | None:
     from vitalchain.storage.anchors import AnchorStore
     from vitalchain.storage.ledger import Ledger
 
-    with AnchorStore(settings.ledger_path) as store:
+    with AnchorStore(settings.ledger_target) as store:
         latest = store.latest(settings.anchor_contract, "anchored")
     if latest is None or latest.size <= after:
         return None
-    with Ledger(settings.ledger_path) as ledger:
+    with Ledger(settings.ledger_target) as ledger:
         for index in range(latest.size - 1, after - 1, -1):
             window = ledger.window_by_index(index)
             if window is not None and window.header.get("format") == "vitalchain-window/1" \

@@ -1,7 +1,8 @@
-"""Anchor records: checkpoints and the transactions that anchor them, in the ledger's SQLite file.
+"""Anchor records: checkpoints and the transactions that anchor them, next to the window log.
 
-Living next to the window log means a proof's checkpoint and the windows it covers come from one
-file.  Two tables, both owned by the anchor package:
+Living next to the window log (the ledger's SQLite file, or its PostgreSQL database when
+``VITALCHAIN_LEDGER_URL`` is set) means a proof's checkpoint and the windows it covers come from
+one place.  Two tables, both owned by the anchor package:
 
 ``anchor_checkpoints`` (one row per checkpoint of one contract):
     ``pending``     recorded, no transaction in flight for it;
@@ -35,7 +36,6 @@ kept for the record and for ``vitalchain anchor status``; never deleted).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from vitalchain.core.timeutil import now_us
+from vitalchain.storage.sqldb import LOCK_ANCHORS, SqlDb, connect, install_pg_schema, pg_ddl
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS anchor_checkpoints (
@@ -191,18 +192,18 @@ class AnchorTx:
 
 
 class AnchorStore:
-    """The anchor tables of one ledger file.  Every method is its own short transaction."""
+    """The anchor tables of one ledger (file or database).  Every method is its own short
+    transaction; writes queue like the window log's (:mod:`vitalchain.storage.sqldb`)."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # autocommit mode; writes go through :meth:`_tx` (BEGIN IMMEDIATE), so the stream
-        # appending windows to the same file waits on the busy timeout instead of failing.
-        self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout = 30000")
-        self._db.executescript(SCHEMA)  # IF NOT EXISTS: safe for concurrent openers
+    def __init__(self, target: Path | str) -> None:
+        self._db: SqlDb = connect(target)
+        self.target = target
+        if self._db.is_postgres:
+            install_pg_schema(self._db, "anchor_worker_state",
+                              [pg_ddl(st) for st in SCHEMA.split(";\n") if st.strip()])
+        else:
+            # IF NOT EXISTS: safe for concurrent openers
+            self._db.raw.executescript(SCHEMA)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         self._db.close()
@@ -214,14 +215,12 @@ class AnchorStore:
         self.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _tx(self) -> Iterator[SqlDb]:
+        with self._db.write(LOCK_ANCHORS) as db:
+            yield db
+
+    def _rows(self, sql: str, args: Any = ()) -> list[dict[str, Any]]:
+        return self._db.dicts(sql, args)
 
     # --- checkpoints ----------------------------------------------------------------------
     def add_checkpoint(self, contract: str, chain_id: int, size: int, root: str) -> Checkpoint:
@@ -229,28 +228,28 @@ class AnchorStore:
         if size < 1:
             raise ValueError("a checkpoint covers at least one window")
         with self._tx() as db:
-            row = db.execute("SELECT root FROM anchor_checkpoints WHERE contract=? AND size=?",
-                             (contract, size)).fetchone()
+            row = db.one("SELECT root FROM anchor_checkpoints WHERE contract=? AND size=?",
+                         (contract, size))
             if row is None:
                 db.execute("INSERT INTO anchor_checkpoints (contract, size, root, chain_id, status,"
                            " created_us) VALUES (?, ?, ?, ?, 'pending', ?)",
                            (contract, size, root, chain_id, now_us()))
-            elif row["root"] != root:
-                raise ValueError(f"checkpoint {size} was recorded with root {row['root']}, "
+            elif row[0] != root:
+                raise ValueError(f"checkpoint {size} was recorded with root {row[0]}, "
                                  f"now {root}: the window log changed under the anchor worker")
         found = self.checkpoint(contract, size)
         assert found is not None
         return found
 
     def checkpoint(self, contract: str, size: int) -> Checkpoint | None:
-        row = self._db.execute("SELECT * FROM anchor_checkpoints WHERE contract=? AND size=?",
-                               (contract, size)).fetchone()
-        return Checkpoint(**dict(row)) if row else None
+        rows = self._rows("SELECT * FROM anchor_checkpoints WHERE contract=? AND size=?",
+                          (contract, size))
+        return Checkpoint(**rows[0]) if rows else None
 
     def checkpoints(self, contract: str, *statuses: str) -> list[Checkpoint]:
         """Checkpoints of ``contract`` in size order, optionally only those in ``statuses``."""
         q, args = _with_statuses("SELECT * FROM anchor_checkpoints WHERE contract=?", contract, statuses)
-        return [Checkpoint(**dict(r)) for r in self._db.execute(q + " ORDER BY size", args)]
+        return [Checkpoint(**r) for r in self._rows(q + " ORDER BY size", args)]
 
     def latest(self, contract: str, *statuses: str) -> Checkpoint | None:
         found = self.checkpoints(contract, *statuses)
@@ -263,8 +262,8 @@ class AnchorStore:
         if statuses:
             q += f" AND status IN ({','.join('?' * len(statuses))})"
             args += statuses
-        row = self._db.execute(q + " ORDER BY size DESC LIMIT 1", args).fetchone()
-        return Checkpoint(**dict(row)) if row else None
+        rows = self._rows(q + " ORDER BY size DESC LIMIT 1", args)
+        return Checkpoint(**rows[0]) if rows else None
 
     def set_status(self, contract: str, size: int, status: str, **fields: Any) -> None:
         if status not in CHECKPOINT_STATUSES:
@@ -304,10 +303,10 @@ class AnchorStore:
             raise ValueError(f"unknown reorg outcome {outcome!r}")
         status = "submitted" if outcome == "in-pool" else "pending"
         with self._tx() as db:
-            cur = db.execute(
+            row = db.one(
                 "INSERT INTO anchor_reorgs (contract, size, root, was_status, tx_hash, "
                 "block_number, block_hash, canonical_hash, anchored_us, detected_us, outcome, "
-                "influx_written) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "influx_written) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (cp.contract, cp.size, cp.root, cp.status, cp.tx_hash, cp.block_number,
                  cp.block_hash, canonical_hash, cp.anchored_us, now_us(), outcome,
                  0 if cp.influx_written else 1))
@@ -324,13 +323,14 @@ class AnchorStore:
                             "mined" if outcome == "remined" else "reorged", cp.tx_hash))
                 if outcome == "gone":  # never paid on the canonical chain
                     db.execute("DELETE FROM anchor_fees WHERE tx_hash=?", (cp.tx_hash,))
-            row_id = cur.lastrowid
+            assert row is not None
+            row_id = int(row[0])
         found = [r for r in self.reorgs(cp.contract) if r.id == row_id]
         return found[0]
 
     def reorgs(self, contract: str) -> list[Reorg]:
         """Every anchor of ``contract`` seen reorganised out, oldest first."""
-        return [Reorg(**dict(r)) for r in self._db.execute(
+        return [Reorg(**r) for r in self._rows(
             "SELECT * FROM anchor_reorgs WHERE contract=? ORDER BY id", (contract,))]
 
     def mark_reorg_influx_written(self, reorg_id: int) -> None:
@@ -341,20 +341,21 @@ class AnchorStore:
     def record_fee(self, contract: str, tx_hash: str, fee_wei: int) -> None:
         """What a mined transaction of ours paid (gas used x effective gas price); idempotent."""
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO anchor_fees VALUES (?, ?, ?, ?)",
+            db.execute("INSERT INTO anchor_fees VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                        (tx_hash, contract, str(fee_wei), now_us()))
 
     def spent_since(self, contract: str, since_us: int) -> int:
         """Wei paid by transactions of ``contract`` mined since ``since_us`` (exact integers)."""
-        rows = self._db.execute("SELECT fee_wei FROM anchor_fees WHERE contract=? AND paid_us>=?",
-                                (contract, since_us))
+        rows = self._rows("SELECT fee_wei FROM anchor_fees WHERE contract=? AND paid_us>=?",
+                          (contract, since_us))
         return sum(int(r["fee_wei"]) for r in rows)
 
     def set_waiting(self, contract: str, waiting: str | None) -> None:
         """Record why the worker holds its backlog back (None: it no longer does)."""
         with self._tx() as db:
-            row = db.execute("SELECT waiting, since_us FROM anchor_worker_state WHERE contract=?",
-                             (contract,)).fetchone()
+            found = db.dicts("SELECT waiting, since_us FROM anchor_worker_state WHERE contract=?",
+                             (contract,))
+            row = found[0] if found else None
             now = now_us()
             if waiting is None:
                 since = None
@@ -362,21 +363,22 @@ class AnchorStore:
                 since = row["since_us"]  # still waiting: keep when it started (reason may change)
             else:
                 since = now
-            db.execute("INSERT OR REPLACE INTO anchor_worker_state VALUES (?, ?, ?, ?)",
-                       (contract, waiting, since, now))
+            db.execute("INSERT INTO anchor_worker_state VALUES (?, ?, ?, ?) ON CONFLICT (contract) "
+                       "DO UPDATE SET waiting=excluded.waiting, since_us=excluded.since_us, "
+                       "updated_us=excluded.updated_us", (contract, waiting, since, now))
 
     def worker_state(self, contract: str) -> WorkerState | None:
-        row = self._db.execute("SELECT waiting, since_us, updated_us FROM anchor_worker_state "
-                               "WHERE contract=?", (contract,)).fetchone()
-        return WorkerState(**dict(row)) if row else None
+        rows = self._rows("SELECT waiting, since_us, updated_us FROM anchor_worker_state "
+                          "WHERE contract=?", (contract,))
+        return WorkerState(**rows[0]) if rows else None
 
     def watched(self, contract: str, final_below: int) -> list[Checkpoint]:
         """Checkpoints whose block may still be reorganised: every ``mined`` one, and the
         ``anchored`` ones in blocks above ``final_below`` (size order)."""
-        rows = self._db.execute(
+        rows = self._rows(
             "SELECT * FROM anchor_checkpoints WHERE contract=? AND (status='mined' OR "
             "(status='anchored' AND block_number>?)) ORDER BY size", (contract, final_below))
-        return [Checkpoint(**dict(r)) for r in rows]
+        return [Checkpoint(**r) for r in rows]
 
     def abandon_open_txs(self, contract: str, above_nonce: int) -> list[AnchorTx]:
         """Give up open transactions on nonces above ``above_nonce`` (a reorganised-out
@@ -420,7 +422,7 @@ class AnchorStore:
 
     def txs(self, contract: str, *statuses: str) -> list[AnchorTx]:
         q, args = _with_statuses("SELECT * FROM anchor_txs WHERE contract=?", contract, statuses)
-        return [AnchorTx(**dict(r)) for r in self._db.execute(q + " ORDER BY created_us", args)]
+        return [AnchorTx(**r) for r in self._rows(q + " ORDER BY created_us", args)]
 
     def open_txs(self, contract: str) -> list[AnchorTx]:
         return self.txs(contract, *OPEN_TX_STATUSES)
@@ -433,7 +435,7 @@ class AnchorStore:
         """The nonce is consumed: ``mined_tx`` (ours, if any) is mined, other open ones ``others``."""
         with self._tx() as db:
             db.execute("UPDATE anchor_txs SET status=? WHERE contract=? AND nonce=? AND status IN "
-                       "('signed', 'sent') AND tx_hash IS NOT ?", (others, contract, nonce,
-                                                                   mined_tx))
+                       "('signed', 'sent') AND (CAST(? AS TEXT) IS NULL OR tx_hash <> ?)",
+                       (others, contract, nonce, mined_tx, mined_tx))
             if mined_tx is not None:
                 db.execute("UPDATE anchor_txs SET status='mined' WHERE tx_hash=?", (mined_tx,))

@@ -1,4 +1,6 @@
-"""Users, consent grants and the access log's entries: ``<state_dir>/api.sqlite``.
+"""Users, consent grants and the access log's entries: ``<state_dir>/api.sqlite``, or the
+``api_*`` tables of the ledger's PostgreSQL database when ``VITALCHAIN_LEDGER_URL`` is set (so
+API replicas on several hosts share users and grants; :func:`api_target`).
 
 A separate file from the ledger because this one *is* mutable (grants are revoked, users
 disabled) and holds identities an auditor's copy of the ledger should not carry.  The access
@@ -14,8 +16,6 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
-import sqlite3
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from blake3 import blake3
 from vitalchain.core.ids import check_id, check_role, check_user
 from vitalchain.core.timeutil import iso_from_us, now_us
 from vitalchain.errors import InvalidInput
+from vitalchain.storage.sqldb import LOCK_API, SqlDb, connect, install_pg_schema, pg_ddl
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_users (
@@ -53,7 +54,7 @@ CREATE TABLE IF NOT EXISTS api_access (
     ts_us       INTEGER NOT NULL,
     entry       TEXT NOT NULL,
     leaf_hash   BLOB NOT NULL,
-    user        TEXT,
+    "user"      TEXT,
     patient_id  TEXT,
     allowed     INTEGER NOT NULL,
     window_id   TEXT
@@ -119,32 +120,32 @@ class AccessRow:
 def _equal_to(**filters: Any) -> tuple[list[str], list[Any]]:
     """SQL equality clauses (and their bound values) for the filters that are given."""
     given = {column: value for column, value in filters.items() if value is not None}
-    return [f"{column}=?" for column in given], list(given.values())
+    return [f'"{column}"=?' for column in given], list(given.values())
 
 class ApiStore:
-    """The API's SQLite file; one connection shared by threads under a lock."""
+    """The API's store (SQLite file or PostgreSQL URL); one connection shared by threads under a lock."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(self.path), timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout = 30000")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.executescript(SCHEMA)
+    def __init__(self, target: str | Path) -> None:
+        self._db: SqlDb = connect(target)
+        self.target = target
+        self._lock = self._db.lock
+        if self._db.is_postgres:
+            install_pg_schema(self._db, "api_access",
+                              [pg_ddl(st) for st in SCHEMA.split(";\n") if st.strip()])
+        else:
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.raw.executescript(SCHEMA)  # type: ignore[attr-defined]
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     def _all(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        return self._db.all(sql, args)
 
-    def _write(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+    def _write(self, sql: str, args: Sequence[Any] = ()) -> int:
+        """Run one statement; returns the rows it changed."""
         with self._lock:
-            return self._db.execute(sql, args)
+            return int(self._db.execute(sql, args).rowcount)
 
     # --- users ----------------------------------------------------------------------------
     def add_user(self, name: str, role: str) -> str:
@@ -156,7 +157,7 @@ class ApiStore:
         try:
             self._write("INSERT INTO api_users (name, role, token_id, token_hash, created_us) "
                         "VALUES (?, ?, ?, ?, ?)", (name, role, token_id, _hash_secret(secret), now_us()))
-        except sqlite3.IntegrityError:
+        except self._db.integrity_errors:
             raise StoreError(f"user {name!r} already exists") from None
         return f"{TOKEN_PREFIX}_{token_id}_{secret}"
 
@@ -170,7 +171,7 @@ class ApiStore:
                 self._all("SELECT name, role, created_us, disabled FROM api_users ORDER BY name")]
 
     def disable_user(self, name: str) -> None:
-        if self._write("UPDATE api_users SET disabled=1 WHERE name=?", (name,)).rowcount != 1:
+        if self._write("UPDATE api_users SET disabled=1 WHERE name=?", (name,)) != 1:
             raise StoreError(f"no user {name!r}")
 
     def authenticate(self, token: str) -> User | None:
@@ -195,10 +196,10 @@ class ApiStore:
         start = now_us()
         if until_us <= start:
             raise StoreError("a grant's expiry must be in the future")
-        cur = self._write("INSERT INTO api_grants (patient_id, clinician, granted_us, until_us, "
-                          "granted_by) VALUES (?, ?, ?, ?, ?)",
-                          (patient_id, clinician, start, until_us, granted_by))
-        return self.grant(int(cur.lastrowid or 0))
+        row = self._db.one("INSERT INTO api_grants (patient_id, clinician, granted_us, until_us, "
+                           "granted_by) VALUES (?, ?, ?, ?, ?) RETURNING id",
+                           (patient_id, clinician, start, until_us, granted_by))
+        return self.grant(int(row[0]) if row else 0)
 
     def grant(self, grant_id: int) -> Grant:
         rows = self._all("SELECT * FROM api_grants WHERE id=?", (grant_id,))
@@ -209,12 +210,12 @@ class ApiStore:
     def revoke(self, patient_id: str, clinician: str, revoked_by: str) -> int:
         """Revoke every active grant of ``patient_id`` to ``clinician``; returns how many."""
         at = now_us()
-        cur = self._write("UPDATE api_grants SET revoked_us=?, revoked_by=? WHERE patient_id=? "
-                          "AND clinician=? AND revoked_us IS NULL AND until_us>?",
-                          (at, revoked_by, patient_id, clinician, at))
-        if cur.rowcount == 0:
+        changed = self._write("UPDATE api_grants SET revoked_us=?, revoked_by=? WHERE patient_id=? "
+                              "AND clinician=? AND revoked_us IS NULL AND until_us>?",
+                              (at, revoked_by, patient_id, clinician, at))
+        if changed == 0:
             raise StoreError(f"no active grant of patient {patient_id!r} to {clinician!r}")
-        return cur.rowcount
+        return changed
 
     def grants(self, patient_id: str | None = None, clinician: str | None = None) -> list[Grant]:
         clauses, args = _equal_to(patient_id=patient_id, clinician=clinician)
@@ -249,22 +250,18 @@ class ApiStore:
     # --- access entries -------------------------------------------------------------------
     def add_access(self, build: Any) -> AccessRow:
         """Insert an entry; ``build(seq) -> (entry dict, leaf hash)`` so the seq is hashed too."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name='api_access'"
-                                       ).fetchone()
-                seq = (int(row[0]) if row else 0) + 1
-                entry, leaf = build(seq)
-                self._db.execute("INSERT INTO api_access (seq, ts_us, entry, leaf_hash, user, "
-                                 "patient_id, allowed) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                 (seq, entry["ts_us"], json.dumps(entry, sort_keys=True), leaf,
-                                  entry.get("user"), entry.get("patient_id"),
-                                  1 if entry["allowed"] else 0))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._db.write(LOCK_API) as db:
+            # SQLite: AUTOINCREMENT's counter (a seq is never reused); PostgreSQL: the table only
+            # grows (no DELETE anywhere), and writers queue on the lock, so MAX + 1 is the next.
+            row = (db.one("SELECT COALESCE(MAX(seq), 0) FROM api_access") if db.is_postgres else
+                   db.one("SELECT seq FROM sqlite_sequence WHERE name='api_access'"))
+            seq = (int(row[0]) if row else 0) + 1
+            entry, leaf = build(seq)
+            db.execute('INSERT INTO api_access (seq, ts_us, entry, leaf_hash, "user", '
+                       "patient_id, allowed) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (seq, entry["ts_us"], json.dumps(entry, sort_keys=True), leaf,
+                        entry.get("user"), entry.get("patient_id"),
+                        1 if entry["allowed"] else 0))
         return AccessRow(seq, entry, leaf, None)
 
     def _access(self, row: tuple[Any, ...]) -> AccessRow:

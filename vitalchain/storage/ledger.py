@@ -37,8 +37,6 @@ Offsets sealed in an older epoch never make a record of a newer one look done.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +45,7 @@ from typing import Any
 
 from vitalchain.core.integrity import WINDOW_FORMAT, canonical_json, header_epoch, window_leaf_hash
 from vitalchain.errors import Refused, VitalchainError
+from vitalchain.storage.sqldb import LOCK_LEDGER, SqlDb, SqliteDb, connect, install_pg_schema, pg_ddl
 
 HASH_BYTES = 32
 
@@ -99,6 +98,9 @@ CREATE TABLE IF NOT EXISTS ledger_epochs (
     prior_end_offset     INTEGER,
     PRIMARY KEY (topic, partition, epoch)
 ) WITHOUT ROWID;
+"""
+
+SQLITE_TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS ledger_epochs_no_update BEFORE UPDATE ON ledger_epochs
 BEGIN SELECT RAISE(ABORT, 'ledger_epochs is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_epochs_no_delete BEFORE DELETE ON ledger_epochs
@@ -113,10 +115,41 @@ CREATE TRIGGER IF NOT EXISTS ledger_readings_no_delete BEFORE DELETE ON ledger_r
 BEGIN SELECT RAISE(ABORT, 'ledger_readings is append-only'); END;
 """
 
+APPEND_ONLY_TABLES = ("ledger_windows", "ledger_readings", "ledger_epochs")
+# PostgreSQL: one statement-level trigger per append-only table refuses UPDATE, DELETE and
+# TRUNCATE (even by the owner), and the workers' role may only read and insert there; the
+# partition positions move (sealed offset, tail), so that table also allows UPDATE.
+WORKERS_ROLE = "vitalchain_workers"
+PG_APPEND_ONLY = [
+    "CREATE OR REPLACE FUNCTION vitalchain_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$",
+    *(f"CREATE OR REPLACE TRIGGER {t}_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON {t} "
+      "FOR EACH STATEMENT EXECUTE FUNCTION vitalchain_append_only()" for t in APPEND_ONLY_TABLES),
+    # A role the database user may not be allowed to create (no CREATEROLE): then no grants.
+    f"""DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{WORKERS_ROLE}') THEN
+    BEGIN CREATE ROLE {WORKERS_ROLE} NOLOGIN;
+    EXCEPTION WHEN duplicate_object OR insufficient_privilege THEN NULL; END;
+  END IF;
+  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{WORKERS_ROLE}') THEN
+    GRANT SELECT, INSERT ON {', '.join(APPEND_ONLY_TABLES)} TO {WORKERS_ROLE};
+    GRANT SELECT, INSERT, UPDATE ON ledger_partitions TO {WORKERS_ROLE};
+  END IF;
+END $$""",
+]
+
 
 # Columns added to ledger_partitions after the first release; added on open when missing, so a
 # ledger sealed before epochs existed keeps working (all its windows are epoch 0).
 PARTITION_COLUMNS = (("epoch", "INTEGER NOT NULL DEFAULT 0"), ("tail_hash", "BLOB"))
+
+
+def pg_schema() -> list[str]:
+    """The ledger's tables, triggers and grants on PostgreSQL (installed once per database)."""
+    tables = [pg_ddl(st) for st in SCHEMA.split(";\n") if st.strip()]
+    columns = [f"ALTER TABLE ledger_partitions ADD COLUMN IF NOT EXISTS {name} {pg_ddl(decl)}"
+               for name, decl in PARTITION_COLUMNS]
+    return [*tables, *columns, *PG_APPEND_ONLY]
 
 
 class LedgerError(VitalchainError):
@@ -235,35 +268,35 @@ def _check_int(name: str, value: object) -> int:
 
 
 class Ledger:
-    """The window log in one SQLite file; safe to open from several processes at once."""
+    """The window log in one SQLite file or one PostgreSQL database (``target``: a path or a
+    ``postgresql://`` URL); safe to open from several processes at once."""
 
-    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(self.path), timeout=busy_timeout_s,
-                                   isolation_level=None, check_same_thread=False)
-        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+    def __init__(self, target: str | Path, busy_timeout_s: float = 30.0) -> None:
+        self._db: SqlDb = connect(target, busy_timeout_s=busy_timeout_s)
+        self.target = target
+        self.path = Path(target) if isinstance(self._db, SqliteDb) else None
+        self._lock = self._db.lock
+        if not isinstance(self._db, SqliteDb):
+            install_pg_schema(self._db, "ledger_partitions", pg_schema())
+            return
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in SCHEMA.split(";\n"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                have = {r[1] for r in self._db.execute("PRAGMA table_info(ledger_partitions)")}
-                for name, decl in PARTITION_COLUMNS:
-                    if name not in have:
-                        self._db.execute(f"ALTER TABLE ledger_partitions ADD COLUMN {name} {decl}")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._db.write(LOCK_LEDGER):
+            for statement in (SCHEMA + SQLITE_TRIGGERS).split(";\n"):
+                if statement.strip():
+                    self._db.execute(statement)
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(ledger_partitions)")}
+            for name, decl in PARTITION_COLUMNS:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE ledger_partitions ADD COLUMN {name} {decl}")
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._db.dialect
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     def __enter__(self) -> Ledger:
         return self
@@ -272,12 +305,10 @@ class Ledger:
         self.close()
 
     def _one(self, sql: str, args: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        with self._lock:
-            return self._db.execute(sql, args).fetchone()
+        return self._db.one(sql, args)
 
     def _all(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        return self._db.all(sql, args)
 
     # --- partitions -----------------------------------------------------------------------
     def last_sealed_offset(self, topic: str, partition: int) -> int | None:
@@ -316,23 +347,16 @@ class Ledger:
         ``prior_end_offset`` is the log end the caller last saw in the old incarnation (what
         was in Kafka beyond the sealed offset is lost with it; the audit reports the readings).
         """
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                current = self._position_locked(topic, partition)
-                if current.epoch != from_epoch:
-                    self._db.execute("COMMIT")
-                    return current.epoch
-                self._db.execute(
-                    "INSERT INTO ledger_epochs (topic, partition, epoch, started_at_us, reason, "
-                    "prior_sealed_offset, prior_end_offset) VALUES (?,?,?,?,?,?,?)",
-                    (topic, partition, from_epoch + 1, time.time_ns() // 1000, reason,
-                     current.sealed_offset, prior_end_offset))
-                self._db.execute("COMMIT")
-                return from_epoch + 1
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._db.write(LOCK_LEDGER):
+            current = self._position_locked(topic, partition)
+            if current.epoch != from_epoch:
+                return current.epoch
+            self._db.execute(
+                "INSERT INTO ledger_epochs (topic, partition, epoch, started_at_us, reason, "
+                "prior_sealed_offset, prior_end_offset) VALUES (?,?,?,?,?,?,?)",
+                (topic, partition, from_epoch + 1, time.time_ns() // 1000, reason,
+                 current.sealed_offset, prior_end_offset))
+            return from_epoch + 1
 
     def epochs(self, topic: str | None = None) -> list[EpochRecord]:
         """Every epoch start (epoch 0 is implicit), by topic, partition and epoch."""
@@ -362,29 +386,22 @@ class Ledger:
         """
         _check_int("first_offset", first_offset)
         _check_int("last_offset", last_offset)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                position = self._position_locked(topic, partition)
-                self._check_epoch(topic, partition, epoch, position.epoch,
-                                  f"range {first_offset}..{last_offset}")
-                sealed = position.sealed_offset
-                if sealed is not None and sealed >= last_offset:
-                    self._db.execute("COMMIT")
-                    return
-                if sealed is not None and first_offset != sealed + 1:
-                    raise StaleWindow(f"range {first_offset}..{last_offset} of {topic}[{partition}] "
-                                      f"does not follow sealed offset {sealed}")
-                self._db.execute(
-                    "INSERT INTO ledger_partitions (topic, partition, sealed_offset, epoch, "
-                    "tail_hash) VALUES (?, ?, ?, ?, ?) ON CONFLICT (topic, partition) "
-                    "DO UPDATE SET sealed_offset=excluded.sealed_offset, epoch=excluded.epoch, "
-                    "tail_hash=excluded.tail_hash",
-                    (topic, partition, last_offset, epoch, tail_hash))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._db.write(LOCK_LEDGER):
+            position = self._position_locked(topic, partition)
+            self._check_epoch(topic, partition, epoch, position.epoch,
+                              f"range {first_offset}..{last_offset}")
+            sealed = position.sealed_offset
+            if sealed is not None and sealed >= last_offset:
+                return
+            if sealed is not None and first_offset != sealed + 1:
+                raise StaleWindow(f"range {first_offset}..{last_offset} of {topic}[{partition}] "
+                                  f"does not follow sealed offset {sealed}")
+            self._db.execute(
+                "INSERT INTO ledger_partitions (topic, partition, sealed_offset, epoch, "
+                "tail_hash) VALUES (?, ?, ?, ?, ?) ON CONFLICT (topic, partition) "
+                "DO UPDATE SET sealed_offset=excluded.sealed_offset, epoch=excluded.epoch, "
+                "tail_hash=excluded.tail_hash",
+                (topic, partition, last_offset, epoch, tail_hash))
 
     @staticmethod
     def _check_epoch(topic: str, partition: int, epoch: int, current: int, what: str) -> None:
@@ -428,19 +445,13 @@ class Ledger:
     def _append(self, topic: str, partition: int, header: dict[str, Any],
                 leaf_hashes: Sequence[bytes], readings: Sequence[ReadingIndexRow],
                 idle_cut: bool, tail_hash: bytes | None) -> int:
-        """One ``BEGIN IMMEDIATE`` transaction around the append, so concurrent writers queue."""
+        """One write transaction around the append (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL:
+        the ledger's advisory lock), so concurrent writers queue and log indexes stay dense."""
         header_json = canonical_json(header).decode()
         window_leaf = window_leaf_hash(header)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                index = self._append_locked(topic, partition, header, header_json, window_leaf,
-                                            leaf_hashes, readings, idle_cut, tail_hash)
-                self._db.execute("COMMIT")
-                return index
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._db.write(LOCK_LEDGER):
+            return self._append_locked(topic, partition, header, header_json, window_leaf,
+                                       leaf_hashes, readings, idle_cut, tail_hash)
 
     def _append_locked(self, topic: str, partition: int, header: dict[str, Any],
                        header_json: str, window_leaf: bytes, leaf_hashes: Sequence[bytes],
@@ -473,12 +484,12 @@ class Ledger:
              str(header["root"]), header_json, window_leaf, b"".join(leaf_hashes),
              1 if idle_cut else 0, time.time_ns() // 1000))
         try:
-            self._db.executemany(
-                "INSERT INTO ledger_readings (device_id, seq, ts_us, window_id, log_index, "
-                "index_in_window, leaf_hash) VALUES (?,?,?,?,?,?,?)",
+            self._db.insert_rows(
+                "ledger_readings", ("device_id", "seq", "ts_us", "window_id", "log_index",
+                                    "index_in_window", "leaf_hash"),
                 [(r.device_id, r.seq, r.ts_us, window_id, index, r.index_in_window, r.leaf_hash)
                  for r in readings])
-        except sqlite3.IntegrityError as exc:
+        except self._db.integrity_errors as exc:
             raise WindowConflict(f"window {window_id}: a reading is already sealed in another "
                                  f"window ({exc})") from exc
         self._db.execute(

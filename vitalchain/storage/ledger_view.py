@@ -1,7 +1,8 @@
-"""A read-only view of the ledger file, with the listings the audit needs.
+"""A read-only view of the ledger, with the listings the audit needs.
 
 The audit must never create or change the ledger it judges (an auditor often works on a copy),
-so it opens the SQLite file with ``mode=ro`` instead of going through :class:`Ledger`, whose
+so it opens the SQLite file with ``mode=ro`` (or the PostgreSQL database in read-only
+transactions, ``default_transaction_read_only``) instead of going through :class:`Ledger`, whose
 constructor creates the file and schema.  The queries use only the ledger's primary key
 ``(device_id, seq)`` and its window time index, so memory stays bounded on large logs: readings
 of a window are listed per device of its header, never by scanning the reading index.
@@ -10,7 +11,6 @@ of a window are listed per device of its header, never by scanning the reading i
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 from vitalchain.core.integrity import WINDOW_FORMAT
 from vitalchain.errors import Unavailable
 from vitalchain.storage.ledger import EPOCH_COLUMNS, EpochRecord, epoch_record
+from vitalchain.storage.sqldb import SqlDb, connect, is_postgres_url, redact_url
 
 
 class LedgerUnavailable(Unavailable):
@@ -55,18 +56,22 @@ def _reading(row: tuple[Any, ...]) -> IndexedReading:
 
 
 class LedgerView:
-    def __init__(self, path: Path) -> None:
-        if not path.is_file():
-            raise LedgerUnavailable(f"no ledger at {path}")
-        self._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout = 30000")
+    def __init__(self, target: Path | str) -> None:
+        where = redact_url(str(target)) if is_postgres_url(target) else str(target)
+        if not is_postgres_url(target) and not Path(target).is_file():
+            raise LedgerUnavailable(f"no ledger at {target}")
         try:
-            self._db.execute("SELECT 1 FROM ledger_windows LIMIT 1").fetchall()
-            self._db.execute("SELECT 1 FROM ledger_readings LIMIT 1").fetchall()
-        except sqlite3.DatabaseError as exc:
+            self._db: SqlDb = connect(target, read_only=True)
+        except Unavailable as exc:
+            raise LedgerUnavailable(str(exc)) from exc
+        try:
+            missing = [t for t in ("ledger_windows", "ledger_readings") if not self._db.table_exists(t)]
+        except Exception as exc:  # sqlite3.DatabaseError on a file that is not a database
             self._db.close()
-            raise LedgerUnavailable(f"{path} is not a vitalchain ledger: {exc}") from exc
+            raise LedgerUnavailable(f"{where} is not a vitalchain ledger: {exc}") from exc
+        if missing:
+            self._db.close()
+            raise LedgerUnavailable(f"{where} is not a vitalchain ledger (no {', '.join(missing)})")
 
     def close(self) -> None:
         self._db.close()
@@ -78,12 +83,13 @@ class LedgerView:
         self.close()
 
     def log_size(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM ledger_windows").fetchone()[0])
+        row = self._db.one("SELECT COUNT(*) FROM ledger_windows")
+        return int(row[0]) if row else 0
 
     def leaf_hashes(self, start: int = 0, end: int | None = None) -> list[bytes]:
         """Window leaf hashes of log indices ``start <= i < end`` (see ``Ledger.leaf_hashes``)."""
         stop = 2**63 - 1 if end is None else end
-        return [bytes(leaf) for (leaf,) in self._db.execute(
+        return [bytes(leaf) for (leaf,) in self._db.all(
             "SELECT window_leaf FROM ledger_windows WHERE log_index >= ? AND log_index < ? "
             "ORDER BY log_index", (start, stop))]
 
@@ -95,7 +101,7 @@ class LedgerView:
         it was when it started, not windows a running stream seals while it reads.
         """
         limit = 2**63 - 1 if below_index is None else below_index
-        rows = self._db.execute(
+        rows = self._db.all(
             "SELECT log_index, window_id, start_us, end_us, header, sealed_at_us FROM ledger_windows "
             "WHERE end_us >= ? AND start_us <= ? AND log_index < ? ORDER BY end_us, log_index",
             (start_us, end_us, limit))
@@ -109,19 +115,18 @@ class LedgerView:
 
     def window_index(self, window_id: str) -> int | None:
         """The log index ``window_id`` is sealed at, or None if no window has that id."""
-        row = self._db.execute("SELECT log_index FROM ledger_windows WHERE window_id=?",
-                               (window_id,)).fetchone()
+        row = self._db.one("SELECT log_index FROM ledger_windows WHERE window_id=?", (window_id,))
         return None if row is None else int(row[0])
 
     def locate(self, device_id: str, seq: int) -> IndexedReading | None:
-        row = self._db.execute(f"SELECT {_READING_COLUMNS} FROM ledger_readings "
-                               "WHERE device_id=? AND seq=?", (device_id, seq)).fetchone()
+        row = self._db.one(f"SELECT {_READING_COLUMNS} FROM ledger_readings "
+                           "WHERE device_id=? AND seq=?", (device_id, seq))
         return None if row is None else _reading(row)
 
     def window_readings(self, window: WindowInfo) -> Iterator[IndexedReading]:
         """The window's index rows, found per device of its header through the primary key."""
         for device_id, span in window.header.get("devices", {}).items():
-            rows = self._db.execute(
+            rows = self._db.all(
                 f"SELECT {_READING_COLUMNS} FROM ledger_readings WHERE device_id=? "
                 "AND seq BETWEEN ? AND ? AND log_index=?",
                 (device_id, int(span["first_seq"]), int(span["last_seq"]), window.log_index))
@@ -131,8 +136,8 @@ class LedgerView:
     def window_place(self, log_index: int) -> tuple[str, int, int] | None:
         """``(topic, partition, epoch)`` of the window at ``log_index`` (epoch 0 when its header
         has none: windows sealed before epochs existed, or in a partition's first epoch)."""
-        row = self._db.execute("SELECT topic, partition, header FROM ledger_windows "
-                               "WHERE log_index=?", (log_index,)).fetchone()
+        row = self._db.one("SELECT topic, partition, header FROM ledger_windows "
+                           "WHERE log_index=?", (log_index,))
         if row is None:
             return None
         epoch = json.loads(row[2]).get("epoch", 0)
@@ -140,27 +145,22 @@ class LedgerView:
 
     def epochs(self) -> list[EpochRecord]:
         """Every new epoch the stream started (none on a ledger older than epochs)."""
-        try:
-            rows = self._db.execute(f"SELECT {EPOCH_COLUMNS} FROM ledger_epochs "
-                                    "ORDER BY topic, partition, epoch").fetchall()
-        except sqlite3.OperationalError:
+        if not self._db.table_exists("ledger_epochs"):
             return []
+        rows = self._db.all(f"SELECT {EPOCH_COLUMNS} FROM ledger_epochs ORDER BY topic, partition, epoch")
         return [epoch_record(r) for r in rows]
 
     def device_seqs(self, device_id: str, lo: int, hi: int) -> Iterator[int]:
         """Sealed sequence numbers of a device in ``[lo, hi]``, ascending (any window)."""
-        for (seq,) in self._db.execute("SELECT seq FROM ledger_readings WHERE device_id=? "
-                                       "AND seq BETWEEN ? AND ? ORDER BY seq", (device_id, lo, hi)):
+        for (seq,) in self._db.all("SELECT seq FROM ledger_readings WHERE device_id=? "
+                                   "AND seq BETWEEN ? AND ? ORDER BY seq", (device_id, lo, hi)):
             yield int(seq)
 
     def checkpoints(self, contract: str) -> list[Any]:
         """The anchor worker's checkpoint records for ``contract`` (size order); none if no table."""
         from vitalchain.storage.anchors import Checkpoint  # the anchor package owns the record's shape
 
-        try:
-            cursor = self._db.execute("SELECT * FROM anchor_checkpoints WHERE contract=? "
-                                      "ORDER BY size", (contract,))
-        except sqlite3.OperationalError:
+        if not self._db.table_exists("anchor_checkpoints"):
             return []  # no anchor worker ever ran on this ledger
-        names = [d[0] for d in cursor.description]
-        return [Checkpoint(**dict(zip(names, row, strict=True))) for row in cursor]
+        return [Checkpoint(**row) for row in self._db.dicts(
+            "SELECT * FROM anchor_checkpoints WHERE contract=? ORDER BY size", (contract,))]

@@ -185,7 +185,7 @@ def _first_and_latest_anchored(settings: Settings) -> tuple[int, int]:
         raise click.ClickException("no anchor contract configured: run `vitalchain anchor deploy` first")
     from vitalchain.anchor.chain import contract_address
 
-    with AnchorStore(settings.ledger_path) as store:
+    with AnchorStore(settings.ledger_target) as store:
         sizes = [c.size for c in store.checkpoints(contract_address(settings), "anchored")]
     if not sizes:
         raise click.ClickException("no checkpoint is anchored yet (`vitalchain anchor run` anchors "

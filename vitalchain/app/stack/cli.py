@@ -19,7 +19,9 @@ def _say(message: str) -> None:
 def register(main: click.Group) -> None:
     @main.group()
     def stack() -> None:
-        """Start, inspect and stop the local services (MQTT, Kafka, InfluxDB, Ethereum)."""
+        """Start, inspect and stop the local services (MQTT, Kafka, InfluxDB, Ethereum).
+
+        PostgreSQL too, for the ledger, when VITALCHAIN_LEDGER_URL names 127.0.0.1."""
 
     @stack.command()
     @click.option("--timeout", default=60.0, show_default=True,

@@ -1,4 +1,7 @@
-"""The four local services: how each is configured, started and probed.
+"""The local services: how each is configured, started and probed.
+
+Four always (Mosquitto, tansu, InfluxDB, anvil); a fifth, PostgreSQL, when the ledger URL names
+127.0.0.1 (:mod:`vitalchain.app.stack.postgres`).
 
 Each service writes its configuration under ``<state_dir>/<name>/`` and is started with that
 configuration only, listening on the loopback address and the port the settings give, so a test
@@ -8,11 +11,13 @@ stack on free ports and a dev stack on the default ports never meet.
 from __future__ import annotations
 
 import getpass
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from vitalchain.app.stack import probes, tools
+from vitalchain.app.stack.postgres import prepare_postgres, probe_postgres
 from vitalchain.config import Settings
 from vitalchain.devices.mqtt_auth import MqttCredentials
 from vitalchain.devices.mqtt_dynsec import write_config
@@ -25,6 +30,9 @@ class Service:
     prepare: Callable[[Settings], list[str]]  # writes config, returns the command line
     probe: Callable[[Settings], str]
     stop_timeout: float = 15.0
+    # Whether these settings run this service at all (PostgreSQL: only for a 127.0.0.1 ledger URL).
+    wanted: Callable[[Settings], bool] = lambda settings: True
+    stop_signal: int = signal.SIGTERM
 
 
 def _dir(settings: Settings, name: str) -> Path:
@@ -109,7 +117,15 @@ def _prepare_anvil(settings: Settings) -> list[str]:
     return command
 
 
+def _postgres_port(settings: Settings) -> int:
+    url = settings.private_postgres
+    return url.port if url is not None else 0
+
+
 SERVICES: tuple[Service, ...] = (
+    # First up, last down: every worker's ledger lives there. SIGINT is PostgreSQL's fast shutdown.
+    Service("postgres", _postgres_port, prepare_postgres, probe_postgres, 30.0,
+            wanted=lambda s: s.private_postgres is not None, stop_signal=signal.SIGINT),
     Service("mosquitto", lambda s: s.mqtt_port, _prepare_mosquitto, probes.probe_mqtt),
     Service("kafka", lambda s: s.kafka_port, _prepare_tansu, probes.probe_kafka),
     Service("influxdb", lambda s: s.influx_port, _prepare_influxdb, probes.probe_influx, 30.0),

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from vitalchain.app.stack.postgres import ensure_ledger_database
 from vitalchain.app.stack.probes import ProbeFailed
 from vitalchain.app.stack.services import SERVICES, Service, service
 from vitalchain.app.stack.topology import ensure_database, ensure_topics
@@ -154,7 +155,7 @@ class Stack:
             f"{_tail(self.log_path(name))}")
 
     def up(self, names: tuple[str, ...] | None = None, deadline_s: float = 60.0) -> None:
-        selected = [s for s in SERVICES if names is None or s.name in names]
+        selected = [s for s in SERVICES if (names is None or s.name in names) and s.wanted(self.settings)]
         for svc in selected:
             if self.pid(svc.name) is None:
                 self.log(f"starting {svc.name} on {self.settings.host}:{svc.port(self.settings)}")
@@ -162,14 +163,17 @@ class Stack:
         for svc in selected:
             detail = self.wait_healthy(svc.name, deadline_s)
             self.log(f"{svc.name:<10} healthy ({detail})")
+        if any(s.name == "postgres" for s in selected):
+            ensure_ledger_database(self.settings)
         if names is None or "kafka" in names:
             ensure_topics(self.settings)
         if names is None or "influxdb" in names:
             ensure_database(self.settings)
 
     # --- stop -----------------------------------------------------------------------
-    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+    def stop(self, name: str, sig: int | None = None) -> None:
         svc = service(name)
+        sig = svc.stop_signal if sig is None else sig
         record = self._read_record(name)
         pid = self.pid(name)
         if pid is not None and record is not None:
@@ -181,7 +185,7 @@ class Stack:
                 self._reap(name)
                 time.sleep(0.05)
             if still_ours():
-                self.log(f"{name} ignored SIGTERM for {svc.stop_timeout:.0f}s; killing it")
+                self.log(f"{name} ignored signal {int(sig)} for {svc.stop_timeout:.0f}s; killing it")
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
                 while still_ours():
@@ -223,11 +227,15 @@ class Stack:
         self.wait_healthy(name, deadline_s)
         if name == "kafka":
             ensure_topics(self.settings)
+        if name == "postgres":
+            ensure_ledger_database(self.settings)
 
     # --- status ---------------------------------------------------------------------
     def status(self) -> list[ServiceStatus]:
         result = []
         for svc in SERVICES:
+            if not svc.wanted(self.settings) and self._read_record(svc.name) is None:
+                continue
             pid = self.pid(svc.name)
             healthy, detail = False, "not running"
             if pid is not None:
