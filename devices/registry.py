@@ -17,10 +17,11 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitalchain.config import Settings
+from vitalchain.devices import keys as device_keys
 from vitalchain.devices import mqtt_admin
 from vitalchain.devices.mqtt_auth import (
     DEVICE_ID_PATTERN,
@@ -41,6 +42,8 @@ class DeviceIdentity:
     device_id: str
     patient_id: str
     password: str
+    # The device's own Ed25519 key (devices/keys.py); None: it signs nothing (a legacy device).
+    signing: device_keys.SigningKey | None = field(default=None, repr=False, compare=False)
 
     @property
     def username(self) -> str:
@@ -160,7 +163,11 @@ def provision_devices(settings: Settings, n: int, prefix: str = "wearable",
             for device_id in pending:
                 registry[device_id] = patient_for(device_id)
             _save_registry(settings, registry)
-    return [DeviceIdentity(d, registry[d], stored[d]) for d in ids]
+        # Every device gets a signing key, logged in the window log (an older state folder's
+        # devices get theirs on the next provisioning).
+        device_keys.ensure_keys(settings, ids)
+    return [DeviceIdentity(d, registry[d], stored[d], device_keys.signing_key(settings, d))
+            for d in ids]
 
 
 def identities(settings: Settings, device_ids: list[str]) -> list[DeviceIdentity]:
@@ -176,7 +183,8 @@ def identities(settings: Settings, device_ids: list[str]) -> list[DeviceIdentity
             password = creds.password(device_id)
         except KeyError as exc:
             raise ProvisioningError(f"device {device_id!r} has no MQTT credentials") from exc
-        result.append(DeviceIdentity(device_id, registry[device_id], password))
+        result.append(DeviceIdentity(device_id, registry[device_id], password,
+                                     device_keys.signing_key(settings, device_id)))
     return result
 
 
@@ -186,3 +194,23 @@ def _add_to_broker(settings: Settings, users: dict[str, str]) -> bool:
         return mqtt_admin.add_to_broker(settings, users)
     except mqtt_admin.AdminFailed as exc:
         raise ProvisioningError(f"Mosquitto did not take the new devices: {exc}") from None
+
+
+def _registered(settings: Settings, device_id: str) -> None:
+    if device_id not in load_registry(settings):
+        raise ProvisioningError(
+            f"device {device_id!r} is not provisioned; run `vitalchain devices provision`")
+
+
+def rotate_key(settings: Settings, device_id: str) -> dict[str, object]:
+    """A new signing key for a provisioned device (the old one revoked); the new key's entry."""
+    with _locked(settings):
+        _registered(settings, device_id)
+        return device_keys.rotate(settings, device_id)
+
+
+def revoke_key(settings: Settings, device_id: str) -> dict[str, object]:
+    """Revoke a provisioned device's key (its messages are refused until rotated)."""
+    with _locked(settings):
+        _registered(settings, device_id)
+        return device_keys.revoke(settings, device_id)
