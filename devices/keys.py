@@ -19,6 +19,7 @@ key operation (the append is idempotent for an identical window).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ from vitalchain.core.timeutil import now_us
 from vitalchain.devices.mqtt_auth import _write_private
 from vitalchain.errors import InvalidInput
 from vitalchain.storage.ledger import Ledger
+
+log = logging.getLogger("vitalchain.devices.keys")
 
 
 class DeviceKeyError(InvalidInput):
@@ -240,10 +243,18 @@ class Keyring:
         if stamp == self._stamp:
             return
         keys: dict[tuple[str, str], tuple[Ed25519PublicKey, bool]] = {}
-        for device, recs in records(self.settings).items():
-            for rec in recs:
-                keys[(device, rec.key_id)] = (load_public_key(rec.public_key),
-                                              rec.revoked_seq is not None)
+        try:
+            for device, recs in records(self.settings).items():
+                for rec in recs:
+                    keys[(device, rec.key_id)] = (load_public_key(rec.public_key),
+                                                  rec.revoked_seq is not None)
+        except (DeviceKeyError, SignatureError, ValueError, KeyError, TypeError) as exc:
+            # Never trust a half-read file, never crash the bridge: every signed message is
+            # refused (dead-lettered, so it can be replayed) until the file reads again.
+            log.error("device-key file %s unreadable (%s): refusing signed messages",
+                      keys_path(self.settings), exc)
+            self._keys, self._stamp = {}, None
+            raise SignatureError(f"the bridge cannot read the device-key file: {exc}") from None
         self._keys, self._stamp = keys, stamp
 
     def lookup(self, device_id: str, key_id: str) -> Ed25519PublicKey:

@@ -284,3 +284,28 @@ def test_b64url_round_trip_is_canonical() -> None:
     raw = bytes(range(64))
     assert from_b64url(b64url(raw), 64, "x") == raw
     assert len(b64url(raw)) == 86 and "=" not in b64url(raw)
+
+
+def test_keyring_follows_the_key_file_and_survives_a_corrupt_one(tmp_path) -> None:
+    """The bridge's keyring sees a revocation at the next lookup, and a corrupt key file makes
+    lookups fail as bad signatures (dead-lettered) instead of crashing the bridge."""
+    from vitalchain.config import load_settings
+    from vitalchain.devices import keys as device_keys
+    from vitalchain.storage.ledger import Ledger
+
+    settings = load_settings(environ={}, state_dir=tmp_path)
+    Ledger(settings.ledger_path).close()
+    (tmp_path / "devices").mkdir()
+    device_keys.ensure_keys(settings, ["dev-1"])
+    keyring = device_keys.Keyring(settings)
+    kid = device_keys.active_key(settings, "dev-1").key_id  # type: ignore[union-attr]
+    keyring.lookup("dev-1", kid)
+    with pytest.raises(SignatureError, match="not registered"):
+        keyring.lookup("dev-2", kid)
+    device_keys.revoke(settings, "dev-1")
+    with pytest.raises(SignatureError, match="revoked"):
+        keyring.lookup("dev-1", kid)
+    assert device_keys.signing_key(settings, "dev-1") is None  # the private key is gone
+    device_keys.keys_path(settings).write_text("{not json")
+    with pytest.raises(SignatureError, match="cannot read the device-key file"):
+        keyring.lookup("dev-1", kid)
