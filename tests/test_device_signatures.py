@@ -309,3 +309,32 @@ def test_keyring_follows_the_key_file_and_survives_a_corrupt_one(tmp_path) -> No
     device_keys.keys_path(settings).write_text("{not json")
     with pytest.raises(SignatureError, match="cannot read the device-key file"):
         keyring.lookup("dev-1", kid)
+
+
+def test_key_commands_list_rotate_and_revoke(tmp_path) -> None:
+    """`vitalchain devices keys / rotate-key / revoke-key` on a state folder (no broker needed:
+    the devices are recorded for a Mosquitto started later)."""
+    from click.testing import CliRunner
+
+    from vitalchain.app.cli import main
+    from vitalchain.config import load_settings
+    from vitalchain.devices.registry import provision_devices
+
+    settings = load_settings(environ={}, state_dir=tmp_path)
+    [ident] = provision_devices(settings, 1, prefix="keycli", apply=False)
+    assert ident.signing is not None
+    env = {"VITALCHAIN_STATE_DIR": str(tmp_path)}
+    runner = CliRunner()
+    listed = runner.invoke(main, ["devices", "keys"], env=env)
+    assert listed.exit_code == 0 and f"keycli-00001  {ident.signing.key_id}" in listed.output
+    assert "active" in listed.output
+    rotated = runner.invoke(main, ["devices", "rotate-key", "keycli-00001"], env=env)
+    assert rotated.exit_code == 0 and "new key" in rotated.output, rotated.output
+    revoked = runner.invoke(main, ["devices", "revoke-key", "keycli-00001"], env=env)
+    assert revoked.exit_code == 0 and "revoked" in revoked.output, revoked.output
+    again = runner.invoke(main, ["devices", "revoke-key", "keycli-00001"], env=env)
+    assert again.exit_code != 0 and "no active key" in again.output
+    unknown = runner.invoke(main, ["devices", "rotate-key", "nobody"], env=env)
+    assert unknown.exit_code != 0 and "not provisioned" in unknown.output
+    listed = runner.invoke(main, ["devices", "keys", "keycli-00001"], env=env)
+    assert listed.output.count("revoked") == 2, listed.output  # rotated-out and revoked
