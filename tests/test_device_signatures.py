@@ -183,11 +183,13 @@ def test_example_bundle_v2_verifies_with_both_device_steps() -> None:
     steps = _steps(report)
     assert report.status == "valid"
     assert steps["device-signature"] == "ok" and steps["device-key"] == "ok"
+    assert report.summary == "signed by the device, hashes valid, anchor not checked"
 
 
 def test_proof_v1_still_verifies() -> None:
     report = verify_document(example_bundle())
     assert report.status == "valid" and "device-signature" not in _steps(report)
+    assert report.summary == "hashes valid, anchor not checked"  # says nothing of a device
 
 
 def _forged_bundle(reading_sent: dict, signed_readings: list, sig: str) -> dict:
@@ -228,6 +230,8 @@ def test_operator_forgery_fails_device_signature_only(attack: str) -> None:
     report = verify_document(bundle)
     steps = _steps(report)
     assert report.status == "invalid" and report.failed_step == "device-signature"
+    assert report.summary.startswith("hashes valid, device signature INVALID: step "
+                                     "device-signature failed")
     hash_steps = ("reading-leaf", "reading-inclusion", "window-leaf", "window-inclusion",
                   "checkpoint")
     assert all(steps[s] == "ok" for s in hash_steps), steps
