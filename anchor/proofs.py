@@ -1,5 +1,6 @@
-"""The proof service: ``vitalchain-proof/1`` bundles for readings, consistency proofs for
-checkpoints.
+"""The proof service: ``vitalchain-proof/1`` bundles for readings (``/2`` for a reading that
+came signed by its device: its signed message from InfluxDB, its key's registration from the
+ledger's window log), consistency proofs for checkpoints.
 
 Where each piece comes from, and why:
 
@@ -31,6 +32,8 @@ from vitalchain.core.integrity import (
     build_bundle,
 )
 from vitalchain.core.integrity.bundle import build_consistency_document
+from vitalchain.core.integrity.devicekeys import KEY_TOPIC, build_key_proof, key_entry_leaf
+from vitalchain.devices.keys import key_rows
 from vitalchain.errors import Altered, NotFound
 from vitalchain.storage.anchors import AnchorStore, Checkpoint
 from vitalchain.storage.influx import InfluxClient, quote_ident
@@ -38,9 +41,11 @@ from vitalchain.storage.ledger import Ledger, ReadingLocation
 from vitalchain.storage.logmirror import LogMirror
 from vitalchain.storage.readings import (
     READINGS_MEASUREMENT,
+    SIGNED_MEASUREMENT,
     StoredReading,
     StoredReadingError,
     point_time_ns,
+    signed_message_from_row,
     stored_leaf,
 )
 
@@ -187,9 +192,54 @@ class ProofService:
         except ValueError as exc:
             raise ProofAltered(f"the ledger's records for {device_id}/{loc.seq} do not fit "
                                    f"together (altered?): {exc}") from exc
+        if stored.sig_at is not None:  # signed by its device: bundle /2
+            signed = self._signed_message(loc.device_id, stored.sig_at)
+            key_proof = self._key_proof(loc.device_id, signed["key_id"], cp_size)
+            try:
+                bundle = build_bundle(reading, loc.index_in_window, window.leaf_hashes,
+                                      window.header, loc.log_index, self.log, cp_size, anchor,
+                                      signed, key_proof)
+            except ValueError as exc:
+                raise ProofAltered(f"the device signature of {device_id}/{loc.seq} does not "
+                                   f"check out (altered?): {exc}") from exc
         status = ("anchored" if anchor else
                   "pending-confirmation" if cp is not None and cp.status == "mined" else "pending")
         return ProofResult(bundle, status, cp, self.settings.anchor_confirmations)
+
+    def _signed_message(self, device_id: str, sig_at: int) -> dict[str, Any]:
+        """The signed message a stored reading names (``sig_at``): key id, signature, readings."""
+        q = (f"SELECT * FROM {quote_ident(SIGNED_MEASUREMENT)} "
+             f"WHERE \"device_id\" = $device AND time = {int(sig_at)}")
+        rows = self._loop.run_until_complete(self._influx.query(q, {"device": device_id}))
+        if not rows:
+            raise ProofAltered(f"the signed message of {device_id} at {sig_at} is missing from "
+                               "InfluxDB: the reading's device signature cannot be shown")
+        try:
+            return signed_message_from_row(rows[0])
+        except StoredReadingError as exc:
+            raise ProofAltered(f"the signed message of {device_id} is malformed: {exc}") from exc
+
+    def _key_proof(self, device_id: str, key_id: str, cp_size: int) -> dict[str, Any]:
+        """The registration of ``key_id`` for ``device_id`` with its path to checkpoint ``cp_size``."""
+        for row in key_rows(self.settings):
+            entry = row["entry"]
+            if (entry["device_id"], entry["key_id"], entry["action"]) == (device_id, key_id,
+                                                                          "register"):
+                break
+        else:
+            raise ProofUnavailable(f"key {key_id} of {device_id} is not in the device-key file")
+        window = (self.ledger.window_by_id(row["window_id"]) if row.get("window_id") else None)
+        if window is None or window.topic != KEY_TOPIC:
+            raise ProofUnavailable(f"key {key_id} of {device_id} is not sealed in this ledger's "
+                                   "window log")
+        index = entry["seq"] - int(window.header["first_offset"])
+        if not 0 <= index < len(window.leaf_hashes) or \
+                key_entry_leaf(entry) != window.leaf_hashes[index]:
+            raise ProofAltered(f"key entry {entry['seq']} no longer hashes to its sealed leaf")
+        if window.log_index >= cp_size:
+            raise ProofUnavailable(f"key {key_id} is not yet in checkpoint size {cp_size}")
+        return build_key_proof(entry, index, window.leaf_hashes, window.header, window.log_index,
+                               cp_size, self.log.inclusion_proof(window.log_index, cp_size))
 
     # --- consistency ------------------------------------------------------------------------
     def consistency(self, old_size: int, new_size: int) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from vitalchain.api.recorder import AccessRecorder
 from vitalchain.config import Settings
 from vitalchain.core.ids import ID_REGEX, ROLES, USER_REGEX
 from vitalchain.core.integrity.access import ACCESS_TOPIC
+from vitalchain.core.integrity.devicekeys import KEY_TOPIC
 from vitalchain.core.timeutil import MAX_ANY_US, MAX_TIME_US, iso_from_us, now_us, parse_time_us
 from vitalchain.core.verify import verify_access_proof, verify_bundle
 from vitalchain.devices.registry import ProvisioningError, UnknownPatient, check_known_patient, load_registry
@@ -437,7 +438,8 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
             if window is None:
                 continue
             out.append({"log_index": index, "window_id": window.window_id,
-                        "kind": "access" if window.topic == ACCESS_TOPIC else "readings",
+                        "kind": ("access" if window.topic == ACCESS_TOPIC else
+                                 "device-keys" if window.topic == KEY_TOPIC else "readings"),
                         "topic": window.topic, "header": window.header,
                         "anchor": ctx.view.window_status(index, checkpoints)})
         return {"log_size": size, "windows": out}

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import statistics
 import sys
@@ -194,13 +195,19 @@ class SealPoller:
 
 
 def bench_settings(folder: Path, window_seconds: float, idle_seal_seconds: float,
-                   ledger: str = "sqlite") -> Settings:
+                   ledger: str = "sqlite", unsigned: bool = False) -> Settings:
     mqtt, kafka, influx, eth, rpc, pg = free_ports(6)
     url = f"postgresql://vitalchain@127.0.0.1:{pg}/ledger" if ledger == "postgresql" else ""
     return load_settings(environ={}, state_dir=folder, mqtt_port=mqtt, kafka_port=kafka,
                          influx_port=influx, eth_port=eth, influx_rpc_port=rpc,
                          window_seconds=window_seconds, idle_seal_seconds=idle_seal_seconds,
-                         stream_app_id="vitalchain-bench", ledger_url=url)
+                         stream_app_id="vitalchain-bench", ledger_url=url,
+                         device_signatures="optional" if unsigned else "required")
+
+
+def _unsigned(identities: list[DeviceIdentity]) -> list[DeviceIdentity]:
+    """The same devices without their keys: they publish unsigned (the A of an A/B on signatures)."""
+    return [dataclasses.replace(i, signing=None) for i in identities]
 
 
 def run_raw(settings: Settings, identities: list[DeviceIdentity], rate: float, seconds: float,
@@ -322,6 +329,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="stream worker processes")
     parser.add_argument("--ledger", choices=("sqlite", "postgresql"), default="sqlite",
                         help="the ledger's backend (postgresql: a private server on a free port)")
+    parser.add_argument("--unsigned", action="store_true",
+                        help="devices publish unsigned (VITALCHAIN_DEVICE_SIGNATURES=optional): "
+                             "the baseline of device signatures' cost")
     parser.add_argument("--window-seconds", type=float, default=2.0)
     parser.add_argument("--idle-seal-seconds", type=float, default=1.0)
     parser.add_argument("--ceiling-rate", type=float, default=20.0,
@@ -343,7 +353,8 @@ def main() -> int:
     rows = [Row(n, args.rate, args.batch, args.workers) for n in counts]
     ceiling: tuple[int, float, float] | None = None
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as folder:
-        settings = bench_settings(Path(folder), args.window_seconds, args.idle_seal_seconds, args.ledger)
+        settings = bench_settings(Path(folder), args.window_seconds, args.idle_seal_seconds, args.ledger,
+                                  args.unsigned)
         services = (*SERVICES, "postgres") if args.ledger == "postgresql" else SERVICES
         stack = Stack(settings)
         try:
@@ -351,6 +362,8 @@ def main() -> int:
             # Provisioned before Mosquitto starts: it reads every user at start, while adding
             # thousands to a running one costs time per user (docs/DECISIONS.md D12).
             fleets = {n: provision_devices(settings, n, prefix=f"b{n}") for n in counts}
+            if args.unsigned:
+                fleets = {n: _unsigned(f) for n, f in fleets.items()}
             probe = provision_devices(settings, 1, prefix="probe")[0]
             stack.up(services)
             # Raw first: before any bridge subscribed, Mosquitto has no one to queue for.

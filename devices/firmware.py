@@ -19,7 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vitalchain.core.integrity.devicekeys import sign_message
 from vitalchain.core.payload.limits import MAX_BATCH, MIN_BATCH
+from vitalchain.devices.keys import SigningKey
 from vitalchain.devices.physiology import Deterioration, Patient
 from vitalchain.devices.registry import DeviceIdentity
 from vitalchain.devices.seqstore import SeqCounter
@@ -29,9 +31,19 @@ Reading = dict[str, Any]
 AckSink = Callable[[str, list[int]], None]
 
 
-def encode(readings: list[Reading]) -> bytes:
-    """One reading as itself, several as ``{"readings": [...]}``; compact JSON, UTF-8."""
-    body: Any = readings[0] if len(readings) == 1 else {"readings": readings}
+def encode(readings: list[Reading], signing: SigningKey | None = None) -> bytes:
+    """The MQTT payload; compact JSON, UTF-8.
+
+    Signed (the device has a key): ``{"key_id", "sig", "readings": [...]}``, one Ed25519
+    signature per message over ``JCS({"key_id", "readings"})`` (docs/DEVICES.md), so the cost is
+    per message, not per reading. Unsigned (a legacy device): one reading as itself, several as
+    ``{"readings": [...]}``.
+    """
+    if signing is not None:
+        sig = sign_message(signing.private_key, signing.key_id, readings)
+        body: Any = {"key_id": signing.key_id, "sig": sig, "readings": readings}
+    else:
+        body = readings[0] if len(readings) == 1 else {"readings": readings}
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -188,7 +200,7 @@ class Device:
                    and (len(self.queue) >= batch or not self.generating)):
                 readings = [self.queue.popleft() for _ in range(min(batch, len(self.queue)))]
                 try:
-                    future = link.publish(topic, encode(readings))
+                    future = link.publish(topic, encode(readings, self.identity.signing))
                 except LinkDown:
                     self.queue.extendleft(reversed(readings))
                     raise

@@ -17,11 +17,12 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitalchain.config import Settings
 from vitalchain.core.payload.shards import shard_of
+from vitalchain.devices import keys as device_keys
 from vitalchain.devices import mqtt_admin
 from vitalchain.devices.mqtt_auth import (
     DEVICE_ID_PATTERN,
@@ -45,6 +46,8 @@ class DeviceIdentity:
     # The device's shard (vitalchain.core.payload.shards), set by provisioning; None means the
     # former unsharded topic, which the broker still accepts during a migration.
     shard: int | None = None
+    # The device's own Ed25519 key (devices/keys.py); None: it signs nothing (a legacy device).
+    signing: device_keys.SigningKey | None = field(default=None, repr=False, compare=False)
 
     @property
     def username(self) -> str:
@@ -167,7 +170,11 @@ def provision_devices(settings: Settings, n: int, prefix: str = "wearable",
             for device_id in pending:
                 registry[device_id] = patient_for(device_id)
             _save_registry(settings, registry)
-    return [DeviceIdentity(d, registry[d], stored[d], shard_of(d, settings.mqtt_shards))
+        # Every device gets a signing key, logged in the window log (an older state folder's
+        # devices get theirs on the next provisioning).
+        device_keys.ensure_keys(settings, ids)
+    return [DeviceIdentity(d, registry[d], stored[d], shard_of(d, settings.mqtt_shards),
+                            device_keys.signing_key(settings, d))
             for d in ids]
 
 
@@ -185,7 +192,8 @@ def identities(settings: Settings, device_ids: list[str]) -> list[DeviceIdentity
         except KeyError as exc:
             raise ProvisioningError(f"device {device_id!r} has no MQTT credentials") from exc
         result.append(DeviceIdentity(device_id, registry[device_id], password,
-                                     shard_of(device_id, settings.mqtt_shards)))
+                                     shard_of(device_id, settings.mqtt_shards),
+                                     device_keys.signing_key(settings, device_id)))
     return result
 
 
@@ -195,3 +203,23 @@ def _add_to_broker(settings: Settings, users: dict[str, str]) -> bool:
         return mqtt_admin.add_to_broker(settings, users)
     except mqtt_admin.AdminFailed as exc:
         raise ProvisioningError(f"Mosquitto did not take the new devices: {exc}") from None
+
+
+def _registered(settings: Settings, device_id: str) -> None:
+    if device_id not in load_registry(settings):
+        raise ProvisioningError(
+            f"device {device_id!r} is not provisioned; run `vitalchain devices provision`")
+
+
+def rotate_key(settings: Settings, device_id: str) -> dict[str, object]:
+    """A new signing key for a provisioned device (the old one revoked); the new key's entry."""
+    with _locked(settings):
+        _registered(settings, device_id)
+        return device_keys.rotate(settings, device_id)
+
+
+def revoke_key(settings: Settings, device_id: str) -> dict[str, object]:
+    """Revoke a provisioned device's key (its messages are refused until rotated)."""
+    with _locked(settings):
+        _registered(settings, device_id)
+        return device_keys.revoke(settings, device_id)

@@ -84,9 +84,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from vitalchain.config import Settings
+from vitalchain.core.integrity.devicekeys import SignatureError, check_signature
 from vitalchain.core.payload.shards import LEGACY_FILTER, check_shard_count, shard_filter
-from vitalchain.core.payload.validation import Outcome, Rejection, validate
+from vitalchain.core.payload.validation import Outcome, Rejection, SignedMessage, validate
 from vitalchain.core.timeutil import now_us
+from vitalchain.devices.keys import Keyring
 from vitalchain.devices.mqtt_auth import MqttCredentials, bridge_user
 from vitalchain.ingest.deadletter import dead_letter_record
 from vitalchain.ingest.inflight import Delivery, InFlight
@@ -179,6 +181,8 @@ class Bridge:
         self.retry_backoff = retry_backoff
         self.counters = BridgeCounters()
         self.limiter = DeviceRateLimiter(settings.flood_rate_per_second, settings.flood_burst)
+        self.keyring = Keyring(settings)
+        self.require_signature = settings.device_signatures == "required"
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self._stop = threading.Event()
@@ -409,13 +413,15 @@ class Bridge:
             self.counters.same_id_in_flight += 1
         outcome = validate(topic, payload, received_us,
                            max_payload_bytes=self.settings.max_payload_bytes,
-                           max_future_seconds=self.settings.max_future_seconds)
+                           max_future_seconds=self.settings.max_future_seconds,
+                           signatures=self._check_signature,
+                           require_signature=self.require_signature)
         self._apply_flood_rule(outcome, received_us)
         token = delivery.token
         records: list[_Record] = []
         key = outcome.device_id.encode() if outcome.device_id else b""
-        for reading in outcome.readings:
-            value = _raw_value(reading, received_us)
+        for i, reading in enumerate(outcome.readings):
+            value = _raw_value(reading, received_us, _signed_part(outcome, i))
             records.append(_Record(token, self.settings.raw_topic, key, value, None))
         for rejection in outcome.rejections:
             dlq_topic, dlq_key, value = dead_letter_record(
@@ -425,6 +431,15 @@ class Bridge:
         self._finish(self._inflight.expect(delivery, len(records)))
         for record in records:
             self._send(record)
+
+    def _check_signature(self, device_id: str, key_id: str, sig: Any,
+                         readings: list[Any]) -> str | None:
+        """The device's signature over the message (validate's ``signatures`` hook)."""
+        try:
+            check_signature(self.keyring.lookup(device_id, key_id), key_id, sig, readings)
+        except SignatureError as exc:
+            return str(exc)
+        return None
 
     def _apply_flood_rule(self, outcome: Outcome, received_us: int) -> None:
         """Keep the readings the device's bucket pays for; the rest become one rejection."""
@@ -550,10 +565,29 @@ def subscription_plan(shard_count: int, shards: list[int] | None, group: str | N
     return mine, [f for f in every if f not in mine]
 
 
-def _raw_value(reading: dict[str, Any], received_us: int) -> bytes:
-    """The raw topic's record value: the device's fields exactly, plus the bridge's clock."""
-    return json.dumps({**reading, "received_us": received_us}, separators=(",", ":"),
-                      ensure_ascii=False).encode()
+def _signed_part(outcome: Outcome, index: int) -> dict[str, Any] | None:
+    """What a forwarded reading carries of its signed message (docs/STREAM.md, "Device
+    signatures"): every record names the message by ``at`` = ``[ts_us, seq]`` of the message's
+    first forwarded reading; that first record alone carries the signed message itself (key id,
+    signature, all readings as sent), so a batch of n costs O(n) in Kafka, not O(n²)."""
+    signed: SignedMessage | None = outcome.signed
+    if signed is None:
+        return None
+    first = outcome.readings[0]
+    part: dict[str, Any] = {"at": [first["ts_us"], first["seq"]]}
+    if index == 0:
+        part.update(key_id=signed.key_id, sig=signed.sig, readings=signed.readings)
+    return part
+
+
+def _raw_value(reading: dict[str, Any], received_us: int,
+               signed: dict[str, Any] | None = None) -> bytes:
+    """The raw topic's record value: the device's fields exactly, plus the bridge's clock (and,
+    for a signed message, ``signed``: see :func:`_signed_part`)."""
+    extra: dict[str, Any] = {"received_us": received_us}
+    if signed is not None:
+        extra["signed"] = signed
+    return json.dumps({**reading, **extra}, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def forget_session(settings: Settings, instance: int, timeout: float = 10.0) -> None:

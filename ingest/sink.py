@@ -17,7 +17,12 @@ from vitalchain.errors import Refused
 from vitalchain.ingest.windowing import ClosedWindow, DeadLetter
 from vitalchain.storage.influx import InfluxClient
 from vitalchain.storage.ledger import Ledger, ReadingIndexRow, StaleWindow, WindowConflict
-from vitalchain.storage.readings import reading_point, window_point
+from vitalchain.storage.readings import (
+    reading_point,
+    signed_at,
+    signed_message_point,
+    window_point,
+)
 
 DeadLetterSend = Callable[[DeadLetter], Awaitable[None]]
 
@@ -69,9 +74,14 @@ class Sealer:
             return SealResult(None, 0)
         header = closed.header
         window_id = header["window_id"]
-        await self.influx.write([
-            reading_point(r.canonical, r.leaf, window_id, r.late, r.received_us)
-            for r in closed.readings])
+        # Signed messages first (the record carrying one whole), so no stored reading names a
+        # message point that is missing; rewriting one is idempotent like the readings.
+        await self.influx.write(
+            [signed_message_point(r.canonical["device_id"], r.signed)
+             for r in closed.readings if r.signed is not None and "sig" in r.signed]
+            + [reading_point(r.canonical, r.leaf, window_id, r.late, r.received_us,
+                             signed_at(r.signed) if r.signed is not None else None)
+               for r in closed.readings])
         rows = [ReadingIndexRow(r.canonical["device_id"], r.canonical["seq"],
                                 r.canonical["ts_us"], i, r.leaf)
                 for i, r in enumerate(closed.readings)]

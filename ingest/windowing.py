@@ -52,6 +52,8 @@ class WindowReading:
     leaf: bytes
     late: bool
     received_us: int
+    # Its signed message as the bridge forwarded it (ingest.bridge._signed_part), or None.
+    signed: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,29 @@ def record_hash(key: bytes, value: bytes) -> bytes:
 
 def parse_record(value: bytes) -> tuple[dict[str, Any], int]:
     """Split a raw-topic value into (device reading, received_us); raises ValueError."""
+    reading, received_us, _signed = parse_signed_record(value)
+    return reading, received_us
+
+
+def _check_signed_part(signed: Any) -> dict[str, Any]:
+    """The shape of a record's ``signed`` member (what the bridge writes); raises ValueError."""
+    if type(signed) is not dict:
+        raise ValueError("signed must be an object")
+    at = signed.get("at")
+    if (type(at) is not list or len(at) != 2 or not all(type(v) is int and v >= 0 for v in at)):
+        raise ValueError("signed.at must be [ts_us, seq]")
+    if signed.keys() == {"at"}:
+        return signed
+    if signed.keys() != {"at", "key_id", "sig", "readings"}:
+        raise ValueError("signed must be {at} or {at, key_id, sig, readings}")
+    if (type(signed["key_id"]) is not str or type(signed["sig"]) is not str
+            or type(signed["readings"]) is not list):
+        raise ValueError("signed.key_id/sig must be strings and signed.readings an array")
+    return signed
+
+
+def parse_signed_record(value: bytes) -> tuple[dict[str, Any], int, dict[str, Any] | None]:
+    """Split a raw-topic value into (device reading, received_us, signed part or None)."""
     from vitalchain.core.payload.validation import check_reading, parse
 
     try:
@@ -139,11 +164,14 @@ def parse_record(value: bytes) -> tuple[dict[str, Any], int]:
     received_us = obj.pop("received_us", None)
     if type(received_us) is not int or received_us < 0:
         raise ValueError("record lacks integer received_us")
+    signed = obj.pop("signed", None)
+    if signed is not None:
+        signed = _check_signed_part(signed)
     try:
         check_reading(obj)
     except Exception as exc:
         raise ValueError(getattr(exc, "detail", None) or str(exc)) from None
-    return obj, received_us
+    return obj, received_us, signed
 
 
 class PartitionWindower:
@@ -199,7 +227,7 @@ class PartitionWindower:
             return Offered("already_done")
         tail = record_hash(key, value)
         try:
-            reading, received_us = parse_record(value)
+            reading, received_us, signed = parse_signed_record(value)
             canonical = canonical_reading(reading, self._salt_key)
             leaf = reading_leaf_hash(canonical)
         except (ValueError, KeyError, CanonicalError) as exc:
@@ -235,7 +263,7 @@ class PartitionWindower:
         late = self.prev_end_us is not None and ts < self.prev_end_us
         if late:
             window.late += 1
-        window.readings.append(WindowReading(offset, canonical, leaf, late, received_us))
+        window.readings.append(WindowReading(offset, canonical, leaf, late, received_us, signed))
         window.leaves[identity] = leaf
         return Offered("kept", closed, late)
 

@@ -40,7 +40,8 @@ def _bridge_env(settings: Settings) -> dict[str, str]:
                VITALCHAIN_KAFKA_PORT=str(settings.kafka_port),
                VITALCHAIN_RAW_TOPIC=settings.raw_topic, VITALCHAIN_DLQ_TOPIC=settings.dlq_topic,
                VITALCHAIN_FLOOD_RATE_PER_SECOND=str(settings.flood_rate_per_second),
-               VITALCHAIN_FLOOD_BURST=str(settings.flood_burst))
+               VITALCHAIN_FLOOD_BURST=str(settings.flood_burst),
+               VITALCHAIN_DEVICE_SIGNATURES=settings.device_signatures)
     return env
 
 

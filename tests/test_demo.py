@@ -32,6 +32,9 @@ def test_demo_proves_a_reading_against_a_running_stack(tmp_path: Path) -> None:
         output = demo.stdout + demo.stderr
         assert demo.returncode == 0, output
         assert "verdict: VALID" in output
+        # Issue #13: the proof starts at the sensor (signatures required, the default).
+        assert re.search(r"ok\s+device-signature\s", output), output
+        assert re.search(r"ok\s+device-key\s", output), output
         assert f"http://127.0.0.1:{api}/" in output
         # It says the dashboard ends with it, and how to keep it; the verify command it prints
         # can be pasted: bare `vitalchain` only when that is on PATH, else the script's path.
@@ -41,6 +44,7 @@ def test_demo_proves_a_reading_against_a_running_stack(tmp_path: Path) -> None:
         bundle_path = Path(re.search(r"bundle:\s+(\S+)", output).group(1))
         bundle = json.loads(bundle_path.read_text())
         assert bundle["anchor"] is not None
+        assert bundle["format"] == "vitalchain-proof/2"
         report = verify_bundle(bundle, JsonRpc(f"http://127.0.0.1:{eth}"))
         assert report.status == "valid", report.to_dict()
         # the named patient deteriorated: their last stored reading scores NEWS2 red

@@ -47,7 +47,7 @@ def doc_section(kind: str) -> str:
     return text[text.index(begin) + len(begin): text.index(end)]
 
 
-@pytest.mark.parametrize("kind", ["consistency", "access"])
+@pytest.mark.parametrize("kind", ["consistency", "access", "signed"])
 def test_doc_examples_of_other_kinds_match_generator(kind: str) -> None:
     assert doc_section(kind) == RENDERERS[kind](), (
         f"docs/PROOFS.md is stale: regenerate with `python -m vitalchain.core.integrity.example {kind}`")

@@ -120,7 +120,7 @@ def test_reason_table_is_complete() -> None:
     assert set(REASONS) == {
         "malformed_json", "not_an_object", "schema", "out_of_range", "device_mismatch",
         "future_timestamp", "oversized", "bad_topic", "batch_mixed_devices", "batch_too_large",
-        "batch_empty", "rate_limited"}
+        "batch_empty", "rate_limited", "bad_signature"}
 
 
 # --- generated samples ----------------------------------------------------------------------

@@ -108,7 +108,7 @@ def test_tampering_names_the_step(path, value, step):
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [
-        (("format",), "vitalchain-proof/2", "format"),
+        (("format",), "vitalchain-proof/3", "format"),
         (("hash",), "sha256", "only 'blake3'"),
         (("reading_proof", "path"), lambda p: [p[0].upper()], "reading_proof.path[0]"),
         (("reading_proof", "index"), -1, "reading_proof.index"),

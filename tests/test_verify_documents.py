@@ -14,7 +14,12 @@ import pytest
 from click.testing import CliRunner
 
 from vitalchain.app.commands.verify import verify_command
-from vitalchain.core.integrity.example import example_access_proof, example_bundle, example_consistency
+from vitalchain.core.integrity.example import (
+    example_access_proof,
+    example_bundle,
+    example_consistency,
+    example_signed_bundle,
+)
 from vitalchain.core.verify import FORMATS, verify_document
 
 
@@ -25,10 +30,11 @@ def _write(tmp_path: Path, name: str, doc: Any) -> str:
 
 
 def test_every_kind_verifies_through_one_entry_point() -> None:
-    for doc in (example_bundle(), example_consistency(), example_access_proof()):
+    for doc in (example_bundle(), example_signed_bundle(), example_consistency(),
+                example_access_proof()):
         report = verify_document(doc)
         assert report.status == "valid" and report.exit_code == 0 and not report.anchor_checked
-    assert len(FORMATS) == 3
+    assert len(FORMATS) == 4
 
 
 def test_unknown_or_missing_format_is_unreadable() -> None:

@@ -70,6 +70,10 @@ class Settings:
     # The bridge's per-device flood rule (ingest.ratelimit): sustained readings/s and burst.
     flood_rate_per_second: float = 50.0
     flood_burst: int = 500
+    # Device signatures at the bridge (docs/DEVICES.md): "required" refuses unsigned messages
+    # (bad_signature); "optional" lets unsigned ones through during a migration. A present
+    # signature is checked in both modes.
+    device_signatures: str = "required"
 
     eth_chain_id: int = 31337
     eth_block_time: float = 1.0
@@ -237,6 +241,9 @@ def _check(settings: Settings) -> None:
         parse_postgres_url(settings.ledger_url)
     if settings.mode not in ("dev", "production"):
         raise ConfigError(f"{ENV_PREFIX}MODE must be 'dev' or 'production', not {settings.mode!r}")
+    if settings.device_signatures not in ("required", "optional"):
+        raise ConfigError(f"{ENV_PREFIX}DEVICE_SIGNATURES must be 'required' or 'optional', "
+                          f"not {settings.device_signatures!r}")
     if settings.partitions < 1:
         raise ConfigError(f"{ENV_PREFIX}PARTITIONS must be at least 1")
     if settings.window_seconds <= 0:

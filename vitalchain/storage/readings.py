@@ -14,6 +14,12 @@ would otherwise overwrite each other; the sub-microsecond digits carry ``seq % 1
 of one device collide only if they share ``ts_us`` *and* ``seq % 1000`` (a device repeating a
 timestamp across 1000 sequence numbers), which the stream never expects from a working device.
 
+A reading from a signed message also has ``sig_at`` (integer): the timestamp of its message's
+point in measurement ``signed_messages`` (tag ``device_id``; fields ``key_id``, ``sig``,
+``readings`` = the JSON array of the message's readings as the device sent them), whose time is
+``point_time_ns`` of the message's first forwarded reading. One point per message, however many
+readings it had (docs/STREAM.md, "Device signatures").
+
 Measurement ``windows``: tags ``partition``, ``window_id``; fields ``root``, ``size``,
 ``start_us``, ``end_us``, ``first_offset``, ``last_offset``, ``log_index``, ``status``;
 timestamp ``start_us * 1000`` ns.
@@ -24,6 +30,7 @@ under replay.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +41,7 @@ from vitalchain.errors import Altered
 from vitalchain.storage.influx import Point
 
 READINGS_MEASUREMENT = "readings"
+SIGNED_MEASUREMENT = "signed_messages"
 WINDOWS_MEASUREMENT = "windows"
 VITAL_FIELDS = ("hr", "spo2", "rr", "temp_c", "sys", "dia")
 # Vitals the devices send as integers (docs/ARCHITECTURE.md); temp_c is a float.
@@ -54,6 +62,7 @@ class StoredReading:
     window_id: str
     late: bool
     received_us: int
+    sig_at: int | None = None  # time of its signed message's point, if it came signed
 
 
 def point_time_ns(ts_us: int, seq: int) -> int:
@@ -69,7 +78,7 @@ def ts_us_from_time_ns(time_ns: int, seq: int) -> int:
 
 
 def reading_point(canonical: Mapping[str, Any], leaf: bytes, window_id: str, late: bool,
-                  received_us: int) -> Point:
+                  received_us: int, sig_at: int | None = None) -> Point:
     """The ``readings`` point of one canonical reading (device fields + salt)."""
     vitals = canonical["vitals"]
     fields: dict[str, float | int | bool | str] = {
@@ -77,9 +86,36 @@ def reading_point(canonical: Mapping[str, Any], leaf: bytes, window_id: str, lat
     }
     fields.update(seq=int(canonical["seq"]), salt=str(canonical["salt"]), leaf=leaf.hex(),
                   window_id=window_id, late=bool(late), received_us=int(received_us))
+    if sig_at is not None:
+        fields["sig_at"] = int(sig_at)
     return Point(READINGS_MEASUREMENT,
                  {"device_id": canonical["device_id"], "patient_id": canonical["patient_id"]},
                  fields, point_time_ns(int(canonical["ts_us"]), int(canonical["seq"])))
+
+
+def signed_at(signed: Mapping[str, Any]) -> int:
+    """The ``signed_messages`` point time of a record's ``signed`` member (its ``at``)."""
+    ts_us, seq = signed["at"]
+    return point_time_ns(int(ts_us), int(seq))
+
+
+def signed_message_point(device_id: str, signed: Mapping[str, Any]) -> Point:
+    """The ``signed_messages`` point of a message (from the record that carries it whole)."""
+    readings = json.dumps(signed["readings"], separators=(",", ":"), ensure_ascii=False)
+    return Point(SIGNED_MEASUREMENT, {"device_id": device_id},
+                 {"key_id": str(signed["key_id"]), "sig": str(signed["sig"]), "readings": readings},
+                 signed_at(signed))
+
+
+def signed_message_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"key_id", "sig", "readings"}`` of a ``signed_messages`` row; raises StoredReadingError."""
+    try:
+        readings = json.loads(_str(row, "readings"))
+    except ValueError as exc:
+        raise StoredReadingError(f"stored signed message is not JSON: {exc}") from exc
+    if not isinstance(readings, list):
+        raise StoredReadingError("stored signed message's readings are not an array")
+    return {"key_id": _str(row, "key_id"), "sig": _str(row, "sig"), "readings": readings}
 
 
 def window_point(header: Mapping[str, Any], log_index: int, status: str = "sealed") -> Point:
@@ -138,9 +174,10 @@ def reading_from_row(row: Mapping[str, Any]) -> StoredReading:
         "salt": _str(row, "salt"),
     }
     late = row.get("late")
+    sig_at = _int(row, "sig_at") if row.get("sig_at") is not None else None
     return StoredReading(canonical=canonical, leaf_hex=_str(row, "leaf"),
                          window_id=_str(row, "window_id"), late=late is True,
-                         received_us=_int(row, "received_us"))
+                         received_us=_int(row, "received_us"), sig_at=sig_at)
 
 
 class LeafMemo:

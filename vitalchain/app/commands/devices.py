@@ -15,6 +15,7 @@ import click
 from vitalchain.config import Settings
 from vitalchain.core.payload.limits import MAX_BATCH, MIN_BATCH
 from vitalchain.core.payload.schema import schema_text
+from vitalchain.devices import keys as device_keys
 from vitalchain.devices.fleet import FleetStats, run_fleet
 from vitalchain.devices.mqtt_auth import ADMIN_USER, MqttCredentials
 from vitalchain.devices.mqtt_dynsec import write_config
@@ -25,6 +26,8 @@ from vitalchain.devices.registry import (
     load_registry,
     provision_devices,
     registry_path,
+    revoke_key,
+    rotate_key,
 )
 
 
@@ -158,7 +161,42 @@ def register(main: click.Group) -> None:
             raise click.ClickException(
                 f"{stats.buffered + stats.rejected} readings were not acknowledged")
 
-    _ = (provision, broker_config, schema, run)
+    @devices_group.command("keys")
+    @click.argument("device_id", required=False)
+    @click.pass_obj
+    def keys(settings: Settings, device_id: str | None) -> None:
+        """List device signing keys (public parts) and whether each is active or revoked."""
+        for device, recs in sorted(device_keys.records(settings).items()):
+            if device_id is not None and device != device_id:
+                continue
+            for rec in recs:
+                state = "active" if rec.revoked_seq is None else f"revoked (entry {rec.revoked_seq})"
+                click.echo(f"{device}  {rec.key_id}  registered (entry {rec.registered_seq})  {state}")
+
+    @devices_group.command("rotate-key")
+    @click.argument("device_id")
+    @click.pass_obj
+    def rotate_key_cmd(settings: Settings, device_id: str) -> None:
+        """Give DEVICE_ID a new signing key and revoke the old one (both logged in the window
+        log; readings signed with the old key stay verifiable)."""
+        try:
+            entry = rotate_key(settings, device_id)
+        except (ProvisioningError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"{device_id}: new key {entry['key_id']} (entry {entry['seq']})")
+
+    @devices_group.command("revoke-key")
+    @click.argument("device_id")
+    @click.pass_obj
+    def revoke_key_cmd(settings: Settings, device_id: str) -> None:
+        """Revoke DEVICE_ID's signing key: the bridge refuses its messages (bad_signature)."""
+        try:
+            entry = revoke_key(settings, device_id)
+        except (ProvisioningError, device_keys.DeviceKeyError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"{device_id}: key {entry['key_id']} revoked (entry {entry['seq']})")
+
+    _ = (provision, broker_config, schema, run, keys, rotate_key_cmd, revoke_key_cmd)
 
 
 async def _run(settings: Settings, devices: list[DeviceIdentity], rate: float, duration: float | None,

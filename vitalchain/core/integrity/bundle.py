@@ -1,4 +1,8 @@
-"""Assemble ``vitalchain-proof/1`` bundles (the producer side; checking lives in verify).
+"""Assemble ``vitalchain-proof/1`` and ``/2`` bundles (the producer side; checking lives in verify).
+
+``/2`` is ``/1`` plus ``device_signature`` (the device's signed message: key id, signature, every
+reading of the message as sent) and ``device_key`` (the key's registration entry with its path to
+the bundle's checkpoint); a reading that came unsigned gets a ``/1`` bundle as before.
 
 :func:`build_bundle` re-checks everything it is handed before it emits a bundle, because a
 proof service that hands out bundles that do not verify is worse than one that fails loudly.
@@ -9,12 +13,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .canonical import canonical_json
+from .devicekeys import ALG, SignatureError, check_signature, entry_public_key, load_public_key
 from .hashing import blake3_hasher
 from .leaves import reading_leaf_hash, window_leaf_hash
 from .log import MerkleLog
 from .merkle import inclusion_proof, root, verify_inclusion
 
 PROOF_FORMAT = "vitalchain-proof/1"
+PROOF_FORMAT_V2 = "vitalchain-proof/2"
+PROOF_FORMATS = (PROOF_FORMAT, PROOF_FORMAT_V2)
 ANCHOR_FIELDS = ("chain_id", "contract", "tx_hash", "block_number", "block_hash", "log_index")
 
 
@@ -27,8 +35,10 @@ def build_bundle(
     log: MerkleLog | Sequence[bytes],
     checkpoint_size: int,
     anchor: Mapping[str, Any] | None = None,
+    device_signature: Mapping[str, Any] | None = None,
+    device_key: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build the proof bundle for one reading.
+    """Build the proof bundle for one reading (``/2`` when ``device_signature`` is given).
 
     - ``reading``: the canonical reading (salt included), leaf ``reading_index`` of its window;
     - ``reading_leaf_hashes``: all leaf hashes of that window, in order;
@@ -36,7 +46,9 @@ def build_bundle(
     - ``log``: a :class:`MerkleLog` of window leaf hashes, or the list of them (BLAKE3);
     - ``checkpoint_size``: size of the checkpoint to prove against (``window_index <
       checkpoint_size <= len(log)``), normally the latest anchored one;
-    - ``anchor``: ``None`` (not anchored yet) or the dict of :data:`ANCHOR_FIELDS`.
+    - ``anchor``: ``None`` (not anchored yet) or the dict of :data:`ANCHOR_FIELDS`;
+    - ``device_signature``: ``{"key_id", "sig", "readings"}`` of the reading's signed message,
+      with ``device_key`` (:func:`.devicekeys.build_key_proof`): checked here, bundle ``/2``.
 
     Raises ``ValueError`` if the pieces do not fit together (leaf not in window, header root
     or size different from the leaves, header not in the log, bad anchor fields).
@@ -72,8 +84,13 @@ def build_bundle(
         if missing:
             raise ValueError(f"anchor lacks field(s) {missing}")
         anchor = {f: anchor[f] for f in ANCHOR_FIELDS}
+    extra: dict[str, Any] = {}
+    if device_signature is not None:
+        if device_key is None:
+            raise ValueError("a device signature needs the device key's proof")
+        extra = _device_members(reading_obj, device_signature, device_key, window_index)
     return {
-        "format": PROOF_FORMAT,
+        "format": PROOF_FORMAT_V2 if extra else PROOF_FORMAT,
         "hash": "blake3",
         "reading": reading_obj,
         "reading_proof": {
@@ -89,7 +106,29 @@ def build_bundle(
         },
         "checkpoint": {"size": checkpoint_size, "root": checkpoint_root.hex()},
         "anchor": anchor,
+        **extra,
     }
+
+
+def _device_members(reading: Mapping[str, Any], signed: Mapping[str, Any],
+                    device_key: Mapping[str, Any], window_index: int) -> dict[str, Any]:
+    """``device_signature`` and ``device_key`` of a ``/2`` bundle, checked (ValueError)."""
+    entry = device_key["entry"]
+    try:
+        public = load_public_key(entry_public_key(entry))
+        check_signature(public, signed["key_id"], signed["sig"], signed["readings"])
+    except SignatureError as exc:
+        raise ValueError(f"device signature: {exc}") from exc
+    if entry["key_id"] != signed["key_id"] or entry["device_id"] != reading["device_id"]:
+        raise ValueError("the device key's entry is not the signing key of this device")
+    if device_key["window_proof"]["index"] >= window_index:
+        raise ValueError("the device key was not registered before the reading's window")
+    device_fields = canonical_json({k: v for k, v in reading.items() if k != "salt"})
+    if not any(canonical_json(r) == device_fields for r in signed["readings"]):
+        raise ValueError("the reading is not one of its signed message's readings")
+    return {"device_signature": {"alg": ALG, "key_id": signed["key_id"], "sig": signed["sig"],
+                                 "readings": list(signed["readings"])},
+            "device_key": dict(device_key)}
 
 
 CONSISTENCY_FORMAT = "vitalchain-consistency/1"

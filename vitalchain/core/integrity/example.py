@@ -298,8 +298,93 @@ def render_access_markdown() -> str:
     return "\n".join(out) + "\n"
 
 
+# --- device signatures (vitalchain-proof/2) ------------------------------------------------------
+EXAMPLE_DEVICE_SEED = bytes(range(32, 64))  # 202122...3f: an example device key, never use it for real
+
+
+def example_device_key() -> tuple[Any, bytes]:
+    """The example device's Ed25519 private key and its raw public key."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from .devicekeys import public_key_bytes
+
+    key = Ed25519PrivateKey.from_private_bytes(EXAMPLE_DEVICE_SEED)
+    return key, public_key_bytes(key)
+
+
+def example_signed_parts() -> dict[str, Any]:
+    """The pieces of the signed example: key entry and window, one signed message of three
+    readings sealed as one window after it, the log of both."""
+    from .devicekeys import build_key_entry, build_key_window_header, key_id_of, sign_message
+
+    key, public = example_device_key()
+    entry = build_key_entry(1, T0 - 60_000_000, "register", "watch-s", public)
+    key_header = build_key_window_header([entry])
+    sent = [_reading("watch-s", "patient-4", s, T0 + s * 1_000_000, 80 + s) for s in (1, 2, 3)]
+    key_id = key_id_of(public)
+    sig = sign_message(key, key_id, sent)
+    readings = [canonical_reading(r, EXAMPLE_KEY) for r in sent]
+    header = build_window_header(readings, partition=2, first_offset=0, last_offset=2,
+                                 salt_key_id=salt_key_id(EXAMPLE_KEY))
+    log = MerkleLog([window_leaf_hash(key_header), window_leaf_hash(header)])
+    return {"entry": entry, "key_header": key_header, "sent": sent, "key_id": key_id, "sig": sig,
+            "readings": readings, "header": header, "log": log}
+
+
+def example_signed_bundle() -> dict[str, Any]:
+    """The ``vitalchain-proof/2`` example: reading seq 2 of watch-s (index 1), checkpoint size 2."""
+    from .devicekeys import build_key_proof, key_entry_leaf
+
+    p = example_signed_parts()
+    log = p["log"]
+    key_proof = build_key_proof(p["entry"], 0, [key_entry_leaf(p["entry"])], p["key_header"], 0, 2,
+                                log.inclusion_proof(0, 2))
+    return build_bundle(p["readings"][1], 1, [reading_leaf_hash(r) for r in p["readings"]],
+                        p["header"], 1, log, 2, EXAMPLE_ANCHOR,
+                        {"key_id": p["key_id"], "sig": p["sig"], "readings": p["sent"]}, key_proof)
+
+
+def render_signed_markdown() -> str:
+    """The Markdown between the ``signed-example`` markers of PROOFS.md."""
+    from .devicekeys import from_b64url, key_entry_leaf, signed_bytes
+
+    doc = example_signed_bundle()
+    _key, public = example_device_key()
+    ds, dk = doc["device_signature"], doc["device_key"]
+    data = signed_bytes(ds["key_id"], ds["readings"])
+    out = ["Device `watch-s` has the Ed25519 key whose 32-byte seed is `2021...3f` (bytes 32..63; an "
+           "example, never use it). Its raw public key and key id:", "", "```",
+           f"    public_key (hex)       = {public.hex()}",
+           f"    public_key (base64url) = {dk['entry']['public_key']}",
+           f"    key_id = hex(SHA-256(public_key))[:32] = {ds['key_id']}", "```", "",
+           "Step `device-signature`. The signed bytes are JCS of `{\"key_id\", \"readings\"}` "
+           f"({len(data)} bytes, UTF-8):", "", "```", data.decode(), "```", "",
+           f"The signature (base64url, no padding) `{ds['sig']}` is 64 bytes:", "", "```",
+           f"    {from_b64url(ds['sig'], 64, 'sig').hex()}", "```", "",
+           "Ed25519-verify (RFC 8032) it over those bytes with the public key; then remove `salt` from "
+           "the bundle's `reading` and compare its JCS with the JCS of each signed reading: it must equal "
+           "one of them (here position 1):", "", "```",
+           canonical_json({k: v for k, v in doc["reading"].items() if k != "salt"}).decode(), "```", "",
+           "Step `device-key`. JCS of the key's registration entry and its leaf:", "", "```",
+           canonical_json(dk["entry"]).decode(), "```", "",
+           f"entry leaf = BLAKE3(0x00 || JCS) = `{key_entry_leaf(dk['entry']).hex()}`; the window "
+           f"holds only this entry, so its root is that leaf (`{dk['window']['root']}`). JCS of the "
+           "device-key window header:", "", "```", canonical_json(dk["window"]).decode(), "```", "",
+           f"window leaf = BLAKE3(0x00 || JCS) = `{window_leaf_hash(dk['window']).hex()}` = log leaf "
+           f"{dk['window_proof']['index']}; the reading's window is log leaf "
+           f"{doc['window_proof']['index']} (key first, as required):", "", "```"]
+    wp = dk["window_proof"]
+    out += [f"    path[{i}] = {x}" for i, x in enumerate(wp["path"])]
+    out += _fold(window_leaf_hash(dk["window"]), wp["index"], wp["size"],
+                 [bytes.fromhex(x) for x in wp["path"]])
+    out += [f"    checkpoint.root = {doc['checkpoint']['root']}", "```", "",
+            "The reading's own steps (`reading-leaf` .. `checkpoint`) are those of section 7 on this "
+            "bundle's members. The document:", "", "```json", json.dumps(doc, indent=2), "```"]
+    return "\n".join(out) + "\n"
+
+
 RENDERERS = {"reading": render_markdown, "consistency": render_consistency_markdown,
-             "access": render_access_markdown}
+             "access": render_access_markdown, "signed": render_signed_markdown}
 
 
 if __name__ == "__main__":

@@ -62,18 +62,33 @@ def build_schema() -> dict[str, Any]:
                          "items": {"$ref": "#/$defs/reading"}},
         },
     }
+    signed = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["key_id", "sig", "readings"],
+        "properties": {
+            "key_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "sig": {"type": "string", "pattern": "^[A-Za-z0-9_-]{86}$"},
+            "readings": batch["properties"]["readings"],
+        },
+    }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,
         "title": "vitalchain device message",
         "description": (
             "One reading, or a batch {\"readings\": [...]} of 1..100 readings of one device, "
+            "or a signed batch {\"key_id\", \"sig\", \"readings\"} (Ed25519 over "
+            "JCS({\"key_id\", \"readings\"}), base64url; required unless "
+            "VITALCHAIN_DEVICE_SIGNATURES=optional), "
             "published with QoS 1 to vitals/<device_id>. Not expressible here and checked "
-            "by the bridge too: vitals.dia < vitals.sys; every reading's device_id equals the "
+            "by the bridge too: the signature verifies with the device's registered, unrevoked "
+            "key; vitals.dia < vitals.sys; every reading's device_id equals the "
             "topic's device id; ts_us at most VITALCHAIN_MAX_FUTURE_SECONDS ahead of the "
             "bridge's clock; the payload at most VITALCHAIN_MAX_PAYLOAD_BYTES bytes."),
-        "oneOf": [{"$ref": "#/$defs/reading"}, {"$ref": "#/$defs/batch"}],
-        "$defs": {"reading": reading, "batch": batch},
+        "oneOf": [{"$ref": "#/$defs/reading"}, {"$ref": "#/$defs/batch"},
+                  {"$ref": "#/$defs/signed"}],
+        "$defs": {"reading": reading, "batch": batch, "signed": signed},
     }
 
 

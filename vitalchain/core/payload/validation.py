@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,9 @@ REASONS: dict[str, str] = {
     "batch_mixed_devices": "batch whose readings name more than one device",
     "rate_limited": ("valid readings over the device's flood limit (ingest.ratelimit); one record "
                      "per message, the detail lists the readings not forwarded"),
+    "bad_signature": ("device signature missing (VITALCHAIN_DEVICE_SIGNATURES=required), "
+                      "malformed, made with a key not registered to the device or revoked, "
+                      "or not verifying over the message's readings; whole message refused"),
 }
 
 READING_FIELDS = frozenset({"device_id", "patient_id", "seq", "ts_us", "vitals"})
@@ -80,6 +84,20 @@ class Rejection:
             raise ValueError(f"unknown reason code {self.reason!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class SignedMessage:
+    """A message whose device signature verified: what a proof needs to check it again."""
+
+    key_id: str
+    sig: str
+    readings: list[Any]  # every reading of the message as sent (parsed), valid or not
+
+
+# (device_id, key_id, sig, readings as parsed) -> None if the signature verifies, else why not.
+SignatureCheck = Callable[[str, str, Any, list[Any]], str | None]
+SIGNED_KEYS = frozenset({"key_id", "sig", "readings"})
+
+
 @dataclass(slots=True)
 class Outcome:
     """The result of validating one MQTT message: what to forward, what to dead-letter."""
@@ -89,6 +107,7 @@ class Outcome:
     # Position of each of ``readings`` in its batch (0 for a single reading), for dead letters.
     reading_indexes: list[int] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    signed: SignedMessage | None = None  # set when a signature was checked and holds
 
 
 class _Reject(Exception):
@@ -220,9 +239,34 @@ def _check_context(reading: dict[str, Any], device_id: str, now_us: int, latest_
                       f"limit {(latest_us - now_us) / 1e6:g}s")
 
 
+def _check_signed(doc: dict[str, Any], items: list[Any], signed: bool, device_id: str,
+                  signatures: SignatureCheck, required: bool) -> SignedMessage | None:
+    """The message's signature, checked; raises ``_Reject("bad_signature")``."""
+    if not signed:
+        if required:
+            raise _Reject("bad_signature", "message is not signed (device signatures are "
+                                           "required: VITALCHAIN_DEVICE_SIGNATURES)")
+        return None
+    key_id, sig = doc.get("key_id"), doc.get("sig")
+    if type(key_id) is not str or not 1 <= len(key_id) <= 64:
+        raise _Reject("bad_signature", "key_id must be a string of 1..64 characters")
+    why = signatures(device_id, key_id, sig, items)
+    if why is not None:
+        raise _Reject("bad_signature", why)
+    return SignedMessage(key_id, sig, items)
+
+
 def validate(topic: str, payload: bytes, now_us: int, *, max_payload_bytes: int,
-             max_future_seconds: float) -> Outcome:
-    """Validate one MQTT message. Never raises: every problem becomes a :class:`Rejection`."""
+             max_future_seconds: float, signatures: SignatureCheck | None = None,
+             require_signature: bool = False) -> Outcome:
+    """Validate one MQTT message. Never raises: every problem becomes a :class:`Rejection`.
+
+    A signed message is ``{"key_id", "sig", "readings"}``. With ``signatures`` the signature is
+    checked over the readings *as sent* before any reading is looked at (so it covers invalid
+    ones too), and a missing (``require_signature``), malformed or failing one refuses the whole
+    message as ``bad_signature``: no reading of it can be trusted to come from the device.
+    Without ``signatures`` the envelope is accepted and not checked (``outcome.signed`` None).
+    """
     device_id = device_id_from_topic(topic)
     outcome = Outcome(device_id)
     if len(payload) > max_payload_bytes:
@@ -238,11 +282,15 @@ def validate(topic: str, payload: bytes, now_us: int, *, max_payload_bytes: int,
         doc = parse(payload)
         if type(doc) is not dict:
             raise _Reject("not_an_object", f"top-level JSON value is {type(doc).__name__}")
+        signed = "sig" in doc or "key_id" in doc
         if "readings" not in doc:
             items, batch = [doc], False
+            if signed and signatures is not None:
+                raise _Reject("bad_signature", "a signed message must be {key_id, sig, readings}")
         else:
-            if len(doc) != 1:
-                extra = sorted(k for k in doc if k != "readings")[0]
+            allowed = SIGNED_KEYS if signed else frozenset({"readings"})
+            if doc.keys() - allowed:
+                extra = sorted(doc.keys() - allowed)[0]
                 raise _Reject("schema", f"unexpected field {extra} next to readings")
             items, batch = doc["readings"], True
             if type(items) is not list:
@@ -256,6 +304,9 @@ def validate(topic: str, payload: bytes, now_us: int, *, max_payload_bytes: int,
             if len(named) > 1:
                 raise _Reject("batch_mixed_devices",
                               f"readings name devices {sorted(named)[:5]}")
+        if signatures is not None:
+            outcome.signed = _check_signed(doc, items, signed, device_id, signatures,
+                                           require_signature)
     except _Reject as reject:
         outcome.rejections.append(Rejection(reject.reason, reject.detail))
         return outcome

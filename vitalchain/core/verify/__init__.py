@@ -1,6 +1,7 @@
 """The one verifier: every proof kind vitalchain hands out, one report type, one exit-code convention.
 
-Kinds (docs/PROOFS.md): reading bundles ``vitalchain-proof/1`` (:func:`verify_bundle`), consistency
+Kinds (docs/PROOFS.md): reading bundles ``vitalchain-proof/1`` and ``/2`` (the latter adds the
+device's signature and key: steps ``device-signature``, ``device-key``; :func:`verify_bundle`), consistency
 documents ``vitalchain-consistency/1`` (:func:`verify_consistency_document`) and access-entry proofs
 ``vitalchain-access-proof/1`` (:func:`verify_access_proof`); :func:`verify_document` picks by the
 ``format`` member. Each returns a :class:`VerificationReport` whose ``status`` is ``valid`` or
@@ -16,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from vitalchain.core.integrity.access import PROOF_FORMAT as ACCESS_PROOF_FORMAT
-from vitalchain.core.integrity.bundle import PROOF_FORMAT
+from vitalchain.core.integrity.bundle import PROOF_FORMAT, PROOF_FORMAT_V2
 
 from .access import verify_access_proof
 from .anchor import ANCHORED_SIGNATURE, ANCHORED_TOPIC, verify_anchor
@@ -25,6 +26,7 @@ from .consistency import CONSISTENCY_FORMAT, verify_consistency_document
 from .jsonload import JsonInputError, load_json
 from .report import ERROR, EXIT_CODES, INVALID, PENDING, VALID, StepResult, VerificationReport
 from .rpc import ChainRpc, RpcError
+from .signature import parse_device_members, verify_device_steps
 
 
 def verify_bundle(bundle: Any, rpc: ChainRpc | None = None, *,
@@ -40,10 +42,14 @@ def verify_bundle(bundle: Any, rpc: ChainRpc | None = None, *,
     report = VerificationReport(source=source)
     try:
         parse_bundle(bundle)
+        if bundle["format"] == PROOF_FORMAT_V2:
+            parse_device_members(bundle)
     except BundleFormatError as exc:
         report.error = str(exc)
         return report
     verify_offline(bundle, report)
+    if bundle["format"] == PROOF_FORMAT_V2:
+        verify_device_steps(bundle, report)
     if rpc is not None:
         verify_anchor(bundle, rpc, report)
     elif bundle["anchor"] is None:
@@ -56,6 +62,7 @@ def verify_bundle(bundle: Any, rpc: ChainRpc | None = None, *,
 
 _BY_FORMAT = {
     PROOF_FORMAT: verify_bundle,
+    PROOF_FORMAT_V2: verify_bundle,
     CONSISTENCY_FORMAT: verify_consistency_document,
     ACCESS_PROOF_FORMAT: verify_access_proof,
 }

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from vitalchain.core.integrity.bundle import PROOF_FORMAT
+from vitalchain.core.integrity.bundle import PROOF_FORMATS
 from vitalchain.core.integrity.canonical import CanonicalError, canonical_json
 from vitalchain.core.integrity.hashing import blake3_hasher
 from vitalchain.core.integrity.merkle import ProofError, root_from_inclusion_proof
@@ -102,8 +102,8 @@ def parse_bundle(bundle: Any) -> dict[str, Any]:
     if not isinstance(bundle, dict):
         raise BundleFormatError("a bundle must be a JSON object")
     fmt = bundle.get("format")
-    if fmt != PROOF_FORMAT:
-        raise BundleFormatError(f"format is {fmt!r}, expected {PROOF_FORMAT!r}")
+    if fmt not in PROOF_FORMATS:
+        raise BundleFormatError(f"format is {fmt!r}, expected one of {', '.join(PROOF_FORMATS)}")
     if bundle.get("hash") != "blake3":
         raise BundleFormatError(f"hash is {bundle.get('hash')!r}, only 'blake3' is supported")
     need_obj(bundle, "reading")

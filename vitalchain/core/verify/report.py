@@ -11,6 +11,8 @@ INVALID = "invalid"  # some step failed
 ERROR = "error"  # the input is unreadable (not JSON, wrong format, missing fields)
 
 EXIT_CODES = {VALID: 0, PENDING: 0, INVALID: 1, ERROR: 2}
+# The steps a vitalchain-proof/2 bundle adds (core/verify/signature.py).
+DEVICE_STEPS = frozenset({"device-signature", "device-key"})
 
 
 @dataclass
@@ -78,10 +80,24 @@ class VerificationReport:
         if self.error is not None:
             return f"not a usable proof: {self.error}"
         failed = self.failed_steps
-        hash_failures = [s for s in failed if not s.step.startswith("anchor")]
+        device_failures = [s for s in failed if s.step in DEVICE_STEPS]
+        hash_failures = [s for s in failed if not s.step.startswith("anchor")
+                         and s.step not in DEVICE_STEPS]
         if hash_failures:
             first = hash_failures[0]
             return f"hashes INVALID: step {first.step} failed ({first.detail})"
+        if device_failures:
+            first = device_failures[0]
+            return (f"hashes valid, device signature INVALID: step {first.step} failed "
+                    f"({first.detail})")
+        return self._prefix() + self._anchor_summary(failed)
+
+    def _prefix(self) -> str:
+        """``signed by the device, `` when both device steps of a ``/2`` bundle passed."""
+        done = {s.step for s in self.steps if s.ok}
+        return "signed by the device, " if done >= DEVICE_STEPS else ""
+
+    def _anchor_summary(self, failed: list[StepResult]) -> str:
         if failed:
             first = failed[0]
             if first.step == "anchor-rpc":

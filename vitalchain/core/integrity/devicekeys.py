@@ -1,0 +1,164 @@
+"""Device signatures and the device-key log: formats, signed bytes, Ed25519 checks (pure, no I/O).
+
+A wearable signs each MQTT message (a batch of readings) with its own Ed25519 key. What it signs
+is ``JCS({"key_id": <key id>, "readings": [<readings as sent>]})`` (RFC 8785, the project's
+canonical JSON), so the bytes are rebuilt from the JSON data alone by anyone, in any language, and
+the signature covers every reading's ``device_id`` and ``seq`` (a replay under another seq fails).
+
+Which key belonged to which device, and when, is itself in the anchored window log: every
+registration or revocation of a device key is an *entry* (hashed ``BLAKE3(0x00 || JCS(entry))``,
+like a reading), entries are sealed in *device-key windows* appended to the same log as reading
+and access windows (pseudo-topic ``device-keys`` partition 0, offsets = entry seq). Formats:
+
+- entry ``{"format": "vitalchain-device-key/1", "seq", "ts_us", "action": "register"|"revoke",
+  "device_id", "key_id", "alg": "Ed25519", "public_key": <base64url of the 32 raw bytes>}``;
+- window header ``{"format": "vitalchain-device-key-window/1", "window_id": "device-keys-<first
+  seq>", "partition": 0, "first_offset", "last_offset", "start_us", "end_us", "size", "root"}``;
+- ``key_id`` = the first 32 hex characters of SHA-256 of the raw public key (so a key id names
+  one key, and an entry whose public key does not hash to its key id is refused).
+
+The library is ``cryptography`` (OpenSSL's Ed25519, RFC 8032), never hand-written crypto.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .canonical import CanonicalError, canonical_json
+from .hashing import blake3_hasher
+from .merkle import inclusion_proof, root
+
+ALG = "Ed25519"
+ENTRY_FORMAT = "vitalchain-device-key/1"
+WINDOW_FORMAT = "vitalchain-device-key-window/1"
+KEY_TOPIC = "device-keys"
+KEY_PARTITION = 0
+ACTIONS = ("register", "revoke")
+KEY_ID = re.compile(r"[0-9a-f]{32}")
+# base64url without padding: 32 bytes -> 43 characters, 64 bytes -> 86.
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+PUBLIC_KEY_CHARS = 43
+SIGNATURE_CHARS = 86
+
+
+class SignatureError(ValueError):
+    """A signature, key or signed message is malformed or does not verify; the text says which."""
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def from_b64url(text: Any, length: int, what: str) -> bytes:
+    """Strict base64url without padding of exactly ``length`` bytes (canonical encoding only)."""
+    chars = {32: PUBLIC_KEY_CHARS, 64: SIGNATURE_CHARS}[length]
+    if not isinstance(text, str) or len(text) != chars or not _B64URL.fullmatch(text):
+        raise SignatureError(f"{what} must be {chars} base64url characters (no padding)")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise SignatureError(f"{what} is not base64url: {exc}") from None
+    if len(raw) != length or b64url(raw) != text:
+        raise SignatureError(f"{what} is not the canonical base64url of {length} bytes")
+    return raw
+
+
+def key_id_of(public_key: bytes) -> str:
+    """The key id of a raw 32-byte Ed25519 public key."""
+    return hashlib.sha256(public_key).hexdigest()[:32]
+
+
+def public_key_bytes(private_key: Ed25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return private_key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                 serialization.PublicFormat.Raw)
+
+
+def signed_bytes(key_id: str, readings: Sequence[Any]) -> bytes:
+    """The exact bytes a device signs: ``JCS({"key_id": key_id, "readings": readings})``."""
+    return canonical_json({"key_id": key_id, "readings": list(readings)})
+
+
+def sign_message(private_key: Ed25519PrivateKey, key_id: str,
+                 readings: Sequence[Any]) -> str:
+    """The device side: the base64url Ed25519 signature of :func:`signed_bytes`."""
+    return b64url(private_key.sign(signed_bytes(key_id, readings)))
+
+
+def load_public_key(public_key: bytes) -> Ed25519PublicKey:
+    try:
+        return Ed25519PublicKey.from_public_bytes(public_key)
+    except ValueError as exc:
+        raise SignatureError(f"not an Ed25519 public key: {exc}") from None
+
+
+def check_signature(public_key: Ed25519PublicKey, key_id: str, signature_b64: Any,
+                    readings: Sequence[Any]) -> None:
+    """Raise :class:`SignatureError` unless ``signature_b64`` signs ``(key_id, readings)``."""
+    signature = from_b64url(signature_b64, 64, "signature")
+    try:
+        data = signed_bytes(key_id, readings)
+    except CanonicalError as exc:
+        raise SignatureError(f"readings cannot be canonicalised: {exc}") from None
+    try:
+        public_key.verify(signature, data)
+    except InvalidSignature:
+        raise SignatureError("signature does not verify with the device's key") from None
+
+
+def build_key_entry(seq: int, ts_us: int, action: str, device_id: str,
+                    public_key: bytes) -> dict[str, Any]:
+    if action not in ACTIONS:
+        raise ValueError(f"action must be one of {ACTIONS}")
+    return {"format": ENTRY_FORMAT, "seq": seq, "ts_us": ts_us, "action": action,
+            "device_id": device_id, "key_id": key_id_of(public_key), "alg": ALG,
+            "public_key": b64url(public_key)}
+
+
+def entry_public_key(entry: Mapping[str, Any]) -> bytes:
+    """The raw public key of a key entry, checked against its key id; raises SignatureError."""
+    if entry.get("format") != ENTRY_FORMAT or entry.get("alg") != ALG:
+        raise SignatureError(f"key entry must have format {ENTRY_FORMAT!r} and alg {ALG!r}")
+    raw = from_b64url(entry.get("public_key"), 32, "public_key")
+    if entry.get("key_id") != key_id_of(raw):
+        raise SignatureError("key entry's key_id is not SHA-256(public_key)[:16]")
+    return raw
+
+
+def key_entry_leaf(entry: Mapping[str, Any]) -> bytes:
+    """The leaf hash of a key entry: ``BLAKE3(0x00 || JCS(entry))``."""
+    return blake3_hasher.leaf(canonical_json(dict(entry)))
+
+
+def build_key_window_header(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The header of the device-key window holding ``entries`` (consecutive ``seq``, in order)."""
+    stamps = [int(e["ts_us"]) for e in entries]
+    return {"format": WINDOW_FORMAT, "window_id": f"{KEY_TOPIC}-{entries[0]['seq']}",
+            "partition": KEY_PARTITION, "first_offset": entries[0]["seq"],
+            "last_offset": entries[-1]["seq"], "start_us": min(stamps), "end_us": max(stamps),
+            "size": len(entries), "root": root([key_entry_leaf(e) for e in entries]).hex()}
+
+
+def build_key_proof(entry: Mapping[str, Any], index: int, leaf_hashes: Sequence[bytes],
+                    window_header: Mapping[str, Any], window_index: int, checkpoint_size: int,
+                    window_path: Sequence[bytes]) -> dict[str, Any]:
+    """The ``device_key`` member of a ``vitalchain-proof/2`` bundle: the key's registration entry,
+    its path in its device-key window, the window header and the window's path in the log (to
+    the bundle's own checkpoint)."""
+    return {
+        "entry": dict(entry),
+        "entry_proof": {"index": index, "size": len(leaf_hashes),
+                        "path": [p.hex() for p in inclusion_proof(list(leaf_hashes), index)]},
+        "window": dict(window_header),
+        "window_proof": {"index": window_index, "size": checkpoint_size,
+                         "path": [p.hex() for p in window_path]},
+    }
