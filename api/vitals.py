@@ -2,7 +2,7 @@
 (for FHIR: :class:`PatientReadings` pages them, :func:`reading_at` finds one by its timestamp).
 
 Every reading is verified against the ledger before it is used (``vitalchain.storage.verified``):
-only ``unsealed``, ``sealed`` and ``anchored`` readings give values, a latest reading or an
+only ``received``, ``sealed`` and ``anchored`` readings give values, a latest reading or an
 average; ``altered`` and ``unknown`` ones are *withheld*: listed with their state and the reason,
 never with their values.  Averages are therefore computed here, in Python, over the verified raw
 points of the range, not by InfluxDB's ``GROUP BY time()``, which would average in whatever an
@@ -124,14 +124,14 @@ async def missing_newer(influx: InfluxClient, ledger: Ledger, devices: Sequence[
 @dataclass
 class _Bucket:
     n: int = 0
-    unsealed: int = 0
+    received: int = 0
     total: dict[str, float] = field(default_factory=dict)
     low: dict[str, float] = field(default_factory=dict)
     high: dict[str, float] = field(default_factory=dict)
 
-    def add(self, vitals: dict[str, Any], unsealed: bool) -> None:
+    def add(self, vitals: dict[str, Any], received: bool) -> None:
         self.n += 1
-        self.unsealed += unsealed
+        self.received += received
         for name in VITAL_FIELDS:
             value = float(vitals[name])
             self.total[name] = self.total.get(name, 0.0) + value
@@ -139,7 +139,7 @@ class _Bucket:
             self.high[name] = max(self.high.get(name, value), value)
 
     def point(self, ts_us: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"ts_us": ts_us, "n": self.n, "n_unsealed": self.unsealed}
+        out: dict[str, Any] = {"ts_us": ts_us, "n": self.n, "n_received": self.received}
         for name in VITAL_FIELDS:
             out.update({name: self.total[name] / self.n, f"{name}_min": self.low[name],
                         f"{name}_max": self.high[name]})
@@ -179,7 +179,7 @@ async def downsampled(influx: InfluxClient, verifier: ReadVerifier, patient_id: 
                 continue
             key = v.ts_us // interval_us * interval_us
             buckets.setdefault(key, _Bucket()).add(v.stored.canonical["vitals"],
-                                                   v.state is ReadState.UNSEALED)
+                                                   v.state is ReadState.RECEIVED)
             if v.stored.late and len(late) < MAX_WITHHELD_LISTED:
                 late.append({"device_id": v.device_id, "seq": v.seq, "ts_us": v.ts_us,
                              "window_id": v.window_id, "state": v.state.value})

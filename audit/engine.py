@@ -11,6 +11,14 @@ but not judged (the stream seals them while the audit reads).  The stream writes
 readings to InfluxDB just before the ledger append and its ``windows`` point just after, so a
 reading stored but not yet sealed, or a recently sealed window whose point is not there yet, is
 waited for (up to ``settle_s``) before it becomes a finding.
+
+Readings are stored on *receipt*, before their window seals (docs/STREAM.md), so a live range
+always holds points the ledger does not have yet.  A point sealed nowhere whose ``window_id`` is
+its partition's one open window now (``vitalchain.storage.verified.open_window_state``, the rule
+verified reads use) is counted as *received* and not judged: neither a pass nor a finding, and
+the report says how many.  Every other point sealed nowhere is waited for and then reported as
+inserted.  An insertion that names the open window is therefore found by the first audit after
+that window seals (it then names a sealed window that does not hold it), never vouched for.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from vitalchain.errors import Unavailable
 from vitalchain.storage.influx import InfluxClient, InfluxError, quote_ident
 from vitalchain.storage.ledger_view import IndexedReading, LedgerUnavailable, LedgerView, WindowInfo
 from vitalchain.storage.readings import READINGS_MEASUREMENT, WINDOWS_MEASUREMENT, StoredReadingError, stored_leaf
+from vitalchain.storage.verified import open_window_state
 
 Progress = Callable[[int, int], None]
 WINDOW_FIELDS = ("root", "size", "start_us", "end_us", "first_offset", "last_offset", "log_index")
@@ -60,6 +69,7 @@ class Horizon:
 class _Unsealed:
     device_id: str
     seq: int
+    window_id: object  # what the point claims: only used to tell whether it can be in flight
 
 
 class AuditUnavailable(Unavailable):
@@ -124,7 +134,7 @@ class _ReadingAudit:
         rid = reading_id(c["device_id"], c["seq"])
         sealed = self.view.locate(c["device_id"], c["seq"])
         if sealed is None:
-            self.unsealed.append(_Unsealed(c["device_id"], c["seq"]))
+            self.unsealed.append(_Unsealed(c["device_id"], c["seq"], row.get("window_id")))
             return
         if sealed.log_index >= self.horizon.log_size:
             self.report.readings_after_horizon += 1
@@ -152,23 +162,35 @@ class _ReadingAudit:
             if self.progress is not None:
                 self.progress(self.done, self.total)
 
-    async def judge_unsealed(self) -> None:
-        """Readings stored but sealed nowhere: in flight if sealed soon, else inserted.
+    async def judge_unsealed(self, topic: str) -> None:
+        """Readings stored but sealed nowhere: received (open window), in flight if sealed soon,
+        else inserted.
 
-        Waited for at most ``settle_s``: the stream appends to the ledger right after its InfluxDB
-        write, so a reading still unsealed after that is not in flight.  Not filtered by
+        A point whose window is its partition's open window (on ``topic``, the raw topic) is
+        counted as received and not judged (module docstring).  The others are waited for at
+        most ``settle_s``: the stream appends to the ledger right after flushing its InfluxDB
+        writes, so a reading still unsealed after that is not in flight.  Not filtered by
         ``received_us``: a stream catching up on a backlog seals readings received long ago, and
-        a forger could write any value there.  The wait is paid only when something is unsealed.
+        a forger could write any value there.  The wait is paid only when such a point exists.
         """
         pending = self.unsealed
         deadline = time.monotonic() + self.horizon.settle_s
         while True:
             still = []
+            positions: dict[int, Any] = {}  # one ledger read per partition and round
+
+            def position_of(partition: int, cache: dict[int, Any] = positions) -> Any:
+                if partition not in cache:
+                    cache[partition] = self.view.position(topic, partition)
+                return cache[partition]
+
             for u in pending:
-                if self.view.locate(u.device_id, u.seq) is None:
-                    still.append(u)
-                else:
+                if self.view.locate(u.device_id, u.seq) is not None:
                     self.report.readings_after_horizon += 1
+                elif open_window_state(u.window_id, position_of)[0]:
+                    self.report.readings_received += 1
+                else:
+                    still.append(u)
             pending = still
             if not pending or time.monotonic() >= deadline:
                 break
@@ -346,7 +368,7 @@ async def run_audit(settings: Settings, start_us: int, end_us: int, rpc_url: str
                         readings.check_row(row)
                     readings.finish_before(chunk_end, start_us, end_us)
                 readings.finish_before(2**63, start_us, end_us)  # windows reaching past the range
-                await readings.judge_unsealed()
+                await readings.judge_unsealed(settings.raw_topic)
                 await _audit_windows(client, view, report, windows, start_us, end_us,
                                      _Chunker(target_rows, chunk_us * 60), horizon)
         except InfluxError as exc:

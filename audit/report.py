@@ -116,6 +116,7 @@ class AuditReport:
     checkpoints_checked: int = 0
     chain_checked: bool = False
     readings_after_horizon: int = 0  # stored in range, sealed after the audit began: not judged
+    readings_received: int = 0  # stored in range, in a still-open window: not sealed, not judged
     windows_after_horizon: int = 0
 
     @property
@@ -162,6 +163,7 @@ class AuditReport:
                        "chain_checked": self.chain_checked,
                        "windows_after_horizon": self.windows_after_horizon,
                        "readings_after_horizon": self.readings_after_horizon,
+                       "readings_received": self.readings_received,
                        "gaps": len(self.gaps)},
             "readings": [asdict(f) for f in self.readings],
             "windows": [{**asdict(f), "fields": list(f.fields)} for f in self.windows],
@@ -199,6 +201,10 @@ class AuditReport:
                  f"horizon: the log's first {self.horizon_log_size} windows, as at "
                  f"{self.horizon_us} us (audit start); sealed after it and not judged: "
                  f"{self.windows_after_horizon} windows, {self.readings_after_horizon} readings"]
+        if self.readings_received:
+            lines.append(f"received, not sealed yet and not judged: {self.readings_received} "
+                         "readings stored in their partition's still-open window (an insertion "
+                         "among them is found by an audit after that window seals)")
         for r in self.readings:
             where = f" in {r.window_id}" if r.window_id else ""
             lines.append(f"READING {r.kind.upper()}: {r.reading_id}{where}: {r.detail}")

@@ -35,6 +35,7 @@ from vitalchain.config import Settings
 from vitalchain.core.integrity import salt_key_id
 from vitalchain.ingest.kafka_compat import guard_connection_close
 from vitalchain.ingest.processor import StreamProcessor
+from vitalchain.ingest.receipts import ReceiptWriter
 from vitalchain.ingest.sink import Sealer
 from vitalchain.ingest.windowing import DeadLetter
 from vitalchain.storage.influx import InfluxClient
@@ -53,6 +54,15 @@ IDLE_TICK_S = 0.25
 
 def faust_datadir(settings: Settings, worker_name: str) -> str:
     return str(settings.state_dir / "faust" / f"{settings.stream_app_id}-{worker_name}")
+
+
+def progress_line(proc: StreamProcessor) -> str:
+    """The processor's counters plus the receipt writer's (``received_queued`` holds readings
+    back from the screen: taken, not yet in InfluxDB)."""
+    receipts = proc.sealer.receipts
+    extra = ("" if receipts is None else
+             f" received_written={receipts.stats.written} received_queued={receipts.queued}")
+    return proc.stats.line() + extra
 
 
 def create_app(settings: Settings, worker_name: str | None = None,
@@ -126,7 +136,7 @@ def create_app(settings: Settings, worker_name: str | None = None,
             influx = InfluxClient(settings)
             state["processor"] = StreamProcessor(
                 settings.raw_topic, ledger=ledger,
-                sealer=Sealer(ledger, influx, send_dead_letter),
+                sealer=Sealer(ledger, influx, send_dead_letter, ReceiptWriter(influx)),
                 window_seconds=settings.window_seconds,
                 idle_seal_seconds=settings.idle_seal_seconds, salt_key=key,
                 salt_key_id=salt_key_id(key), seek=seek, earliest=earliest,
@@ -147,7 +157,7 @@ def create_app(settings: Settings, worker_name: str | None = None,
 
     @app.timer(interval=progress_every_s)
     async def progress() -> None:
-        print(processor().stats.line(), file=sys.stderr, flush=True)
+        print(progress_line(processor()), file=sys.stderr, flush=True)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
@@ -162,7 +172,7 @@ def create_app(settings: Settings, worker_name: str | None = None,
     def on_shutdown(sender: Any, **kwargs: Any) -> None:
         if "processor" in state:
             state["processor"].stopping = True
-            print(state["processor"].stats.line(), file=sys.stderr, flush=True)
+            print(progress_line(state["processor"]), file=sys.stderr, flush=True)
 
     app.vitalchain_processor = processor  # type: ignore[attr-defined]
     return app

@@ -156,8 +156,18 @@ def test_windows_sealed_while_the_audit_runs_are_not_judged(world: World) -> Non
 
 
 def test_a_reading_never_sealed_is_still_inserted_after_the_settle_wait(world: World) -> None:
-    """A stored reading that stays unsealed is a finding even if its received_us is recent."""
+    """A stored reading that stays unsealed is a finding even if its received_us is recent.
+
+    Readings are stored on receipt, so while the window it names is its partition's open window
+    it is counted as received and judged neither way; once that window is sealed without it, it
+    is inserted (after the settle wait)."""
     world.begin_seal(3, received_us=time.time_ns() // 1000)  # never appended
+    report = audit(world, settle_s=1.0)
+    assert summary(report) == NOTHING and report.readings_received == 3, report.to_text()
+    assert report.readings_checked == 36 and report.to_dict()["counts"]["readings_received"] == 3
+    assert "received, not sealed yet and not judged: 3 readings" in report.to_text()
+    world.offset -= 3  # the stream seals that offset range with other readings
+    world.begin_seal(3)()
     started = time.monotonic()
     report = audit(world, settle_s=1.0)
     assert time.monotonic() - started >= 1.0  # it waited for the stream before judging
