@@ -33,7 +33,7 @@ from faust.types import TP
 
 from vitalchain.config import Settings
 from vitalchain.core.integrity import salt_key_id
-from vitalchain.ingest.kafka_compat import guard_connection_close
+from vitalchain.ingest.kafka_compat import guard_connection_close, shorten_fetch_wait
 from vitalchain.ingest.processor import StreamProcessor
 from vitalchain.ingest.receipts import ReceiptWriter
 from vitalchain.ingest.sink import Sealer
@@ -70,6 +70,7 @@ def create_app(settings: Settings, worker_name: str | None = None,
     """The Faust app of one stream worker (several workers share partitions via the group)."""
     worker_name = worker_name or str(os.getpid())
     guard_connection_close()
+    shorten_fetch_wait()
     # Faust creates only the last level of its data dir.
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(

@@ -101,7 +101,10 @@ def test_dashboard_withholds_altered_and_unknown_and_marks_received(isolated: Se
             assert "not sealed yet" in page.locator("#proof-target").inner_text()
             page.locator("#patient-note",
                          has_text="1 reading(s) received, not verified yet (window still open)").wait_for()
-            page.locator("#latest .tile[data-vital=hr] .at", has_text="received · not verified").wait_for()
+            assert "every reading checked" not in page.locator("#patient-note").inner_text()
+            page.locator("#latest .tile[data-vital=hr] .at",
+                         has_text="received, not verified yet").wait_for()
+            keep_screenshot(page, "dashboard-received.png")  # docs/img: the state as seen
 
             # pat-c's newest sealed reading deleted from InfluxDB: named, not silently skipped
             assert row_c.locator("td.integrity .state-missing").count() == 0

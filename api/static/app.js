@@ -488,8 +488,8 @@ async function loadVitals() {
   const what = pointMeaning(body.interval_s, body.points);
   note($("patient-note"), n ? `${n} points; ${what.sentence}` +
     (body.late.length ? `; ${body.late.length} late reading(s) in range` : "") +
-    (received ? `; ${received} reading(s) received, not verified yet (window still open)` : "") +
-    `; every reading checked against the ledger`
+    (received ? `; ${received} reading(s) received, not verified yet (window still open); ` +
+      "the others checked against the ledger" : "; every reading checked against the ledger")
     : `No readings in the last ${minutes} min.`);
   showWithheld(body);
   $("live").textContent = `live · updated ${fmtTime(new Date(), true)}`;
