@@ -197,9 +197,13 @@ class _ReadingAudit:
             await asyncio.sleep(0.2)
         for u in pending:
             self.report.readings_checked += 1
+            _, why = open_window_state(u.window_id, lambda p: self.view.position(topic, p))
+            lost = ("; a reading the stream received and lost before sealing it (a Kafka restart "
+                    "together with a worker crash) looks the same"
+                    if "epoch" in why and "cannot be open" in why else "")
             self.report.readings.append(ReadingFinding(
                 "inserted", reading_id(u.device_id, u.seq), None,
-                "stored in InfluxDB but sealed in no window"))
+                f"stored in InfluxDB but sealed in no window ({why}){lost}"))
 
 
 def window_readings_in_range(view: LedgerView, window: WindowInfo, start_us: int,

@@ -116,6 +116,8 @@ class Row:
     api_request_p50: float = float("nan")  # one GET /clinician/patients, seconds
     bridge_p50: float = float("nan")  # sample -> the bridge's received_us, sampled devices
     bridge_p99: float = float("nan")
+    stored_p50: float = float("nan")  # sample -> in InfluxDB (polled), sampled devices
+    stored_p99: float = float("nan")
     complete: bool = False
     note: str = ""
 
@@ -206,10 +208,13 @@ class ApiPoller:
     so a reading ``(device, s)`` became queryable at the first ``t`` whose seq is ``>= s``.
     """
 
-    def __init__(self, base_url: str, token: str) -> None:
+    def __init__(self, settings: Settings, base_url: str, token: str) -> None:
+        self.settings = settings
         self.base_url = base_url
         self.token = token
         self.seen: dict[str, list[tuple[int, float]]] = {}
+        self.stored: dict[str, list[tuple[int, float]]] = {}  # the same, from InfluxDB directly
+        self.devices: list[str] = []  # sampled devices, for the InfluxDB side
         self.requests = 0
         self.request_s: list[float] = []
         self._lock = threading.Lock()
@@ -229,19 +234,39 @@ class ApiPoller:
                 now = time.time()
                 self.requests += 1
                 self.request_s.append(now - began)
+                stored = self._stored_now()
+                stored_at = time.time()
                 with self._lock:
                     for patient in patients:
                         latest = patient.get("latest")
-                        if not latest:
-                            continue
-                        marks = self.seen.setdefault(latest["device_id"], [])
-                        if not marks or latest["seq"] > marks[-1][0]:
-                            marks.append((int(latest["seq"]), now))
+                        if latest:
+                            self._mark(self.seen, latest["device_id"], int(latest["seq"]), now)
+                    for device, seq in stored.items():
+                        self._mark(self.stored, device, seq, stored_at)
                 self._stop.wait(POLL_S)
 
-    def queryable_at(self, device_id: str, seq: int) -> float | None:
+    def _stored_now(self) -> dict[str, int]:
+        """Newest seq in InfluxDB of each sampled device (one query): where the stream's part
+        ends and the API's begins."""
+        if not self.devices:
+            return {}
+        names = "|".join(self.devices)
+        try:
+            rows = influx_query(self.settings, "SELECT last(seq) AS seq FROM readings WHERE "
+                                f"device_id =~ /^({names})$/ GROUP BY device_id")
+        except (httpx.HTTPError, ValueError):
+            return {}
+        return {str(r["device_id"]): int(r["seq"]) for r in rows if r.get("seq") is not None}
+
+    @staticmethod
+    def _mark(marks: dict[str, list[tuple[int, float]]], device: str, seq: int, t: float) -> None:
+        mine = marks.setdefault(device, [])
+        if not mine or seq > mine[-1][0]:
+            mine.append((seq, t))
+
+    def queryable_at(self, device_id: str, seq: int, source: str = "api") -> float | None:
         with self._lock:
-            for top, t in self.seen.get(device_id, ()):
+            for top, t in (self.seen if source == "api" else self.stored).get(device_id, ()):
                 if top >= seq:
                     return t
         return None
@@ -295,6 +320,7 @@ def last_progress(pipeline: Pipeline, name: str, marker: str) -> str:
 def run_pipeline_row(settings: Settings, stack: Stack, pipeline: Pipeline, poller: WindowPoller,
                      sealer: SealPoller, api: ApiPoller, row: Row, identities: list[DeviceIdentity],
                      seconds: float, drain_timeout: float, sample: int) -> None:
+    api.devices = [identity.device_id for identity in identities[:sample]]
     cpu_before = cpu_snapshot(stack, pipeline)
     started = time.time()
     sim_before = time.thread_time()
@@ -365,6 +391,11 @@ def run_pipeline_row(settings: Settings, stack: Stack, pipeline: Pipeline, polle
         row.p50 = statistics.median(latencies)
         row.p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
         row.worst = latencies[-1]
+    stored_lat = sorted(t - ts_us / 1e6 for (d, s), (_, ts_us) in located.items()
+                        if d in sampled and (t := api.queryable_at(d, s, "influx")) is not None)
+    if stored_lat:
+        row.stored_p50 = statistics.median(stored_lat)
+        row.stored_p99 = stored_lat[min(len(stored_lat) - 1, int(0.99 * len(stored_lat)))]
     sealed = sorted((sealer.first_seen(wid) or seen[wid]) - ts_us / 1e6 for wid, ts_us in located.values())
     row.sealed_p50 = statistics.median(sealed)
     row.sealed_p99 = sealed[min(len(sealed) - 1, int(0.99 * len(sealed)))]
@@ -393,7 +424,8 @@ def print_table(rows: list[Row], seconds: float, window_seconds: float,
           "devices; s = sample to sealed in the ledger; seconds)")
     for r in rows:
         print(f"{r.devices:>7} devices: sample -> bridge receipt p50 {r.bridge_p50:.2f} s, p99 "
-              f"{r.bridge_p99:.2f} s; one GET /clinician/patients p50 {r.api_request_p50:.3f} s")
+              f"{r.bridge_p99:.2f} s; -> in InfluxDB p50 {r.stored_p50:.2f} s, p99 "
+              f"{r.stored_p99:.2f} s; one GET /clinician/patients p50 {r.api_request_p50:.3f} s")
     print()
     print("CPU ms per 1,000 readings stored, by process (user+system from /proc):")
     print(f"{'devices':>7} " + " ".join(f"{c:>10}" for c in CPU_COLUMNS) + f" {'pipeline':>10}")
@@ -473,7 +505,7 @@ def main() -> int:
                 pipeline.start("api", None, "--seal-seconds", "30")
                 wait_flowing(settings, probe, pipeline, timeout=60)
                 api_url = f"http://{settings.host}:{settings.api_port}"
-                with SealPoller(settings) as sealer, ApiPoller(api_url, token) as api:
+                with SealPoller(settings) as sealer, ApiPoller(settings, api_url, token) as api:
                     for row in rows:
                         run_pipeline_row(settings, stack, pipeline, poller, sealer, api, row,
                                          fleets[row.devices], args.seconds, args.drain_timeout,

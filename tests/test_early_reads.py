@@ -8,6 +8,7 @@ after the replay: the replay rewrites the same points.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 import uuid
@@ -20,13 +21,25 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.common_support import wait_until, write_registry
-from tests.stream_support import Worker, all_done, check_sealed, influx_rows, make_input, produce
+from tests.stream_support import (
+    SECOND,
+    T0,
+    Worker,
+    all_done,
+    check_sealed,
+    influx_rows,
+    make_input,
+    produce,
+)
 from tests.test_api_anchored import anchor_all
+from tests.test_api_verified_reads import alter, insert
 from vitalchain.anchor.deploy import deploy
 from vitalchain.api.app import create_app
+from vitalchain.audit.engine import run_audit
 from vitalchain.config import Settings
 from vitalchain.storage.apistore import ApiStore
 from vitalchain.storage.ledger import Ledger
+from vitalchain.storage.readings import point_time_ns
 
 pytestmark = pytest.mark.e2e
 
@@ -165,3 +178,45 @@ def test_sigkill_between_receipt_write_and_seal_leaves_nothing_doubled(isolated:
     assert "received_written=" in second.log_path.read_text()
     print(f"{len(inp.unique)} readings received by the killed worker, sealed once after the "
           f"replay in {len(headers)} windows")
+
+
+def test_audit_with_received_readings_names_exactly_the_tampering(isolated: Settings,
+                                                                  tmp_path: Path) -> None:
+    """A live range: sealed windows plus open ones whose readings are stored on receipt.  The
+    audit names the altered, the deleted and the inserted reading, and nothing else; the
+    received ones are counted, not judged (neither vouched for nor called inserted)."""
+    settings = stream_settings(isolated.with_overrides(state_dir=tmp_path), 2.0, 120.0)
+    inp = make_input(devices=4, seconds=8)
+    produce(settings, inp.records)
+    worker = Worker(settings, "a", tmp_path)
+    try:
+        def settled() -> bool:
+            assert worker.alive(), worker.tail()
+            rows = influx_rows(settings, "SELECT count(seq) FROM readings")
+            with Ledger(settings.ledger_path) as ledger:
+                return (bool(rows) and int(rows[0]["count"]) == len(inp.unique)
+                        and ledger.log_size() >= 2)
+
+        wait_until(settled, 60, "sealed windows and every reading stored", interval=0.3)
+        with Ledger(settings.ledger_path) as ledger:
+            where = {key: ledger.locate(*key) for key in sorted(inp.unique)}
+            first_window = next(iter(ledger.windows(topic=settings.raw_topic))).window_id
+        sealed = [key for key, loc in where.items() if loc is not None]
+        received = [key for key, loc in where.items() if loc is None]
+        assert len(sealed) >= 2 and received, (len(sealed), len(received))
+        (a_dev, a_seq), (d_dev, d_seq) = sealed[0], sealed[-1]
+        alter(settings, a_dev, a_seq, hr=inp.unique[(a_dev, a_seq)]["vitals"]["hr"] + 1)
+        deleted = inp.unique[(d_dev, d_seq)]
+        influx_rows(settings, f"DELETE FROM readings WHERE device_id = '{d_dev}' AND time = "
+                              f"{point_time_ns(deleted['ts_us'], d_seq)}")
+        insert(settings, "dev-forged", 7, T0 + 3 * SECOND, first_window, VITALS,
+               patient="pat-dev-forged")
+        report = asyncio.run(run_audit(settings, T0 - SECOND, T0 + 600 * SECOND, settle_s=1.0))
+    finally:
+        worker.kill(signal.SIGTERM)
+    found = sorted((f.kind, f.reading_id) for f in report.readings)
+    assert found == sorted([("altered", f"{a_dev}#{a_seq}"), ("deleted", f"{d_dev}#{d_seq}"),
+                            ("inserted", "dev-forged#7")]), report.to_text()
+    assert report.readings_received == len(received), report.to_text()
+    assert report.verdict == "findings" and not report.windows, report.to_text()
+    assert f"not judged: {len(received)} readings" in report.to_text()
