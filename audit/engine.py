@@ -43,7 +43,7 @@ from vitalchain.errors import Unavailable
 from vitalchain.storage.influx import InfluxClient, InfluxError, quote_ident
 from vitalchain.storage.ledger_view import IndexedReading, LedgerUnavailable, LedgerView, WindowInfo
 from vitalchain.storage.readings import READINGS_MEASUREMENT, WINDOWS_MEASUREMENT, StoredReadingError, stored_leaf
-from vitalchain.storage.verified import open_window_state
+from vitalchain.storage.verified import open_window_state, parse_window_id
 
 Progress = Callable[[int, int], None]
 WINDOW_FIELDS = ("root", "size", "start_us", "end_us", "first_offset", "last_offset", "log_index")
@@ -121,6 +121,8 @@ class _ReadingAudit:
         self.done = 0
         self.total = len(windows)
         self.unsealed: list[_Unsealed] = []  # judged at the end (they may be in flight)
+        # Stored on receipt in an epoch's unsealed tail, then lost with that incarnation.
+        self.received_lost: list[LossFinding] = []
 
     def check_row(self, row: dict[str, Any]) -> None:
         try:
@@ -195,15 +197,42 @@ class _ReadingAudit:
             if not pending or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.2)
+        started = {(e.topic, e.partition, e.epoch): e for e in self.view.epochs()}
         for u in pending:
             self.report.readings_checked += 1
+            lost = self._lost_with_epoch(u, topic, started)
+            if lost is not None:
+                self.received_lost.append(lost)
+                continue
             _, why = open_window_state(u.window_id, lambda p: self.view.position(topic, p))
-            lost = ("; a reading the stream received and lost before sealing it (a Kafka restart "
-                    "together with a worker crash) looks the same"
-                    if "epoch" in why and "cannot be open" in why else "")
             self.report.readings.append(ReadingFinding(
                 "inserted", reading_id(u.device_id, u.seq), None,
-                f"stored in InfluxDB but sealed in no window ({why}){lost}"))
+                f"stored in InfluxDB but sealed in no window ({why})"))
+
+    @staticmethod
+    def _lost_with_epoch(u: _Unsealed, topic: str,
+                         started: dict[tuple[str, int, int], Any]) -> LossFinding | None:
+        """A loss if ``u`` names a window of an ended epoch beyond what that epoch sealed.
+
+        The stream stores readings on receipt; a reading of an open window whose records Kafka
+        lost (a broker restart the worker holding the window did not survive as its owner) is
+        never sealed.  Its point names a window starting past the old epoch's sealed offset, a
+        window that can no longer be sealed by anyone: reported with the Kafka losses (the
+        audit still fails: INCOMPLETE), not as an insertion.  A forger who names such a window
+        gets the same verdict, and the point is withheld from clinicians either way.
+        """
+        parsed = parse_window_id(u.window_id)
+        if parsed is None:
+            return None
+        partition, epoch, first = parsed
+        ended = started.get((topic, partition, epoch + 1))
+        if ended is None:
+            return None  # that epoch has not ended: the window is sealed, open or impossible
+        sealed = -1 if ended.prior_sealed_offset is None else ended.prior_sealed_offset
+        if first <= sealed:
+            return None
+        return LossFinding(u.device_id, u.seq, u.seq, topic, partition, epoch, epoch + 1,
+                           stored=True)
 
 
 def window_readings_in_range(view: LedgerView, window: WindowInfo, start_us: int,
@@ -380,6 +409,9 @@ async def run_audit(settings: Settings, start_us: int, end_us: int, rpc_url: str
         gaps, lost = _split_losses(view, _gaps(view, windows))
         report.gaps.extend(gaps)
         report.lost.extend(lost)
+        covered = {(f.device_id, s) for f in lost for s in range(f.first_missing, f.last_missing + 1)}
+        report.lost.extend(f for f in readings.received_lost
+                           if (f.device_id, f.first_missing) not in covered)
         report.epochs.extend(view.epochs())  # rare, and context for any loss
         first_index = min((w.log_index for w in windows), default=None)
         try:

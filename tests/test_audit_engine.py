@@ -175,6 +175,28 @@ def test_a_reading_never_sealed_is_still_inserted_after_the_settle_wait(world: W
     assert report.verdict == "findings" and report.exit_code == 1
 
 
+def test_a_received_reading_of_an_ended_epoch_is_reported_lost_not_inserted(world: World) -> None:
+    """Readings are stored on receipt.  One in the window epoch 0 had open when Kafka restarted
+    (past what epoch 0 sealed) can never be sealed: reported with the Kafka losses (the audit
+    still fails), while a point naming a window that epoch *sealed* without it is inserted."""
+    def point(seq: int, window_id: str) -> Any:
+        extra = canonical_reading({"device_id": "dev-a", "patient_id": "pat-dev-a", "seq": seq,
+                                   "ts_us": T0 + 50 + seq, "vitals": {
+                                       "hr": 70, "spo2": 98, "rr": 12, "temp_c": 36.5,
+                                       "sys": 118, "dia": 79}}, b"\x11" * 32)
+        return reading_point(extra, reading_leaf_hash(extra), window_id, False, extra["ts_us"])
+
+    influx_write(world.settings, [point(600, "p0-36"), point(601, "p0-0")])
+    with Ledger(world.settings.ledger_path) as ledger:
+        assert ledger.begin_epoch(world.settings.raw_topic, 0, 0, "broker restarted (test)") == 1
+    report = audit(world, settle_s=0.5)
+    assert summary(report)["readings"] == [("inserted", "dev-a#601")], report.to_text()
+    lost = [(f.device_id, f.first_missing, f.stored, f.from_epoch) for f in report.lost]
+    assert lost == [("dev-a", 600, True, 0)], report.to_text()
+    assert "stored in InfluxDB on receipt in a window of epoch 0" in report.to_text()
+    assert report.verdict == "findings" and report.readings_received == 0
+
+
 def test_an_empty_range_says_nothing_was_sealed(world: World) -> None:
     """Before T0 nothing is stored: not OK, a verdict of its own (exit 3)."""
     report = asyncio.run(run_audit(world.settings, T0 - 10_000_000, T0 - 1))

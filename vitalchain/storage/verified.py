@@ -45,6 +45,12 @@ _WINDOW_ID = re.compile(r"p([0-9]{1,9})(?:e([0-9]{1,9}))?-([0-9]{1,18})")
 PositionOf = Callable[[int], PartitionPosition]
 
 
+def parse_window_id(window_id: object) -> tuple[int, int, int] | None:
+    """``(partition, epoch, first_offset)`` of a stream window id, None for anything else."""
+    match = _WINDOW_ID.fullmatch(window_id) if isinstance(window_id, str) else None
+    return None if match is None else (int(match[1]), int(match[2] or 0), int(match[3]))
+
+
 def open_window_state(window_id: object, position_of: PositionOf) -> tuple[bool, str]:
     """Whether ``window_id`` names its partition's one open window now, and why (not).
 
