@@ -257,7 +257,7 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
     async def my_patients(*, request: Request, user: Clinician) -> dict[str, Any]:
         """Patients who granted the caller access, each with the latest verified reading and NEWS2.
 
-        ``latest`` is the newest servable reading (its ``state`` says unsealed, sealed or
+        ``latest`` is the newest servable reading (its ``state`` says received, sealed or
         anchored); newer altered/unknown ones are listed in ``withheld`` and never scored."""
         patients = ctx.store.patients_of(user.name)
         verifier = _verifier(ctx)

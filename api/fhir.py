@@ -11,7 +11,7 @@ profiles ask.  Each carries:
 - ``device`` = ``Device/<device id>``, ``subject`` = ``Patient/<patient id>``;
 - its verified-read state (``vitalchain.storage.verified``) as a ``meta.tag`` in
   :data:`INTEGRITY_SYSTEM` and as the FHIR ``status``: ``anchored``/``sealed`` -> ``final``,
-  ``unsealed`` -> ``preliminary`` (a note says it is not sealed yet), ``altered``/``unknown`` ->
+  ``received`` -> ``preliminary`` (a note says it is not sealed yet), ``altered``/``unknown`` ->
   ``entered-in-error`` with **no value**: ``dataAbsentReason`` ``error`` on the Observation (and
   on each blood-pressure component) and a note with the reason, so no FHIR client can chart,
   score or alert on a value the ledger does not vouch for;
@@ -42,7 +42,7 @@ DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 STATES = {
     ReadState.ANCHORED: ("final", "Sealed, leaf matches the ledger, window anchored on chain"),
     ReadState.SEALED: ("final", "Sealed, leaf matches the ledger"),
-    ReadState.UNSEALED: ("preliminary", "Received, window still open: not sealed yet"),
+    ReadState.RECEIVED: ("preliminary", "Received, window still open: not sealed, not verified yet"),
     ReadState.ALTERED: ("entered-in-error", "Stored value differs from the sealed reading"),
     ReadState.UNKNOWN: ("entered-in-error", "Stored reading was never sealed"),
 }

@@ -11,6 +11,14 @@ but not judged (the stream seals them while the audit reads).  The stream writes
 readings to InfluxDB just before the ledger append and its ``windows`` point just after, so a
 reading stored but not yet sealed, or a recently sealed window whose point is not there yet, is
 waited for (up to ``settle_s``) before it becomes a finding.
+
+Readings are stored on *receipt*, before their window seals (docs/STREAM.md), so a live range
+always holds points the ledger does not have yet.  A point sealed nowhere whose ``window_id`` is
+its partition's one open window now (``vitalchain.storage.verified.open_window_state``, the rule
+verified reads use) is counted as *received* and not judged: neither a pass nor a finding, and
+the report says how many.  Every other point sealed nowhere is waited for and then reported as
+inserted.  An insertion that names the open window is therefore found by the first audit after
+that window seals (it then names a sealed window that does not hold it), never vouched for.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from vitalchain.errors import Unavailable
 from vitalchain.storage.influx import InfluxClient, InfluxError, quote_ident
 from vitalchain.storage.ledger_view import IndexedReading, LedgerUnavailable, LedgerView, WindowInfo
 from vitalchain.storage.readings import READINGS_MEASUREMENT, WINDOWS_MEASUREMENT, StoredReadingError, stored_leaf
+from vitalchain.storage.verified import open_window_state, parse_window_id
 
 Progress = Callable[[int, int], None]
 WINDOW_FIELDS = ("root", "size", "start_us", "end_us", "first_offset", "last_offset", "log_index")
@@ -60,6 +69,7 @@ class Horizon:
 class _Unsealed:
     device_id: str
     seq: int
+    window_id: object  # what the point claims: only used to tell whether it can be in flight
 
 
 class AuditUnavailable(Unavailable):
@@ -111,6 +121,8 @@ class _ReadingAudit:
         self.done = 0
         self.total = len(windows)
         self.unsealed: list[_Unsealed] = []  # judged at the end (they may be in flight)
+        # Stored on receipt in an epoch's unsealed tail, then lost with that incarnation.
+        self.received_lost: list[LossFinding] = []
 
     def check_row(self, row: dict[str, Any]) -> None:
         try:
@@ -124,7 +136,7 @@ class _ReadingAudit:
         rid = reading_id(c["device_id"], c["seq"])
         sealed = self.view.locate(c["device_id"], c["seq"])
         if sealed is None:
-            self.unsealed.append(_Unsealed(c["device_id"], c["seq"]))
+            self.unsealed.append(_Unsealed(c["device_id"], c["seq"], row.get("window_id")))
             return
         if sealed.log_index >= self.horizon.log_size:
             self.report.readings_after_horizon += 1
@@ -152,32 +164,75 @@ class _ReadingAudit:
             if self.progress is not None:
                 self.progress(self.done, self.total)
 
-    async def judge_unsealed(self) -> None:
-        """Readings stored but sealed nowhere: in flight if sealed soon, else inserted.
+    async def judge_unsealed(self, topic: str) -> None:
+        """Readings stored but sealed nowhere: received (open window), in flight if sealed soon,
+        else inserted.
 
-        Waited for at most ``settle_s``: the stream appends to the ledger right after its InfluxDB
-        write, so a reading still unsealed after that is not in flight.  Not filtered by
+        A point whose window is its partition's open window (on ``topic``, the raw topic) is
+        counted as received and not judged (module docstring).  The others are waited for at
+        most ``settle_s``: the stream appends to the ledger right after flushing its InfluxDB
+        writes, so a reading still unsealed after that is not in flight.  Not filtered by
         ``received_us``: a stream catching up on a backlog seals readings received long ago, and
-        a forger could write any value there.  The wait is paid only when something is unsealed.
+        a forger could write any value there.  The wait is paid only when such a point exists.
         """
         pending = self.unsealed
         deadline = time.monotonic() + self.horizon.settle_s
         while True:
             still = []
+            positions: dict[int, Any] = {}  # one ledger read per partition and round
+
+            def position_of(partition: int, cache: dict[int, Any] = positions) -> Any:
+                if partition not in cache:
+                    cache[partition] = self.view.position(topic, partition)
+                return cache[partition]
+
             for u in pending:
-                if self.view.locate(u.device_id, u.seq) is None:
-                    still.append(u)
-                else:
+                if self.view.locate(u.device_id, u.seq) is not None:
                     self.report.readings_after_horizon += 1
+                elif open_window_state(u.window_id, position_of)[0]:
+                    self.report.readings_received += 1
+                else:
+                    still.append(u)
             pending = still
             if not pending or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.2)
+        started = {(e.topic, e.partition, e.epoch): e for e in self.view.epochs()}
         for u in pending:
             self.report.readings_checked += 1
+            lost = self._lost_with_epoch(u, topic, started)
+            if lost is not None:
+                self.received_lost.append(lost)
+                continue
+            _, why = open_window_state(u.window_id, lambda p: self.view.position(topic, p))
             self.report.readings.append(ReadingFinding(
                 "inserted", reading_id(u.device_id, u.seq), None,
-                "stored in InfluxDB but sealed in no window"))
+                f"stored in InfluxDB but sealed in no window ({why})"))
+
+    @staticmethod
+    def _lost_with_epoch(u: _Unsealed, topic: str,
+                         started: dict[tuple[str, int, int], Any]) -> LossFinding | None:
+        """A loss if ``u`` names a window of an ended epoch beyond what that epoch sealed.
+
+        The stream stores readings on receipt; a reading of an open window whose records Kafka
+        lost (a broker restart the worker holding the window did not survive as its owner) is
+        never sealed.  Its point names a window starting past the old epoch's sealed offset, a
+        window that can no longer be sealed by anyone: reported with the Kafka losses (the
+        audit still fails: INCOMPLETE), not as an insertion.  A forger who names such a window
+        gets the same verdict, and the point is withheld from clinicians either way.
+        """
+        parsed = parse_window_id(u.window_id)
+        if parsed is None:
+            return None
+        partition, epoch, first = parsed
+        ended = started.get((topic, partition, epoch + 1))
+        if ended is None:
+            return None  # that epoch has not ended: the window is sealed, open or impossible
+        sealed = -1 if ended.prior_sealed_offset is None else ended.prior_sealed_offset
+        if first <= sealed:
+            return None
+        return LossFinding(u.device_id, u.seq, u.seq, topic, partition, epoch, epoch + 1,
+                           stored=True)
 
 
 def window_readings_in_range(view: LedgerView, window: WindowInfo, start_us: int,
@@ -346,7 +401,7 @@ async def run_audit(settings: Settings, start_us: int, end_us: int, rpc_url: str
                         readings.check_row(row)
                     readings.finish_before(chunk_end, start_us, end_us)
                 readings.finish_before(2**63, start_us, end_us)  # windows reaching past the range
-                await readings.judge_unsealed()
+                await readings.judge_unsealed(settings.raw_topic)
                 await _audit_windows(client, view, report, windows, start_us, end_us,
                                      _Chunker(target_rows, chunk_us * 60), horizon)
         except InfluxError as exc:
@@ -354,6 +409,9 @@ async def run_audit(settings: Settings, start_us: int, end_us: int, rpc_url: str
         gaps, lost = _split_losses(view, _gaps(view, windows))
         report.gaps.extend(gaps)
         report.lost.extend(lost)
+        covered = {(f.device_id, s) for f in lost for s in range(f.first_missing, f.last_missing + 1)}
+        report.lost.extend(f for f in readings.received_lost
+                           if (f.device_id, f.first_missing) not in covered)
         report.epochs.extend(view.epochs())  # rare, and context for any loss
         first_index = min((w.log_index for w in windows), default=None)
         try:

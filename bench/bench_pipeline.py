@@ -16,14 +16,17 @@ and tears it down at the end. For each device count, in the same run:
   ``vitalchain bridge run`` / ``stream run`` processes an operator starts): readings *sealed and
   stored* per second, from the fleet's start to the moment the last of its readings was queryable.
 
-Latency is per reading, from the device's sample time (``ts_us``, taken just before the PUBLISH on
-the same clock) to the moment its window's ``windows`` point was first seen by a poller querying
-InfluxDB every 0.2 s. The sealer writes a window's readings before that point, so this is when the
-reading was queryable at the latest (resolution: the poll interval). It includes waiting for the
-window to close, so it is bounded below by the window length (``--window-seconds``).
+Latency to *queryable* is what a clinician sees: from the device's sample time (``ts_us``, taken
+just before the PUBLISH on the same clock) to the moment the reading was first returned by the
+clinician API (``GET /clinician/patients``, the ``vitalchain api`` process an operator starts),
+polled every 0.2 s by a clinician granted ``--api-sample`` of the fleet's patients (polling every
+patient of a large fleet would load the box being measured).  A device's readings are returned
+in order, so when the API's latest reading of a device is seq N, every sample of that device up
+to N counts as queryable then.  Resolution: the poll interval plus one request.
 
 A second latency, to *sealed*, is taken from the ledger (a poller notes when each window first
-appears in the log). ``--batch`` readings go in one MQTT message; ``--workers`` stream worker
+appears in the log); a row is drained when every acknowledged reading is sealed and its window's
+``windows`` point is in InfluxDB. ``--batch`` readings go in one MQTT message; ``--workers`` stream worker
 processes share the partitions. ``--ledger postgresql`` puts the ledger on a private PostgreSQL
 server the stack starts (``VITALCHAIN_LEDGER_URL`` on 127.0.0.1) instead of the SQLite file.
 
@@ -62,10 +65,12 @@ from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings, load_settings
 from vitalchain.devices.fleet import run_fleet
 from vitalchain.devices.registry import DeviceIdentity, provision_devices
+from vitalchain.storage.apistore import ApiStore
 from vitalchain.storage.influx import rows_of
 from vitalchain.storage.ledger import Ledger
 
 POLL_S = 0.2
+API_USER = "bench-clinician"
 SERVICES = ("mosquitto", "kafka", "influxdb")
 CPU_COLUMNS = ("simulator", "mosquitto", "bridge", "kafka", "stream", "influxdb", "postgres")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -111,6 +116,12 @@ class Row:
     sealed_p99: float = float("nan")
     sealed_max: float = float("nan")
     cpu_ms_per_1k: dict[str, float] = field(default_factory=dict)
+    api_sampled: int = 0  # readings whose queryable latency was measured through the API
+    api_request_p50: float = float("nan")  # one GET /clinician/patients, seconds
+    bridge_p50: float = float("nan")  # sample -> the bridge's received_us, sampled devices
+    bridge_p99: float = float("nan")
+    stored_p50: float = float("nan")  # sample -> in InfluxDB (polled), sampled devices
+    stored_p99: float = float("nan")
     complete: bool = False
     note: str = ""
 
@@ -194,12 +205,107 @@ class SealPoller:
         self._thread.join(10)
 
 
+class ApiPoller:
+    """When each sampled reading was first returned by the clinician API (wall clock).
+
+    ``seen[device]`` lists ``(seq, t)``: the API's latest seq of the device first seen at ``t``,
+    so a reading ``(device, s)`` became queryable at the first ``t`` whose seq is ``>= s``.
+    """
+
+    def __init__(self, settings: Settings, base_url: str, token: str) -> None:
+        self.settings = settings
+        self.base_url = base_url
+        self.token = token
+        self.seen: dict[str, list[tuple[int, float]]] = {}
+        self.stored: dict[str, list[tuple[int, float]]] = {}  # the same, from InfluxDB directly
+        self.devices: list[str] = []  # sampled devices, for the InfluxDB side
+        self.requests = 0
+        self.request_s: list[float] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="api-poller", daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=30,
+                          headers={"Authorization": f"Bearer {self.token}"}) as client:
+            while not self._stop.is_set():
+                began = time.time()
+                try:
+                    response = client.get("/clinician/patients")
+                    patients = response.json()["patients"] if response.status_code == 200 else []
+                except (httpx.HTTPError, ValueError, KeyError):
+                    patients = []
+                now = time.time()
+                self.requests += 1
+                self.request_s.append(now - began)
+                stored = self._stored_now()
+                stored_at = time.time()
+                with self._lock:
+                    for patient in patients:
+                        latest = patient.get("latest")
+                        if latest:
+                            self._mark(self.seen, latest["device_id"], int(latest["seq"]), now)
+                    for device, seq in stored.items():
+                        self._mark(self.stored, device, seq, stored_at)
+                self._stop.wait(POLL_S)
+
+    def _stored_now(self) -> dict[str, int]:
+        """Newest seq in InfluxDB of each sampled device (one query): where the stream's part
+        ends and the API's begins."""
+        if not self.devices:
+            return {}
+        names = "|".join(self.devices)
+        try:
+            rows = influx_query(self.settings, "SELECT last(seq) AS seq FROM readings WHERE "
+                                f"device_id =~ /^({names})$/ GROUP BY device_id")
+        except (httpx.HTTPError, ValueError):
+            return {}
+        return {str(r["device_id"]): int(r["seq"]) for r in rows if r.get("seq") is not None}
+
+    @staticmethod
+    def _mark(marks: dict[str, list[tuple[int, float]]], device: str, seq: int, t: float) -> None:
+        mine = marks.setdefault(device, [])
+        if not mine or seq > mine[-1][0]:
+            mine.append((seq, t))
+
+    def queryable_at(self, device_id: str, seq: int, source: str = "api") -> float | None:
+        with self._lock:
+            for top, t in (self.seen if source == "api" else self.stored).get(device_id, ()):
+                if top >= seq:
+                    return t
+        return None
+
+    def __enter__(self) -> ApiPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def grant_sample(settings: Settings, fleets: dict[int, list[DeviceIdentity]], sample: int) -> str:
+    """A clinician granted the patients of the first ``sample`` devices of every fleet; its token."""
+    from vitalchain.api.app import api_path
+
+    store = ApiStore(api_path(settings))
+    try:
+        token = store.add_user(API_USER, "clinician")
+        until = time.time_ns() // 1000 + 24 * 3600 * 1_000_000
+        for identities in fleets.values():
+            for identity in identities[:sample]:
+                store.add_grant(identity.patient_id, API_USER, until, "bench")
+    finally:
+        store.close()
+    return token
+
+
 def bench_settings(folder: Path, window_seconds: float, idle_seal_seconds: float,
                    ledger: str = "sqlite", unsigned: bool = False) -> Settings:
-    mqtt, kafka, influx, eth, rpc, pg = free_ports(6)
+    mqtt, kafka, influx, eth, rpc, pg, api = free_ports(7)
     url = f"postgresql://vitalchain@127.0.0.1:{pg}/ledger" if ledger == "postgresql" else ""
     return load_settings(environ={}, state_dir=folder, mqtt_port=mqtt, kafka_port=kafka,
-                         influx_port=influx, eth_port=eth, influx_rpc_port=rpc,
+                         influx_port=influx, eth_port=eth, influx_rpc_port=rpc, api_port=api,
                          window_seconds=window_seconds, idle_seal_seconds=idle_seal_seconds,
                          stream_app_id="vitalchain-bench", ledger_url=url,
                          device_signatures="optional" if unsigned else "required")
@@ -224,8 +330,9 @@ def last_progress(pipeline: Pipeline, name: str, marker: str) -> str:
 
 
 def run_pipeline_row(settings: Settings, stack: Stack, pipeline: Pipeline, poller: WindowPoller,
-                     sealer: SealPoller, row: Row, identities: list[DeviceIdentity], seconds: float,
-                     drain_timeout: float) -> None:
+                     sealer: SealPoller, api: ApiPoller, row: Row, identities: list[DeviceIdentity],
+                     seconds: float, drain_timeout: float, sample: int) -> None:
+    api.devices = [identity.device_id for identity in identities[:sample]]
     cpu_before = cpu_snapshot(stack, pipeline)
     started = time.time()
     sim_before = time.thread_time()
@@ -267,13 +374,40 @@ def run_pipeline_row(settings: Settings, stack: Stack, pipeline: Pipeline, polle
     if not located:
         return
     seen = {wid: poller.first_seen(wid) or 0.0 for wid, _ in located.values()}
-    latencies = sorted(seen[wid] - ts_us / 1e6 for wid, ts_us in located.values())
     done_at = max(seen.values())
     row.pipeline_rate = len(located) / (done_at - started)
     row.drain_s = done_at - published_end
-    row.p50 = statistics.median(latencies)
-    row.p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-    row.worst = latencies[-1]
+    sampled = {identity.device_id for identity in identities[:sample]}
+    deadline = time.monotonic() + 5.0  # the poller's next round after the drain
+    while True:
+        queryable = [(api.queryable_at(d, s), ts_us) for (d, s), (_, ts_us) in located.items()
+                     if d in sampled]
+        if all(t is not None for t, _ in queryable) or time.monotonic() > deadline:
+            break
+        time.sleep(POLL_S)
+    latencies = sorted(t - ts_us / 1e6 for t, ts_us in queryable if t is not None)
+    row.api_sampled = len(latencies)
+    if api.request_s:
+        row.api_request_p50 = statistics.median(api.request_s)
+    # Where the time goes: sample -> the bridge's receipt stamp, for the sampled devices.
+    bridge_lag = sorted(
+        (r["received_us"] - r["time"] / 1000) / 1e6
+        for d in sorted(sampled) for r in influx_query(
+            settings, f"SELECT received_us FROM readings WHERE device_id = '{d}'"))
+    if bridge_lag:
+        row.bridge_p50 = statistics.median(bridge_lag)
+        row.bridge_p99 = bridge_lag[min(len(bridge_lag) - 1, int(0.99 * len(bridge_lag)))]
+    if len(latencies) < len(queryable):
+        row.note += f"{len(queryable) - len(latencies)} sampled readings never seen via the API; "
+    if latencies:
+        row.p50 = statistics.median(latencies)
+        row.p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+        row.worst = latencies[-1]
+    stored_lat = sorted(t - ts_us / 1e6 for (d, s), (_, ts_us) in located.items()
+                        if d in sampled and (t := api.queryable_at(d, s, "influx")) is not None)
+    if stored_lat:
+        row.stored_p50 = statistics.median(stored_lat)
+        row.stored_p99 = stored_lat[min(len(stored_lat) - 1, int(0.99 * len(stored_lat)))]
     sealed = sorted((sealer.first_seen(wid) or seen[wid]) - ts_us / 1e6 for wid, ts_us in located.values())
     row.sealed_p50 = statistics.median(sealed)
     row.sealed_p99 = sealed[min(len(sealed) - 1, int(0.99 * len(sealed)))]
@@ -284,10 +418,11 @@ def print_table(rows: list[Row], seconds: float, window_seconds: float,
                 ceiling: tuple[int, float, float] | None, ledger: str = "sqlite") -> None:
     print()
     print(f"pipeline vs. raw simulator, {seconds:.0f} s per run, window {window_seconds:g} s, ledger {ledger}, "
-          f"latency = sample → queryable in InfluxDB (±{POLL_S} s)")
+          f"q = sample → returned by the clinician API (sampled devices, poll {POLL_S} s), "
+          "s = sample → sealed in the ledger")
     header = (f"{'devices':>7} {'Hz':>4} {'batch':>5} {'wrk':>3} {'offered/s':>9} {'raw acked/s':>11} "
               f"{'e2e stored/s':>12} {'ratio':>6} {'q p50':>6} {'q p99':>6} {'q max':>6} {'s p50':>6} "
-              f"{'s p99':>6} {'s max':>6} {'drain s':>7}  exactly-once")
+              f"{'s p99':>6} {'s max':>6} {'drain s':>7} {'q n':>6}  exactly-once")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -296,8 +431,13 @@ def print_table(rows: list[Row], seconds: float, window_seconds: float,
         print(f"{r.devices:>7} {r.rate:>4g} {r.batch:>5} {r.workers:>3} {r.devices * r.rate:>9.0f} "
               f"{r.raw_rate:>11.1f} {r.pipeline_rate:>12.1f} {ratio:>6.2f} {r.p50:>6.2f} {r.p99:>6.2f} "
               f"{r.worst:>6.2f} {r.sealed_p50:>6.2f} {r.sealed_p99:>6.2f} {r.sealed_max:>6.2f} "
-              f"{r.drain_s:>7.2f}  {check}")
-    print("(q = sample to queryable in InfluxDB, s = sample to sealed in the ledger, seconds)")
+              f"{r.drain_s:>7.2f} {r.api_sampled:>6}  {check}")
+    print("(q = sample to returned by GET /clinician/patients, over the q n readings of the sampled "
+          "devices; s = sample to sealed in the ledger; seconds)")
+    for r in rows:
+        print(f"{r.devices:>7} devices: sample -> bridge receipt p50 {r.bridge_p50:.2f} s, p99 "
+              f"{r.bridge_p99:.2f} s; -> in InfluxDB p50 {r.stored_p50:.2f} s, p99 "
+              f"{r.stored_p99:.2f} s; one GET /clinician/patients p50 {r.api_request_p50:.3f} s")
     print()
     print("CPU ms per 1,000 readings stored, by process (user+system from /proc):")
     print(f"{'devices':>7} " + " ".join(f"{c:>10}" for c in CPU_COLUMNS) + f" {'pipeline':>10}")
@@ -336,6 +476,8 @@ def main() -> int:
     parser.add_argument("--idle-seal-seconds", type=float, default=1.0)
     parser.add_argument("--ceiling-rate", type=float, default=20.0,
                         help="readings/s per device of the raw ceiling run (0: skip it)")
+    parser.add_argument("--api-sample", type=int, default=20,
+                        help="devices per fleet whose patients the polling clinician is granted")
     parser.add_argument("--drain-timeout", type=float, default=90.0,
                         help="how long a row may take to store everything after publishing ends")
     args = parser.parse_args()
@@ -366,6 +508,7 @@ def main() -> int:
                 fleets = {n: _unsigned(f) for n, f in fleets.items()}
             probe = provision_devices(settings, 1, prefix="probe")[0]
             stack.up(services)
+            token = grant_sample(settings, fleets, args.api_sample)
             # Raw first: before any bridge subscribed, Mosquitto has no one to queue for.
             for row in rows:
                 row.raw_rate = run_raw(settings, fleets[row.devices], row.rate, args.seconds, args.batch)
@@ -380,13 +523,17 @@ def main() -> int:
             with Pipeline(settings) as pipeline, WindowPoller(settings) as poller:
                 pipeline.start("bridge", None, "--progress-every", "1")
                 pipeline.start("stream", None, "--progress-seconds", "1", "--workers", str(args.workers))
+                pipeline.start("api", None, "--seal-seconds", "30")
                 wait_flowing(settings, probe, pipeline, timeout=60)
-                with SealPoller(settings) as sealer:
+                api_url = f"http://{settings.host}:{settings.api_port}"
+                with SealPoller(settings) as sealer, ApiPoller(settings, api_url, token) as api:
                     for row in rows:
-                        run_pipeline_row(settings, stack, pipeline, poller, sealer, row, fleets[row.devices],
-                                         args.seconds, args.drain_timeout)
+                        run_pipeline_row(settings, stack, pipeline, poller, sealer, api, row,
+                                         fleets[row.devices], args.seconds, args.drain_timeout,
+                                         args.api_sample)
                         print(f"pipeline {row.devices:>5} devices: {row.pipeline_rate:8.1f} readings/s "
-                              f"stored, p50 {row.p50:.2f} s, p99 {row.p99:.2f} s"
+                              f"stored, queryable p50 {row.p50:.2f} s, p99 {row.p99:.2f} s "
+                              f"({row.api_sampled} sampled), sealed p99 {row.sealed_p99:.2f} s"
                               + ("" if row.complete else f"  INCOMPLETE: {row.note}"), flush=True)
                         if not row.complete:
                             for later in rows[rows.index(row) + 1:]:

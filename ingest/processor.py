@@ -195,6 +195,8 @@ class StreamProcessor:
             state.last_arrival = time.monotonic()
             if result.outcome == "kept":
                 self.stats.kept += 1
+                if result.reading is not None and result.window_id is not None:
+                    self.sealer.received(result.reading, result.window_id)
                 self.stats.late += result.late
             elif result.outcome == "duplicate":
                 self.stats.duplicates += 1

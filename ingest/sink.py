@@ -1,6 +1,7 @@
 """Sealing one cut window: InfluxDB first, then the ledger, then (by the caller) the Kafka ack.
 
-Order matters.  Readings go to InfluxDB before the ledger names them, so the ledger never points
+Order matters.  Readings go to InfluxDB before the ledger names them (normally already on receipt,
+by :class:`~vitalchain.ingest.receipts.ReceiptWriter`, which the sealer flushes first), so the ledger never points
 at readings that are not stored; a crash between the two leaves points that the replay rewrites
 identically (same measurement, tags and timestamp).  The ``windows`` point carries the ledger's
 log index, so it is written right after the append; if the process dies in between, the point is
@@ -14,7 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from vitalchain.errors import Refused
-from vitalchain.ingest.windowing import ClosedWindow, DeadLetter
+from vitalchain.ingest.receipts import ReceiptWriter
+from vitalchain.ingest.windowing import ClosedWindow, DeadLetter, WindowReading
 from vitalchain.storage.influx import InfluxClient
 from vitalchain.storage.ledger import Ledger, ReadingIndexRow, StaleWindow, WindowConflict
 from vitalchain.storage.readings import (
@@ -38,10 +40,23 @@ class SealResult:
 
 
 class Sealer:
-    def __init__(self, ledger: Ledger, influx: InfluxClient, send_dead_letter: DeadLetterSend):
+    def __init__(self, ledger: Ledger, influx: InfluxClient, send_dead_letter: DeadLetterSend,
+                 receipts: ReceiptWriter | None = None):
         self.ledger = ledger
         self.influx = influx
         self.send_dead_letter = send_dead_letter
+        # None: readings are written at seal only (tests that drive the sealer alone).
+        self.receipts = receipts
+
+    def received(self, reading: WindowReading, window_id: str) -> None:
+        """A reading was kept in open window ``window_id``: queue its point for InfluxDB now."""
+        if self.receipts is not None:
+            self.receipts.add(reading, window_id)
+
+    def _forget(self, closed: ClosedWindow) -> None:
+        if self.receipts is not None:
+            self.receipts.forget((r.canonical["device_id"], r.canonical["seq"])
+                                 for r in closed.readings)
 
     async def seal(self, closed: ClosedWindow) -> SealResult:
         """Make ``closed`` durable; raises :class:`SealRefused` if the ledger fences it off."""
@@ -50,6 +65,7 @@ class Sealer:
             existing = (self.ledger.window_by_id(closed.header["window_id"])
                         if closed.header else None)
             if existing and existing.header == closed.header:
+                self._forget(closed)
                 return SealResult(existing.log_index, 0)
             raise SealRefused(f"{closed.topic}[{closed.partition}] is in epoch {position.epoch}; "
                               f"a window of epoch {closed.epoch} is stale")
@@ -58,6 +74,7 @@ class Sealer:
             existing = (self.ledger.window_by_id(closed.header["window_id"])
                         if closed.header else None)
             if closed.header is None or (existing and existing.header == closed.header):
+                self._forget(closed)
                 return SealResult(existing.log_index if existing else None, 0)
         if sealed is not None and closed.first_offset != sealed + 1:
             raise SealRefused(f"{closed.topic}[{closed.partition}] is sealed up to {sealed}; "
@@ -74,14 +91,17 @@ class Sealer:
             return SealResult(None, 0)
         header = closed.header
         window_id = header["window_id"]
-        # Signed messages first (the record carrying one whole), so no stored reading names a
-        # message point that is missing; rewriting one is idempotent like the readings.
-        await self.influx.write(
-            [signed_message_point(r.canonical["device_id"], r.signed)
-             for r in closed.readings if r.signed is not None and "sig" in r.signed]
-            + [reading_point(r.canonical, r.leaf, window_id, r.late, r.received_us,
-                             signed_at(r.signed) if r.signed is not None else None)
-               for r in closed.readings])
+        unwritten = (list(closed.readings) if self.receipts is None
+                     else await self.receipts.settle(window_id, closed.readings))
+        if unwritten:
+            # Signed messages first (the record carrying one whole), so no stored reading names a
+            # message point that is missing; rewriting one is idempotent like the readings.
+            await self.influx.write(
+                [signed_message_point(r.canonical["device_id"], r.signed)
+                 for r in unwritten if r.signed is not None and "sig" in r.signed]
+                + [reading_point(r.canonical, r.leaf, window_id, r.late, r.received_us,
+                                 signed_at(r.signed) if r.signed is not None else None)
+                   for r in unwritten])
         rows = [ReadingIndexRow(r.canonical["device_id"], r.canonical["seq"],
                                 r.canonical["ts_us"], i, r.leaf)
                 for i, r in enumerate(closed.readings)]

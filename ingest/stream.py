@@ -33,8 +33,9 @@ from faust.types import TP
 
 from vitalchain.config import Settings
 from vitalchain.core.integrity import salt_key_id
-from vitalchain.ingest.kafka_compat import guard_connection_close
+from vitalchain.ingest.kafka_compat import guard_connection_close, shorten_fetch_wait
 from vitalchain.ingest.processor import StreamProcessor
+from vitalchain.ingest.receipts import ReceiptWriter
 from vitalchain.ingest.sink import Sealer
 from vitalchain.ingest.windowing import DeadLetter
 from vitalchain.storage.influx import InfluxClient
@@ -55,11 +56,21 @@ def faust_datadir(settings: Settings, worker_name: str) -> str:
     return str(settings.state_dir / "faust" / f"{settings.stream_app_id}-{worker_name}")
 
 
+def progress_line(proc: StreamProcessor) -> str:
+    """The processor's counters plus the receipt writer's (``received_queued`` holds readings
+    back from the screen: taken, not yet in InfluxDB)."""
+    receipts = proc.sealer.receipts
+    extra = ("" if receipts is None else
+             f" received_written={receipts.stats.written} received_queued={receipts.queued}")
+    return proc.stats.line() + extra
+
+
 def create_app(settings: Settings, worker_name: str | None = None,
                progress_every_s: float = 2.0) -> faust.App:
     """The Faust app of one stream worker (several workers share partitions via the group)."""
     worker_name = worker_name or str(os.getpid())
     guard_connection_close()
+    shorten_fetch_wait()
     # Faust creates only the last level of its data dir.
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -126,7 +137,7 @@ def create_app(settings: Settings, worker_name: str | None = None,
             influx = InfluxClient(settings)
             state["processor"] = StreamProcessor(
                 settings.raw_topic, ledger=ledger,
-                sealer=Sealer(ledger, influx, send_dead_letter),
+                sealer=Sealer(ledger, influx, send_dead_letter, ReceiptWriter(influx)),
                 window_seconds=settings.window_seconds,
                 idle_seal_seconds=settings.idle_seal_seconds, salt_key=key,
                 salt_key_id=salt_key_id(key), seek=seek, earliest=earliest,
@@ -147,7 +158,7 @@ def create_app(settings: Settings, worker_name: str | None = None,
 
     @app.timer(interval=progress_every_s)
     async def progress() -> None:
-        print(processor().stats.line(), file=sys.stderr, flush=True)
+        print(progress_line(processor()), file=sys.stderr, flush=True)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
@@ -162,7 +173,7 @@ def create_app(settings: Settings, worker_name: str | None = None,
     def on_shutdown(sender: Any, **kwargs: Any) -> None:
         if "processor" in state:
             state["processor"].stopping = True
-            print(state["processor"].stats.line(), file=sys.stderr, flush=True)
+            print(progress_line(state["processor"]), file=sys.stderr, flush=True)
 
     app.vitalchain_processor = processor  # type: ignore[attr-defined]
     return app

@@ -34,6 +34,7 @@ from vitalchain.core.integrity import (
     build_window_header,
     canonical_reading,
     reading_leaf_hash,
+    window_id,
 )
 
 STAGE = "stream"
@@ -106,6 +107,9 @@ class Offered:
     outcome: str
     closed: ClosedWindow | None = None
     late: bool = False
+    # A kept reading and the id of the open window it went into (written to InfluxDB on receipt).
+    reading: WindowReading | None = None
+    window_id: str | None = None
 
 
 def dead_letter(reason: str, detail: str, topic: str, payload: bytes, received_us: int,
@@ -263,9 +267,11 @@ class PartitionWindower:
         late = self.prev_end_us is not None and ts < self.prev_end_us
         if late:
             window.late += 1
-        window.readings.append(WindowReading(offset, canonical, leaf, late, received_us, signed))
+        kept = WindowReading(offset, canonical, leaf, late, received_us, signed)
+        window.readings.append(kept)
         window.leaves[identity] = leaf
-        return Offered("kept", closed, late)
+        return Offered("kept", closed, late, kept,
+                       window_id(self.partition, window.first_offset, self.epoch))
 
     def cut_idle(self) -> ClosedWindow | None:
         """Close the open window on the wall-clock idle rule (None when nothing is open)."""

@@ -23,7 +23,6 @@ from vitalchain.storage.ledger import Ledger, ReadingIndexRow
 from vitalchain.storage.readings import reading_point, window_point
 
 SALT_KEY = b"\x11" * 32
-TOPIC = "vitals.audit"
 T0 = 1_750_000_000_000_000  # epoch us of the first reading
 DEVICES = ("dev-a", "dev-b", "dev-c")
 
@@ -91,7 +90,10 @@ class World:
 
         def finish() -> None:
             with Ledger(self.settings.ledger_path) as ledger:
-                index = ledger.append_window(TOPIC, 0, header, leaves, rows, False)
+                # On the raw topic, as the stream seals: the audit reads its positions to tell
+                # a received reading of the open window from an insertion.
+                index = ledger.append_window(self.settings.raw_topic, 0, header, leaves, rows,
+                                             False)
             influx_write(self.settings, [window_point(header, index)])
 
         return finish

@@ -2,7 +2,7 @@
 
 An attacker with write access to InfluxDB alters a sealed reading or inserts one nobody sent;
 the API, FHIR and the downsampled vitals must withhold both (never a value, never in NEWS2 or
-"latest") and say so, while readings of a still-open window are shown, marked ``unsealed``.
+"latest") and say so, while readings of a still-open window are shown, marked ``received``.
 The world is ``tests.test_api_http.make_world``: pat-a has dev-a_1 seq 0..29 (one a minute, the
 newest a minute ago, hr 120 and NEWS2 8), sealed in windows p0-0 and p0-20 of partition 0,
 which is sealed up to offset 34, so its open window is p0-35.
@@ -123,7 +123,7 @@ def test_a_reading_altered_after_sealing_is_withheld_everywhere(world: World) ->
     assert "vitals" not in withheld and "altered after sealing" in withheld["reason"]
 
     series = vitals_of(world)
-    assert series["states"] == {"unsealed": 0, "sealed": 28, "anchored": 0, "altered": 2,
+    assert series["states"] == {"received": 0, "sealed": 28, "anchored": 0, "altered": 2,
                                 "unknown": 0}
     assert sum(p["n"] for p in series["points"]) == 28
     assert max(p["hr_max"] for p in series["points"]) == 74  # neither 250, 121 nor 120
@@ -179,7 +179,7 @@ def test_a_reading_inserted_into_influxdb_is_unknown_and_never_latest(world: Wor
     assert all(r["status"] == "final" for r in obs[("dev-a_1", 29)])
 
 
-def test_a_reading_of_the_open_window_is_shown_marked_unsealed(world: World) -> None:
+def test_a_reading_of_the_open_window_is_shown_marked_received(world: World) -> None:
     now = time.time_ns() // 1000
     raw = {"device_id": "dev-a_1", "patient_id": "pat-a", "seq": 30, "ts_us": now,
            "vitals": ALARMING}
@@ -189,14 +189,14 @@ def test_a_reading_of_the_open_window_is_shown_marked_unsealed(world: World) -> 
 
     patient = patient_a(world)
     latest = patient["latest"]
-    assert (latest["seq"], latest["state"]) == (30, "unsealed") and latest["vitals"] == ALARMING
+    assert (latest["seq"], latest["state"]) == (30, "received") and latest["vitals"] == ALARMING
     assert patient["news2"]["score"] == 14 and patient["withheld"] == []  # clinicians need it now
     series = vitals_of(world)
-    assert series["states"]["unsealed"] == 1 and sum(p["n_unsealed"] for p in series["points"]) == 1
+    assert series["states"]["received"] == 1 and sum(p["n_received"] for p in series["points"]) == 1
     assert max(p["hr_max"] for p in series["points"]) == 140
-    (unsealed,) = fhir_of(world, date=f"ge{iso_from_us(now)}").values()
-    for resource in unsealed:
-        assert resource["status"] == "preliminary" and tag(resource) == "unsealed"
+    (received,) = fhir_of(world, date=f"ge{iso_from_us(now)}").values()
+    for resource in received:
+        assert resource["status"] == "preliminary" and tag(resource) == "received"
         assert has_value(resource) and "not sealed yet" in resource["note"][0]["text"]
         assert "extension" not in resource  # no proof exists yet
 

@@ -156,13 +156,45 @@ def test_windows_sealed_while_the_audit_runs_are_not_judged(world: World) -> Non
 
 
 def test_a_reading_never_sealed_is_still_inserted_after_the_settle_wait(world: World) -> None:
-    """A stored reading that stays unsealed is a finding even if its received_us is recent."""
+    """A stored reading that stays unsealed is a finding even if its received_us is recent.
+
+    Readings are stored on receipt, so while the window it names is its partition's open window
+    it is counted as received and judged neither way; once that window is sealed without it, it
+    is inserted (after the settle wait)."""
     world.begin_seal(3, received_us=time.time_ns() // 1000)  # never appended
+    report = audit(world, settle_s=1.0)
+    assert summary(report) == NOTHING and report.readings_received == 3, report.to_text()
+    assert report.readings_checked == 36 and report.to_dict()["counts"]["readings_received"] == 3
+    assert "received, not sealed yet and not judged: 3 readings" in report.to_text()
+    world.offset -= 3  # the stream seals that offset range with other readings
+    world.begin_seal(3)()
     started = time.monotonic()
     report = audit(world, settle_s=1.0)
     assert time.monotonic() - started >= 1.0  # it waited for the stream before judging
     assert sorted(f.kind for f in report.readings) == ["inserted"] * 3, report.to_text()
     assert report.verdict == "findings" and report.exit_code == 1
+
+
+def test_a_received_reading_of_an_ended_epoch_is_reported_lost_not_inserted(world: World) -> None:
+    """Readings are stored on receipt.  One in the window epoch 0 had open when Kafka restarted
+    (past what epoch 0 sealed) can never be sealed: reported with the Kafka losses (the audit
+    still fails), while a point naming a window that epoch *sealed* without it is inserted."""
+    def point(seq: int, window_id: str) -> Any:
+        extra = canonical_reading({"device_id": "dev-a", "patient_id": "pat-dev-a", "seq": seq,
+                                   "ts_us": T0 + 50 + seq, "vitals": {
+                                       "hr": 70, "spo2": 98, "rr": 12, "temp_c": 36.5,
+                                       "sys": 118, "dia": 79}}, b"\x11" * 32)
+        return reading_point(extra, reading_leaf_hash(extra), window_id, False, extra["ts_us"])
+
+    influx_write(world.settings, [point(600, "p0-36"), point(601, "p0-0")])
+    with Ledger(world.settings.ledger_path) as ledger:
+        assert ledger.begin_epoch(world.settings.raw_topic, 0, 0, "broker restarted (test)") == 1
+    report = audit(world, settle_s=0.5)
+    assert summary(report)["readings"] == [("inserted", "dev-a#601")], report.to_text()
+    lost = [(f.device_id, f.first_missing, f.stored, f.from_epoch) for f in report.lost]
+    assert lost == [("dev-a", 600, True, 0)], report.to_text()
+    assert "stored in InfluxDB on receipt in a window of epoch 0" in report.to_text()
+    assert report.verdict == "findings" and report.readings_received == 0
 
 
 def test_an_empty_range_says_nothing_was_sealed(world: World) -> None:

@@ -2,7 +2,7 @@
 
 A reading altered in InfluxDB after sealing and one inserted there are not the patient's latest,
 not scored and not charted; the clinician sees them listed as withheld with their state.  A
-reading of a still-open window is shown at once, marked "not yet sealed", without a proof button.
+reading of a still-open window is shown at once, marked "received · not verified", without a proof button.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 
 @pytest.mark.e2e
 @needs_chromium
-def test_dashboard_withholds_altered_and_unknown_and_marks_unsealed(isolated: Settings,
+def test_dashboard_withholds_altered_and_unknown_and_marks_received(isolated: Settings,
                                                                      tmp_path: Path) -> None:
     settings = isolated.with_overrides(state_dir=tmp_path)
     now_us = time.time_ns() // 1000
@@ -92,15 +92,19 @@ def test_dashboard_withholds_altered_and_unknown_and_marks_unsealed(isolated: Se
             fresh = now_us + SECOND_US
             in_thread(lambda: insert(settings, DEVICE, 60, fresh, f"p0-{seeded['next_offset']}",
                                      WORRYING))  # sync Playwright holds this thread's loop
-            wait_until(lambda: row.locator("td.integrity .state-unsealed").count() == 1, 15,
-                       "the unsealed reading to show")
-            assert row.locator("td.integrity .state-unsealed").inner_text() == "not yet sealed"
+            wait_until(lambda: row.locator("td.integrity .state-received").count() == 1, 15,
+                       "the received reading to show")
+            assert row.locator("td.integrity .state-received").inner_text() == "received · not verified"
             assert row.locator("td.news2").inner_text() == str(news2(WORRYING).score)
             assert f"{DEVICE} · 60" in row.inner_text()
             assert page.locator("#proof-btn").is_disabled()
             assert "not sealed yet" in page.locator("#proof-target").inner_text()
-            page.locator("#patient-note", has_text="1 reading(s) not yet sealed").wait_for()
-            page.locator("#latest .tile[data-vital=hr] .at", has_text="not yet sealed").wait_for()
+            page.locator("#patient-note",
+                         has_text="1 reading(s) received, not verified yet (window still open)").wait_for()
+            assert "every reading checked" not in page.locator("#patient-note").inner_text()
+            page.locator("#latest .tile[data-vital=hr] .at",
+                         has_text="received, not verified yet").wait_for()
+            keep_screenshot(page, "dashboard-received.png")  # docs/img: the state as seen
 
             # pat-c's newest sealed reading deleted from InfluxDB: named, not silently skipped
             assert row_c.locator("td.integrity .state-missing").count() == 0

@@ -61,7 +61,7 @@ def test_before_anything_is_sealed_only_offset_zero_windows_are_open(ledger: Led
     c = canonical(0)
     assert states(verifier, [row(c, "p0-0"), row(c, "p3-0"), row(c, "p0-1"), row(c, "x"),
                              row(c, "p0-0 "), row(c, "p0-0\n")]) == \
-        ["unsealed", "unsealed", "unknown", "unknown", "unknown", "unknown"]
+        ["received", "received", "unknown", "unknown", "unknown", "unknown"]
 
 
 def test_states_after_a_window_is_sealed(ledger: Ledger) -> None:
@@ -70,14 +70,28 @@ def test_states_after_a_window_is_sealed(ledger: Ledger) -> None:
     assert window == "p0-0"
     verdicts = ReadVerifier(ledger, TOPIC).verify(
         [row(a, "p0-0"), row(b, "forged-window"), row(c, "p0-0"), row(c, "p0-2"), row(c, "p0-3")])
-    assert [v.state.value for v in verdicts] == ["sealed", "sealed", "unknown", "unsealed", "unknown"]
+    assert [v.state.value for v in verdicts] == ["sealed", "sealed", "unknown", "received", "unknown"]
     assert verdicts[1].window_id == "p0-0"  # the ledger's window, not the point's claim
     assert "sealed up to offset 1" in verdicts[2].reason
     assert "cannot be open" in verdicts[4].reason
     # inside the anchored checkpoint (log size 1): anchored
     assert states(ReadVerifier(ledger, TOPIC, anchored_size=1), [row(a, "p0-0")]) == ["anchored"]
     # another topic's offsets say nothing about this one
-    assert states(ReadVerifier(ledger, "other.topic"), [row(c, "p0-0")]) == ["unsealed"]
+    assert states(ReadVerifier(ledger, "other.topic"), [row(c, "p0-0")]) == ["received"]
+
+
+def test_after_a_new_epoch_only_that_epochs_open_window_is_received(ledger: Ledger) -> None:
+    """Readings are written on receipt in every epoch: ``p0e1-0`` is the open window of epoch 1,
+    while a point still naming epoch 0's next window can no longer be in an open window."""
+    a, b, c = canonical(0), canonical(1), canonical(2)
+    seal(ledger, [a], 0)
+    assert ledger.begin_epoch(TOPIC, 0, 0, "broker restarted (test)") == 1
+    verdicts = ReadVerifier(ledger, TOPIC).verify(
+        [row(a, "p0-0"), row(b, "p0e1-0"), row(c, "p0-1"), row(c, "p0e2-0"), row(c, "p0e1-1")])
+    assert [v.state.value for v in verdicts] == ["sealed", "received", "unknown", "unknown",
+                                                 "unknown"]
+    assert not verdicts[1].verified and verdicts[0].verified
+    assert "epoch 0, partition 0 is in epoch 1" in verdicts[2].reason
 
 
 def test_altered_points_are_caught_whatever_they_claim(ledger: Ledger) -> None:
@@ -108,7 +122,7 @@ def test_served_readings_carry_values_and_state(ledger: Ledger) -> None:
     (v,) = ReadVerifier(ledger, TOPIC).verify([row(a, "p0-0")])
     assert v.state is ReadState.SEALED
     assert v.served() == {"device_id": "dev-1", "seq": 0, "ts_us": a["ts_us"], "state": "sealed",
-                          "patient_id": "pat-1", "vitals": VITALS, "late": False,
+                          "verified": True, "patient_id": "pat-1", "vitals": VITALS, "late": False,
                           "window_id": "p0-0"}
 
 

@@ -4,7 +4,7 @@ The API tests seal windows with the stream's primitives; here a real ``vitalchai
 worker seals produced records (with duplicates, seq conflicts and late readings), and every
 point it wrote to InfluxDB must verify as ``sealed``: a false ``unknown`` or ``altered`` would hide
 a real reading from clinicians. The window it is sealing while points are written (the moment
-between its InfluxDB write and its ledger append) is the ``unsealed`` case of the API tests.
+between its InfluxDB write and its ledger append) is the ``received`` case of the API tests.
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ def test_every_reading_the_stream_sealed_verifies_as_sealed(isolated: Settings,
         assert {(v.device_id, v.seq) for v in verdicts} == set(inp.unique)
         late = {(v.device_id, v.seq) for v in verdicts if v.stored and v.stored.late}
         assert late == inp.late
-        # A point nobody sent, next to the stream's: unsealed only if it names its partition's
+        # A point nobody sent, next to the stream's: received only if it names its partition's
         # open window (the offset after the last sealed record), unknown if a sealed one.
         sealed_window = rows[0]["window_id"]
         partition = int(sealed_window.split("-")[0][1:])
         forged = [{**rows[0], "seq": rows[0]["seq"] + 1_000_000, "window_id": w}  # same seq % 1000
                   for w in (f"p{partition}-{ends[partition]}", sealed_window)]
         assert [v.state.value for v in ReadVerifier(ledger, settings.raw_topic).verify(forged)] \
-            == ["unsealed", "unknown"]
+            == ["received", "unknown"]

@@ -349,7 +349,7 @@ function showLatest() {
     const at = document.createElement("div");
     at.className = "at";
     at.textContent = `${fmtTime(t, true)} · ${ageOf(t)}` +
-      (p.latest.state === "unsealed" ? " · not yet sealed" : "") + (stale ? " · no newer reading" : "");
+      (p.latest.state === "received" ? " · received, not verified yet" : "") + (stale ? " · no newer reading" : "");
     tile.append(label, value, at);
     box.append(tile);
   }
@@ -373,12 +373,12 @@ function showLatest() {
 
 // Verified reads: every reading carries its state (docs/API.md). Values of altered/unknown
 // readings never reach the page; they are listed as withheld.
-const STATE_TEXT = { anchored: "anchored", sealed: "sealed", unsealed: "not yet sealed",
+const STATE_TEXT = { anchored: "anchored", sealed: "sealed", received: "received · not verified",
                      altered: "altered", unknown: "unknown" };
 const STATE_TITLE = {
   anchored: "matches its sealed leaf in the ledger; its window is anchored on chain",
   sealed: "matches its sealed leaf in the ledger; not anchored on chain yet",
-  unsealed: "received, its window is still open: shown at once, not verified yet",
+  received: "received, its window is still open: shown at once, not verified yet",
 };
 
 function badge(text, className, title) {
@@ -458,7 +458,7 @@ async function openPatient(patientId) {
 function updateProofTarget() {
   const p = state.patients.get(state.patientId);
   const latest = p && p.latest;
-  const provable = latest && latest.state !== "unsealed";
+  const provable = latest && latest.state !== "received";
   $("proof-btn").disabled = !provable;
   $("proof-target").textContent = latest
     ? `${latest.device_id} seq ${latest.seq}, ${fmtTime(new Date(latest.ts_us / 1000))}` +
@@ -484,12 +484,12 @@ async function loadVitals() {
   }
   if (patientId !== state.patientId) return;  // the user switched patient meanwhile
   const n = body.points.length;
-  const unsealed = body.states ? body.states.unsealed : 0;
+  const received = body.states ? body.states.received : 0;
   const what = pointMeaning(body.interval_s, body.points);
   note($("patient-note"), n ? `${n} points; ${what.sentence}` +
     (body.late.length ? `; ${body.late.length} late reading(s) in range` : "") +
-    (unsealed ? `; ${unsealed} reading(s) not yet sealed` : "") +
-    `; every reading checked against the ledger`
+    (received ? `; ${received} reading(s) received, not verified yet (window still open); ` +
+      "the others checked against the ledger" : "; every reading checked against the ledger")
     : `No readings in the last ${minutes} min.`);
   showWithheld(body);
   $("live").textContent = `live · updated ${fmtTime(new Date(), true)}`;
@@ -810,7 +810,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("range").addEventListener("change", () => { if (state.patientId) loadVitals(); });
   $("proof-btn").addEventListener("click", () => {
     const p = state.patients.get(state.patientId);
-    if (p && p.latest && p.latest.state !== "unsealed") proveReading(p.latest.device_id, p.latest.seq);
+    if (p && p.latest && p.latest.state !== "received") proveReading(p.latest.device_id, p.latest.seq);
   });
   $("proof-form").addEventListener("submit", (e) => {
     e.preventDefault();

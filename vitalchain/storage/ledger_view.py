@@ -18,7 +18,7 @@ from typing import Any
 
 from vitalchain.core.integrity import WINDOW_FORMAT
 from vitalchain.errors import Unavailable
-from vitalchain.storage.ledger import EPOCH_COLUMNS, EpochRecord, epoch_record
+from vitalchain.storage.ledger import EPOCH_COLUMNS, EpochRecord, PartitionPosition, epoch_record
 from vitalchain.storage.sqldb import SqlDb, connect, is_postgres_url, redact_url
 
 
@@ -142,6 +142,19 @@ class LedgerView:
             return None
         epoch = json.loads(row[2]).get("epoch", 0)
         return str(row[0]), int(row[1]), int(epoch) if isinstance(epoch, int) else 0
+
+    def position(self, topic: str, partition: int) -> PartitionPosition:
+        """The partition's current epoch and sealed offset in it, as ``Ledger.position`` (which
+        tells the audit which window is open: readings are stored before it seals)."""
+        row = (self._db.one("SELECT MAX(epoch) FROM ledger_epochs WHERE topic=? AND partition=?",
+                            (topic, partition))
+               if self._db.table_exists("ledger_epochs") else None)  # a ledger older than epochs
+        epoch = 0 if row is None or row[0] is None else int(row[0])
+        row = self._db.one("SELECT sealed_offset, epoch, tail_hash FROM ledger_partitions "
+                           "WHERE topic=? AND partition=?", (topic, partition))
+        if row is None or int(row[1]) != epoch:
+            return PartitionPosition(epoch, None, None)
+        return PartitionPosition(epoch, int(row[0]), None if row[2] is None else bytes(row[2]))
 
     def epochs(self) -> list[EpochRecord]:
         """Every new epoch the stream started (none on a ledger older than epochs)."""

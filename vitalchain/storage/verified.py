@@ -10,9 +10,11 @@ verdict is the reading's *state*:
 - ``anchored``: the leaf matches, and its window is inside the largest checkpoint the anchor
   worker recorded as anchored (whose root the ledger still reproduces: the caller checks that);
 - ``sealed``: the leaf matches the ledger; the window is not anchored (yet);
-- ``unsealed``: the ledger has no leaf for ``(device_id, seq)`` and the window the point names
-  is the one its partition has open now (``p<partition>-<sealed offset + 1>``, the only window
-  that can be open: windows are contiguous offset ranges, fenced on the sealed offset);
+- ``received``: the ledger has no leaf for ``(device_id, seq)`` and the window the point names
+  is the one its partition has open now (``p<partition>-<sealed offset + 1>``, with ``e<epoch>``
+  after the partition's first epoch: the only window that can be open, since windows are
+  contiguous offset ranges fenced on the sealed offset).  The stream writes every reading on
+  receipt, so this is every reading's state until its window seals: shown, *not verified*;
 - ``altered``: the ledger has a leaf for ``(device_id, seq)`` and the point does not hash to it
   (or cannot be rebuilt at all);
 - ``unknown``: the ledger has no leaf for it and it cannot be in an open window (its window is
@@ -28,34 +30,70 @@ between the two reads makes its readings ``sealed``, never a false ``unknown``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from vitalchain.storage.ledger import Ledger, ReadingLocation
+from vitalchain.storage.ledger import Ledger, PartitionPosition, ReadingLocation
 from vitalchain.storage.readings import LeafMemo, StoredReading, StoredReadingError, stored_leaf
 
 # The stream's window ids (docs/STREAM.md); partitions and offsets bounded so SQLite takes them.
-_WINDOW_ID = re.compile(r"p([0-9]{1,9})-([0-9]{1,18})")
+_WINDOW_ID = re.compile(r"p([0-9]{1,9})(?:e([0-9]{1,9}))?-([0-9]{1,18})")
+
+
+PositionOf = Callable[[int], PartitionPosition]
+
+
+def parse_window_id(window_id: object) -> tuple[int, int, int] | None:
+    """``(partition, epoch, first_offset)`` of a stream window id, None for anything else."""
+    match = _WINDOW_ID.fullmatch(window_id) if isinstance(window_id, str) else None
+    return None if match is None else (int(match[1]), int(match[2] or 0), int(match[3]))
+
+
+def open_window_state(window_id: object, position_of: PositionOf) -> tuple[bool, str]:
+    """Whether ``window_id`` names its partition's one open window now, and why (not).
+
+    THE rule for a reading the ledger does not hold yet, shared by verified reads and the audit:
+    the open window of a partition is ``p<partition>[e<epoch>]-<sealed offset + 1>`` in its
+    current epoch (offset 0 while nothing is sealed in it: memory-only Kafka starts a new
+    incarnation's offsets at 0).  ``position_of(partition)`` reads the ledger's position.
+    """
+    match = _WINDOW_ID.fullmatch(window_id) if isinstance(window_id, str) else None
+    if not match:
+        return False, f"sealed nowhere, and {window_id!r} is no stream window"
+    partition, epoch, first = int(match[1]), int(match[2] or 0), int(match[3])
+    position = position_of(partition)
+    done = -1 if position.sealed_offset is None else position.sealed_offset
+    if epoch != position.epoch:
+        return False, (f"window {window_id} is of epoch {epoch}, partition {partition} is in "
+                       f"epoch {position.epoch}: it cannot be open")
+    if first == done + 1:
+        return True, (f"received in window {window_id}, still open: not sealed yet, so not "
+                      "verified")
+    if first <= done:
+        return False, (f"window {window_id} is sealed (partition {partition} is sealed up to "
+                       f"offset {done}) and does not hold it")
+    return False, (f"window {window_id} cannot be open: partition {partition}'s open window "
+                   f"starts at offset {done + 1}")
 
 
 class ReadState(StrEnum):
-    UNSEALED = "unsealed"
+    RECEIVED = "received"
     SEALED = "sealed"
     ANCHORED = "anchored"
     ALTERED = "altered"
     UNKNOWN = "unknown"
 
 
-SERVABLE = frozenset({ReadState.UNSEALED, ReadState.SEALED, ReadState.ANCHORED})
+SERVABLE = frozenset({ReadState.RECEIVED, ReadState.SEALED, ReadState.ANCHORED})
 
 
 @dataclass(frozen=True, slots=True)
 class VerifiedReading:
     """One stored point with its verdict.  ``stored`` is None when the point was unreadable.
 
-    ``window_id`` is the ledger's for sealed readings, the (checked) open window for unsealed
+    ``window_id`` is the ledger's for sealed readings, the (checked) open window for received
     ones, and whatever the point claimed otherwise.
     """
 
@@ -72,10 +110,15 @@ class VerifiedReading:
     def servable(self) -> bool:
         return self.state in SERVABLE
 
+    @property
+    def verified(self) -> bool:
+        """True only when the leaf was checked against the ledger (sealed or anchored)."""
+        return self.state in (ReadState.SEALED, ReadState.ANCHORED)
+
     def served(self) -> dict[str, Any]:
         """The API's reading object: values only when servable, never for altered/unknown."""
         out: dict[str, Any] = {"device_id": self.device_id, "seq": self.seq, "ts_us": self.ts_us,
-                               "state": self.state.value}
+                               "state": self.state.value, "verified": self.verified}
         if self.servable and self.stored is not None:
             c = self.stored.canonical
             out.update(patient_id=c["patient_id"], vitals=c["vitals"], late=self.stored.late,
@@ -134,22 +177,18 @@ class ReadVerifier:
         return [self._judge(row, item, sealed, sealed_up_to)
                 for row, item in zip(rows, parsed, strict=True)]
 
-    def _sealed_offsets(self, rows: Sequence[Mapping[str, Any]]) -> dict[int, int]:
-        """Last sealed offset (-1: none) of each partition some row's window id names."""
+    def _sealed_offsets(self, rows: Sequence[Mapping[str, Any]]) -> dict[int, PartitionPosition]:
+        """The ledger's position of each partition some row's window id names."""
         partitions: set[int] = set()
         for row in rows:
             match = _WINDOW_ID.fullmatch(str(row.get("window_id", "")))
             if match:
                 partitions.add(int(match[1]))
-        out = {}
-        for p in partitions:
-            offset = self.ledger.last_sealed_offset(self.topic, p)
-            out[p] = -1 if offset is None else offset
-        return out
+        return {p: self.ledger.position(self.topic, p) for p in partitions}
 
     def _judge(self, row: Mapping[str, Any], item: tuple[StoredReading, bytes] | str,
                sealed: Mapping[tuple[str, int], ReadingLocation],
-               sealed_up_to: Mapping[int, int]) -> VerifiedReading:
+               sealed_up_to: Mapping[int, PartitionPosition]) -> VerifiedReading:
         if isinstance(item, str):
             device, seq, ts = _identity(row)
             claimed = row.get("window_id")
@@ -179,18 +218,10 @@ class ReadVerifier:
         state, why = self._open_window(stored.window_id, sealed_up_to)
         return VerifiedReading(state, why, device, seq, c["ts_us"], stored, stored.window_id)
 
-    def _open_window(self, window_id: str,
-                     sealed_up_to: Mapping[int, int]) -> tuple[ReadState, str]:
-        """Unsealed if ``window_id`` is its partition's open window, else unknown (and why)."""
-        match = _WINDOW_ID.fullmatch(window_id)
-        if not match:
-            return ReadState.UNKNOWN, f"sealed nowhere, and {window_id!r} is no stream window"
-        partition, first = int(match[1]), int(match[2])
-        done = sealed_up_to.get(partition, -1)
-        if first == done + 1:
-            return ReadState.UNSEALED, f"window {window_id} is still open: not sealed yet"
-        if first <= done:
-            return ReadState.UNKNOWN, (f"window {window_id} is sealed (partition {partition} "
-                                       f"is sealed up to offset {done}) and does not hold it")
-        return ReadState.UNKNOWN, (f"window {window_id} cannot be open: partition {partition}'s "
-                                   f"open window starts at offset {done + 1}")
+    @staticmethod
+    def _open_window(window_id: str,
+                     positions: Mapping[int, PartitionPosition]) -> tuple[ReadState, str]:
+        """Received if ``window_id`` is its partition's open window, else unknown (and why)."""
+        is_open, why = open_window_state(
+            window_id, lambda p: positions.get(p, PartitionPosition(0, None, None)))
+        return (ReadState.RECEIVED if is_open else ReadState.UNKNOWN), why

@@ -1,0 +1,142 @@
+"""Readings written to InfluxDB on receipt, before their window seals (issue #14, item 3).
+
+A clinician must not wait for a window to close to see a vital sign, so every kept reading's
+``readings`` point is written as soon as the stream takes it, batched: :meth:`ReceiptWriter.add`
+only queues the point, and a background flush writes what is queued every ``flush_s`` (or at
+once when ``max_batch`` points are waiting).  Such a point is *received*: the API shows it as not
+yet verified until the ledger holds its leaf (``vitalchain.storage.verified``).
+
+Sealing stays exact because the receipt point is the very point sealing used to write: the same
+measurement, tags and timestamp (so a replay after a crash overwrites it instead of doubling it)
+and the same fields, ``window_id`` included (a reading is offered into the open window it is
+sealed in).  Before the ledger names a window's readings, :meth:`ReceiptWriter.settle` flushes
+the queue and returns the readings that were *not* written with that window id (a replay that
+cut a window differently, a reading never offered through this writer); the sealer writes those
+itself.  So "InfluxDB before the ledger" holds as before, and each reading is written once in
+the common case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from vitalchain.ingest.windowing import WindowReading
+from vitalchain.storage.influx import InfluxClient, Point
+from vitalchain.storage.readings import reading_point, signed_at, signed_message_point
+
+log = logging.getLogger("vitalchain.stream")
+
+# Fast enough for "on screen within a second" (the dashboard polls every couple of seconds), slow
+# enough that a busy stream writes thousands of points per request rather than a few.
+FLUSH_S = 0.1
+MAX_BATCH = 5000
+
+
+@dataclass
+class ReceiptStats:
+    written: int = 0
+    flushes: int = 0
+    failures: int = 0
+
+
+class ReceiptWriter:
+    """Queues receipt points and writes them in batches; remembers what it wrote until sealed."""
+
+    def __init__(self, influx: InfluxClient, flush_s: float = FLUSH_S,
+                 max_batch: int = MAX_BATCH) -> None:
+        self.influx = influx
+        self.flush_s = flush_s
+        self.max_batch = max_batch
+        # (reading key or None for a signed message's point, window id, point)
+        self._queue: list[tuple[tuple[str, int] | None, str, Point]] = []
+        # (device_id, seq) -> window_id it was written with; dropped when its window seals.
+        self._written: dict[tuple[str, int], str] = {}
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.stats = ReceiptStats()
+
+    @property
+    def queued(self) -> int:
+        """Points taken but not written yet (on the progress line: they hold readings back)."""
+        return sum(1 for key, _, _ in self._queue if key is not None)
+
+    def add(self, reading: WindowReading, window_id: str) -> None:
+        """Queue ``reading``'s point, written with ``window_id`` (the open window it is in)."""
+        c = reading.canonical
+        signed = reading.signed
+        if signed is not None and "sig" in signed:
+            # The message's point goes in the same batch, ahead of the reading that names it.
+            self._queue.append((None, window_id, signed_message_point(c["device_id"], signed)))
+        point = reading_point(c, reading.leaf, window_id, reading.late, reading.received_us,
+                              signed_at(signed) if signed is not None else None)
+        self._queue.append(((c["device_id"], c["seq"]), window_id, point))
+        if len(self._queue) >= self.max_batch:
+            self._wake.set()
+        self._ensure_task()
+
+    async def flush(self) -> None:
+        """Write everything queued; raises (keeping the queue) if InfluxDB refuses or is down."""
+        async with self._lock:
+            if not self._queue:
+                return
+            batch = self._queue
+            self._queue = []
+            try:
+                await self.influx.write([point for _, _, point in batch])
+            except BaseException:
+                self._queue = batch + self._queue  # in order: a later point for a key wins
+                self.stats.failures += 1
+                raise
+            readings = 0
+            for key, window_id, _ in batch:
+                if key is not None:
+                    self._written[key] = window_id
+                    readings += 1
+            self.stats.written += readings
+            self.stats.flushes += 1
+
+    async def settle(self, window_id: str, readings: Iterable[WindowReading]) -> list[WindowReading]:
+        """Flush, then return the readings of ``window_id`` not written with that window id.
+
+        Called by the sealer right before the ledger append; forgets the window's readings.
+        """
+        await self.flush()
+        missing = []
+        for r in readings:
+            key = (r.canonical["device_id"], r.canonical["seq"])
+            if self._written.pop(key, None) != window_id:
+                missing.append(r)
+        return missing
+
+    def forget(self, keys: Iterable[tuple[str, int]]) -> None:
+        for key in keys:
+            self._written.pop(key, None)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def _ensure_task(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(),
+                                                                name="receipt-writer")
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_s)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception as exc:  # InfluxDB trouble: kept queued; the seal retries too
+                log.warning("writing %s received readings to InfluxDB failed (%s: %s); "
+                            "retrying", self.queued, type(exc).__name__, exc)
+                await asyncio.sleep(self.flush_s)
