@@ -138,6 +138,23 @@ class LedgerView:
         epoch = json.loads(row[2]).get("epoch", 0)
         return str(row[0]), int(row[1]), int(epoch) if isinstance(epoch, int) else 0
 
+    def device_span_in_window(self, log_index: int, device_id: str) -> tuple[int, int] | None:
+        """``(first_seq, last_seq)`` of the device in the window at ``log_index`` (its header)."""
+        row = self._db.execute("SELECT header FROM ledger_windows WHERE log_index=?",
+                               (log_index,)).fetchone()
+        if row is None:
+            return None
+        span = json.loads(row[0]).get("devices", {}).get(device_id)
+        return None if span is None else (int(span["first_seq"]), int(span["last_seq"]))
+
+    def adjacent(self, device_id: str, seq: int, *, above: bool) -> IndexedReading | None:
+        """The device's nearest sealed reading above (or below) ``seq``, any window."""
+        op, order = (">", "ASC") if above else ("<", "DESC")
+        row = self._db.execute(f"SELECT {_READING_COLUMNS} FROM ledger_readings WHERE device_id=? "
+                               f"AND seq {op} ? ORDER BY seq {order} LIMIT 1",
+                               (device_id, seq)).fetchone()
+        return None if row is None else _reading(row)
+
     def epochs(self) -> list[EpochRecord]:
         """Every new epoch the stream started (none on a ledger older than epochs)."""
         try:
