@@ -57,6 +57,12 @@ RESEEK_S = 1.0
 # 90 s without a record after a tansu restart, and the readings of that time were lost with the
 # next restart. The stream seeks back to the expected offset.
 STALL_S = 2.0
+# Kafka offsets need not be contiguous, and tansu leaves holes after a restart (its log shows
+# "AlreadyExists" for a batch when produce requests race; measured in a soak: a partition sought
+# back to offset 3 got offset 4 first, every time, for minutes). A record the processor seeks
+# back to that has not come after this many seeks, while later ones did, is taken as a hole: the
+# lowest later offset seen is taken next (the window's offset range spans the hole).
+HOLE_SEEKS = 3
 
 
 @dataclass
@@ -73,6 +79,7 @@ class StreamStats:
     skipped: int = 0
     out_of_position: int = 0
     stalls: int = 0
+    holes: int = 0
     resyncs: int = 0
     seal_retries: int = 0
     epochs: int = 0
@@ -86,7 +93,7 @@ class StreamStats:
                 f"duplicates={self.duplicates} conflicts={self.conflicts} "
                 f"invalid={self.invalid} late={self.late} skipped={self.skipped} "
                 f"resyncs={self.resyncs} epochs={self.epochs} salvaged={self.salvaged} "
-                f"stalls={self.stalls} "
+                f"stalls={self.stalls} holes={self.holes} "
                 f"rate={self.sealed_readings / elapsed:.0f}/s")
 
 
@@ -100,6 +107,11 @@ class _Partition:
     # When the consumer last handed over any record of this partition (skipped ones included).
     last_record: float = field(default_factory=time.monotonic)
     stuck_said: float = 0.0  # when a still-stalled partition was last logged
+    # A record sought back to and not arriving: its offset, the seeks made, the lowest later
+    # offset seen meanwhile (see HOLE_SEEKS).
+    hole_at: int | None = None
+    hole_seeks: int = 0
+    hole_next: int = 0
     # Incarnation check pending: the sealed offset whose record must match the ledger's tail.
     verify_offset: int | None = None
     verify_hash: bytes | None = None
@@ -188,18 +200,22 @@ class StreamProcessor:
                 return
             windower = state.windower
             expected = windower.expected_offset
-            if expected is not None and offset > expected:
+            if expected is not None and offset > expected and not self._hole(
+                    partition, state, expected, offset):
                 self.stats.out_of_position += 1
                 # Again after RESEEK_S: a rebalance's own seek (to Kafka's committed offset,
                 # which after a broker restart may belong to the old incarnation) can undo ours.
-                if (state.seek_target != expected
+                target = expected if state.hole_seeks < HOLE_SEEKS else state.hole_next
+                if (state.seek_target != target
                         or time.monotonic() - state.seeked_at > RESEEK_S):
-                    log.info("partition %s: got offset %s, expected %s: seeking back",
-                             partition, offset, expected)
-                    state.seek_target, state.seeked_at = expected, time.monotonic()
-                    await self._seek(partition, expected)
+                    log.info("partition %s: got offset %s, expected %s: seeking to %s",
+                             partition, offset, expected, target)
+                    state.hole_seeks += 1
+                    state.seek_target, state.seeked_at = target, time.monotonic()
+                    await self._seek(partition, target)
                 return
             state.seek_target = None
+            state.hole_at = None
             result = windower.offer(offset, value, key)
             if result.outcome == "already_done":
                 self.stats.skipped += 1
@@ -221,6 +237,22 @@ class StreamProcessor:
                 self.stats.invalid += 1
             if result.closed is not None:
                 await self._seal(partition, state, result.closed)
+
+    def _hole(self, partition: int, state: _Partition, expected: int, offset: int) -> bool:
+        """True if ``offset`` is to be taken although ``expected`` is below it: the records
+        from ``expected`` on never came after HOLE_SEEKS seeks, and ``offset`` is the lowest
+        later one seen (a hole in the log, not a consumer ahead of its place)."""
+        if state.hole_at != expected:
+            state.hole_at, state.hole_seeks, state.hole_next = expected, 0, offset
+            return False
+        state.hole_next = min(state.hole_next, offset)
+        if state.hole_seeks < HOLE_SEEKS or offset != state.hole_next:
+            return False
+        self.stats.holes += 1
+        log.warning("partition %s: offsets %s..%s never came after %s seeks although offset %s "
+                    "did: a hole in Kafka's log; going on from %s", partition, expected,
+                    offset - 1, state.hole_seeks, offset, offset)
+        return True
 
     async def idle_tick(self) -> None:
         """Seal open windows of partitions that received nothing for ``idle_seal_seconds``.
@@ -268,10 +300,25 @@ class StreamProcessor:
                     self._orphans.pop(partition, None)
                     await self._seek(partition, target + 1)
                     return
+            if state.hole_at != target:
+                state.hole_at, state.hole_seeks = target, 0
+            if state.hole_seeks >= HOLE_SEEKS:
+                # The record at S never comes although later ones do: S was read from the
+                # incarnation it was sealed in, so this one is another (with a hole at S).
+                if state.windower.has_open:
+                    await self._salvage(partition, state)
+                    if self._states.get(partition) is not state:
+                        return
+                await self._new_epoch(partition, state, f"the record at sealed offset {target} "
+                                      f"never came after {state.hole_seeks} seeks although "
+                                      f"offset {offset} did (topic recreated or broker restarted)")
+                return
             if state.seek_target != target or time.monotonic() - state.seeked_at > RESEEK_S:
+                state.hole_seeks += 1
                 state.seek_target, state.seeked_at = target, time.monotonic()
                 await self._seek(partition, target)
             return
+        state.hole_at = None
         if state.verify_hash is not None and record_hash(key, value) != state.verify_hash:
             if state.windower.has_open:  # a recheck while running: those records were read
                 await self._salvage(partition, state)

@@ -113,3 +113,66 @@ async def test_a_revoked_partition_is_not_sought(
         consumer.highwater[0] = 25
         await proc.idle_tick()
         assert consumer.seeks == [] and proc.stats.stalls == 0
+
+
+async def test_a_hole_in_the_log_is_passed_after_a_few_seeks(
+        isolated: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tansu leaves holes in a partition's offsets after a restart: sought back to offset 3, the
+    consumer hands over offset 4 first, every time. After HOLE_SEEKS seeks the processor takes
+    the lowest later offset; windows stay contiguous (the next one starts after the hole)."""
+    monkeypatch.setattr(processor_module, "RESEEK_S", 0.0)
+    consumer = Consumer()
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    async with InfluxClient(isolated) as influx:
+        proc = make_processor(isolated, ledger, influx, consumer)
+        for offset in range(3):  # seqs 0..2 at 0.5 s: one open window, nothing sealed yet
+            await proc.handle(0, offset, b"d0", value("d0", offset), lambda: None)
+        # Offset 3 does not exist; the consumer hands over 5, then 4, then 5 again.
+        for offset, seq in ((5, 4), (4, 3), (5, 4)):
+            await proc.handle(0, offset, b"d0", value("d0", seq), lambda: None)
+        assert consumer.seeks == [3] * processor_module.HOLE_SEEKS
+        assert proc.stats.readings_in == 3 and proc.stats.holes == 0
+        await proc.handle(0, 5, b"d0", value("d0", 4), lambda: None)  # not the lowest seen: seek
+        assert consumer.seeks[-1] == 4 and proc.stats.readings_in == 3
+        await proc.handle(0, 4, b"d0", value("d0", 3), lambda: None)  # the lowest: taken
+        await proc.handle(0, 5, b"d0", value("d0", 4), lambda: None)  # seq 4 at 2.0 s: cuts
+        assert proc.stats.holes == 1 and proc.stats.readings_in == 5
+    [w] = ledger.windows()
+    assert (w.header["first_offset"], w.header["last_offset"], w.header["size"]) == (0, 4, 4)
+
+
+def test_a_window_after_a_hole_starts_right_after_what_is_done() -> None:
+    from vitalchain.ingest.windowing import PartitionWindower
+
+    windower = PartitionWindower("raw", 0, window_us=2_000_000, salt_key=KEY, salt_key_id="k",
+                                 sealed_offset=6, prev_end_us=None, sealed_leaf=lambda d, s: None)
+    assert windower.offer(9, value("d0", 0), b"d0").outcome == "kept"  # offsets 7, 8: a hole
+    closed = windower.cut_idle()
+    assert closed is not None and (closed.first_offset, closed.last_offset) == (7, 9)
+
+
+async def test_a_hole_at_the_sealed_offset_is_a_new_incarnation(
+        isolated: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record at the sealed offset was read from the incarnation it was sealed in; if it
+    never comes although later ones do, the partition is another incarnation: a new epoch."""
+    monkeypatch.setattr(processor_module, "RESEEK_S", 0.0)
+    consumer = Consumer()
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    async with InfluxClient(isolated) as influx:
+        first = make_processor(isolated, ledger, influx, consumer)
+        for offset in range(5):  # seqs 0..4 at 0.5 s: window 0..3 sealed at seq 4's arrival
+            await first.handle(0, offset, b"d0", value("d0", offset), lambda: None)
+        assert ledger.position(isolated.raw_topic, 0).sealed_offset == 3
+
+        second = make_processor(isolated, ledger, influx, consumer)  # takes the partition over
+        second.claim({0})
+        consumer.highwater[0] = 9
+        await second.idle_tick()
+        assert consumer.seeks[-1] == 3  # the incarnation check
+        for _ in range(processor_module.HOLE_SEEKS):
+            await second.handle(0, 4, b"d0", value("d0", 20), lambda: None)
+        assert ledger.epochs(isolated.raw_topic) == [] and consumer.seeks[-1] == 3
+        await second.handle(0, 4, b"d0", value("d0", 20), lambda: None)
+        [epoch] = ledger.epochs(isolated.raw_topic)
+        assert "never came after 3 seeks" in epoch.reason and second.stats.epochs == 1
+        assert consumer.seeks[-1] == 0  # read again from the new incarnation's first offset
