@@ -15,8 +15,11 @@ each once per round in a random order:
 
 At the end, checked from outside: every reading the broker acknowledged to a device is in InfluxDB
 exactly once and sealed in the ledger, or (only with Kafka faults) named by the audit as lost in a
-Kafka restart; every checkpoint is anchored on chain; ``vitalchain audit`` over the run is clean.
+Kafka restart; none acknowledged after the last Kafka restart (after the old broker's process
+exited) is missing; every checkpoint is anchored on chain; ``vitalchain audit`` over the run is
+clean. Missing readings are counted by the Kafka restart they were acknowledged before.
 The summary is printed as Markdown (docs/RELIABILITY.md keeps the latest). Exit 0 only if all hold.
+``--keep DIR`` keeps the state folder (ledger, logs, ``missing.json``) for inspection.
 """
 
 from __future__ import annotations
