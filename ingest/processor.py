@@ -356,6 +356,8 @@ class StreamProcessor:
                 async with self._lock(partition):
                     if self._states.get(partition) is state and state.seek_target == target:
                         state.seeked_at = time.monotonic()
+                        if state.hole_at == target:  # a seek for the hole rule too
+                            state.hole_seeks += 1
                         await self._seek(partition, target)
             if (state.verify_offset is None and state.end_seen is not None
                     and highwater < state.end_seen

@@ -176,3 +176,23 @@ async def test_a_hole_at_the_sealed_offset_is_a_new_incarnation(
         [epoch] = ledger.epochs(isolated.raw_topic)
         assert "never came after 3 seeks" in epoch.reason and second.stats.epochs == 1
         assert consumer.seeks[-1] == 0  # read again from the new incarnation's first offset
+
+
+async def test_seeks_repeated_on_the_idle_tick_count_for_the_hole_rule(
+        isolated: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The idle tick repeats a pending seek every RESEEK_S; those seeks count too, or a hole is
+    never passed when the tick's seek always comes just before the record-driven one (a soak's
+    stream worker sat 18 s on a hole at offset 1 that way)."""
+    monkeypatch.setattr(processor_module, "RESEEK_S", 0.0)
+    consumer = Consumer()
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    async with InfluxClient(isolated) as influx:
+        proc = make_processor(isolated, ledger, influx, consumer)
+        await proc.handle(0, 0, b"d0", value("d0", 0), lambda: None)
+        await proc.handle(0, 2, b"d0", value("d0", 1), lambda: None)  # offset 1 does not exist
+        consumer.highwater[0] = 3
+        for _ in range(processor_module.HOLE_SEEKS):
+            await proc.idle_tick()
+        assert consumer.seeks == [1] * (processor_module.HOLE_SEEKS + 1)
+        await proc.handle(0, 2, b"d0", value("d0", 1), lambda: None)
+        assert proc.stats.holes == 1 and proc.stats.readings_in == 2
