@@ -50,6 +50,19 @@ BACKWARDS_CONFIRM_S = 2.0
 # A seek (to the sealed offset while checking an incarnation, or back to the expected offset) is
 # repeated this often while the record sought does not come (a rebalance's seek may undo ours).
 RESEEK_S = 1.0
+# A partition whose log end is past the next offset we expect, but from which no record came for
+# this long, has a consumer sitting elsewhere: after a broker restart Faust seeks (on a later
+# rebalance or its recovery) to a committed offset of the *old* incarnation, past the new log's
+# end, where nothing arrives until the new log grows that far. Measured before this rule: 40 to
+# 90 s without a record after a tansu restart, and the readings of that time were lost with the
+# next restart. The stream seeks back to the expected offset.
+STALL_S = 2.0
+# Kafka offsets need not be contiguous, and tansu leaves holes after a restart (its log shows
+# "AlreadyExists" for a batch when produce requests race; measured in a soak: a partition sought
+# back to offset 3 got offset 4 first, every time, for minutes). A record the processor seeks
+# back to that has not come after this many seeks, while later ones did, is taken as a hole: the
+# lowest later offset seen is taken next (the window's offset range spans the hole).
+HOLE_SEEKS = 3
 
 
 @dataclass
@@ -65,6 +78,8 @@ class StreamStats:
     late: int = 0
     skipped: int = 0
     out_of_position: int = 0
+    stalls: int = 0
+    holes: int = 0
     resyncs: int = 0
     seal_retries: int = 0
     epochs: int = 0
@@ -78,6 +93,7 @@ class StreamStats:
                 f"duplicates={self.duplicates} conflicts={self.conflicts} "
                 f"invalid={self.invalid} late={self.late} skipped={self.skipped} "
                 f"resyncs={self.resyncs} epochs={self.epochs} salvaged={self.salvaged} "
+                f"stalls={self.stalls} holes={self.holes} "
                 f"rate={self.sealed_readings / elapsed:.0f}/s")
 
 
@@ -88,6 +104,14 @@ class _Partition:
     acks: list[tuple[int, Ack]] = field(default_factory=list)
     last_arrival: float = field(default_factory=time.monotonic)
     seek_target: int | None = None
+    # When the consumer last handed over any record of this partition (skipped ones included).
+    last_record: float = field(default_factory=time.monotonic)
+    stuck_said: float = 0.0  # when a still-stalled partition was last logged
+    # A record sought back to and not arriving: its offset, the seeks made, the lowest later
+    # offset seen meanwhile (see HOLE_SEEKS).
+    hole_at: int | None = None
+    hole_seeks: int = 0
+    hole_next: int = 0
     # Incarnation check pending: the sealed offset whose record must match the ledger's tail.
     verify_offset: int | None = None
     verify_hash: bytes | None = None
@@ -123,6 +147,9 @@ class StreamProcessor:
         # Assigned partitions: checked on the next tick even if no record comes (a consumer
         # positioned past the log end of a new incarnation would otherwise wait forever).
         self._claimed: set[int] = set()
+        # Assigned partitions with nothing sealed in their epoch, not set up yet (they are on
+        # the first record): since when, so a consumer that gets none is noticed (STALL_S).
+        self._unstarted: dict[int, float] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self.stats = StreamStats()
         self.stopping = False
@@ -165,24 +192,30 @@ class StreamProcessor:
     async def handle(self, partition: int, offset: int, key: bytes, value: bytes,
                      ack: Ack) -> None:
         async with self._lock(partition):
+            self._unstarted.pop(partition, None)
             state = await self._state(partition)
+            state.last_record = time.monotonic()
             if state.verify_offset is not None:
                 await self._verify(partition, state, offset, key, value, ack)
                 return
             windower = state.windower
             expected = windower.expected_offset
-            if expected is not None and offset > expected:
+            if expected is not None and offset > expected and not self._hole(
+                    partition, state, expected, offset):
                 self.stats.out_of_position += 1
                 # Again after RESEEK_S: a rebalance's own seek (to Kafka's committed offset,
                 # which after a broker restart may belong to the old incarnation) can undo ours.
-                if (state.seek_target != expected
+                target = expected if state.hole_seeks < HOLE_SEEKS else state.hole_next
+                if (state.seek_target != target
                         or time.monotonic() - state.seeked_at > RESEEK_S):
-                    log.info("partition %s: got offset %s, expected %s: seeking back",
-                             partition, offset, expected)
-                    state.seek_target, state.seeked_at = expected, time.monotonic()
-                    await self._seek(partition, expected)
+                    log.info("partition %s: got offset %s, expected %s: seeking to %s",
+                             partition, offset, expected, target)
+                    state.hole_seeks += 1
+                    state.seek_target, state.seeked_at = target, time.monotonic()
+                    await self._seek(partition, target)
                 return
             state.seek_target = None
+            state.hole_at = None
             result = windower.offer(offset, value, key)
             if result.outcome == "already_done":
                 self.stats.skipped += 1
@@ -206,6 +239,22 @@ class StreamProcessor:
                 self.stats.invalid += 1
             if result.closed is not None:
                 await self._seal(partition, state, result.closed)
+
+    def _hole(self, partition: int, state: _Partition, expected: int, offset: int) -> bool:
+        """True if ``offset`` is to be taken although ``expected`` is below it: the records
+        from ``expected`` on never came after HOLE_SEEKS seeks, and ``offset`` is the lowest
+        later one seen (a hole in the log, not a consumer ahead of its place)."""
+        if state.hole_at != expected:
+            state.hole_at, state.hole_seeks, state.hole_next = expected, 0, offset
+            return False
+        state.hole_next = min(state.hole_next, offset)
+        if state.hole_seeks < HOLE_SEEKS or offset != state.hole_next:
+            return False
+        self.stats.holes += 1
+        log.warning("partition %s: offsets %s..%s never came after %s seeks although offset %s "
+                    "did: a hole in Kafka's log; going on from %s", partition, expected,
+                    offset - 1, state.hole_seeks, offset, offset)
+        return True
 
     async def idle_tick(self) -> None:
         """Seal open windows of partitions that received nothing for ``idle_seal_seconds``.
@@ -253,10 +302,25 @@ class StreamProcessor:
                     self._orphans.pop(partition, None)
                     await self._seek(partition, target + 1)
                     return
+            if state.hole_at != target:
+                state.hole_at, state.hole_seeks = target, 0
+            if state.hole_seeks >= HOLE_SEEKS:
+                # The record at S never comes although later ones do: S was read from the
+                # incarnation it was sealed in, so this one is another (with a hole at S).
+                if state.windower.has_open:
+                    await self._salvage(partition, state)
+                    if self._states.get(partition) is not state:
+                        return
+                await self._new_epoch(partition, state, f"the record at sealed offset {target} "
+                                      f"never came after {state.hole_seeks} seeks although "
+                                      f"offset {offset} did (topic recreated or broker restarted)")
+                return
             if state.seek_target != target or time.monotonic() - state.seeked_at > RESEEK_S:
+                state.hole_seeks += 1
                 state.seek_target, state.seeked_at = target, time.monotonic()
                 await self._seek(partition, target)
             return
+        state.hole_at = None
         if state.verify_hash is not None and record_hash(key, value) != state.verify_hash:
             if state.windower.has_open:  # a recheck while running: those records were read
                 await self._salvage(partition, state)
@@ -277,11 +341,15 @@ class StreamProcessor:
         state.end_seen = None  # same incarnation: a lagging high watermark is not a new dip
 
     async def _check_log_ends(self) -> None:
-        """Start a new epoch for partitions whose log end fell to or below what is done."""
+        """Start a new epoch for partitions whose log end fell to or below what is done; seek
+        back partitions whose consumer stalled (see STALL_S)."""
+        await self._start_stalled_claims()
         for partition, state in list(self._states.items()):
             highwater = self._highwater(partition)
+            self._say_if_stuck(partition, state, highwater)
             if highwater is None:
                 continue
+            await self._unstall(partition, state, highwater)
             target = state.seek_target
             if (target is not None and highwater > target
                     and time.monotonic() - state.seeked_at > RESEEK_S):
@@ -290,6 +358,8 @@ class StreamProcessor:
                 async with self._lock(partition):
                     if self._states.get(partition) is state and state.seek_target == target:
                         state.seeked_at = time.monotonic()
+                        if state.hole_at == target:  # a seek for the hole rule too
+                            state.hole_seeks += 1
                         await self._seek(partition, target)
             if (state.verify_offset is None and state.end_seen is not None
                     and highwater < state.end_seen
@@ -319,6 +389,65 @@ class StreamProcessor:
                     if self._states.get(partition) is not state:
                         continue  # the seal was refused: the partition was resynced
                 await self._new_epoch(partition, state, reason)
+
+    def _say_if_stuck(self, partition: int, state: _Partition, highwater: int | None) -> None:
+        """A partition without records for long although seeks were made: say so (every 10 s),
+        with what the consumer reports, so an operator sees it (and a soak can be read)."""
+        now = time.monotonic()
+        expected = state.windower.expected_offset
+        if (now - state.last_record < 10 * STALL_S or now - state.stuck_said < 10 * STALL_S
+                or (highwater is not None and expected is not None and highwater <= expected)):
+            return
+        state.stuck_said = now
+        log.warning("partition %s: still no record after %.0fs (Kafka's log end %s, expected "
+                    "offset %s, seek to %s pending, incarnation check at %s)", partition,
+                    now - state.last_record, highwater, expected, state.seek_target,
+                    state.verify_offset)
+
+    async def _unstall(self, partition: int, state: _Partition, highwater: int) -> None:
+        """Kafka has records from the expected offset on, yet none came for STALL_S: the
+        consumer sits elsewhere; seek it back (repeated by the RESEEK_S rule until it arrives)."""
+        now = time.monotonic()
+        expected = state.windower.expected_offset
+        if (state.verify_offset is not None or state.seek_target is not None or expected is None
+                or highwater <= expected or now - state.last_record < STALL_S
+                or now - state.seeked_at < STALL_S):
+            return
+        async with self._lock(partition):
+            if self._states.get(partition) is not state or state.seek_target is not None:
+                return
+            expected = state.windower.expected_offset
+            if expected is None:
+                return
+            self.stats.stalls += 1
+            log.warning("partition %s: no record for %.0fs although Kafka's log end is %s, past "
+                        "the expected offset %s: the consumer sits elsewhere; seeking back",
+                        partition, now - state.last_record, highwater, expected)
+            state.seek_target, state.seeked_at = expected, now
+            await self._seek(partition, expected)
+
+    async def _start_stalled_claims(self) -> None:
+        """A partition taken with nothing sealed is set up on its first record; if Kafka has
+        records but none comes for STALL_S, set it up now (at the log's first offset) and seek
+        there: the consumer may sit past the new incarnation's log end."""
+        now = time.monotonic()
+        for partition, since in list(self._unstarted.items()):
+            highwater = self._highwater(partition)
+            if now - since < STALL_S or highwater is None or highwater <= 0:
+                continue
+            async with self._lock(partition):
+                if self._unstarted.pop(partition, None) is None or partition in self._states:
+                    continue
+                state = await self._state(partition)
+                expected = state.windower.expected_offset
+                if state.verify_offset is not None or expected is None or highwater <= expected:
+                    continue
+                self.stats.stalls += 1
+                log.warning("partition %s: no record since it was assigned %.0fs ago although "
+                            "Kafka's log end is %s; seeking to its first offset %s", partition,
+                            now - since, highwater, expected)
+                state.seek_target, state.seeked_at = expected, now
+                await self._seek(partition, expected)
 
     async def _recheck(self, partition: int, state: _Partition, highwater: int) -> bool:
         """The log end fell below one seen before in this epoch: a broker restart whose new
@@ -423,6 +552,7 @@ class StreamProcessor:
             if self.ledger.position(self.topic, partition).sealed_offset is None:
                 # Nothing sealed in this epoch, nothing that could be skipped: the first record
                 # sets the partition up, and asks Kafka for its first offset only then.
+                self._unstarted.setdefault(partition, time.monotonic())
                 continue
             async with self._lock(partition):
                 if partition not in self._states:
@@ -432,6 +562,7 @@ class StreamProcessor:
         """Forget revoked partitions (waits for an in-flight seal, so it never races a new owner)."""
         self._claimed -= partitions
         for partition in partitions:
+            self._unstarted.pop(partition, None)
             async with self._lock(partition):
                 state = self._states.pop(partition, None)
                 if (state is not None and state.windower.has_open

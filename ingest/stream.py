@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections import defaultdict
 from typing import Any
 
 import faust
@@ -50,6 +51,22 @@ SESSION_TIMEOUT_S = 6.0
 HEARTBEAT_S = 1.0
 REBALANCE_TIMEOUT_S = 3.0
 IDLE_TICK_S = 0.25
+
+
+class _NoReadOffsets(defaultdict):
+    """Faust's consumer drops a fetched record whose offset is below the last one it handed
+    over for the partition (its *read offset*), and sets that read offset as it hands records
+    to the agent's buffer, ahead of the processor. After a seek back (the processor's, to the
+    offset the ledger expects) a record fetched before the seek can still come first and raise
+    the read offset again, and the record sought is then dropped when it arrives. The processor
+    is the authority on positions (it skips what the ledger says is done, seeks back when a
+    record comes early, passes holes in the log), so Faust filters nothing here."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda: None)
+
+    def __getitem__(self, key: Any) -> None:
+        return None
 
 
 def faust_datadir(settings: Settings, worker_name: str) -> str:
@@ -90,6 +107,8 @@ def create_app(settings: Settings, worker_name: str | None = None,
         broker_commit_interval=1.0,
         producer_acks=-1,
     )
+    # Before the consumer starts: its fetch loop binds the read-offset map's lookup once.
+    app.consumer._read_offset = _NoReadOffsets()
     raw = app.topic(settings.raw_topic, key_type=bytes, value_type=bytes,
                     key_serializer="raw", value_serializer="raw",
                     partitions=settings.partitions)
@@ -115,8 +134,7 @@ def create_app(settings: Settings, worker_name: str | None = None,
         except IllegalStateError as exc:  # no longer assigned: its revocation drops the state
             log.info("partition %s: not assigned, seek to %s skipped (%s)", partition, offset, exc)
             return
-        # As Faust's Consumer.seek does: records below the read offset would be dropped.
-        app.consumer._read_offset[tp] = offset if offset else None
+        # Faust's read offsets filter nothing here (_NoReadOffsets): nothing to reset.
 
     async def earliest(partition: int) -> int:
         tp = TP(settings.raw_topic, partition)

@@ -290,7 +290,12 @@ class PartitionWindower:
     # --- internals ----------------------------------------------------------------------------
     def _extend(self, offset: int, tail_hash: bytes) -> _OpenWindow:
         if self._open is None:
-            self._open = _OpenWindow(first_offset=offset, last_offset=offset)
+            # A new window starts right after what is done, also when Kafka's log has a hole
+            # there (the processor takes a later offset after HOLE_SEEKS): windows stay
+            # contiguous, as the ledger requires.
+            expected = self.expected_offset
+            first = expected if expected is not None and expected < offset else offset
+            self._open = _OpenWindow(first_offset=first, last_offset=offset)
         else:
             self._open.last_offset = offset
         self._open.tail_hash = tail_hash

@@ -15,14 +15,18 @@ each once per round in a random order:
 
 At the end, checked from outside: every reading the broker acknowledged to a device is in InfluxDB
 exactly once and sealed in the ledger, or (only with Kafka faults) named by the audit as lost in a
-Kafka restart; every checkpoint is anchored on chain; ``vitalchain audit`` over the run is clean.
+Kafka restart; none acknowledged after the last Kafka restart (after the old broker's process
+exited) is missing; every checkpoint is anchored on chain; ``vitalchain audit`` over the run is
+clean. Missing readings are counted by the Kafka restart they were acknowledged before.
 The summary is printed as Markdown (docs/RELIABILITY.md keeps the latest). Exit 0 only if all hold.
+``--keep DIR`` keeps the state folder (ledger, logs, ``missing.json``) for inspection.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -43,6 +47,7 @@ from vitalchain.anchor.deploy import deploy
 from vitalchain.app.pipeline import Pipeline, wait_flowing
 from vitalchain.app.stack.ports import free_ports
 from vitalchain.app.stack.supervisor import Stack
+from vitalchain.app.stack.topology import ensure_topics
 from vitalchain.config import Settings, load_settings, to_environ
 from vitalchain.devices.fleet import FleetStats, run_fleet
 from vitalchain.devices.registry import provision_devices
@@ -53,6 +58,7 @@ from vitalchain.storage.ledger import Ledger
 WORKERS = ("bridge", "stream", "anchor")
 SERVICES = ("mosquitto", "anvil", "kafka")
 ALL_FAULTS = WORKERS + SERVICES
+STREAM_ARGS: list[str] = []  # --stream-loglevel adds "--loglevel <level>"
 
 
 @dataclass
@@ -61,6 +67,18 @@ class Faults:
 
     done: list[tuple[float, str]] = field(default_factory=list)
     error: BaseException | None = None
+    live: FleetStats | None = None  # the fleet's running stats (its acked ids grow as it runs)
+    # Readings acknowledged to devices when each Kafka restart began: a reading acknowledged after
+    # the last one that it missed must be stored whatever happened before.
+    acked_at_kafka: list[set[tuple[str, int]]] = field(default_factory=list)
+
+    def acked_now(self) -> set[tuple[str, int]]:
+        """A copy of the fleet's acknowledged ids (another thread adds to them meanwhile)."""
+        while True:
+            try:
+                return set(self.live.acked_ids) if self.live is not None else set()
+            except RuntimeError:  # changed size during iteration
+                continue
 
     def counts(self) -> Counter[str]:
         return Counter(name for _, name in self.done)
@@ -83,20 +101,28 @@ def influx(settings: Settings, query: str) -> list[dict]:
 
 def start_workers(pipeline: Pipeline) -> None:
     pipeline.start("bridge", None, "--progress-every", "5")
-    pipeline.start("stream", None, "--progress-seconds", "5")
+    pipeline.start("stream", None, "--progress-seconds", "5", *STREAM_ARGS)
     pipeline.start("anchor", None, "--quiet")
 
 
-def inject(stack: Stack, pipeline: Pipeline, fault: str, rng: random.Random) -> None:
+def inject(stack: Stack, pipeline: Pipeline, fault: str, rng: random.Random, record: Faults) -> None:
     if fault in WORKERS:
         pipeline.kill(fault)
         time.sleep(rng.uniform(0.5, 3.0))
         if fault == "bridge":
             pipeline.start("bridge", None, "--progress-every", "5")
         elif fault == "stream":
-            pipeline.start("stream", None, "--progress-seconds", "5")
+            pipeline.start("stream", None, "--progress-seconds", "5", *STREAM_ARGS)
         else:
             pipeline.start("anchor", None, "--quiet")
+    elif fault == "kafka":
+        # Taken once the broker is down (nothing is acknowledged then: the bridge waits for
+        # Kafka): every reading acknowledged after this must be stored.
+        stack.stop("kafka")
+        record.acked_at_kafka.append(record.acked_now())
+        stack.start("kafka")
+        stack.wait_healthy("kafka", 60.0)
+        ensure_topics(stack.settings)
     else:
         stack.restart(fault)
 
@@ -109,20 +135,26 @@ def fault_loop(stack: Stack, pipeline: Pipeline, faults: tuple[str, ...], stop: 
             if not queue:  # every fault once per round, in a random order: none is left out by chance
                 queue = rng.sample(faults, len(faults))
             fault = queue.pop()
-            inject(stack, pipeline, fault, rng)
+            inject(stack, pipeline, fault, rng, record)
             record.done.append((time.monotonic() - started, fault))
             print(f"[soak] {time.monotonic() - started:6.0f}s  fault: {fault}", flush=True)
     except BaseException as exc:  # reported by the main thread
         record.error = exc
 
 
-def wait_sealed(settings: Settings, acked: set[tuple[str, int]], timeout: float) -> set[tuple[str, int]]:
-    """Wait until every acknowledged reading is sealed; return those still unsealed at the deadline."""
+def wait_sealed(settings: Settings, acked: set[tuple[str, int]], timeout: float,
+                still_s: float = 60.0) -> set[tuple[str, int]]:
+    """Wait until every acknowledged reading is sealed; return those still unsealed at the deadline,
+    or once nothing more was sealed for ``still_s`` (after a Kafka restart some never will be)."""
     pending = set(acked)
     deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
+    last_change = time.monotonic()
+    while pending and time.monotonic() < deadline and time.monotonic() - last_change < still_s:
         with Ledger(settings.ledger_target) as ledger:
-            pending = {key for key in pending if ledger.locate(*key) is None}
+            left = {key for key in pending if ledger.locate(*key) is None}
+        if len(left) < len(pending):
+            last_change = time.monotonic()
+        pending = left
         if pending:
             time.sleep(2)
     return pending
@@ -173,8 +205,14 @@ def main() -> int:
                         help=f"comma-separated subset of {','.join(ALL_FAULTS)}")
     parser.add_argument("--every", default="15,45", help="seconds between faults: MIN,MAX (uniform)")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--stream-loglevel", default=None,
+                        help="the stream worker's log level (default: its own, warning)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="run in this new folder and keep it (ledger, logs) for inspection")
     args = parser.parse_args()
     faults = tuple(f for f in args.faults.split(",") if f)
+    if args.stream_loglevel:
+        STREAM_ARGS.extend(["--loglevel", args.stream_loglevel])
     unknown = set(faults) - set(ALL_FAULTS)
     if unknown or not faults:
         parser.error(f"unknown faults {sorted(unknown)}; choose from {', '.join(ALL_FAULTS)}")
@@ -185,7 +223,10 @@ def main() -> int:
           f"every {every[0]:g}-{every[1]:g} s, seed {seed}", flush=True)
 
     record = Faults()
-    with tempfile.TemporaryDirectory(prefix="vitalchain-soak-") as folder:
+    if args.keep is not None:
+        args.keep.mkdir(parents=True)
+    with (contextlib.nullcontext(str(args.keep)) if args.keep is not None
+          else tempfile.TemporaryDirectory(prefix="vitalchain-soak-")) as folder:
         settings = soak_settings(Path(folder))
         stack = Stack(settings, log=lambda m: print(f"[stack] {m}", flush=True))
         stack.up()
@@ -205,6 +246,7 @@ def main() -> int:
                 last_print = [-1e9]
 
                 def progress(stats: FleetStats) -> None:
+                    record.live = stats
                     if stats.elapsed_s - last_print[0] >= 30:
                         last_print[0] = stats.elapsed_s
                         print(f"[soak] fleet {stats.line()}", flush=True)
@@ -237,13 +279,25 @@ def main() -> int:
     lost_reported = {(str(f["device_id"]), seq) for f in audit.get("lost", [])
                      for seq in range(int(f["first_missing"]), int(f["last_missing"]) + 1)}
     unexplained = (missing | unsealed) - lost_reported
+    # Which Kafka restart each missing reading predates (index into the restarts; past the end:
+    # acknowledged after the last restart, which nothing may lose).
+    def restart_of(key: tuple[str, int]) -> int:
+        return next((i for i, before in enumerate(record.acked_at_kafka) if key in before),
+                    len(record.acked_at_kafka))
+    missing_by_restart = Counter(restart_of(k) for k in missing | unsealed)
+    after_last = missing_by_restart.get(len(record.acked_at_kafka), 0)
+    if args.keep is not None:
+        (args.keep / "missing.json").write_text(json.dumps(
+            {"restarts": [t for t, f in record.done if f == "kafka"],
+             "missing": sorted([d, q, restart_of((d, q)), (d, q) in lost_reported]
+                               for d, q in missing | unsealed)}))
     kafka_restarts = record.counts().get("kafka", 0)
     tampering = any(audit.get(kind) for kind in ("readings", "windows", "checkpoints"))
     # exit 0: clean; with losses in a Kafka restart the audit says INCOMPLETE (exit 1) and nothing else
     audit_ok = audit_code == 0 or (audit_code == 1 and not tampering and bool(audit.get("lost"))
                                    and kafka_restarts > 0)
     ok = (not doubled and not unexplained and anchored >= log_size > 0 and audit_ok
-          and stats.dropped == 0 and (not missing or kafka_restarts > 0))
+          and stats.dropped == 0 and (not missing or kafka_restarts > 0) and after_last == 0)
     counts = record.counts()
     print(f"""
 ## Soak {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {'PASS' if ok else 'FAIL'}
@@ -259,6 +313,9 @@ def main() -> int:
 | sealed in the ledger | {len(fleet_ids) - len(unsealed)} ({len(unsealed)} unsealed) |
 | missing and reported by the audit as lost in a Kafka restart | {len(lost_reported & missing)} \
 (Kafka restarts: {kafka_restarts}) |
+| missing, by the Kafka restart they were acknowledged before | \
+{', '.join(f'#{i + 1}: {n}' for i, n in sorted(missing_by_restart.items()) if i < kafka_restarts) or 'none'}; \
+after the last restart: {after_last} |
 | missing and unexplained | {len(unexplained)} |
 | windows in the log / covered by an anchored checkpoint | {log_size} / {anchored} |
 | `vitalchain audit --rpc` over the run | exit {audit_code}: {audit_summary(audit)} |

@@ -156,6 +156,21 @@ class LedgerView:
             return PartitionPosition(epoch, None, None)
         return PartitionPosition(epoch, int(row[0]), None if row[2] is None else bytes(row[2]))
 
+    def device_span_in_window(self, log_index: int, device_id: str) -> tuple[int, int] | None:
+        """``(first_seq, last_seq)`` of the device in the window at ``log_index`` (its header)."""
+        row = self._db.one("SELECT header FROM ledger_windows WHERE log_index=?", (log_index,))
+        if row is None:
+            return None
+        span = json.loads(row[0]).get("devices", {}).get(device_id)
+        return None if span is None else (int(span["first_seq"]), int(span["last_seq"]))
+
+    def adjacent(self, device_id: str, seq: int, *, above: bool) -> IndexedReading | None:
+        """The device's nearest sealed reading above (or below) ``seq``, any window."""
+        op, order = (">", "ASC") if above else ("<", "DESC")
+        row = self._db.one(f"SELECT {_READING_COLUMNS} FROM ledger_readings WHERE device_id=? "
+                           f"AND seq {op} ? ORDER BY seq {order} LIMIT 1", (device_id, seq))
+        return None if row is None else _reading(row)
+
     def epochs(self) -> list[EpochRecord]:
         """Every new epoch the stream started (none on a ledger older than epochs)."""
         if not self._db.table_exists("ledger_epochs"):
