@@ -1,7 +1,7 @@
 """The stream worker's CPU per reading, without the services: records -> windows -> the ledger.
 
     .venv/bin/python bench/bench_stream_cpu.py [--devices 2000] [--readings 40000] [--rounds 5]
-        [--history 20] [--profile] [--compare /path/to/other/worktree ...]
+        [--history 20] [--profile] [--parts] [--compare /path/to/other/worktree ...]
 
 What it runs is the stream's own per-reading path, exactly as ``ingest/processor.py`` drives it:
 ``PartitionWindower.offer`` on the raw topic's record bytes (as the bridge writes them: parse,
@@ -17,6 +17,7 @@ The ledger is a real SQLite file that already holds ``--history`` sealed reading
 own editable install, e.g. the branch before a change) in a child process, round by round
 interleaved with this tree (A B A B ...), so both are measured in one run on a noisy machine.
 Figures: ``time.process_time()`` of the feeding loop, CPU µs per reading, median over rounds.
+``--parts`` times the steps of ``offer`` one by one instead (best of ``--rounds``, per tree).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 KEY = bytes(range(32))
 T0 = 1_767_225_600_000_000
@@ -92,6 +94,29 @@ def feed(ledger, values: list[bytes], first_offset: int, sealed_offset: int | No
     return kept, windower.sealed_offset, windower.prev_end_us
 
 
+def parts(args: argparse.Namespace) -> dict[str, float]:
+    """CPU µs per reading of each step of ``offer`` alone (best of ``--rounds``)."""
+    from vitalchain.core.integrity import canonical_reading, reading_leaf_hash
+    from vitalchain.ingest.windowing import parse_signed_record, record_hash
+
+    values = records(args.devices, args.readings, args.history, args.rate, seed=3)
+    parsed = [parse_signed_record(v)[0] for v in values]
+    canonical = [canonical_reading(r, KEY) for r in parsed]
+    steps = {"parse + checks": (parse_signed_record, values),
+             "record hash": (lambda v: record_hash(b"", v), values),
+             "salt + canonical object": (lambda r: canonical_reading(r, KEY), parsed),
+             "leaf (JCS + BLAKE3)": (reading_leaf_hash, canonical)}
+    best: dict[str, float] = {}
+    for name, (step, items) in steps.items():
+        for _ in range(args.rounds):
+            start = time.process_time()
+            for item in items:
+                step(item)
+            spent = (time.process_time() - start) / len(items) * 1e6
+            best[name] = min(best.get(name, spent), spent)
+    return best
+
+
 def run(args: argparse.Namespace) -> list[float]:
     """This tree: the µs per reading of each round (printed as JSON by ``--child``)."""
     from vitalchain.storage.ledger import Ledger
@@ -127,14 +152,19 @@ def run(args: argparse.Namespace) -> list[float]:
         return per_round
 
 
-def child(tree: Path, args: argparse.Namespace) -> float:
-    """One round in ``tree``'s own interpreter (its editable install), µs per reading."""
-    command = [str(tree / ".venv" / "bin" / "python"), __file__, "--child", "--rounds", "1",
+def child(tree: Path, args: argparse.Namespace, parts_mode: bool = False) -> Any:
+    """One round in ``tree``'s own interpreter (its editable install), µs per reading (or, with
+    ``parts_mode``, the steps' figures over ``--rounds``)."""
+    command = [str(tree / ".venv" / "bin" / "python"), __file__, "--child",
+               "--rounds", str(args.rounds) if parts_mode else "1",
                "--devices", str(args.devices), "--readings", str(args.readings),
                "--history", str(args.history), "--rate", str(args.rate)]
+    if parts_mode:
+        command.append("--parts")
     out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=tree,
                          env={**os.environ, "PYTHONPATH": ""}).stdout
-    return json.loads(out.strip().splitlines()[-1])[0]
+    result = json.loads(out.strip().splitlines()[-1])
+    return result if parts_mode else result[0]
 
 
 def main() -> None:
@@ -147,10 +177,20 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile top 25 to stderr")
     parser.add_argument("--compare", type=Path, action="append", default=[],
                         help="another worktree with its own .venv, run interleaved")
+    parser.add_argument("--parts", action="store_true",
+                        help="time each step of offer alone (in each tree) instead")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run(args)))
+        print(json.dumps(parts(args) if args.parts else run(args)))
+        return
+    if args.parts:
+        trees = [Path(__file__).resolve().parents[1], *[t.resolve() for t in args.compare]]
+        print(f"steps of offer alone, {args.readings} readings, CPU us/reading (best of "
+              f"{args.rounds})")
+        for tree in trees:
+            figures = child(tree, args, parts_mode=True)
+            print(f"  {tree}: " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()))
         return
     if not args.compare:
         rounds = run(args)
