@@ -176,7 +176,8 @@ class StreamProcessor:
             self.topic, partition, window_us=self.window_us, salt_key=self._salt_key,
             salt_key_id=self._salt_key_id, sealed_offset=sealed_floor,
             prev_end_us=self.ledger.previous_window_end_us(self.topic, partition),
-            sealed_leaf=self.ledger.sealed_leaf, epoch=position.epoch)
+            sealed_leaf=self.ledger.sealed_leaf, epoch=position.epoch,
+            sealed_high=self.ledger.max_sealed_seq)
         state = self._states[partition] = _Partition(windower, epoch=position.epoch)
         if sealed is not None:
             # Nothing below S may be skipped until the record at S proves this is the

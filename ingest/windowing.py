@@ -42,6 +42,7 @@ MAX_DETAIL = 300
 RECORD_DOMAIN = b"vitalchain-kafka-record/1\x00"
 
 SealedLeafLookup = Callable[[str, int], bytes | None]
+SealedHighLookup = Callable[[str], int | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +184,8 @@ class PartitionWindower:
 
     def __init__(self, topic: str, partition: int, *, window_us: int, salt_key: bytes,
                  salt_key_id: str, sealed_offset: int | None, prev_end_us: int | None,
-                 sealed_leaf: SealedLeafLookup, epoch: int = 0) -> None:
+                 sealed_leaf: SealedLeafLookup, epoch: int = 0,
+                 sealed_high: SealedHighLookup | None = None) -> None:
         if window_us <= 0:
             raise ValueError("window_us must be positive")
         self.topic = topic
@@ -195,6 +197,12 @@ class PartitionWindower:
         self.epoch = epoch
         self.prev_end_us = prev_end_us
         self._sealed_leaf = sealed_leaf
+        # Dedup without a ledger round trip per reading: per device, the highest seq sealed
+        # (loaded from the ledger at first sight, raised as windows seal).  A device's seqs only
+        # grow, so a seq above it is not sealed; at or below it the ledger is asked as before.
+        # Without ``sealed_high`` every reading asks the ledger.
+        self._sealed_high = sealed_high
+        self._high: dict[str, int | None] = {}
         self._open: _OpenWindow | None = None
         # Cut but not yet sealed: their offsets are taken and their readings count for dedup.
         self._cut_offset: int | None = None
@@ -243,7 +251,7 @@ class PartitionWindower:
         known = self._open.leaves.get(identity) if self._open is not None else None
         if known is None:
             known = self._unsealed_leaves.get(identity)
-        if known is None:
+        if known is None and self._may_be_sealed(*identity):
             known = self._sealed_leaf(*identity)
         if known is not None:
             window = self._extend(offset, tail)
@@ -283,9 +291,23 @@ class PartitionWindower:
         """Record that ``closed`` is durably sealed (its offsets are done for good)."""
         if self.sealed_offset is None or closed.last_offset > self.sealed_offset:
             self.sealed_offset = closed.last_offset
+        high = self._high
         for reading in closed.readings:
-            self._unsealed_leaves.pop((reading.canonical["device_id"], reading.canonical["seq"]),
-                                      None)
+            device, seq = reading.canonical["device_id"], reading.canonical["seq"]
+            self._unsealed_leaves.pop((device, seq), None)
+            if device in high:
+                mark = high[device]
+                if mark is None or seq > mark:
+                    high[device] = seq
+
+    def _may_be_sealed(self, device: str, seq: int) -> bool:
+        """False only when the ledger cannot hold ``(device, seq)``: seq above the device's mark."""
+        if self._sealed_high is None:
+            return True
+        if device not in self._high:
+            self._high[device] = self._sealed_high(device)
+        mark = self._high[device]
+        return mark is not None and seq <= mark
 
     # --- internals ----------------------------------------------------------------------------
     def _extend(self, offset: int, tail_hash: bytes) -> _OpenWindow:

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vitalchain.core.integrity import build_window_header, canonical_json, canonical_reading
-from vitalchain.core.integrity.canonical import _fast
+from vitalchain.core.integrity import (
+    CanonicalError,
+    blake3_hasher,
+    build_window_header,
+    canonical_json,
+    canonical_reading,
+    reading_leaf_hash,
+)
+from vitalchain.core.integrity.canonical import _fast, reading_json, salt_input_json
 from vitalchain.core.payload.limits import ID_PATTERN, MAX_JSON_INT, MIN_TS_US, VITAL_LIMITS
 
 ids = st.from_regex(ID_PATTERN, fullmatch=True)
@@ -64,3 +72,52 @@ def test_float_edges() -> None:
               2.0**53, -(2.0**53) - 2, 123456789.125):
         assert canonical_json(x) == rfc8785.dumps(x), x
         assert math.isfinite(x)
+
+
+# --- the reading template (one format string per reading) and the salt input template ----------
+
+@settings(max_examples=1500, deadline=None)
+@given(readings)
+def test_the_reading_template_is_byte_identical_to_rfc8785(reading: dict) -> None:
+    canonical = canonical_reading(reading, KEY)
+    assert reading_json(canonical) == rfc8785.dumps(canonical)  # never None on valid readings
+    assert salt_input_json("vitalchain-salt/1", reading["device_id"], reading["seq"]) == \
+        rfc8785.dumps(["vitalchain-salt/1", reading["device_id"], reading["seq"]])
+
+
+# Any JSON value in any field, any extra or missing key: the template either steps aside (None)
+# or writes exactly what rfc8785 writes.
+loose_vitals = st.dictionaries(st.sampled_from(["dia", "hr", "rr", "spo2", "sys", "temp_c", "x"]),
+                               json_values, min_size=5, max_size=7)
+loose_readings = st.fixed_dictionaries(
+    {"device_id": st.text(max_size=8) | ids, "patient_id": ids | st.integers(),
+     "salt": st.text(max_size=4) | st.just("ab" * 32), "seq": json_values | st.integers(0, 10),
+     "ts_us": st.integers(-2**60, 2**60) | st.floats(), "vitals": loose_vitals | json_values},
+    optional={"extra": json_values})
+
+
+@settings(max_examples=1500, deadline=None)
+@given(loose_readings)
+def test_the_reading_template_steps_aside_or_agrees_with_rfc8785(obj: dict) -> None:
+    text = reading_json(obj)
+    if text is not None:
+        assert text == rfc8785.dumps(obj)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=10), st.text(max_size=10) | ids,
+       st.integers(-2**60, 2**60))
+def test_the_salt_template_agrees_with_rfc8785_or_steps_aside(domain: str, device: str,
+                                                              seq: int) -> None:
+    if abs(seq) <= MAX_JSON_INT:
+        assert salt_input_json(domain, device, seq) == rfc8785.dumps([domain, device, seq])
+    else:
+        with pytest.raises(CanonicalError):
+            salt_input_json(domain, device, seq)
+
+
+@settings(max_examples=300, deadline=None)
+@given(readings)
+def test_leaves_are_unchanged_by_the_template(reading: dict) -> None:
+    canonical = canonical_reading(reading, KEY)
+    assert reading_leaf_hash(canonical) == blake3_hasher.leaf(rfc8785.dumps(canonical))

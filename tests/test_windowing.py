@@ -139,3 +139,72 @@ def test_windows_carry_their_epoch_and_the_identity_of_their_last_record() -> No
     assert closed.tail_hash == record_hash(b"", values[3])
     assert record_hash(b"", values[3]) != record_hash(b"d1", values[3])
     assert windower().offer(0, values[0]).outcome == "kept"
+
+
+# --- dedup by the per-device mark (no ledger round trip for a seq above what is sealed) --------
+
+def _sealed_in(ledger, closed: ClosedWindow) -> None:
+    from vitalchain.storage.ledger import ReadingIndexRow
+
+    rows = [ReadingIndexRow(r.canonical["device_id"], r.canonical["seq"], r.canonical["ts_us"], i,
+                            r.leaf) for i, r in enumerate(closed.readings)]
+    ledger.append_window(closed.topic, closed.partition, closed.header, closed.leaf_hashes, rows,
+                         closed.idle_cut, closed.tail_hash)
+
+
+def counting_windower(ledger, partition: int = 3) -> tuple[PartitionWindower, list, list]:
+    """A windower on a real ledger, as the processor builds it, counting the ledger lookups."""
+    leaf_asks: list = []
+    high_asks: list = []
+
+    def sealed_leaf(d: str, s: int) -> bytes | None:
+        leaf_asks.append((d, s))
+        return ledger.sealed_leaf(d, s)
+
+    def sealed_high(d: str) -> int | None:
+        high_asks.append(d)
+        return ledger.max_sealed_seq(d)
+
+    w = PartitionWindower("raw", partition, window_us=2 * SECOND, salt_key=KEY, salt_key_id="k",
+                          sealed_offset=None, prev_end_us=None, sealed_leaf=sealed_leaf,
+                          sealed_high=sealed_high)
+    return w, leaf_asks, high_asks
+
+
+def test_new_seqs_need_no_ledger_lookup_and_sealed_ones_are_still_found(tmp_path) -> None:
+    from vitalchain.storage.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "l.sqlite")
+    values = [record(reading(f"d{i % 3}", i // 3, T0 + i * 100_000)) for i in range(30)]
+    w, leaf_asks, high_asks = counting_windower(ledger)
+    closed = feed(w, values)
+    for c in closed:
+        _sealed_in(ledger, c)
+        w.mark_sealed(c)
+    # Nothing sealed at first sight: one max query per device, no per-reading lookups.
+    assert sorted(high_asks) == ["d0", "d1", "d2"] and leaf_asks == []
+    sealed_count = sum(c.header["size"] for c in closed)
+    assert ledger.max_sealed_seq("d0") == max(r.canonical["seq"] for c in closed
+                                              for r in c.readings
+                                              if r.canonical["device_id"] == "d0")
+    assert ledger.max_sealed_seq("nobody") is None
+    # The same records again, from a fresh windower (another partition, so the ledger takes its
+    # windows): the sealed readings are duplicates (found in the ledger), a changed one is a
+    # conflict, the unsealed tail and new seqs are kept, and new seqs cost no lookup.
+    w2, leaf_asks2, high_asks2 = counting_windower(ledger, partition=4)
+    outcomes = [w2.offer(i, v).outcome for i, v in enumerate(values)]
+    assert outcomes.count("duplicate") == sealed_count
+    assert outcomes[sealed_count:] == ["kept"] * (30 - sealed_count)
+    assert len(leaf_asks2) == sealed_count and sorted(high_asks2) == ["d0", "d1", "d2"]
+    changed = record(reading("d0", 0, T0, hr=99))
+    assert w2.offer(30, changed).outcome == "conflict"
+    before = len(leaf_asks2)
+    assert w2.offer(31, record(reading("d0", 500, T0 + 4 * SECOND))).outcome == "kept"
+    assert len(leaf_asks2) == before  # above the mark: no lookup
+    # Sealing raises the mark: the seq just sealed is asked for again, and found.
+    tail = w2.cut_idle()
+    assert tail is not None
+    _sealed_in(ledger, tail)
+    w2.mark_sealed(tail)
+    assert w2.offer(32, record(reading("d0", 500, T0 + 4 * SECOND))).outcome == "duplicate"
+    assert leaf_asks2[-1] == ("d0", 500)

@@ -560,6 +560,14 @@ class Ledger:
                         (device_id, seq))
         return None if row is None else bytes(row[0])
 
+    def max_sealed_seq(self, device_id: str) -> int | None:
+        """The highest seq of ``device_id`` in the reading index (None if none is sealed).
+
+        The stream loads it once per device and partition claim: a device's seqs only grow, so
+        a reading above it cannot be sealed and needs no :meth:`sealed_leaf` round trip."""
+        row = self._one("SELECT MAX(seq) FROM ledger_readings WHERE device_id=?", (device_id,))
+        return None if row is None or row[0] is None else int(row[0])
+
     def _location(self, row: tuple[Any, ...]) -> ReadingLocation:
         return ReadingLocation(device_id=row[0], seq=int(row[1]), window_id=row[2],
                                log_index=int(row[3]), index_in_window=int(row[4]),

@@ -110,6 +110,71 @@ def _fast(obj: Any) -> str | None:
     return None
 
 
+_READING_KEYS = frozenset({"device_id", "patient_id", "salt", "seq", "ts_us", "vitals"})
+_VITAL_KEYS = ("dia", "hr", "rr", "spo2", "sys", "temp_c")  # JCS order (sorted)
+_VITAL_SET = frozenset(_VITAL_KEYS)
+
+
+def _fast_number(value: Any) -> str | None:
+    kind = type(value)
+    if kind is int:
+        return str(value) if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else None
+    if kind is float:
+        return _fast_float(value)
+    return None
+
+
+def reading_json(obj: Any) -> bytes | None:
+    """JCS bytes of a canonical reading (device fields + salt) in one format string, or None.
+
+    The stream canonicalises every reading once; the generic walk (:func:`_fast`) sorts keys and
+    recurses for each of its ~15 values.  A canonical reading's key set is fixed, so its JCS text
+    is a template: keys in their sorted order written out, plain strings as they are, numbers as
+    :func:`_fast_number` writes them.  None (the caller then takes :func:`canonical_json`) for
+    anything else: another key set, a non-plain string, a bool, an unsafe integer or a float
+    outside the ordinary range.  tests/test_canonical_fast.py checks byte identity with
+    ``rfc8785`` by hypothesis over the reading schema's whole domain.
+    """
+    if type(obj) is not dict or obj.keys() != _READING_KEYS:
+        return None
+    vitals = obj["vitals"]
+    if type(vitals) is not dict or vitals.keys() != _VITAL_SET:
+        return None
+    device_id, patient_id, salt = obj["device_id"], obj["patient_id"], obj["salt"]
+    if (type(device_id) is not str or type(patient_id) is not str or type(salt) is not str
+            or not _PLAIN.fullmatch(device_id) or not _PLAIN.fullmatch(patient_id)
+            or not _PLAIN.fullmatch(salt)):
+        return None
+    if type(obj["seq"]) is not int or type(obj["ts_us"]) is not int:
+        return None
+    seq, ts_us = _fast_number(obj["seq"]), _fast_number(obj["ts_us"])
+    if seq is None or ts_us is None:
+        return None
+    numbers = []
+    for key in _VITAL_KEYS:
+        value = vitals[key]
+        if type(value) is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            numbers.append(str(value))
+        else:
+            text = _fast_number(value)
+            if text is None:
+                return None
+            numbers.append(text)
+    dia, hr, rr, spo2, sys_, temp_c = numbers
+    return (f'{{"device_id":"{device_id}","patient_id":"{patient_id}","salt":"{salt}",'
+            f'"seq":{seq},"ts_us":{ts_us},"vitals":{{"dia":{dia},"hr":{hr},"rr":{rr},'
+            f'"spo2":{spo2},"sys":{sys_},"temp_c":{temp_c}}}}}').encode("ascii")
+
+
+def salt_input_json(domain: str, device_id: str, seq: int) -> bytes:
+    """JCS bytes of the salt input ``[domain, device_id, seq]``: a template when both strings are
+    plain and ``seq`` a safe integer (always, for valid readings), else :func:`canonical_json`."""
+    if (type(device_id) is str and type(seq) is int and -MAX_SAFE_INTEGER <= seq <= MAX_SAFE_INTEGER
+            and _PLAIN.fullmatch(device_id) and _PLAIN.fullmatch(domain)):
+        return f'["{domain}","{device_id}",{seq}]'.encode("ascii")
+    return canonical_json([domain, device_id, seq])
+
+
 def canonical_json(obj: Any) -> bytes:
     """Return the RFC 8785 canonical UTF-8 bytes of ``obj`` (raises :class:`CanonicalError`)."""
     fast = _fast(obj)

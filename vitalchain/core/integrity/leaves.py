@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .canonical import canonical_json
+from .canonical import canonical_json, reading_json
 from .hashing import Hasher, blake3_hasher
 from .salt import derive_salt
 
@@ -34,7 +34,9 @@ def canonical_reading(reading: Mapping[str, Any], salt_key: bytes) -> dict[str, 
 
 def reading_leaf_hash(reading: Mapping[str, Any], hasher: Hasher = blake3_hasher) -> bytes:
     """``H(0x00 || JCS(reading))`` for a canonical reading (salt included)."""
-    return hasher.leaf(canonical_json(dict(reading)))
+    obj = dict(reading)
+    text = reading_json(obj)
+    return hasher.leaf(canonical_json(obj) if text is None else text)
 
 
 def window_leaf_hash(header: Mapping[str, Any], hasher: Hasher = blake3_hasher) -> bytes:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import blake3
 
-from .canonical import canonical_json
+from .canonical import salt_input_json
 
 SALT_DOMAIN = "vitalchain-salt/1"
 KEY_BYTES = 32
@@ -45,7 +45,7 @@ def derive_salt(key: bytes, device_id: str, seq: int) -> str:
         raise TypeError("device_id must be a string")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise ValueError("seq must be a non-negative integer")
-    message = canonical_json([SALT_DOMAIN, device_id, seq])
+    message = salt_input_json(SALT_DOMAIN, device_id, seq)
     return blake3.blake3(message, key=key).hexdigest()
 
 
