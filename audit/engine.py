@@ -103,6 +103,38 @@ async def _chunks(client: InfluxClient, measurement: str, lo_us: int, hi_us: int
         a = b
 
 
+REREAD_ATTEMPTS = 3
+REREAD_PAUSE_S = 0.1
+
+
+async def reread_rows(client: InfluxClient, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row read again by its device and time, until it parses (a few short tries).
+
+    For rows that were unreadable when a scan met them (see ``_ReadingAudit.check_row``): a point
+    being written when scanned reads whole a moment later; a point stored unreadable stays so,
+    and the last read is returned to be judged."""
+    q = (f"SELECT * FROM {quote_ident(READINGS_MEASUREMENT)} "
+         "WHERE time = $t AND device_id = $d")
+    result = []
+    for row in rows:
+        latest = row
+        for attempt in range(REREAD_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(REREAD_PAUSE_S)
+            again = await client.query(q, params={"t": row.get("time"), "d": row.get("device_id")},
+                                       epoch="ns")
+            if not again:
+                break  # gone: judge what was read
+            latest = again[0]
+            try:
+                stored_leaf(latest)
+            except StoredReadingError:
+                continue
+            break
+        result.append(latest)
+    return result
+
+
 def _identity(row: dict[str, Any]) -> str:
     seq = row.get("seq")
     seq_text = str(int(seq)) if isinstance(seq, int | float) else "?"
@@ -124,13 +156,23 @@ class _ReadingAudit:
         # Stored on receipt in an epoch's unsealed tail, then lost with that incarnation.
         self.received_lost: list[LossFinding] = []
 
-    def check_row(self, row: dict[str, Any]) -> None:
+    def check_row(self, row: dict[str, Any], torn: list[dict[str, Any]] | None = None) -> None:
+        """Judge one stored row; an unreadable one goes to ``torn`` (when given) to be read again.
+
+        InfluxDB 1.x stores each field of a point as its own series and does not make a point's
+        fields visible at once: a scan that meets a point while the stream writes it (on
+        receipt, in the range being audited) can see some fields and not others. Such a row is
+        read again before it is judged; one still unreadable then is reported as altered."""
         try:
             stored, leaf = stored_leaf(row)
         except StoredReadingError as exc:
+            if torn is not None:
+                torn.append(row)
+                return
             self.report.readings_checked += 1
             self.report.readings.append(ReadingFinding(
                 "altered", _identity(row), row.get("window_id"), f"unreadable stored reading: {exc}"))
+            self._mark_seen(row)  # one finding: the point is there, not deleted
             return
         c = stored.canonical
         rid = reading_id(c["device_id"], c["seq"])
@@ -147,6 +189,14 @@ class _ReadingAudit:
             self.report.readings.append(ReadingFinding(
                 "altered", rid, sealed.window_id,
                 f"leaf {leaf.hex()} recomputed from InfluxDB, sealed {sealed.leaf_hash.hex()}"))
+
+    def _mark_seen(self, row: dict[str, Any]) -> None:
+        device_id, seq = row.get("device_id"), row.get("seq")
+        if not isinstance(device_id, str) or type(seq) is not int:
+            return
+        sealed = self.view.locate(device_id, seq)
+        if sealed is not None and sealed.log_index < self.horizon.log_size:
+            self.seen.setdefault(sealed.log_index, set()).add(sealed.index_in_window)
 
     def finish_before(self, end_us: int, start_us: int, stop_us: int) -> None:
         """Report deletions of every window that ends before ``end_us`` (all its rows are read)."""
@@ -435,7 +485,10 @@ async def run_audit(settings: Settings, start_us: int, end_us: int, rpc_url: str
                 readings = _ReadingAudit(view, report, windows, progress, horizon)
                 async for chunk_end, rows in _chunks(client, READINGS_MEASUREMENT, start_us,
                                                      end_us + 1, chunker):
+                    torn: list[dict[str, Any]] = []
                     for row in rows:
+                        readings.check_row(row, torn)
+                    for row in await reread_rows(client, torn):
                         readings.check_row(row)
                     readings.finish_before(chunk_end, start_us, end_us)
                 readings.finish_before(2**63, start_us, end_us)  # windows reaching past the range

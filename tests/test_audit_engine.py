@@ -15,7 +15,7 @@ from vitalchain.audit.engine import run_audit
 from vitalchain.audit.report import AuditReport, GapFinding
 from vitalchain.config import Settings
 from vitalchain.core.integrity import canonical_reading, reading_leaf_hash
-from vitalchain.storage.influx import quote_string
+from vitalchain.storage.influx import Point, quote_string
 from vitalchain.storage.ledger import Ledger
 from vitalchain.storage.readings import point_time_ns, reading_point, window_point
 
@@ -238,3 +238,47 @@ def test_checkpoint_record_the_chain_does_not_back_is_named(world: World) -> Non
     report = audit(world)
     assert summary(report) == {**NOTHING, "checkpoints": [("not_on_chain", 2)]}, report.to_text()
     assert "recorded block" in report.checkpoints[0].detail
+
+
+def _stored_row(world: World, device: str, seq: int) -> dict[str, Any]:
+    reading = world.reading(device, seq)
+    t = point_time_ns(reading["ts_us"], reading["seq"])
+    rows = influx_query(world.settings, f"SELECT * FROM readings WHERE device_id = "
+                                        f"{quote_string(device)} AND time = {t}")
+    assert len(rows) == 1
+    return rows[0]
+
+
+def test_a_row_met_while_being_written_is_read_again_whole(world: World) -> None:
+    from vitalchain.audit.engine import reread_rows
+    from vitalchain.storage.influx import InfluxClient
+    from vitalchain.storage.readings import StoredReadingError, stored_leaf
+
+    whole = _stored_row(world, "dev-b", 4)
+    torn = {k: v for k, v in whole.items() if k != "rr"}  # what a scan met mid-write
+    with pytest.raises(StoredReadingError):
+        stored_leaf(torn)
+
+    async def reread() -> list[dict[str, Any]]:
+        async with InfluxClient(world.settings) as client:
+            return await reread_rows(client, [torn])
+
+    [again] = asyncio.run(reread())
+    assert again == whole
+    stored_leaf(again)  # parses: judged as the whole point it is
+
+
+def test_a_point_stored_without_a_vital_is_still_altered(world: World) -> None:
+    whole = _stored_row(world, "dev-a", 3)
+    influx_query(world.settings, f"DELETE FROM readings WHERE device_id = {quote_string('dev-a')} "
+                                 f"AND time = {whole['time']}")
+    reading = world.reading("dev-a", 3)
+    header = world.header_of("dev-a", 3)
+    full = reading_point(reading, bytes.fromhex(whole["leaf"]), header["window_id"], False,
+                         int(whole["received_us"]))
+    without_rr = Point(full.measurement, full.tags,
+                       {k: v for k, v in full.fields.items() if k != "rr"}, full.time_ns)
+    influx_write(world.settings, [without_rr])
+    report = audit(world)
+    assert summary(report)["readings"] == [("altered", "dev-a#3")], report.to_text()
+    assert "lacks vital 'rr'" in report.to_text()
