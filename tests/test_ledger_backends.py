@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from tests.pg_support import admin, new_database, server_url
-from tests.test_ledger import T0, window
+from tests.test_ledger import APPENDER, T0, window
 from tests.test_ledger_epochs import TAIL, epoch_window
 from vitalchain.core.integrity import window_leaf_hash
 from vitalchain.core.timeutil import now_us
@@ -111,16 +111,6 @@ def test_sealed_rows_cannot_be_rewritten(ledger_target: str | Path, statement: s
     assert ledger.log_size() == 1 and ledger.reading_count() == 3 and len(ledger.epochs()) == 1
 
 
-APPENDER = """
-import sys
-from tests.test_ledger import window
-from vitalchain.storage.ledger import Ledger
-ledger = Ledger(sys.argv[1])
-part = int(sys.argv[2])
-for i in range(40):
-    h, l, r = window(part, i * 3, i * 3 + 2, device=f"dev{part}", seq0=i * 3)
-    ledger.append_window("raw", part, h, l, r, idle_cut=False)
-"""
 
 
 def test_several_processes_never_get_the_same_log_index(ledger_target: str | Path) -> None:

@@ -29,13 +29,20 @@ def entry_leaf(entry: Mapping[str, Any]) -> bytes:
     return blake3_hasher.leaf(canonical_json(dict(entry)))
 
 
-def build_access_window_header(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The header of the access window holding ``entries`` (consecutive ``seq``, in order)."""
+def entry_window_header(entries: Sequence[Mapping[str, Any]], window_format: str, id_prefix: str,
+                        partition: int) -> dict[str, Any]:
+    """The header of a window of log entries (consecutive ``seq``, in order): access entries
+    here, device-key entries in :mod:`.devicekeys`; one shape, so one verifier rule for both."""
     stamps = [int(e["ts_us"]) for e in entries]
-    return {"format": WINDOW_FORMAT, "window_id": f"access-{entries[0]['seq']}",
-            "partition": ACCESS_PARTITION, "first_offset": entries[0]["seq"],
+    return {"format": window_format, "window_id": f"{id_prefix}-{entries[0]['seq']}",
+            "partition": partition, "first_offset": entries[0]["seq"],
             "last_offset": entries[-1]["seq"], "start_us": min(stamps), "end_us": max(stamps),
             "size": len(entries), "root": root([entry_leaf(e) for e in entries]).hex()}
+
+
+def build_access_window_header(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The header of the access window holding ``entries`` (consecutive ``seq``, in order)."""
+    return entry_window_header(entries, WINDOW_FORMAT, "access", ACCESS_PARTITION)
 
 
 def build_access_proof(entry: Mapping[str, Any], index: int, leaf_hashes: Sequence[bytes],

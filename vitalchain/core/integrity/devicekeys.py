@@ -32,9 +32,9 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .access import entry_leaf, entry_window_header
 from .canonical import CanonicalError, canonical_json
-from .hashing import blake3_hasher
-from .merkle import inclusion_proof, root
+from .merkle import inclusion_proof
 
 ALG = "Ed25519"
 ENTRY_FORMAT = "vitalchain-device-key/1"
@@ -135,17 +135,13 @@ def entry_public_key(entry: Mapping[str, Any]) -> bytes:
 
 
 def key_entry_leaf(entry: Mapping[str, Any]) -> bytes:
-    """The leaf hash of a key entry: ``BLAKE3(0x00 || JCS(entry))``."""
-    return blake3_hasher.leaf(canonical_json(dict(entry)))
+    """The leaf hash of a key entry: ``BLAKE3(0x00 || JCS(entry))`` (as an access entry's)."""
+    return entry_leaf(entry)
 
 
 def build_key_window_header(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The header of the device-key window holding ``entries`` (consecutive ``seq``, in order)."""
-    stamps = [int(e["ts_us"]) for e in entries]
-    return {"format": WINDOW_FORMAT, "window_id": f"{KEY_TOPIC}-{entries[0]['seq']}",
-            "partition": KEY_PARTITION, "first_offset": entries[0]["seq"],
-            "last_offset": entries[-1]["seq"], "start_us": min(stamps), "end_us": max(stamps),
-            "size": len(entries), "root": root([key_entry_leaf(e) for e in entries]).hex()}
+    return entry_window_header(entries, WINDOW_FORMAT, KEY_TOPIC, KEY_PARTITION)
 
 
 def build_key_proof(entry: Mapping[str, Any], index: int, leaf_hashes: Sequence[bytes],
