@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,7 +57,7 @@ def pg_ddl(sqlite_ddl: str) -> str:
     return ddl.replace(") WITHOUT ROWID", ")")
 
 
-class SqlDb:
+class SqlDb(ABC):
     """One connection, shared by threads under a lock; see the module docstring."""
 
     dialect: str
@@ -66,14 +67,17 @@ class SqlDb:
         self.in_write = False
 
     # --- what subclasses provide ----------------------------------------------------------
+    @abstractmethod
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _begin_write(self, lock_key: int) -> None:
-        raise NotImplementedError
+        ...
 
     def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Insert many rows at once (a window's reading index): ``executemany`` on SQLite,
@@ -81,19 +85,23 @@ class SqlDb:
         placeholders = ",".join("?" * len(columns))
         self.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})", rows)
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        ...
 
     @property
+    @abstractmethod
     def integrity_errors(self) -> tuple[type[Exception], ...]:
-        raise NotImplementedError
+        ...
 
     @property
+    @abstractmethod
     def missing_table_errors(self) -> tuple[type[Exception], ...]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def table_exists(self, name: str) -> bool:
-        raise NotImplementedError
+        ...
 
     @property
     def is_postgres(self) -> bool:
