@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vitalchain.core.integrity import build_window_header, canonical_reading, reading_leaf_hash, window_leaf_hash
+from vitalchain.core.integrity import build_window_header, canonical_reading, reading_leaf_hash
 from vitalchain.storage.ledger import Ledger, ReadingIndexRow, StaleWindow, WindowConflict
 
 KEY = bytes(32)
@@ -28,35 +28,6 @@ def window(partition: int, first: int, last: int, device: str = "d1", seq0: int 
     rows = [ReadingIndexRow(r["device_id"], r["seq"], r["ts_us"], i, leaf)
             for i, (r, leaf) in enumerate(zip(readings, leaves, strict=True))]
     return header, leaves, rows
-
-
-def test_append_assigns_consecutive_indexes_and_is_queryable(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "l.sqlite")
-    assert ledger.last_sealed_offset("raw", 0) is None and ledger.log_size() == 0
-    h0, l0, r0 = window(0, 0, 2)
-    h1, l1, r1 = window(1, 0, 4, device="d2")
-    h2, l2, r2 = window(0, 3, 5, seq0=3)
-    assert ledger.append_window("raw", 0, h0, l0, r0, idle_cut=False) == 0
-    assert ledger.append_window("raw", 1, h1, l1, r1, idle_cut=True) == 1
-    assert ledger.append_window("raw", 0, h2, l2, r2, idle_cut=False) == 2
-    assert ledger.log_size() == 3
-    assert ledger.last_sealed_offset("raw", 0) == 5
-    assert ledger.previous_window_end_us("raw", 0) == h2["end_us"]
-    assert ledger.leaf_hashes() == [window_leaf_hash(h) for h in (h0, h1, h2)]
-    assert ledger.leaf_hashes(0, 2) == [window_leaf_hash(h) for h in (h0, h1)]
-    assert ledger.leaf_hashes(1, 3) == [window_leaf_hash(h) for h in (h1, h2)]
-    assert ledger.leaf_hashes(2) == [window_leaf_hash(h2)]
-    w = ledger.window_by_id("p1-0")
-    assert w is not None and w.log_index == 1 and w.header == h1 and w.leaf_hashes == l1
-    assert w.idle_cut
-    assert ledger.window_by_index(2).header == h2
-    loc = ledger.locate("d1", 4)
-    assert loc is not None and (loc.window_id, loc.log_index, loc.index_in_window) == ("p0-3", 2, 1)
-    assert loc.leaf_hash == l2[1] and loc.ts_us == T0 + 4000
-    assert ledger.locate_by_time("d1", T0 + 4000) == [loc]
-    assert ledger.sealed_leaf("d2", 0) == l1[0] and ledger.sealed_leaf("d2", 99) is None
-    assert [x.log_index for x in ledger.windows(start_us=T0 + 3000)] == [2]
-    assert ledger.last_window("raw", 0).log_index == 2
 
 
 def test_append_is_idempotent_and_refuses_changes(tmp_path: Path) -> None:

@@ -42,10 +42,13 @@ def test_append_assigns_consecutive_indexes_and_is_queryable(ledger_target: str 
     assert ledger.last_sealed_offset("raw", 0) == 5
     assert ledger.previous_window_end_us("raw", 0) == h2["end_us"]
     assert ledger.leaf_hashes() == [window_leaf_hash(h) for h in (h0, h1, h2)]
+    assert ledger.leaf_hashes(0, 2) == [window_leaf_hash(h) for h in (h0, h1)]
     assert ledger.leaf_hashes(1, 3) == [window_leaf_hash(h) for h in (h1, h2)]
+    assert ledger.leaf_hashes(2) == [window_leaf_hash(h2)]
     w = ledger.window_by_id("p1-0")
     assert w is not None and w.log_index == 1 and w.header == h1 and w.leaf_hashes == l1
     assert w.idle_cut and isinstance(w.window_leaf, bytes)
+    assert ledger.window_by_index(2).header == h2
     loc = ledger.locate("d1", 4)
     assert loc is not None and (loc.window_id, loc.log_index, loc.index_in_window) == ("p0-3", 2, 1)
     assert loc.leaf_hash == l2[1] and loc.ts_us == T0 + 4000
