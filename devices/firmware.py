@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import time
 from collections import deque
@@ -19,13 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vitalchain.core.integrity.devicekeys import sign_message
 from vitalchain.core.payload.limits import MAX_BATCH, MIN_BATCH
 from vitalchain.devices.keys import SigningKey
 from vitalchain.devices.physiology import Deterioration, Patient
 from vitalchain.devices.registry import DeviceIdentity
 from vitalchain.devices.seqstore import SeqCounter
 from vitalchain.devices.transport import ConnectRefused, LinkDown, MqttLink, PublishRejected
+from vitalchain.devices.wire import MessageWriter, generic_encode
 
 Reading = dict[str, Any]
 AckSink = Callable[[str, list[int]], None]
@@ -37,14 +36,10 @@ def encode(readings: list[Reading], signing: SigningKey | None = None) -> bytes:
     Signed (the device has a key): ``{"key_id", "sig", "readings": [...]}``, one Ed25519
     signature per message over ``JCS({"key_id", "readings"})`` (docs/DEVICES.md), so the cost is
     per message, not per reading. Unsigned (a legacy device): one reading as itself, several as
-    ``{"readings": [...]}``.
+    ``{"readings": [...]}``. A running device writes the same bytes with its own
+    :class:`~vitalchain.devices.wire.MessageWriter` (templates instead of generic encoders).
     """
-    if signing is not None:
-        sig = sign_message(signing.private_key, signing.key_id, readings)
-        body: Any = {"key_id": signing.key_id, "sig": sig, "readings": readings}
-    else:
-        body = readings[0] if len(readings) == 1 else {"readings": readings}
-    return json.dumps(body, separators=(",", ":")).encode()
+    return generic_encode(readings, signing)
 
 
 @dataclass
@@ -84,6 +79,7 @@ class Device:
         self.patient = Patient(identity.patient_id, config.seed, config.episodes_per_hour,
                                config.scripts.get(identity.patient_id))
         self._rng = random.Random(f"vitalchain-device/{config.seed}/{identity.device_id}")
+        self.writer = MessageWriter(identity.device_id, identity.patient_id, identity.signing)
         self.queue: deque[Reading] = deque()
         self.inflight: dict[asyncio.Future[None], list[Reading]] = {}
         self.link: MqttLink | None = None
@@ -118,9 +114,14 @@ class Device:
         if self.seq.wants_renewal():  # reserve the next block off the event loop
             asyncio.get_running_loop().run_in_executor(None, self.seq.renew)
         self.generated += 1
-        self.queue.append(reading)
-        self._trim()
-        self._wake.set()
+        queue = self.queue
+        queue.append(reading)
+        # Exact without summing the in-flight lists: they hold at most max_inflight x batch.
+        cfg = self.config
+        if len(queue) + cfg.max_inflight * cfg.batch > cfg.buffer_limit:
+            self._trim()
+        if len(queue) >= cfg.batch:  # the sender has nothing to do for a part batch
+            self._wake.set()
         return reading
 
     def _trim(self) -> None:
@@ -128,11 +129,22 @@ class Device:
             self.queue.popleft()
             self.dropped += 1
 
+    def sampling_offset(self) -> float:
+        """Where in its interval this device samples (from its own seeded generator): devices
+        spread over the interval instead of sampling in step."""
+        interval = 1.0 / self.config.rate
+        return self._rng.random() * min(interval, 1.0)
+
+    def done_generating(self) -> None:
+        """No more samples: the sender flushes the part batch it holds, then drains."""
+        self.generating = False
+        self._wake.set()
+
     async def generate(self, count: int | None, duration: float | None, start: float) -> None:
         """Sample at ``rate`` from loop time ``start`` until ``count`` or ``duration`` is reached."""
         loop = asyncio.get_running_loop()
         interval = 1.0 / self.config.rate
-        offset = self._rng.random() * min(interval, 1.0)
+        offset = self.sampling_offset()
         k = 0
         try:
             while count is None or k < count:
@@ -145,8 +157,7 @@ class Device:
                 self.sample()
                 k += 1
         finally:
-            self.generating = False
-            self._wake.set()
+            self.done_generating()
 
     # --- sending -------------------------------------------------------------------------
     def stop(self) -> None:
@@ -200,7 +211,7 @@ class Device:
                    and (len(self.queue) >= batch or not self.generating)):
                 readings = [self.queue.popleft() for _ in range(min(batch, len(self.queue)))]
                 try:
-                    future = link.publish(topic, encode(readings, self.identity.signing))
+                    future = link.publish(topic, self.writer.write(readings))
                 except LinkDown:
                     self.queue.extendleft(reversed(readings))
                     raise

@@ -1,7 +1,8 @@
 """Many simulated wearables in one process, all on one asyncio loop.
 
-Each device is two coroutines (sampling and its MQTT link) and one socket, so thousands fit in a
-process: the only hard limit is file descriptors, which ``run_fleet`` raises to the hard limit.
+Each device is one coroutine (its MQTT link) and one socket; one task samples them all
+(``devices/sampler.py``), so thousands fit in a process: the only hard limit is file descriptors,
+which ``run_fleet`` raises to the hard limit.
 Devices start spread over the first second (or sampling interval) so a fleet does not hit the
 broker with one burst of CONNECTs and one of PUBLISHes every tick.
 """
@@ -20,6 +21,7 @@ from vitalchain.config import Settings
 from vitalchain.devices.firmware import Device, DeviceConfig
 from vitalchain.devices.physiology import Deterioration
 from vitalchain.devices.registry import DeviceIdentity, identities
+from vitalchain.devices.sampler import sample_fleet
 from vitalchain.devices.seqstore import DEFAULT_BLOCK, SeqCounter
 
 
@@ -139,7 +141,7 @@ async def run_fleet(settings: Settings, device_ids: Sequence[str | DeviceIdentit
     start = loop.time() + 0.01
     links = [asyncio.create_task(d.run_link(first_delay=spread * i / len(devices)))
              for i, d in enumerate(devices)]
-    sampling = asyncio.gather(*(d.generate(count, duration, start) for d in devices))
+    sampling = asyncio.ensure_future(sample_fleet(devices, rate, count, duration, start))
     reporter = asyncio.create_task(_report(fleet, on_progress, progress_interval))
     stop_wait = asyncio.ensure_future((stop or asyncio.Event()).wait())
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -37,13 +38,34 @@ class PublishRejected(Refused):
     """The broker acknowledged the publish with a failure reason code; resending will not help."""
 
 
+class _Client(mqtt.Client):
+    """paho's client, handed a TCP socket the event loop already connected.
+
+    paho's ``connect`` opens its socket with a *blocking* ``socket.create_connection``: one
+    device's connect then stops every other device on the loop, and when a fleet of 5,000 connects
+    at once the broker's accept queue overflows, dropped SYNs are retried after a second, and the
+    whole simulator stood still for seconds at a time (docs/PERFORMANCE.md, "Device simulator at
+    5,000 devices"). ``MqttLink.connect`` connects the socket with ``loop.sock_connect`` instead
+    and paho takes it from here (``_create_socket_connection`` is paho's own hook for making the
+    socket; the MQTT CONNECT is still paho's).
+    """
+
+    ready_socket: socket.socket | None = None
+
+    def _create_socket_connection(self) -> socket.socket:
+        sock, self.ready_socket = self.ready_socket, None
+        if sock is None:
+            return super()._create_socket_connection()
+        return sock
+
+
 class MqttLink:
     def __init__(self, host: str, port: int, client_id: str, username: str, password: str,
                  keepalive: int = 30, max_inflight: int = 20) -> None:
         self.host, self.port, self.keepalive = host, port, keepalive
         self._loop = asyncio.get_running_loop()
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=mqtt.MQTTv5, reconnect_on_failure=False)
+        client = _Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv5, reconnect_on_failure=False)
         client.username_pw_set(username, password)
         client.max_inflight_messages_set(max_inflight)
         client.max_queued_messages_set(0)
@@ -113,13 +135,23 @@ class MqttLink:
     async def connect(self, timeout: float = 10.0) -> None:
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        sock: socket.socket | None = None
         try:
-            # Blocking TCP connect; on loopback it returns (or is refused) at once.
+            family, kind, proto, _name, address = socket.getaddrinfo(
+                self.host, self.port, type=socket.SOCK_STREAM)[0]
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            # The TCP handshake on the loop (see _Client); paho then sends CONNECT on it.
+            await asyncio.wait_for(self._loop.sock_connect(sock, address), timeout)
+            self._client.ready_socket = sock
             self._client.connect(self.host, self.port, keepalive=self.keepalive,
                                  clean_start=False, properties=properties)
         except (TimeoutError, OSError) as exc:
+            self._client.ready_socket = None
+            if sock is not None:
+                sock.close()
             self._fail_closed()
-            raise LinkDown(f"cannot reach {self.host}:{self.port}: {exc}") from exc
+            raise LinkDown(f"cannot reach {self.host}:{self.port}: {exc or 'timed out'}") from exc
         try:
             await asyncio.wait_for(asyncio.shield(self._connected), timeout)
         except TimeoutError as exc:

@@ -22,7 +22,13 @@ from vitalchain.core.integrity import (
     canonical_reading,
     reading_leaf_hash,
 )
-from vitalchain.core.integrity.canonical import _fast, reading_json, salt_input_json
+from vitalchain.core.integrity.canonical import (
+    _fast,
+    device_reading_json,
+    reading_json,
+    salt_input_json,
+)
+from vitalchain.core.integrity.devicekeys import signed_bytes
 from vitalchain.core.payload.limits import ID_PATTERN, MAX_JSON_INT, MIN_TS_US, VITAL_LIMITS
 
 ids = st.from_regex(ID_PATTERN, fullmatch=True)
@@ -121,3 +127,48 @@ def test_the_salt_template_agrees_with_rfc8785_or_steps_aside(domain: str, devic
 def test_leaves_are_unchanged_by_the_template(reading: dict) -> None:
     canonical = canonical_reading(reading, KEY)
     assert reading_leaf_hash(canonical) == blake3_hasher.leaf(rfc8785.dumps(canonical))
+
+
+# --- the device reading template (no salt) and the signed bytes of a device message -------------
+
+key_ids = st.from_regex(r"[0-9a-f]{32}", fullmatch=True)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(readings)
+def test_the_device_reading_template_is_byte_identical_to_rfc8785(reading: dict) -> None:
+    assert device_reading_json(reading) == rfc8785.dumps(reading).decode()  # never None when valid
+
+
+@settings(max_examples=500, deadline=None)
+@given(key_ids, st.lists(readings, min_size=1, max_size=10))
+def test_signed_bytes_are_byte_identical_to_rfc8785(key_id: str, batch: list) -> None:
+    assert signed_bytes(key_id, batch) == rfc8785.dumps({"key_id": key_id, "readings": batch})
+
+
+loose_device_readings = st.fixed_dictionaries(
+    {"device_id": st.text(max_size=8) | ids, "patient_id": ids | st.integers(),
+     "seq": json_values | st.integers(0, 10), "ts_us": st.integers(-2**60, 2**60) | st.floats(),
+     "vitals": loose_vitals | json_values},
+    optional={"extra": json_values})
+
+
+@settings(max_examples=1500, deadline=None)
+@given(loose_device_readings)
+def test_the_device_reading_template_steps_aside_or_agrees_with_rfc8785(obj: dict) -> None:
+    text = device_reading_json(obj)
+    if text is not None:
+        assert text == rfc8785.dumps(obj).decode()
+
+
+@settings(max_examples=500, deadline=None)
+@given(key_ids | st.text(max_size=34), st.lists(readings | loose_device_readings, max_size=4))
+def test_signed_bytes_agree_with_rfc8785_on_any_message(key_id: str, batch: list) -> None:
+    obj = {"key_id": key_id, "readings": batch}
+    try:
+        expected = rfc8785.dumps(obj)
+    except rfc8785.CanonicalizationError:
+        with pytest.raises(CanonicalError):
+            signed_bytes(key_id, batch)
+    else:
+        assert signed_bytes(key_id, batch) == expected

@@ -33,7 +33,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .access import entry_leaf, entry_window_header
-from .canonical import CanonicalError, canonical_json
+from .canonical import CanonicalError, canonical_json, device_reading_json
 from .merkle import inclusion_proof
 
 ALG = "Ed25519"
@@ -84,7 +84,16 @@ def public_key_bytes(private_key: Ed25519PrivateKey) -> bytes:
 
 
 def signed_bytes(key_id: str, readings: Sequence[Any]) -> bytes:
-    """The exact bytes a device signs: ``JCS({"key_id": key_id, "readings": readings})``."""
+    """The exact bytes a device signs: ``JCS({"key_id": key_id, "readings": readings})``.
+
+    Written from one template per reading (:func:`device_reading_json`) when the key id and every
+    reading are in the plain domain (always, for schema-valid readings): the same bytes as the
+    generic canonicalisation, which stays the path for anything else (tests/test_canonical_fast.py).
+    """
+    if type(key_id) is str and KEY_ID.fullmatch(key_id):
+        parts = [device_reading_json(r) for r in readings]
+        if None not in parts:
+            return f'{{"key_id":"{key_id}","readings":[{",".join(parts)}]}}'.encode("ascii")  # type: ignore[arg-type]
     return canonical_json({"key_id": key_id, "readings": list(readings)})
 
 
