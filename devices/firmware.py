@@ -120,7 +120,9 @@ class Device:
         cfg = self.config
         if len(queue) + cfg.max_inflight * cfg.batch > cfg.buffer_limit:
             self._trim()
-        if len(queue) >= cfg.batch:  # the sender has nothing to do for a part batch
+        # The sender has nothing to do for a part batch, nor with every window slot taken (a
+        # PUBACK wakes it then): under backpressure it is not woken for every reading either.
+        if len(queue) >= cfg.batch and len(self.inflight) < cfg.max_inflight:
             self._wake.set()
         return reading
 

@@ -107,6 +107,26 @@ def test_the_sender_is_woken_per_batch_not_per_reading(tmp_path: Path) -> None:
     assert asyncio.run(run()) == [False, False, True, True, True, True]  # 3+ queued: a batch is ready
 
 
+def test_with_every_window_slot_taken_only_a_puback_wakes_the_sender(tmp_path: Path) -> None:
+    async def run() -> tuple[list[bool], bool]:
+        (device,) = _fleet(tmp_path, 1, rate=10.0, batch=2)
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(device.config.max_inflight)]
+        for future in futures:  # the in-flight window is full
+            device.inflight[future] = [{"seq": -1}]
+            future.add_done_callback(device._settled)
+        woken = []
+        for _ in range(4):
+            device._wake.clear()
+            device.sample()
+            woken.append(device._wake.is_set())
+        futures[0].set_result(None)  # a PUBACK
+        await asyncio.sleep(0)
+        return woken, device._wake.is_set()
+
+    assert asyncio.run(run()) == ([False, False, False, False], True)
+
+
 def test_a_refused_tcp_connect_is_link_down_and_leaks_no_socket() -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
