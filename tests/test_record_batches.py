@@ -180,3 +180,41 @@ def test_a_signed_batch_brings_its_message_with_its_first_kept_reading() -> None
     result = w.offer(1, encode(readings, 1, part))
     assert result.duplicates == 1
     assert [r.signed for r in result.kept] == [part, {"at": part["at"]}]
+
+
+# --- the bridge writes one record per message (real Mosquitto and Kafka) ------------------
+
+@pytest.mark.e2e
+def test_the_bridge_writes_one_record_per_message_keyed_by_device(isolated) -> None:
+    from tests.bridge_support import (
+        Device,
+        Records,
+        make_reading,
+        provision_device,
+        running_bridge,
+        unique_device,
+    )
+    from tests.common_support import wait_until
+
+    dev = unique_device()
+    device = Device(isolated, dev, provision_device(isolated, dev))
+    raw = Records(isolated, isolated.raw_topic)
+    bad = make_reading(dev, 3, hr=999)
+    messages = [make_reading(dev, 0),
+                {"readings": [make_reading(dev, 1), make_reading(dev, 2), bad,
+                              make_reading(dev, 4)]}]
+    try:
+        with running_bridge(isolated) as bridge:
+            for message in messages:
+                device.publish(message)
+            wait_until(lambda: bridge.counters.acked == 2, 30, "both messages acked")
+            assert bridge.counters.forwarded == 4 and bridge.counters.dead_lettered[
+                "out_of_range"] == 1
+            raw.wait_for(4, 20, "the four good readings")
+        assert raw.records == 2  # one record per MQTT message, not per reading
+        assert {key for key, _ in raw.items} == {dev.encode()}
+        assert [item["seq"] for _, item in raw.items] == [0, 1, 2, 4]
+        assert len({item["received_us"] for _, item in raw.items[1:]}) == 1
+    finally:
+        device.close()
+        raw.close()
