@@ -7,6 +7,8 @@ import base64
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.test_windowing import KEY, SECOND, T0, feed, reading, record, windower
 from vitalchain.core.integrity import canonical_reading, reading_leaf_hash
@@ -218,3 +220,38 @@ def test_the_bridge_writes_one_record_per_message_keyed_by_device(isolated) -> N
     finally:
         device.close()
         raw.close()
+
+
+# --- the nesting guard's fast path (batches and raw records have many brackets) -----------
+
+def _slow_too_deep(payload: bytes) -> bool:
+    from vitalchain.core.payload.validation import _BRACKETS, _JSON_STRING, MAX_DEPTH
+
+    depth = 0
+    for bracket in _BRACKETS.findall(_JSON_STRING.sub(b"", payload)):
+        depth += 1 if bracket in b"[{" else -1
+        if depth > MAX_DEPTH:
+            return True
+    return False
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from([b"[", b"]", b"{", b"}", b'"[{"', b"1", b",", b'"\\""']),
+                max_size=120))
+def test_the_nesting_guard_says_what_the_exact_count_says(parts: list[bytes]) -> None:
+    from vitalchain.core.payload.validation import _too_deep
+
+    payload = b"".join(parts)
+    assert _too_deep(payload) == _slow_too_deep(payload)
+
+
+@pytest.mark.parametrize("depth", [31, 32, 33, 64])
+def test_the_nesting_guard_at_its_limit(depth: int) -> None:
+    from vitalchain.core.payload.validation import _too_deep
+
+    for opener, closer in ((b"[", b"]"), (b"[{", b"}]"), (b"{[", b"]}")):
+        n = depth // len(opener)
+        payload = opener * n + closer * n + b"[]" * 40  # many brackets: the fast path
+        assert _too_deep(payload) == (n * len(opener) > 32) == _slow_too_deep(payload)
+    assert not _too_deep(batch("d1", 0, 100, T0, signed=signed_part(
+        [reading("d1", i, T0) for i in range(100)])))
