@@ -29,6 +29,7 @@ from kafka import KafkaConsumer, TopicPartition
 from vitalchain.app.stack.ports import free_ports
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings, load_settings
+from vitalchain.core.payload.record import record_readings
 from vitalchain.devices.registry import DeviceIdentity, provision_devices
 from vitalchain.ingest.bridge import Bridge
 
@@ -82,7 +83,8 @@ def _raw_readings(settings: Settings) -> Counter[tuple[str, int]]:
         seen: Counter[tuple[str, int]] = Counter()
         while any(consumer.position(tp) < end[tp] for tp in partitions):
             for batch in consumer.poll(timeout_ms=500, max_records=20_000).values():
-                seen.update((r.key.decode(), json.loads(r.value)["seq"]) for r in batch)
+                seen.update((r.key.decode(), item["seq"]) for r in batch
+                            for item in record_readings(r.value))
         return seen
     finally:
         consumer.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib.util
 import json
 import os
 import pstats
@@ -41,28 +42,59 @@ T0 = 1_767_225_600_000_000
 WINDOW_US = 2_000_000
 
 
-def records(devices: int, count: int, first_seq: int, rate_hz: float, seed: int) -> list[bytes]:
-    """Raw-topic values as the bridge writes them, devices interleaved in time order."""
+def batched_records() -> bool:
+    """Whether this tree's stream reads record version 2 (one record per MQTT message)."""
+    return importlib.util.find_spec("vitalchain.core.payload.record") is not None
+
+
+def records(devices: int, count: int, first_seq: int, rate_hz: float, seed: int,
+            batch: int = 1) -> list[bytes]:
+    """Raw-topic values as this tree's bridge writes them, devices interleaved in time order:
+    with ``batch`` > 1 and a tree that has record version 2, one record per device message of
+    ``batch`` readings; otherwise one record per reading (version 1, what older bridges wrote)."""
     rng = random.Random(seed)
     step = round(1_000_000 / rate_hz)
-    out = []
+    readings = []
     for i in range(count):
         d, k = i % devices, i // devices
         ts = T0 + (first_seq + k) * step + d
-        reading = {"device_id": f"wearable-{d:05d}", "patient_id": f"patient-{d:010x}",
-                   "seq": first_seq + k, "ts_us": ts,
-                   "vitals": {"hr": rng.randint(50, 120), "spo2": rng.randint(90, 100),
-                              "rr": rng.randint(10, 25),
-                              "temp_c": round(rng.uniform(36.0, 38.5), 1),
-                              "sys": rng.randint(110, 150), "dia": rng.randint(60, 90)}}
-        out.append(json.dumps({**reading, "received_us": ts + 5000}, separators=(",", ":"))
-                   .encode())
-    return out
+        readings.append({"device_id": f"wearable-{d:05d}", "patient_id": f"patient-{d:010x}",
+                         "seq": first_seq + k, "ts_us": ts,
+                         "vitals": {"hr": rng.randint(50, 120), "spo2": rng.randint(90, 100),
+                                    "rr": rng.randint(10, 25),
+                                    "temp_c": round(rng.uniform(36.0, 38.5), 1),
+                                    "sys": rng.randint(110, 150), "dia": rng.randint(60, 90)}})
+    if batch <= 1 or not batched_records():
+        return [json.dumps({**r, "received_us": r["ts_us"] + 5000}, separators=(",", ":"))
+                .encode() for r in readings]
+    from vitalchain.core.payload.record import encode
+
+    # A device's message holds its next ``batch`` readings; messages in time order of their
+    # last reading (when a device would send it).
+    messages = []
+    per_device = [readings[d::devices] for d in range(devices)]
+    for d, own in enumerate(per_device):
+        for start in range(0, len(own), batch):
+            chunk = own[start:start + batch]
+            messages.append((chunk[-1]["ts_us"], d, encode(chunk, chunk[-1]["ts_us"] + 5000)))
+    messages.sort()
+    return [value for _, _, value in messages]
+
+
+def line_formatter():
+    """How this tree's receipt writer turns kept readings into line protocol (in bulk, or one
+    ``Point`` per reading in a tree from before ``reading_lines``)."""
+    from vitalchain.storage import readings as stored
+
+    if hasattr(stored, "reading_lines"):
+        return lambda rows: stored.reading_lines(rows)
+    return lambda rows: [stored.reading_point(*row).to_line() for row in rows]
 
 
 def feed(ledger, values: list[bytes], first_offset: int, sealed_offset: int | None,
-         prev_end_us: int | None) -> tuple[int, int | None, int | None]:
-    """Offer ``values`` at consecutive offsets, sealing every cut window in the ledger."""
+         prev_end_us: int | None, lines: bool = False) -> tuple[int, int | None, int | None]:
+    """Offer ``values`` at consecutive offsets, sealing every cut window in the ledger (and with
+    ``lines`` formatting every kept reading's line protocol, as the receipt writer does)."""
     from vitalchain.ingest.windowing import PartitionWindower
     from vitalchain.storage.ledger import ReadingIndexRow
 
@@ -73,6 +105,8 @@ def feed(ledger, values: list[bytes], first_offset: int, sealed_offset: int | No
                                  sealed_offset=sealed_offset, prev_end_us=prev_end_us,
                                  sealed_leaf=ledger.sealed_leaf, **extra)
     kept = 0
+    formatter = line_formatter() if lines else None
+    pending: list = []
 
     def seal(closed) -> None:
         if closed.header is not None:
@@ -85,9 +119,20 @@ def feed(ledger, values: list[bytes], first_offset: int, sealed_offset: int | No
 
     for offset, value in enumerate(values, first_offset):
         result = windower.offer(offset, value)
-        kept += result.outcome == "kept"
+        taken = getattr(result, "kept", None)
+        if taken is None:  # a tree from before record version 2: one reading per record
+            taken = (result.reading,) if result.outcome == "kept" else ()
+        kept += len(taken)
+        if formatter is not None:
+            pending += [(r.canonical, r.leaf, result.window_id, r.late, r.received_us, None)
+                        for r in taken]
+            if len(pending) >= 1000:
+                formatter(pending)
+                pending = []
         if result.closed is not None:
             seal(result.closed)
+    if formatter is not None and pending:
+        formatter(pending)
     tail = windower.cut_idle()
     if tail is not None:
         seal(tail)
@@ -123,28 +168,31 @@ def run(args: argparse.Namespace) -> list[float]:
 
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Ledger(Path(tmp) / "ledger.sqlite")
-        history = records(args.devices, args.devices * args.history, 0, args.rate, seed=1)
+        history = records(args.devices, args.devices * args.history, 0, args.rate, seed=1,
+                          batch=args.batch)
         _, sealed, prev_end = feed(ledger, history, 0, None, None)
         offset, seq = len(history), args.history
         per_round = []
         per_device = args.readings // args.devices
         profiler = cProfile.Profile() if args.profile else None
         for r in range(args.rounds):
-            values = records(args.devices, args.readings, seq, args.rate, seed=100 + r)
+            values = records(args.devices, args.readings, seq, args.rate, seed=100 + r,
+                             batch=args.batch)
             if profiler is not None:
                 profiler.enable()
             start = time.process_time()
-            kept, sealed, prev_end = feed(ledger, values, offset, sealed, prev_end)
+            kept, sealed, prev_end = feed(ledger, values, offset, sealed, prev_end, args.lines)
             spent = time.process_time() - start
             if profiler is not None:
                 profiler.disable()
-            if kept != len(values):
-                raise SystemExit(f"round {r}: kept {kept} of {len(values)}")
-            per_round.append(spent / len(values) * 1e6)
+            if kept != args.readings:
+                raise SystemExit(f"round {r}: kept {kept} of {args.readings}")
+            per_round.append(spent / args.readings * 1e6)
             offset += len(values)
             seq += per_device
-        if ledger.reading_count() != offset:
-            raise SystemExit(f"ledger holds {ledger.reading_count()} readings, fed {offset}")
+        expected = args.devices * args.history + args.rounds * args.readings
+        if ledger.reading_count() != expected:
+            raise SystemExit(f"ledger holds {ledger.reading_count()} readings, fed {expected}")
         ledger.close()
         if profiler is not None:
             stats = pstats.Stats(profiler, stream=sys.stderr)
@@ -158,7 +206,10 @@ def child(tree: Path, args: argparse.Namespace, parts_mode: bool = False) -> Any
     command = [str(tree / ".venv" / "bin" / "python"), __file__, "--child",
                "--rounds", str(args.rounds) if parts_mode else "1",
                "--devices", str(args.devices), "--readings", str(args.readings),
-               "--history", str(args.history), "--rate", str(args.rate)]
+               "--history", str(args.history), "--rate", str(args.rate),
+               "--batch", str(args.batch)]
+    if args.lines:
+        command.append("--lines")
     if parts_mode:
         command.append("--parts")
     out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=tree,
@@ -174,6 +225,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--history", type=int, default=20, help="sealed readings per device")
     parser.add_argument("--rate", type=float, default=5.0, help="Hz per device (sets ts_us)")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="readings per MQTT message: one record each where the tree's "
+                             "record format allows (version 2), else one record per reading")
+    parser.add_argument("--lines", action="store_true",
+                        help="also format every kept reading's line protocol, as the receipt "
+                             "writer does (not sent anywhere)")
     parser.add_argument("--profile", action="store_true", help="cProfile top 25 to stderr")
     parser.add_argument("--compare", type=Path, action="append", default=[],
                         help="another worktree with its own .venv, run interleaved")
@@ -203,7 +260,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for tree in trees:
             results[tree].append(child(tree, args))
-    print(f"{args.readings} readings/round, {args.devices} devices, {args.history} sealed per "
+    print(f"{args.readings} readings/round in messages of {args.batch}, lines {args.lines}, "
+          f"{args.devices} devices, {args.history} sealed per "
           f"device before, {args.rounds} interleaved rounds; CPU us/reading")
     for tree, rounds in results.items():
         commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],

@@ -67,6 +67,7 @@ HOLE_SEEKS = 3
 
 @dataclass
 class StreamStats:
+    records_in: int = 0  # Kafka records taken (one per MQTT message since record version 2)
     readings_in: int = 0
     kept: int = 0
     sealed_windows: int = 0
@@ -88,7 +89,8 @@ class StreamStats:
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        return (f"stream: in={self.readings_in} sealed_readings={self.sealed_readings} "
+        return (f"stream: in={self.readings_in} records={self.records_in} "
+                f"sealed_readings={self.sealed_readings} "
                 f"windows={self.sealed_windows} (idle {self.idle_cuts}) "
                 f"duplicates={self.duplicates} conflicts={self.conflicts} "
                 f"invalid={self.invalid} late={self.late} skipped={self.skipped} "
@@ -224,20 +226,19 @@ class StreamProcessor:
                 if sealed is not None and offset <= sealed:
                     ack()
                 return
-            self.stats.readings_in += 1
+            stats = self.stats
+            stats.records_in += 1
+            stats.readings_in += result.readings
             state.acks.append((offset, ack))
             state.last_arrival = time.monotonic()
-            if result.outcome == "kept":
-                self.stats.kept += 1
-                if result.reading is not None and result.window_id is not None:
-                    self.sealer.received(result.reading, result.window_id)
-                self.stats.late += result.late
-            elif result.outcome == "duplicate":
-                self.stats.duplicates += 1
-            elif result.outcome == "conflict":
-                self.stats.conflicts += 1
-            elif result.outcome == "invalid":
-                self.stats.invalid += 1
+            if result.kept and result.window_id is not None:
+                stats.kept += len(result.kept)
+                for reading in result.kept:
+                    self.sealer.received(reading, result.window_id)
+                stats.late += result.late_count
+            stats.duplicates += result.duplicates
+            stats.conflicts += result.conflicts
+            stats.invalid += result.invalid
             if result.closed is not None:
                 await self._seal(partition, state, result.closed)
 

@@ -23,10 +23,11 @@ import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from vitalchain.ingest.windowing import WindowReading
-from vitalchain.storage.influx import InfluxClient, Point
-from vitalchain.storage.readings import reading_point, signed_at, signed_message_point
+from vitalchain.storage.influx import InfluxClient
+from vitalchain.storage.readings import reading_lines, signed_at, signed_message_point
 
 log = logging.getLogger("vitalchain.stream")
 
@@ -43,6 +44,13 @@ class ReceiptStats:
     failures: int = 0
 
 
+def batch_lines(batch: list[tuple[tuple[str, int] | None, str, Any]]) -> list[str]:
+    """Line protocol of a queued batch, in queue order (a signed message's point ahead of the
+    reading that names it); the readings formatted by one ``reading_lines`` call."""
+    formatted = iter(reading_lines([item for key, _, item in batch if key is not None]))
+    return [next(formatted) if key is not None else item.to_line() for key, _, item in batch]
+
+
 class ReceiptWriter:
     """Queues receipt points and writes them in batches; remembers what it wrote until sealed."""
 
@@ -51,8 +59,9 @@ class ReceiptWriter:
         self.influx = influx
         self.flush_s = flush_s
         self.max_batch = max_batch
-        # (reading key or None for a signed message's point, window id, point)
-        self._queue: list[tuple[tuple[str, int] | None, str, Point]] = []
+        # (reading key, window id, its row for reading_lines), or (None, window id, the signed
+        # message's point): rows are formatted in bulk at flush (one template, no Point each).
+        self._queue: list[tuple[tuple[str, int] | None, str, Any]] = []
         # (device_id, seq) -> window_id it was written with; dropped when its window seals.
         self._written: dict[tuple[str, int], str] = {}
         self._lock = asyncio.Lock()
@@ -72,9 +81,9 @@ class ReceiptWriter:
         if signed is not None and "sig" in signed:
             # The message's point goes in the same batch, ahead of the reading that names it.
             self._queue.append((None, window_id, signed_message_point(c["device_id"], signed)))
-        point = reading_point(c, reading.leaf, window_id, reading.late, reading.received_us,
-                              signed_at(signed) if signed is not None else None)
-        self._queue.append(((c["device_id"], c["seq"]), window_id, point))
+        row = (c, reading.leaf, window_id, reading.late, reading.received_us,
+               signed_at(signed) if signed is not None else None)
+        self._queue.append(((c["device_id"], c["seq"]), window_id, row))
         if len(self._queue) >= self.max_batch:
             self._wake.set()
         self._ensure_task()
@@ -87,7 +96,7 @@ class ReceiptWriter:
             batch = self._queue
             self._queue = []
             try:
-                await self.influx.write([point for _, _, point in batch])
+                await self.influx.write(batch_lines(batch))
             except BaseException:
                 self._queue = batch + self._queue  # in order: a later point for a key wins
                 self.stats.failures += 1

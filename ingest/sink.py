@@ -20,7 +20,7 @@ from vitalchain.ingest.windowing import ClosedWindow, DeadLetter, WindowReading
 from vitalchain.storage.influx import InfluxClient
 from vitalchain.storage.ledger import Ledger, ReadingIndexRow, StaleWindow, WindowConflict
 from vitalchain.storage.readings import (
-    reading_point,
+    reading_lines,
     signed_at,
     signed_message_point,
     window_point,
@@ -97,11 +97,11 @@ class Sealer:
             # Signed messages first (the record carrying one whole), so no stored reading names a
             # message point that is missing; rewriting one is idempotent like the readings.
             await self.influx.write(
-                [signed_message_point(r.canonical["device_id"], r.signed)
+                [signed_message_point(r.canonical["device_id"], r.signed).to_line()
                  for r in unwritten if r.signed is not None and "sig" in r.signed]
-                + [reading_point(r.canonical, r.leaf, window_id, r.late, r.received_us,
-                                 signed_at(r.signed) if r.signed is not None else None)
-                   for r in unwritten])
+                + reading_lines([(r.canonical, r.leaf, window_id, r.late, r.received_us,
+                                  signed_at(r.signed) if r.signed is not None else None)
+                                 for r in unwritten]))
         rows = [ReadingIndexRow(r.canonical["device_id"], r.canonical["seq"],
                                 r.canonical["ts_us"], i, r.leaf)
                 for i, r in enumerate(closed.readings)]

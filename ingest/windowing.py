@@ -36,6 +36,7 @@ from vitalchain.core.integrity import (
     reading_leaf_hash,
     window_id,
 )
+from vitalchain.core.payload.record import RecordError, decode
 
 STAGE = "stream"
 MAX_DETAIL = 300
@@ -102,15 +103,29 @@ class _OpenWindow:
 
 @dataclass(frozen=True, slots=True)
 class Offered:
-    """What happened to one offered record.  ``outcome`` is one of ``kept``, ``duplicate``,
-    ``conflict``, ``invalid``, ``already_done`` (offset at or below what is sealed or open)."""
+    """What happened to one offered record.  ``outcome`` is the record's: ``kept`` when any of its
+    readings was kept, else that of its first reading (``duplicate``, ``conflict``, ``invalid``),
+    or ``already_done`` (offset at or below what is sealed or open).  A version-1 record holds
+    one reading, so its outcome is that reading's; the counts say what each reading of a batch
+    became (every reading is exactly one of kept, duplicate, conflict, invalid)."""
 
     outcome: str
     closed: ClosedWindow | None = None
-    late: bool = False
-    # A kept reading and the id of the open window it went into (written to InfluxDB on receipt).
+    late: bool = False  # any kept reading late
+    # The first kept reading and the id of the open window the record went into (its kept
+    # readings are written to InfluxDB on receipt with that id).
     reading: WindowReading | None = None
     window_id: str | None = None
+    kept: tuple[WindowReading, ...] = ()
+    duplicates: int = 0
+    conflicts: int = 0
+    invalid: int = 0
+    late_count: int = 0
+
+    @property
+    def readings(self) -> int:
+        """Readings the record held (0 for ``already_done``)."""
+        return len(self.kept) + self.duplicates + self.conflicts + self.invalid
 
 
 def dead_letter(reason: str, detail: str, topic: str, payload: bytes, received_us: int,
@@ -139,44 +154,25 @@ def parse_record(value: bytes) -> tuple[dict[str, Any], int]:
     return reading, received_us
 
 
-def _check_signed_part(signed: Any) -> dict[str, Any]:
-    """The shape of a record's ``signed`` member (what the bridge writes); raises ValueError."""
-    if type(signed) is not dict:
-        raise ValueError("signed must be an object")
-    at = signed.get("at")
-    if (type(at) is not list or len(at) != 2 or not all(type(v) is int and v >= 0 for v in at)):
-        raise ValueError("signed.at must be [ts_us, seq]")
-    if signed.keys() == {"at"}:
-        return signed
-    if signed.keys() != {"at", "key_id", "sig", "readings"}:
-        raise ValueError("signed must be {at} or {at, key_id, sig, readings}")
-    if (type(signed["key_id"]) is not str or type(signed["sig"]) is not str
-            or type(signed["readings"]) is not list):
-        raise ValueError("signed.key_id/sig must be strings and signed.readings an array")
-    return signed
-
-
 def parse_signed_record(value: bytes) -> tuple[dict[str, Any], int, dict[str, Any] | None]:
-    """Split a raw-topic value into (device reading, received_us, signed part or None)."""
-    from vitalchain.core.payload.validation import check_reading, parse
+    """Split a version-1 raw-topic value into (device reading, received_us, signed part or None).
+
+    A version-2 value (a batch, :mod:`vitalchain.core.payload.record`) raises: use ``decode``."""
+    record = decode(value)
+    if record.version != 1:
+        raise ValueError("a version-2 record holds a batch of readings")
+    return checked_reading(record.readings[0]), record.received_us, record.signed
+
+
+def checked_reading(item: Any) -> dict[str, Any]:
+    """The bridge's context-free checks of one reading again (the raw topic is not trusted
+    blindly); raises ValueError with the check's detail."""
+    from vitalchain.core.payload.validation import check_reading
 
     try:
-        obj = parse(value)
+        return check_reading(item)
     except Exception as exc:
         raise ValueError(getattr(exc, "detail", None) or str(exc)) from None
-    if type(obj) is not dict:
-        raise ValueError("record value is not a JSON object")
-    received_us = obj.pop("received_us", None)
-    if type(received_us) is not int or received_us < 0:
-        raise ValueError("record lacks integer received_us")
-    signed = obj.pop("signed", None)
-    if signed is not None:
-        signed = _check_signed_part(signed)
-    try:
-        check_reading(obj)
-    except Exception as exc:
-        raise ValueError(getattr(exc, "detail", None) or str(exc)) from None
-    return obj, received_us, signed
 
 
 class PartitionWindower:
@@ -233,53 +229,93 @@ class PartitionWindower:
 
     # --- feeding ----------------------------------------------------------------------------
     def offer(self, offset: int, value: bytes, key: bytes = b"") -> Offered:
-        """Take the record at ``offset``; may return the window it closed (event-time cut)."""
+        """Take the record at ``offset`` (every reading of it, into one window); may return the
+        window it closed (event-time cut, decided once per record: a record is never split)."""
         done = self.done_offset
         if done is not None and offset <= done:
             return Offered("already_done")
         tail = record_hash(key, value)
         try:
-            reading, received_us, signed = parse_signed_record(value)
-            canonical = canonical_reading(reading, self._salt_key)
-            leaf = reading_leaf_hash(canonical)
-        except (ValueError, KeyError, CanonicalError) as exc:
+            record = decode(value)
+        except RecordError as exc:
             window = self._extend(offset, tail)
             window.dead_letters.append(dead_letter(
                 "invalid_record", str(exc), self.topic, value, _received_us(value), key))
-            return Offered("invalid")
-        identity = (canonical["device_id"], canonical["seq"])
-        known = self._open.leaves.get(identity) if self._open is not None else None
+            return Offered("invalid", invalid=1)
+        fates: list[str] = []
+        letters: list[DeadLetter] = []
+        fresh: list[tuple[dict[str, Any], bytes, int]] = []  # (canonical, leaf, index)
+        here: dict[tuple[str, int], bytes] = {}  # readings of this record so far
+        batch = record.version > 1
+        for index, item in enumerate(record.readings):
+            where = f"readings[{index}]: " if batch else ""
+            try:
+                canonical = canonical_reading(checked_reading(item), self._salt_key)
+                leaf = reading_leaf_hash(canonical)
+            except (ValueError, KeyError, CanonicalError) as exc:
+                fates.append("invalid")
+                letters.append(dead_letter("invalid_record", where + str(exc), self.topic, value,
+                                           record.received_us, key))
+                continue
+            identity = (canonical["device_id"], canonical["seq"])
+            known = self._known_leaf(identity, here)
+            if known is None:
+                here[identity] = leaf
+                fresh.append((canonical, leaf, index))
+                fates.append("kept")
+            elif known == leaf:
+                fates.append("duplicate")
+            else:
+                fates.append("conflict")
+                letters.append(dead_letter(
+                    "seq_conflict",
+                    f"{where}device {identity[0]} seq {identity[1]} already has a different "
+                    f"reading (leaf {known.hex()[:16]}..., this one {leaf.hex()[:16]}...)",
+                    self.topic, value, record.received_us, key or identity[0].encode()))
+        closed = None
+        if (fresh and self._open is not None and self._open.first_ts is not None
+                and fresh[0][0]["ts_us"] - self._open.first_ts >= self.window_us):
+            closed = self._close(idle_cut=False)
+        window = self._extend(offset, tail)
+        window.dead_letters.extend(letters)
+        duplicates = fates.count("duplicate")
+        window.duplicates += duplicates
+        kept: list[WindowReading] = []
+        late_count = 0
+        signed_pending = record.signed is not None
+        for canonical, leaf, index in fresh:
+            ts = canonical["ts_us"]
+            if window.first_ts is None:
+                window.first_ts = ts
+            late = self.prev_end_us is not None and ts < self.prev_end_us
+            late_count += late
+            # The first kept reading brings the signed message's point along (idempotent: a
+            # duplicate of a reading before it already stored the same point).
+            signed = record.signed_part(index, signed_pending)
+            signed_pending = False
+            reading = WindowReading(offset, canonical, leaf, late, record.received_us, signed)
+            window.readings.append(reading)
+            window.leaves[(canonical["device_id"], canonical["seq"])] = leaf
+            kept.append(reading)
+        window.late += late_count
+        outcome = "kept" if kept else fates[0]
+        return Offered(outcome, closed, late_count > 0, kept[0] if kept else None,
+                       window_id(self.partition, window.first_offset, self.epoch) if kept else None,
+                       tuple(kept), duplicates, fates.count("conflict"), fates.count("invalid"),
+                       late_count)
+
+    def _known_leaf(self, identity: tuple[str, int],
+                    here: dict[tuple[str, int], bytes]) -> bytes | None:
+        """The leaf already taken for ``identity`` (this record, the open window, cut windows,
+        the ledger), or None."""
+        known = here.get(identity)
+        if known is None and self._open is not None:
+            known = self._open.leaves.get(identity)
         if known is None:
             known = self._unsealed_leaves.get(identity)
         if known is None and self._may_be_sealed(*identity):
             known = self._sealed_leaf(*identity)
-        if known is not None:
-            window = self._extend(offset, tail)
-            if known == leaf:
-                window.duplicates += 1
-                return Offered("duplicate")
-            window.dead_letters.append(dead_letter(
-                "seq_conflict",
-                f"device {identity[0]} seq {identity[1]} already has a different reading "
-                f"(leaf {known.hex()[:16]}..., this one {leaf.hex()[:16]}...)",
-                self.topic, value, received_us, key or identity[0].encode()))
-            return Offered("conflict")
-        ts = canonical["ts_us"]
-        closed = None
-        if (self._open is not None and self._open.first_ts is not None
-                and ts - self._open.first_ts >= self.window_us):
-            closed = self._close(idle_cut=False)
-        window = self._extend(offset, tail)
-        if window.first_ts is None:
-            window.first_ts = ts
-        late = self.prev_end_us is not None and ts < self.prev_end_us
-        if late:
-            window.late += 1
-        kept = WindowReading(offset, canonical, leaf, late, received_us, signed)
-        window.readings.append(kept)
-        window.leaves[identity] = leaf
-        return Offered("kept", closed, late, kept,
-                       window_id(self.partition, window.first_offset, self.epoch))
+        return known
 
     def cut_idle(self) -> ClosedWindow | None:
         """Close the open window on the wall-clock idle rule (None when nothing is open)."""

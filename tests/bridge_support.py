@@ -16,6 +16,7 @@ from kafka import KafkaConsumer
 
 from tests.common_support import wait_until
 from vitalchain.config import Settings
+from vitalchain.core.payload.record import record_readings
 from vitalchain.devices.mqtt_admin import add_to_broker
 from vitalchain.devices.mqtt_auth import MqttCredentials, bridge_user
 from vitalchain.devices.mqtt_check import connack
@@ -114,17 +115,25 @@ class Device:
 
 
 class Records:
-    """Everything on one Kafka topic so far, read from the start."""
+    """Everything on one Kafka topic so far, read from the start.  On the raw topic ``items`` are
+    *readings* (a record of version 2 holds a message's readings: each is listed with the
+    record's key, as ``record_readings`` shows it); ``records`` counts the Kafka records."""
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self.consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap,
                                       auto_offset_reset="earliest", enable_auto_commit=False,
                                       group_id=None, consumer_timeout_ms=500)
+        self.raw = topic == settings.raw_topic
         self.items: list[tuple[bytes, dict[str, Any]]] = []
+        self.records = 0
 
     def poll(self) -> list[tuple[bytes, dict[str, Any]]]:
         for batch in self.consumer.poll(timeout_ms=300, max_records=5000).values():
-            self.items += [(r.key, json.loads(r.value)) for r in batch]
+            self.records += len(batch)
+            if self.raw:
+                self.items += [(r.key, item) for r in batch for item in record_readings(r.value)]
+            else:
+                self.items += [(r.key, json.loads(r.value)) for r in batch]
         return self.items
 
     def wait_for(self, count: int, timeout: float, what: str) -> list[tuple[bytes, dict]]:

@@ -102,6 +102,42 @@ def produce(settings: Settings, records: list[dict[str, Any]], received_us: int 
         prod.close()
 
 
+def batched_values(records: list[dict[str, Any]], received_us: int = 1,
+                   span_s: float = 1.0) -> list[tuple[bytes, bytes]]:
+    """``records`` as the bridge writes them since record version 2: one record per device
+    message, here every reading of a device within each ``span_s`` of event time (resends and
+    conflicts with the reading they follow), in time order; a reading with seq >= 100,000 (the
+    late ones of :func:`make_input`) alone, at the end.  (key, value) pairs."""
+    from vitalchain.core.payload.record import encode
+
+    span = round(span_s * SECOND)
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
+    late: list[dict[str, Any]] = []
+    for r in records:
+        if r["seq"] >= 100_000:
+            late.append(r)
+        else:
+            groups[((r["ts_us"] - T0) // span, r["device_id"])].append(r)
+    out = [(device.encode(), encode(group, received_us))
+           for (_, device), group in sorted(groups.items())]
+    return out + [(r["device_id"].encode(), encode([r], received_us)) for r in late]
+
+
+def produce_values(settings: Settings, values: list[tuple[bytes, bytes]]) -> dict[int, int]:
+    """Produce (key, value) pairs in order; returns each partition's end offset."""
+    prod = producer(settings)
+    ends: dict[int, int] = {p: 0 for p in range(settings.partitions)}
+    try:
+        futures = [prod.send(settings.raw_topic, key=key, value=value) for key, value in values]
+        prod.flush(timeout=30)
+        for future in futures:
+            meta = future.get(timeout=30)
+            ends[meta.partition] = max(ends[meta.partition], meta.offset + 1)
+        return ends
+    finally:
+        prod.close()
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VITALCHAIN_")}
     for f in dataclasses.fields(settings):

@@ -11,7 +11,6 @@ packet id it is still producing.
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import sys
 import threading
@@ -25,6 +24,7 @@ from kafka import KafkaConsumer, TopicPartition
 from tests.bridge_support import Device, bridge_thread, make_reading, provision_devices, unique_device
 from tests.common_support import wait_until
 from vitalchain.config import Settings
+from vitalchain.core.payload.record import record_readings
 from vitalchain.ingest.bridge import Bridge, forget_session
 from vitalchain.ingest.bridge_provision import provision_bridge
 
@@ -88,7 +88,8 @@ def _all_records(settings: Settings, topic: str) -> list[tuple[bytes, bytes]]:
 
 
 def _readings(records: list[tuple[bytes, bytes]]) -> Counter[tuple[str, int]]:
-    return Counter((key.decode(), int(json.loads(value)["seq"])) for key, value in records)
+    return Counter((key.decode(), int(item["seq"])) for key, value in records
+                   for item in record_readings(value))
 
 
 def _wait_while_progressing(done: Callable[[], bool], progress: Callable[[], object],

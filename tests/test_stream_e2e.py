@@ -13,10 +13,12 @@ from tests.common_support import wait_until
 from tests.stream_support import (
     Worker,
     all_done,
+    batched_values,
     check_sealed,
     dead_letters,
     make_input,
     produce,
+    produce_values,
 )
 from vitalchain.app.stack.topology import ensure_database
 from vitalchain.config import Settings
@@ -115,6 +117,41 @@ def test_sigkill_and_restart_reproduces_the_same_windows(isolated: Settings,
     assert len(event_time_windows(clean)) >= 8
     assert event_time_windows(crashed) == event_time_windows(clean)
     assert set(crashed) == set(clean), "final (idle) cuts differ"
+
+
+def test_sigkill_with_batched_records_reproduces_the_same_windows(isolated: Settings,
+                                                                  tmp_path: Path) -> None:
+    """The same crash story with records of version 2 (one per device message, as the bridge
+    writes them): exactly once, and the windows and roots of an uncrashed run."""
+    crash = stream_settings(isolated, tmp_path, "bc")
+    reference = stream_settings(isolated, tmp_path, "br")
+    for s in (crash, reference):
+        ensure_database(s)
+    inp = make_input(devices=8, seconds=16)
+    values = batched_values(inp.records)
+    assert len(values) < len(inp.records) // 3
+    ends = produce_values(crash, values)
+    ref_worker = Worker(reference, "ref", tmp_path)
+    first = Worker(crash, "c1", tmp_path)
+    workers = [ref_worker, first]
+    try:
+        kill_mid_run(crash, first, ends, windows=2)
+        second = Worker(crash, "c2", tmp_path)
+        workers.append(second)
+        run_to_completion(crash, [second], ends)
+        run_to_completion(reference, [ref_worker], ends)
+    finally:
+        for w in workers:
+            if w.alive():
+                w.kill(signal.SIGTERM)
+    crashed = check_sealed(crash, inp)
+    clean = check_sealed(reference, inp)
+    assert len(event_time_windows(clean)) >= 4
+    assert event_time_windows(crashed) == event_time_windows(clean)
+    assert set(crashed) == set(clean), "final (idle) cuts differ"
+    letters = dead_letters(crash, inp.conflicts)
+    assert sorted(x["reason"] for x in letters) == ["seq_conflict"] * inp.conflicts
+    assert all(x["detail"].startswith("readings[") for x in letters)  # named in its record
 
 
 def test_two_workers_one_killed_mid_run(isolated: Settings, tmp_path: Path) -> None:

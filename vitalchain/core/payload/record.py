@@ -1,0 +1,150 @@
+"""The raw topic's record format: written by the bridge, read by the stream (one definition).
+
+Why one module: the bridge and the stream are separate processes, and a Kafka topic outlives both
+(records written by an older bridge may still be unread after an upgrade), so the format is a
+wire contract.  Both sides import it from here; docs/STREAM.md ("The raw topic's records")
+describes it for anyone else.
+
+Version 2 (what the bridge writes): **one record per accepted MQTT message**, keyed by the device
+id, holding every reading of the message that the bridge forwards::
+
+    {"v": 2, "received_us": <bridge clock>, "readings": [<reading>, ...],
+     "signed": {"at": [ts_us, seq], "key_id": ..., "sig": ..., "readings": [...]}}
+
+``signed`` only for a message whose device signature verified; ``at`` names the message by its
+first forwarded reading (``readings[0]``), its ``readings`` are the message's readings as sent.
+One record per message instead of one per reading cuts the per-record cost of Kafka, Faust and
+aiokafka by the batch size (docs/PERFORMANCE.md); the readings are validated by the bridge and
+checked again one by one by the stream.
+
+Version 1 (before; still accepted, never written): one reading per record, the device's fields
+plus ``received_us`` and, for a signed message, ``signed`` (``{"at"}``, or on the message's first
+reading ``{"at", "key_id", "sig", "readings"}``).  A version-1 value has no ``"v"`` member.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from vitalchain.core.payload.limits import MAX_BATCH
+
+VERSION = 2
+_V2_KEYS = frozenset({"v", "received_us", "readings"})
+_V2_SIGNED_KEYS = frozenset({"v", "received_us", "readings", "signed"})
+
+
+class RecordError(ValueError):
+    """A raw-topic value that is not a record of any known version (or not well-formed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """A decoded raw-topic record.  ``readings`` are as written, *not yet checked* one by one
+    (:func:`vitalchain.core.payload.validation.check_reading` is the caller's, per reading, so one
+    bad reading does not take its neighbours down).  ``signed`` is the message's signed part for
+    version 2; for version 1 it is the reading's own ``signed`` member (``{"at"}`` or whole)."""
+
+    version: int
+    received_us: int
+    readings: list[Any]
+    signed: dict[str, Any] | None
+
+    def signed_part(self, index: int, carries_message: bool) -> dict[str, Any] | None:
+        """What reading ``index`` carries of its signed message, in version 1's per-reading
+        shape (what the storage writes from): ``{"at"}``, or the whole part when
+        ``carries_message`` (the reading whose point brings the message's point along)."""
+        if self.signed is None:
+            return None
+        if self.version == 1:
+            return self.signed
+        if carries_message:
+            return self.signed
+        return {"at": self.signed["at"]}
+
+
+def encode(readings: list[dict[str, Any]], received_us: int,
+           signed: dict[str, Any] | None = None) -> bytes:
+    """A version-2 value: ``readings`` exactly as the device sent them (already validated)."""
+    obj: dict[str, Any] = {"v": VERSION, "received_us": received_us, "readings": readings}
+    if signed is not None:
+        obj["signed"] = signed
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode_v1(reading: dict[str, Any], received_us: int,
+              signed: dict[str, Any] | None = None) -> bytes:
+    """A version-1 value (one reading): only for tests and benches of the upgrade path."""
+    extra: dict[str, Any] = {"received_us": received_us}
+    if signed is not None:
+        extra["signed"] = signed
+    return json.dumps({**reading, **extra}, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def check_signed_part(signed: Any) -> dict[str, Any]:
+    """The shape of a ``signed`` member: ``{"at"}`` or ``{"at", "key_id", "sig", "readings"}``."""
+    if type(signed) is not dict:
+        raise RecordError("signed must be an object")
+    at = signed.get("at")
+    if (type(at) is not list or len(at) != 2 or not all(type(v) is int and v >= 0 for v in at)):
+        raise RecordError("signed.at must be [ts_us, seq]")
+    if signed.keys() == {"at"}:
+        return signed
+    if signed.keys() != {"at", "key_id", "sig", "readings"}:
+        raise RecordError("signed must be {at} or {at, key_id, sig, readings}")
+    if (type(signed["key_id"]) is not str or type(signed["sig"]) is not str
+            or type(signed["readings"]) is not list):
+        raise RecordError("signed.key_id/sig must be strings and signed.readings an array")
+    return signed
+
+
+def decode(value: bytes) -> RawRecord:
+    """Parse a raw-topic value of either version; raises :class:`RecordError`.
+
+    Strict JSON (duplicate keys, NaN refused: the bridge's own parser), exact member sets, so a
+    record that did not come from a bridge of ours is refused rather than half-read."""
+    from vitalchain.core.payload.validation import parse
+
+    try:
+        obj = parse(value)
+    except Exception as exc:
+        raise RecordError(getattr(exc, "detail", None) or str(exc)) from None
+    if type(obj) is not dict:
+        raise RecordError("record value is not a JSON object")
+    received_us = obj.pop("received_us", None)
+    if type(received_us) is not int or received_us < 0:
+        raise RecordError("record lacks integer received_us")
+    if "v" not in obj:
+        signed = obj.pop("signed", None)
+        return RawRecord(1, received_us, [obj],
+                         None if signed is None else check_signed_part(signed))
+    obj["received_us"] = received_us
+    if obj["v"] != VERSION or type(obj["v"]) is not int:
+        raise RecordError(f"unknown record version {obj['v']!r}")
+    if obj.keys() != _V2_KEYS and obj.keys() != _V2_SIGNED_KEYS:
+        raise RecordError(f"a version-2 record has exactly {sorted(_V2_SIGNED_KEYS)} "
+                          f"(signed optional), not {sorted(obj.keys())}")
+    readings = obj["readings"]
+    if type(readings) is not list or not 1 <= len(readings) <= MAX_BATCH:
+        raise RecordError(f"readings must be an array of 1..{MAX_BATCH} readings")
+    signed = obj.get("signed")
+    if signed is not None:
+        signed = check_signed_part(signed)
+        if signed.keys() == {"at"}:
+            raise RecordError("a version-2 record's signed part carries the whole message")
+    return RawRecord(VERSION, received_us, readings, signed)
+
+
+def record_readings(value: bytes) -> list[dict[str, Any]]:
+    """Every reading of a raw-topic value, each with ``received_us`` (and its ``signed`` part as a
+    version-1 record would carry it): how a reader that thinks in readings sees either version."""
+    record = decode(value)
+    out = []
+    for i, reading in enumerate(record.readings):
+        item = {**reading, "received_us": record.received_us}
+        part = record.signed_part(i, i == 0)
+        if part is not None:
+            item["signed"] = part
+        out.append(item)
+    return out
