@@ -153,7 +153,8 @@ def test_dedup_conflicts_and_invalid_readings_are_per_reading_in_a_batch() -> No
 
 
 def test_late_flags_are_per_reading_in_a_batch() -> None:
-    w = windower(sealed_offset=0, prev_end_us=T0 + SECOND)
+    # late: sampled more than a window length (2 s) before the previous window's end, T0+1 s
+    w = windower(sealed_offset=0, prev_end_us=T0 + 3 * SECOND)
     result = w.offer(1, batch("d1", 0, 5, T0 + 600_000))  # T0+0.6 .. T0+1.4 s
     assert [r.late for r in result.kept] == [True, True, False, False, False]
     assert result.late and result.late_count == 2

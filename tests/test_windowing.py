@@ -109,10 +109,13 @@ def test_late_readings_are_kept_and_flagged() -> None:
     w2 = windower()
     cut = feed(w2, [record(reading("d1", 1, T0)), record(reading("d1", 2, T0 + 1_500_000)),
                     record(reading("d1", 3, T0 + 3 * SECOND)),
-                    record(reading("d2", 1, T0 + SECOND))])
+                    record(reading("d2", 1, T0 + SECOND)),
+                    record(reading("d3", 1, T0 - 600_000))])
     assert [c.header["end_us"] for c in cut] == [T0 + 1_500_000]
     tail = w2.cut_idle()
-    assert tail is not None and [r.late for r in tail.readings] == [False, True]
+    # d2 is behind the cut window's newest reading but within a window length of it: not late;
+    # d3 was sampled more than a window length (2 s) before it: late.
+    assert tail is not None and [r.late for r in tail.readings] == [False, False, True]
 
 
 @pytest.mark.parametrize("value", [b"not json", b"{}", json.dumps(reading("d1", 1, T0)).encode(),
