@@ -1,0 +1,72 @@
+"""The bridge's replay buffer (ingest/replay.py): which acknowledged records are written again.
+
+The pipeline-level proof that a Kafka restart now loses nothing the bridge still holds is
+tests/test_pipeline_epochs.py; these pin the rule itself.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from vitalchain.ingest.replay import ReplayBuffer
+
+
+def ack(buffer: ReplayBuffer, partition: int, offset: int, at: float, name: str):
+    return buffer.acked(partition, offset, name.encode(), f"v-{name}".encode(), at)
+
+
+def test_growing_offsets_replay_nothing() -> None:
+    buffer = ReplayBuffer(horizon_s=60)
+    for offset in range(100):
+        assert ack(buffer, 0, offset, offset * 0.1, f"r{offset}") is None
+    assert buffer.held == 100
+
+
+def test_offsets_going_back_replay_recent_records_and_the_one_that_showed_it() -> None:
+    buffer = ReplayBuffer(horizon_s=10)
+    for offset in range(5):  # acknowledged at t = 0..4
+        ack(buffer, 1, 100 + offset, float(offset), f"old{offset}")
+    ack(buffer, 2, 7, 4.0, "other-partition")
+    replay = ack(buffer, 1, 0, 12.5, "new0")  # the broker started over; t=12.5: 0..2 too old
+    assert replay is not None
+    assert (replay.partition, replay.offset, replay.high) == (1, 0, 104)
+    assert [k for k, _ in replay.records] == [b"old3", b"old4", b"new0"]
+    assert replay.records[0][1] == b"v-old3"
+    # the replayed records come back with fresh offsets: no second replay for them
+    assert ack(buffer, 1, 1, 12.6, "old3") is None
+    assert ack(buffer, 1, 2, 12.6, "old4") is None
+    assert ack(buffer, 2, 8, 12.6, "other-partition-2") is None
+
+
+def test_an_offset_given_twice_is_a_replay() -> None:
+    """tansu 0.6.0 after a start: a batch numbered over one it had acknowledged (D30)."""
+    buffer = ReplayBuffer(horizon_s=60)
+    ack(buffer, 0, 0, 1.0, "a")
+    ack(buffer, 0, 1, 1.0, "b")
+    replay = ack(buffer, 0, 1, 1.2, "c")
+    assert replay is not None and [k for k, _ in replay.records] == [b"a", b"b", b"c"]
+
+
+def test_horizon_zero_turns_replays_off_and_holds_nothing() -> None:
+    buffer = ReplayBuffer(horizon_s=0)
+    ack(buffer, 0, 10, 1.0, "a")
+    assert ack(buffer, 0, 0, 2.0, "b") is None
+    assert buffer.held == 0
+
+
+def test_memory_is_bounded_per_partition() -> None:
+    buffer = ReplayBuffer(horizon_s=1e9, max_records=3)
+    for offset in range(10):
+        ack(buffer, 0, offset, 0.0, f"r{offset}")
+    replay = ack(buffer, 0, 0, 0.0, "x")
+    assert replay is not None
+    assert [k for k, _ in replay.records] == [b"r7", b"r8", b"r9", b"x"]
+
+
+@pytest.mark.parametrize("seconds", ["-1", "soon"])
+def test_bad_replay_setting_is_refused(seconds: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vitalchain.config import ConfigError, load_settings
+
+    monkeypatch.setenv("VITALCHAIN_BRIDGE_REPLAY_SECONDS", seconds)
+    with pytest.raises(ConfigError, match="BRIDGE_REPLAY_SECONDS"):
+        load_settings()
