@@ -93,7 +93,7 @@ from vitalchain.devices.mqtt_auth import MqttCredentials, bridge_user
 from vitalchain.ingest.deadletter import dead_letter_record
 from vitalchain.ingest.inflight import Delivery, InFlight
 from vitalchain.ingest.ratelimit import DeviceRateLimiter
-from vitalchain.ingest.replay import ReplayBuffer
+from vitalchain.ingest.replay import ReplayBuffer, stamped
 
 log = logging.getLogger("vitalchain.bridge")
 
@@ -508,8 +508,10 @@ class Bridge:
                     "alike): writing the %d records acknowledged there in the last %.0fs again; "
                     "the stream drops what it already sealed", replay.partition, replay.offset,
                     replay.high, len(replay.records), self._replay.horizon_s)
+        at = self.clock_us()
         for key, value in replay.records:
-            self._send(_Record(-1, self.settings.raw_topic, key, value, None, replay=True))
+            self._send(_Record(-1, self.settings.raw_topic, key, stamped(value, at), None,
+                               replay=True))
 
     def _finish(self, deliveries: list[Delivery]) -> None:
         """PUBACK finished deliveries (in the order given) on the connection they came on; one of

@@ -24,8 +24,28 @@ loss older than the horizon is still reported by ``vitalchain audit`` as a Kafka
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass, field
+
+REPLAYED_MEMBER = b',"replayed_us":'
+_STAMP = re.compile(rb',"replayed_us":\d+}\Z')
+
+
+def stamped(value: bytes, replayed_us: int) -> bytes:
+    """The raw record ``value`` with ``replayed_us`` (the bridge's clock at the replay) last.
+
+    A replay must not be byte-identical to the record it repeats: the stream tells a new
+    incarnation of a partition from the old one by the bytes of the record at its sealed offset
+    (docs/STREAM.md "Epochs"), and a replay that put the same bytes at the same offset of a new
+    log would pass for the old one (seen in the soak: what the new log held below that offset was
+    then skipped). A record replayed before carries its earlier stamp; it is replaced.
+    """
+    if not value.endswith(b"}"):
+        raise ValueError("a raw record value is a JSON object")
+    if _STAMP.search(value):
+        value = value[:value.rindex(REPLAYED_MEMBER)] + b"}"
+    return b"%s%s%d}" % (value[:-1], REPLAYED_MEMBER, replayed_us)
 
 
 @dataclass(frozen=True)

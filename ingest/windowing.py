@@ -128,7 +128,8 @@ def record_hash(key: bytes, value: bytes) -> bytes:
     The ledger keeps it for the record at each partition's sealed offset, so a worker can tell
     whether the record now at that offset is the one sealed (same incarnation) or another one
     (the topic was recreated or a memory-only broker restarted).  The bridge stamps
-    ``received_us`` into every value, so two incarnations practically never agree here.
+    ``received_us`` into every value, and ``replayed_us`` into a record it writes again
+    (ingest/replay.py), so two incarnations practically never agree here.
     """
     return blake3_hasher.digest(RECORD_DOMAIN + len(key).to_bytes(4, "big") + key + value)
 
@@ -172,6 +173,10 @@ def parse_signed_record(value: bytes) -> tuple[dict[str, Any], int, dict[str, An
     signed = obj.pop("signed", None)
     if signed is not None:
         signed = _check_signed_part(signed)
+    # A record the bridge wrote again (ingest/replay.py) says when; the reading is the same.
+    replayed_us = obj.pop("replayed_us", None)
+    if replayed_us is not None and (type(replayed_us) is not int or replayed_us < 0):
+        raise ValueError("replayed_us must be a non-negative integer")
     try:
         check_reading(obj)
     except Exception as exc:

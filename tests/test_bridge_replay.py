@@ -6,8 +6,11 @@ tests/test_pipeline_epochs.py; these pin the rule itself.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from tests.bridge_support import make_reading
 from vitalchain.ingest.replay import ReplayBuffer
 
 
@@ -70,3 +73,27 @@ def test_bad_replay_setting_is_refused(seconds: str, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("VITALCHAIN_BRIDGE_REPLAY_SECONDS", seconds)
     with pytest.raises(ConfigError, match="BRIDGE_REPLAY_SECONDS"):
         load_settings()
+
+
+def test_a_replay_is_stamped_so_it_never_passes_for_the_record_it_repeats() -> None:
+    from vitalchain.ingest.replay import stamped
+    from vitalchain.ingest.windowing import parse_signed_record, record_hash
+
+    original = json.dumps({**make_reading("d-1", 7), "received_us": 1796000000001000},
+                          separators=(",", ":")).encode()
+    once = stamped(original, 1796000000500000)
+    twice = stamped(once, 1796000000900000)
+    assert once.endswith(b',"replayed_us":1796000000500000}')
+    assert twice.endswith(b',"replayed_us":1796000000900000}') and twice.count(b"replayed_us") == 1
+    assert len({record_hash(b"d-1", v) for v in (original, once, twice)}) == 3
+    # the stream reads the same reading from each
+    readings = [parse_signed_record(v)[:2] for v in (original, once, twice)]
+    assert readings[0] == readings[1] == readings[2]
+
+
+def test_a_bad_replay_stamp_is_refused_by_the_stream() -> None:
+    from vitalchain.ingest.windowing import parse_signed_record
+
+    with pytest.raises(ValueError, match="replayed_us"):
+        parse_signed_record(json.dumps({**make_reading("d-1", 7), "received_us": 1,
+                                        "replayed_us": "soon"}).encode())
