@@ -500,14 +500,20 @@ class Bridge:
                                     time.monotonic())
         if replay is None:
             return
-        self.counters.replays += 1
         self.counters.replayed += len(replay.records)
         self._replaying += len(replay.records)
-        log.warning("partition %d: Kafka acknowledged offset %d, at or below offset %d it had "
-                    "acknowledged before (the broker lost its log or numbered two batches "
-                    "alike): writing the %d records acknowledged there in the last %.0fs again; "
-                    "the stream drops what it already sealed", replay.partition, replay.offset,
-                    replay.high, len(replay.records), self._replay.horizon_s)
+        if not replay.whole:
+            log.debug("partition %d: offset %d was used by the numbering before (up to %d): "
+                      "writing that record again", replay.partition, replay.offset, replay.high)
+        else:
+            self.counters.replays += 1
+            log.warning("partition %d: Kafka acknowledged offset %d, at or below offset %d it "
+                        "had acknowledged before (the broker lost its log or numbered two "
+                        "batches alike): writing the %d records acknowledged there in the last "
+                        "%.0fs again, and for %.0fs each one given an offset up to %d; the "
+                        "stream drops what it already sealed", replay.partition, replay.offset,
+                        replay.high, len(replay.records), self._replay.horizon_s,
+                        self._replay.zone_s, replay.high)
         at = self.clock_us()
         for key, value in replay.records:
             self._send(_Record(-1, self.settings.raw_topic, key, stamped(value, at), None,

@@ -48,20 +48,37 @@ def stamped(value: bytes, replayed_us: int) -> bytes:
     return b"%s%s%d}" % (value[:-1], REPLAYED_MEMBER, replayed_us)
 
 
+# After offsets went back, acknowledgements at offsets the earlier numbering had used are written
+# again one by one for this long: tansu resets a partition's numbering when the topic is created
+# after produce requests reached it (the bridge's retries hit a restarted broker before
+# `vitalchain stack` creates the topics), and a consumer then skips the later record at each
+# offset given twice, whichever bridge wrote it (measured: within a second of the broker's start).
+# A replayed record given such an offset is written again too, so after a restart of a long log
+# this writes duplicates for up to ZONE_S; the stream drops them.
+ZONE_S = 3.0
+
+
 @dataclass(frozen=True)
 class Replay:
-    """Why and what to write again: ``records`` are (key, value) in the order first written."""
+    """Why and what to write again: ``records`` are (key, value) in the order first written.
+
+    ``whole``: the offsets went back, every record of the horizon is written again; otherwise
+    one record whose offset the earlier numbering had used (see ``ZONE_S``).
+    """
 
     partition: int
     offset: int  # the acknowledgement that went backwards
     high: int  # the highest offset acknowledged on the partition before it
     records: list[tuple[bytes, bytes]]
+    whole: bool = True
 
 
 @dataclass
 class _Partition:
     high: int | None = None
     acked: deque[tuple[float, bytes, bytes]] = field(default_factory=deque)
+    zone_high: int = -1  # offsets at or below this were used by the numbering before ...
+    zone_until: float = 0.0  # ... until this time (monotonic) they are suspect
 
 
 class ReplayBuffer:
@@ -71,9 +88,11 @@ class ReplayBuffer:
     ``horizon_s <= 0`` turns replays off.
     """
 
-    def __init__(self, horizon_s: float, max_records: int = 200_000) -> None:
+    def __init__(self, horizon_s: float, max_records: int = 200_000,
+                 zone_s: float = ZONE_S) -> None:
         self.horizon_s = horizon_s
         self.max_records = max_records
+        self.zone_s = zone_s
         self._partitions: dict[int, _Partition] = {}
 
     @property
@@ -83,7 +102,8 @@ class ReplayBuffer:
 
     def acked(self, partition: int, offset: int, key: bytes, value: bytes,
               now: float) -> Replay | None:
-        """Note Kafka's acknowledgement of one record; a :class:`Replay` if offsets went back."""
+        """Note Kafka's acknowledgement of one record; a :class:`Replay` if it must be written
+        again with others (offsets went back) or alone (its offset was used before, lately)."""
         if self.horizon_s <= 0:
             return None
         state = self._partitions.setdefault(partition, _Partition())
@@ -96,9 +116,13 @@ class ReplayBuffer:
             replay = Replay(partition, offset, state.high, records)
             # The replayed records come back with new offsets and are kept again then.
             state.acked.clear()
+            state.zone_high = max(state.high, state.zone_high if now < state.zone_until else -1)
+            state.zone_until = now + self.zone_s
             state.high = offset
             return replay
         state.high = offset
+        if offset <= state.zone_high and now < state.zone_until:
+            return Replay(partition, offset, state.zone_high, [(key, value)], whole=False)
         state.acked.append((now, key, value))
         if len(state.acked) > self.max_records:
             state.acked.popleft()
