@@ -86,6 +86,7 @@ from paho.mqtt.properties import Properties
 from vitalchain.config import Settings
 from vitalchain.core.integrity.devicekeys import SignatureError, check_signature
 from vitalchain.core.payload.record import encode as encode_record
+from vitalchain.core.payload.record import replayed
 from vitalchain.core.payload.shards import LEGACY_FILTER, check_shard_count, shard_filter
 from vitalchain.core.payload.validation import Outcome, Rejection, SignedMessage, validate
 from vitalchain.core.timeutil import now_us
@@ -94,6 +95,7 @@ from vitalchain.devices.mqtt_auth import MqttCredentials, bridge_user
 from vitalchain.ingest.deadletter import dead_letter_record
 from vitalchain.ingest.inflight import Delivery, InFlight
 from vitalchain.ingest.ratelimit import DeviceRateLimiter
+from vitalchain.ingest.replay import ReplayBuffer
 
 log = logging.getLogger("vitalchain.bridge")
 
@@ -134,10 +136,14 @@ class BridgeCounters:
     # PUBLISHes that came while the bridge held max_inflight: paho's thread waited for room.
     over_receive_maximum: int = 0
     produce_errors: int = 0  # failed sends/deliveries (each retried)
+    # Offsets that went backwards on a partition (a broker that lost its log or numbered two
+    # batches alike, ingest/replay.py) and the acknowledged records written again for them.
+    replays: int = 0
+    replayed: int = 0
     rate_limited_readings: int = 0  # valid readings dead-lettered by the flood rule
 
     def line(self, in_flight: int, waiting_for_order: int = 0, retrying: int = 0,
-             stale: int = 0) -> str:
+             stale: int = 0, replaying: int = 0) -> str:
         """The progress line: every count that can hold a reading back is on it (held now:
         ``in_flight``, of which ``waiting_for_order`` and ``stale``; ``retrying`` records)."""
         dlq = sum(self.dead_lettered.values())
@@ -150,6 +156,7 @@ class BridgeCounters:
                 f" stale_unacked={self.stale_unacked}"
                 f" over_receive_maximum={self.over_receive_maximum}"
                 f" produce_errors={self.produce_errors}"
+                f" replays={self.replays} replayed={self.replayed} replaying={replaying}"
                 f" rate_limited_readings={self.rate_limited_readings}")
 
 
@@ -162,6 +169,9 @@ class _Record:
     reason: str | None  # None: the message's readings for the raw topic; else the DLQ reason
     readings: int = 0  # readings a raw-topic record carries
     attempts: int = 0
+    # A record Kafka had acknowledged, written again (ingest/replay.py): its MQTT message was
+    # acked long ago, so its delivery is not finished again.
+    replay: bool = False
 
 
 class Bridge:
@@ -198,6 +208,8 @@ class Bridge:
         self._arrived = 0  # PUBLISHes handed over by paho's thread (written there only)
         self._room = threading.Condition()  # paho's thread waits here while the bridge is full
         self._retries: list[tuple[float, int, _Record]] = []
+        self._replay = ReplayBuffer(settings.bridge_replay_seconds)
+        self._replaying = 0  # replayed records Kafka has not acknowledged yet
         self._retry_seq = itertools.count()
         self._failures_in_row = 0
         self._client: mqtt.Client | None = None
@@ -218,7 +230,7 @@ class Bridge:
     def progress_line(self) -> str:
         """The counters plus what is held right now (any thread)."""
         return self.counters.line(len(self._inflight), self._inflight.waiting_for_order,
-                                  len(self._retries), self._inflight.stale)
+                                  len(self._retries), self._inflight.stale, self._replaying)
 
     def stop(self) -> None:
         """Ask ``run()`` to finish: take no more messages, flush, ack, disconnect. Thread-safe."""
@@ -397,7 +409,7 @@ class Bridge:
             if not self._stop.is_set():
                 self._accept(*event[1:])
         elif kind == "ok":
-            self._delivered(event[1])
+            self._delivered(event[1], event[2])
         elif kind == "err":
             self._failed(event[1], event[2])
 
@@ -472,16 +484,46 @@ class Bridge:
         except KafkaError as exc:
             self._failed(record, exc)
             return
-        future.add_callback(lambda _meta, r=record: self._events.put(("ok", r)))
+        future.add_callback(lambda meta, r=record: self._events.put(("ok", r, meta)))
         future.add_errback(lambda exc, r=record: self._events.put(("err", r, exc)))
 
-    def _delivered(self, record: _Record) -> None:
+    def _delivered(self, record: _Record, meta: Any) -> None:
         self._failures_in_row = 0
+        if record.reason is None:
+            self._check_offsets(record, meta)
+        if record.replay:
+            self._replaying -= 1
+            return
         if record.reason is None:
             self.counters.forwarded += record.readings
         else:
             self.counters.dead_lettered[record.reason] += 1
         self._finish(self._inflight.record_done(record.token))
+
+    def _check_offsets(self, record: _Record, meta: Any) -> None:
+        """Write again what Kafka acknowledged lately on a partition whose offsets went back."""
+        replay = self._replay.acked(meta.partition, meta.offset, record.key, record.value,
+                                    time.monotonic())
+        if replay is None:
+            return
+        self.counters.replayed += len(replay.records)
+        self._replaying += len(replay.records)
+        if not replay.whole:
+            log.debug("partition %d: offset %d was used by the numbering before (up to %d): "
+                      "writing that record again", replay.partition, replay.offset, replay.high)
+        else:
+            self.counters.replays += 1
+            log.warning("partition %d: Kafka acknowledged offset %d, at or below offset %d it "
+                        "had acknowledged before (the broker lost its log or numbered two "
+                        "batches alike): writing the %d records acknowledged there in the last "
+                        "%.0fs again, and for %.0fs each one given an offset up to %d; the "
+                        "stream drops what it already sealed", replay.partition, replay.offset,
+                        replay.high, len(replay.records), self._replay.horizon_s,
+                        self._replay.zone_s, replay.high)
+        at = self.clock_us()
+        for key, value in replay.records:
+            self._send(_Record(-1, self.settings.raw_topic, key, replayed(value, at), None,
+                               replay=True))
 
     def _finish(self, deliveries: list[Delivery]) -> None:
         """PUBACK finished deliveries (in the order given) on the connection they came on; one of

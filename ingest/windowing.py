@@ -147,7 +147,8 @@ def record_hash(key: bytes, value: bytes) -> bytes:
     The ledger keeps it for the record at each partition's sealed offset, so a worker can tell
     whether the record now at that offset is the one sealed (same incarnation) or another one
     (the topic was recreated or a memory-only broker restarted).  The bridge stamps
-    ``received_us`` into every value, so two incarnations practically never agree here.
+    ``received_us`` into every value, and ``replayed_us`` into a record it writes again
+    (ingest/replay.py), so two incarnations practically never agree here.
     """
     return blake3_hasher.digest(RECORD_DOMAIN + len(key).to_bytes(4, "big") + key + value)
 

@@ -185,6 +185,27 @@ def run_audit(settings: Settings, start_us: int, end_us: int, out: Path) -> tupl
     return proc.returncode, report
 
 
+def dump_kafka(settings: Settings, out: Path) -> None:
+    """Every record the current Kafka incarnation holds in the raw topic: (partition, offset,
+    device, seq), for telling a reading Kafka never stored from one the stream skipped."""
+    from kafka import KafkaConsumer, TopicPartition
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                             consumer_timeout_ms=5000)
+    parts = [TopicPartition(settings.raw_topic, p) for p in range(settings.partitions)]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    rows = []
+    for message in consumer:
+        try:
+            body = json.loads(message.value)
+            rows.append([message.partition, message.offset, body.get("device_id"), body.get("seq"),
+                         message.timestamp])
+        except ValueError:
+            rows.append([message.partition, message.offset, None, None, message.timestamp])
+    consumer.close()
+    out.write_text(json.dumps(rows))
+
+
 def audit_summary(audit: dict) -> str:
     """One line of the audit's JSON report: what was checked and how many findings of each kind."""
     counts = audit.get("counts")
@@ -269,6 +290,8 @@ def main() -> int:
                 per_id = Counter((str(r["device_id"]), int(r["seq"])) for r in rows)
                 audit_code, audit = run_audit(settings, start_us - 60_000_000, end_us,
                                               Path(folder) / "audit.json")
+                if args.keep is not None:
+                    dump_kafka(settings, args.keep / "kafka.json")
         finally:
             stack.down()
 

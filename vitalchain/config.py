@@ -74,6 +74,9 @@ class Settings:
     # (bad_signature); "optional" lets unsigned ones through during a migration. A present
     # signature is checked in both modes.
     device_signatures: str = "required"
+    # The bridge writes again what Kafka acknowledged within this many seconds on a partition
+    # whose offsets went backwards (a broker that lost its log: ingest/replay.py); 0: never.
+    bridge_replay_seconds: float = 60.0
 
     eth_chain_id: int = 31337
     eth_block_time: float = 1.0
@@ -252,6 +255,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"{ENV_PREFIX}MQTT_SHARDS must be within 1..1024")
     if not settings.flood_rate_per_second > 0:
         raise ConfigError(f"{ENV_PREFIX}FLOOD_RATE_PER_SECOND must be positive")
+    if settings.bridge_replay_seconds < 0:
+        raise ConfigError(f"{ENV_PREFIX}BRIDGE_REPLAY_SECONDS must be 0 (off) or more")
     if settings.flood_burst < 1:
         raise ConfigError(f"{ENV_PREFIX}FLOOD_BURST must be at least 1")
     if settings.anchor_confirmations < 1:

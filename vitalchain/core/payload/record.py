@@ -17,6 +17,11 @@ One record per message instead of one per reading cuts the per-record cost of Ka
 aiokafka by the batch size (docs/PERFORMANCE.md); the readings are validated by the bridge and
 checked again one by one by the stream.
 
+A record the bridge writes again (``ingest/replay.py``: Kafka lost or renumbered what it had
+acknowledged) carries ``"replayed_us": <bridge clock at the replay>`` as its last member, in
+either version: the same readings, never the same bytes (the stream tells incarnations of a
+partition apart by the bytes of the record at a sealed offset, docs/STREAM.md "Epochs").
+
 Version 1 (before; still accepted, never written): one reading per record, the device's fields
 plus ``received_us`` and, for a signed message, ``signed`` (``{"at"}``, or on the message's first
 reading ``{"at", "key_id", "sig", "readings"}``).  A version-1 value has no ``"v"`` member.
@@ -25,6 +30,7 @@ reading ``{"at", "key_id", "sig", "readings"}``).  A version-1 value has no ``"v
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +39,8 @@ from vitalchain.core.payload.limits import MAX_BATCH
 VERSION = 2
 _V2_KEYS = frozenset({"v", "received_us", "readings"})
 _V2_SIGNED_KEYS = frozenset({"v", "received_us", "readings", "signed"})
+_REPLAYED_MEMBER = b',"replayed_us":'
+_REPLAY_STAMP = re.compile(rb',"replayed_us":\d+}\Z')
 
 
 class RecordError(ValueError):
@@ -50,6 +58,7 @@ class RawRecord:
     received_us: int
     readings: list[Any]
     signed: dict[str, Any] | None
+    replayed_us: int | None = None  # set on a record the bridge wrote again
 
     def signed_part(self, index: int, carries_message: bool) -> dict[str, Any] | None:
         """What reading ``index`` carries of its signed message, in version 1's per-reading
@@ -80,6 +89,16 @@ def encode_v1(reading: dict[str, Any], received_us: int,
     if signed is not None:
         extra["signed"] = signed
     return json.dumps({**reading, **extra}, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def replayed(value: bytes, replayed_us: int) -> bytes:
+    """``value`` (a record of either version) stamped as written again at ``replayed_us``, last;
+    an earlier stamp is replaced, so a record replayed twice still has one."""
+    if not value.endswith(b"}"):
+        raise RecordError("a raw record value is a JSON object")
+    if _REPLAY_STAMP.search(value):
+        value = value[:value.rindex(_REPLAYED_MEMBER)] + b"}"
+    return b"%s%s%d}" % (value[:-1], _REPLAYED_MEMBER, replayed_us)
 
 
 def check_signed_part(signed: Any) -> dict[str, Any]:
@@ -115,10 +134,13 @@ def decode(value: bytes) -> RawRecord:
     received_us = obj.pop("received_us", None)
     if type(received_us) is not int or received_us < 0:
         raise RecordError("record lacks integer received_us")
+    replayed_us = obj.pop("replayed_us", None)
+    if replayed_us is not None and (type(replayed_us) is not int or replayed_us < 0):
+        raise RecordError("replayed_us must be a non-negative integer")
     if "v" not in obj:
         signed = obj.pop("signed", None)
         return RawRecord(1, received_us, [obj],
-                         None if signed is None else check_signed_part(signed))
+                         None if signed is None else check_signed_part(signed), replayed_us)
     obj["received_us"] = received_us
     if obj["v"] != VERSION or type(obj["v"]) is not int:
         raise RecordError(f"unknown record version {obj['v']!r}")
@@ -133,7 +155,7 @@ def decode(value: bytes) -> RawRecord:
         signed = check_signed_part(signed)
         if signed.keys() == {"at"}:
             raise RecordError("a version-2 record's signed part carries the whole message")
-    return RawRecord(VERSION, received_us, readings, signed)
+    return RawRecord(VERSION, received_us, readings, signed, replayed_us)
 
 
 def record_readings(value: bytes) -> list[dict[str, Any]]:
