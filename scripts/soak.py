@@ -11,7 +11,9 @@ each once per round in a random order:
 
 - ``bridge``, ``stream``, ``anchor``: SIGKILL the worker, restart it a moment later;
 - ``mosquitto``, ``anvil``, ``kafka``: restart the service (tansu keeps topics in memory only, so a
-  Kafka restart loses what it held: those readings must be *reported* by the audit, never hidden).
+  Kafka restart loses what it held; the bridge writes again what Kafka acknowledged in its replay
+  horizon, docs/STREAM.md "Replays", and anything lost beyond it must be *reported* by the audit,
+  never hidden).
 
 At the end, checked from outside: every reading the broker acknowledged to a device is in InfluxDB
 exactly once and sealed in the ledger, or (only with Kafka faults) named by the audit as lost in a
@@ -19,7 +21,8 @@ Kafka restart; none acknowledged after the last Kafka restart (after the old bro
 exited) is missing; every checkpoint is anchored on chain; ``vitalchain audit`` over the run is
 clean. Missing readings are counted by the Kafka restart they were acknowledged before.
 The summary is printed as Markdown (docs/RELIABILITY.md keeps the latest). Exit 0 only if all hold.
-``--keep DIR`` keeps the state folder (ledger, logs, ``missing.json``) for inspection.
+``--keep DIR`` keeps the state folder (ledger, logs, ``missing.json``, and ``kafka.json``: every
+record the last Kafka incarnation holds) for inspection.
 """
 
 from __future__ import annotations
