@@ -79,27 +79,11 @@ def producer(settings: Settings):
 
 def produce(settings: Settings, records: list[dict[str, Any]], received_us: int = 1,
             pause_every: int = 0, pause_s: float = 0.0) -> dict[int, int]:
-    """Produce ``records`` in order; returns each partition's end offset (last offset + 1).
-
-    Taken from the broker's acks: tansu's ListOffsets answer is not reliable.
-    """
-    prod = producer(settings)
-    ends: dict[int, int] = {p: 0 for p in range(settings.partitions)}
-    try:
-        futures = []
-        for i, r in enumerate(records, 1):
-            futures.append(prod.send(settings.raw_topic, key=r["device_id"].encode(),
-                                     value=json.dumps({**r, "received_us": received_us}).encode()))
-            if pause_every and i % pause_every == 0:
-                prod.flush(timeout=30)
-                time.sleep(pause_s)
-        prod.flush(timeout=30)
-        for future in futures:
-            meta = future.get(timeout=30)
-            ends[meta.partition] = max(ends[meta.partition], meta.offset + 1)
-        return ends
-    finally:
-        prod.close()
+    """Produce ``records`` in order, one version-1 record each (the bridge's format before
+    record version 2); returns each partition's end offset (last offset + 1)."""
+    values = [(r["device_id"].encode(), json.dumps({**r, "received_us": received_us}).encode())
+              for r in records]
+    return produce_values(settings, values, pause_every, pause_s)
 
 
 def batched_values(records: list[dict[str, Any]], received_us: int = 1,
@@ -123,12 +107,22 @@ def batched_values(records: list[dict[str, Any]], received_us: int = 1,
     return out + [(r["device_id"].encode(), encode([r], received_us)) for r in late]
 
 
-def produce_values(settings: Settings, values: list[tuple[bytes, bytes]]) -> dict[int, int]:
-    """Produce (key, value) pairs in order; returns each partition's end offset."""
+def produce_values(settings: Settings, values: list[tuple[bytes, bytes]], pause_every: int = 0,
+                   pause_s: float = 0.0) -> dict[int, int]:
+    """Produce (key, value) pairs in order (a flush and a pause of ``pause_s`` after every
+    ``pause_every``); returns each partition's end offset (last offset + 1).
+
+    Taken from the broker's acks: tansu's ListOffsets answer is not reliable.
+    """
     prod = producer(settings)
     ends: dict[int, int] = {p: 0 for p in range(settings.partitions)}
     try:
-        futures = [prod.send(settings.raw_topic, key=key, value=value) for key, value in values]
+        futures = []
+        for i, (key, value) in enumerate(values, 1):
+            futures.append(prod.send(settings.raw_topic, key=key, value=value))
+            if pause_every and i % pause_every == 0:
+                prod.flush(timeout=30)
+                time.sleep(pause_s)
         prod.flush(timeout=30)
         for future in futures:
             meta = future.get(timeout=30)

@@ -226,14 +226,9 @@ def test_the_bridge_writes_one_record_per_message_keyed_by_device(isolated) -> N
 # --- the nesting guard's fast path (batches and raw records have many brackets) -----------
 
 def _slow_too_deep(payload: bytes) -> bool:
-    from vitalchain.core.payload.validation import _BRACKETS, _JSON_STRING, MAX_DEPTH
+    from vitalchain.core.payload.validation import _too_deep_exact
 
-    depth = 0
-    for bracket in _BRACKETS.findall(_JSON_STRING.sub(b"", payload)):
-        depth += 1 if bracket in b"[{" else -1
-        if depth > MAX_DEPTH:
-            return True
-    return False
+    return _too_deep_exact(payload)
 
 
 @settings(max_examples=3000, deadline=None)

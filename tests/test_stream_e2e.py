@@ -6,6 +6,7 @@ import signal
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,19 +92,15 @@ def event_time_windows(headers: dict[str, dict]) -> dict[str, str]:
     return {k: h["root"] for k, h in headers.items() if not h["idle_cut"]}
 
 
-def test_sigkill_and_restart_reproduces_the_same_windows(isolated: Settings,
-                                                         tmp_path: Path) -> None:
-    crash = stream_settings(isolated, tmp_path, "c")
-    reference = stream_settings(isolated, tmp_path, "r")
-    for s in (crash, reference):
-        ensure_database(s)
-    inp = make_input(devices=8, seconds=16)
-    ends = produce(crash, inp.records)
+def crash_and_reference(crash: Settings, reference: Settings, ends: dict[int, int], inp: Any,
+                        tmp_path: Path, windows: int) -> tuple[Any, Any]:
+    """One worker on ``crash`` SIGKILLed after ``windows`` windows and a second one finishing,
+    one uncrashed worker on ``reference``; both checked exactly once. (crashed, clean) seals."""
     ref_worker = Worker(reference, "ref", tmp_path)
     first = Worker(crash, "c1", tmp_path)
     workers = [ref_worker, first]
     try:
-        kill_mid_run(crash, first, ends, windows=4)
+        kill_mid_run(crash, first, ends, windows=windows)
         second = Worker(crash, "c2", tmp_path)
         workers.append(second)
         run_to_completion(crash, [second], ends)
@@ -112,8 +109,18 @@ def test_sigkill_and_restart_reproduces_the_same_windows(isolated: Settings,
         for w in workers:
             if w.alive():
                 w.kill(signal.SIGTERM)
-    crashed = check_sealed(crash, inp)
-    clean = check_sealed(reference, inp)
+    return check_sealed(crash, inp), check_sealed(reference, inp)
+
+
+def test_sigkill_and_restart_reproduces_the_same_windows(isolated: Settings,
+                                                         tmp_path: Path) -> None:
+    crash = stream_settings(isolated, tmp_path, "c")
+    reference = stream_settings(isolated, tmp_path, "r")
+    for s in (crash, reference):
+        ensure_database(s)
+    inp = make_input(devices=8, seconds=16)
+    ends = produce(crash, inp.records)
+    crashed, clean = crash_and_reference(crash, reference, ends, inp, tmp_path, windows=4)
     assert len(event_time_windows(clean)) >= 8
     assert event_time_windows(crashed) == event_time_windows(clean)
     assert set(crashed) == set(clean), "final (idle) cuts differ"
@@ -131,21 +138,7 @@ def test_sigkill_with_batched_records_reproduces_the_same_windows(isolated: Sett
     values = batched_values(inp.records)
     assert len(values) < len(inp.records) // 3
     ends = produce_values(crash, values)
-    ref_worker = Worker(reference, "ref", tmp_path)
-    first = Worker(crash, "c1", tmp_path)
-    workers = [ref_worker, first]
-    try:
-        kill_mid_run(crash, first, ends, windows=2)
-        second = Worker(crash, "c2", tmp_path)
-        workers.append(second)
-        run_to_completion(crash, [second], ends)
-        run_to_completion(reference, [ref_worker], ends)
-    finally:
-        for w in workers:
-            if w.alive():
-                w.kill(signal.SIGTERM)
-    crashed = check_sealed(crash, inp)
-    clean = check_sealed(reference, inp)
+    crashed, clean = crash_and_reference(crash, reference, ends, inp, tmp_path, windows=2)
     assert len(event_time_windows(clean)) >= 4
     assert event_time_windows(crashed) == event_time_windows(clean)
     assert set(crashed) == set(clean), "final (idle) cuts differ"

@@ -150,6 +150,18 @@ def reading_json(obj: Any) -> bytes | None:
     seq, ts_us = _fast_number(obj["seq"]), _fast_number(obj["ts_us"])
     if seq is None or ts_us is None:
         return None
+    numbers = _vital_numbers(vitals)
+    if numbers is None:
+        return None
+    dia, hr, rr, spo2, sys_, temp_c = numbers
+    return (f'{{"device_id":"{device_id}","patient_id":"{patient_id}","salt":"{salt}",'
+            f'"seq":{seq},"ts_us":{ts_us},"vitals":{{"dia":{dia},"hr":{hr},"rr":{rr},'
+            f'"spo2":{spo2},"sys":{sys_},"temp_c":{temp_c}}}}}').encode("ascii")
+
+
+def _vital_numbers(vitals: dict[str, Any]) -> list[str] | None:
+    """The six vitals' JCS numbers in key order (dia, hr, rr, spo2, sys, temp_c), or None when
+    one is outside the fast path's domain."""
     numbers = []
     for key in _VITAL_KEYS:
         value = vitals[key]
@@ -160,10 +172,7 @@ def reading_json(obj: Any) -> bytes | None:
             if text is None:
                 return None
             numbers.append(text)
-    dia, hr, rr, spo2, sys_, temp_c = numbers
-    return (f'{{"device_id":"{device_id}","patient_id":"{patient_id}","salt":"{salt}",'
-            f'"seq":{seq},"ts_us":{ts_us},"vitals":{{"dia":{dia},"hr":{hr},"rr":{rr},'
-            f'"spo2":{spo2},"sys":{sys_},"temp_c":{temp_c}}}}}').encode("ascii")
+    return numbers
 
 
 def salt_input_json(domain: str, device_id: str, seq: int) -> bytes:
@@ -217,16 +226,9 @@ def device_reading_json(obj: Any) -> str | None:
             or not -MAX_SAFE_INTEGER <= ts_us <= MAX_SAFE_INTEGER
             or not _PLAIN.fullmatch(device_id) or not _PLAIN.fullmatch(patient_id)):
         return None
-    numbers = []
-    for key in _VITAL_KEYS:
-        value = vitals[key]
-        if type(value) is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-            numbers.append(str(value))
-        else:
-            text = _fast_number(value)
-            if text is None:
-                return None
-            numbers.append(text)
+    numbers = _vital_numbers(vitals)
+    if numbers is None:
+        return None
     dia, hr, rr, spo2, sys_, temp_c = numbers
     return (f'{{"device_id":"{device_id}","patient_id":"{patient_id}","seq":{seq},'
             f'"ts_us":{ts_us},"vitals":{{"dia":{dia},"hr":{hr},"rr":{rr},'

@@ -174,6 +174,12 @@ def _too_deep(payload: bytes) -> bool:
         if peeled == brackets:
             break
         brackets = peeled
+    return _too_deep_exact(payload)
+
+
+def _too_deep_exact(payload: bytes) -> bool:
+    """The exact count: every bracket outside strings, in order (the reference the fast path
+    of :func:`_too_deep` is tested against)."""
     depth = 0
     for bracket in _BRACKETS.findall(_JSON_STRING.sub(b"", payload)):
         depth += 1 if bracket in b"[{" else -1
