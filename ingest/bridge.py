@@ -143,7 +143,8 @@ class BridgeCounters:
     rate_limited_readings: int = 0  # valid readings dead-lettered by the flood rule
 
     def line(self, in_flight: int, waiting_for_order: int = 0, retrying: int = 0,
-             stale: int = 0, replaying: int = 0) -> str:
+             stale: int = 0, replaying: int = 0, replay_held: str = "0",
+             replay_dropped: int = 0) -> str:
         """The progress line: every count that can hold a reading back is on it (held now:
         ``in_flight``, of which ``waiting_for_order`` and ``stale``; ``retrying`` records)."""
         dlq = sum(self.dead_lettered.values())
@@ -157,6 +158,7 @@ class BridgeCounters:
                 f" over_receive_maximum={self.over_receive_maximum}"
                 f" produce_errors={self.produce_errors}"
                 f" replays={self.replays} replayed={self.replayed} replaying={replaying}"
+                f" replay_held={replay_held} replay_dropped={replay_dropped}"
                 f" rate_limited_readings={self.rate_limited_readings}")
 
 
@@ -230,7 +232,9 @@ class Bridge:
     def progress_line(self) -> str:
         """The counters plus what is held right now (any thread)."""
         return self.counters.line(len(self._inflight), self._inflight.waiting_for_order,
-                                  len(self._retries), self._inflight.stale, self._replaying)
+                                  len(self._retries), self._inflight.stale, self._replaying,
+                                  f"{self._replay.held}/{self._replay.held_bytes >> 20}MiB",
+                                  self._replay.dropped)
 
     def stop(self) -> None:
         """Ask ``run()`` to finish: take no more messages, flush, ack, disconnect. Thread-safe."""

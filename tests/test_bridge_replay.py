@@ -59,12 +59,15 @@ def test_horizon_zero_turns_replays_off_and_holds_nothing() -> None:
 
 
 def test_memory_is_bounded_per_partition() -> None:
-    buffer = ReplayBuffer(horizon_s=1e9, max_records=3)
+    record_bytes = len(b"r0") + len(b"v-r0")
+    buffer = ReplayBuffer(horizon_s=1e9, max_bytes=3 * record_bytes)
     for offset in range(10):
         ack(buffer, 0, offset, 0.0, f"r{offset}")
+    assert buffer.held == 3 and buffer.held_bytes == 3 * record_bytes and buffer.dropped == 7
     replay = ack(buffer, 0, 0, 0.0, "x")
     assert replay is not None
     assert [k for k, _ in replay.records] == [b"r7", b"r8", b"r9", b"x"]
+    assert buffer.held_bytes == 0
 
 
 @pytest.mark.parametrize("seconds", ["-1", "soon"])
