@@ -265,15 +265,25 @@ def create_app(settings: Settings, *, seal_seconds: float = 5.0,
             registry: dict[str, str] | None = load_registry(ctx.settings)
         except ProvisioningError:
             registry = None  # then ``missing_newer`` is null: not checked, not "none missing"
+        devices_of: dict[str, list[str]] = {p: [] for p in patients}
+        for device, patient in sorted((registry or {}).items()):
+            if patient in devices_of:
+                devices_of[patient].append(device)
         out = []
         async with _influx(request) as influx:
+            # One InfluxDB query and one verify for every patient's newest points, and one
+            # worker thread for every device's newest sealed reading (docs/PERFORMANCE.md).
+            latest_of = await vitals.latest_readings(influx, verifier, list(patients))
+            newest = (await asyncio.to_thread(vitals.newest_sealed_of, ctx.ledger,
+                                              [d for ds in devices_of.values() for d in ds])
+                      if registry is not None else {})
             for patient_id, until in patients.items():
-                found = await vitals.latest_reading(influx, verifier, patient_id)
+                found = latest_of[patient_id]
                 latest = found["latest"]
                 missing = None
                 if registry is not None:
-                    devices = sorted(d for d, p in registry.items() if p == patient_id)
-                    missing = await vitals.missing_newer(influx, ctx.ledger, devices, latest)
+                    missing = await vitals.missing_newer(influx, ctx.ledger, devices_of[patient_id],
+                                                         latest, newest)
                 out.append({"patient_id": patient_id, "grant_until": iso_from_us(until),
                             "latest": latest,
                             "latest_time": iso_from_us(latest["ts_us"]) if latest else None,

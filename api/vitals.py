@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from vitalchain.errors import InvalidInput
 from vitalchain.storage.influx import InfluxClient, quote_ident
-from vitalchain.storage.ledger import Ledger
+from vitalchain.storage.ledger import Ledger, ReadingLocation
 from vitalchain.storage.readings import READINGS_MEASUREMENT, VITAL_FIELDS, point_time_ns
 from vitalchain.storage.verified import ReadState, ReadVerifier, VerifiedReading
 
@@ -76,24 +76,43 @@ def _where(patient_id: str, start_us: int | None, end_us: int | None) -> tuple[s
     return " AND ".join(where), params
 
 
-async def latest_reading(influx: InfluxClient, verifier: ReadVerifier,
-                         patient_id: str) -> dict[str, Any]:
+def _first_servable(verdicts: Sequence[VerifiedReading],
+                    withheld: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The answer if ``verdicts`` (newest first) hold a servable reading; else the withheld
+    ones are appended to ``withheld`` and None is returned."""
+    for v in verdicts:
+        if v.servable:
+            return {"latest": v.served(), "withheld": withheld, "withheld_truncated": False}
+        withheld.append(v.served())
+    return None
+
+
+async def latest_reading(influx: InfluxClient, verifier: ReadVerifier, patient_id: str,
+                         first: Sequence[VerifiedReading] | None = None) -> dict[str, Any]:
     """The newest *servable* reading, and the altered/unknown ones newer than it (withheld).
 
     Looks at no more than ``LATEST_SCAN_ROWS`` newest points: if none of them is servable the
     answer says so (``latest`` None, ``withheld_truncated``) instead of scanning without end.
+    ``first``: the verified first page (the ``LATEST_FIRST_PAGE_ROWS`` newest points), when the
+    caller already fetched it (:func:`latest_readings`); paging goes on after it.
     """
     where, params = _where(patient_id, None, None)
     withheld: list[dict[str, Any]] = []
     offset = 0
     page = LATEST_FIRST_PAGE_ROWS
+    if first is not None:
+        found = _first_servable(first, withheld)
+        if found is not None:
+            return found
+        if len(first) < page:
+            return {"latest": None, "withheld": withheld, "withheld_truncated": False}
+        offset, page = len(first), LATEST_PAGE_ROWS
     while offset < LATEST_SCAN_ROWS:
         rows = await influx.query(f"SELECT * FROM {_M} WHERE {where} ORDER BY time DESC "
                                   f"LIMIT {page} OFFSET {offset}", params)
-        for v in await _verified(verifier, rows):
-            if v.servable:
-                return {"latest": v.served(), "withheld": withheld, "withheld_truncated": False}
-            withheld.append(v.served())
+        found = _first_servable(await _verified(verifier, rows), withheld)
+        if found is not None:
+            return found
         if len(rows) < page:
             return {"latest": None, "withheld": withheld, "withheld_truncated": False}
         offset += len(rows)
@@ -101,18 +120,67 @@ async def latest_reading(influx: InfluxClient, verifier: ReadVerifier,
     return {"latest": None, "withheld": withheld, "withheld_truncated": True}
 
 
+# Patients per batched query: the OR of their ids stays a short InfluxQL statement.
+LATEST_BATCH_PATIENTS = 50
+
+
+async def latest_readings(influx: InfluxClient, verifier: ReadVerifier,
+                          patient_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """:func:`latest_reading` of many patients: one InfluxDB query and one verify per 50.
+
+    The query returns each patient's ``LATEST_FIRST_PAGE_ROWS`` newest points (``GROUP BY
+    "patient_id"``: InfluxQL applies ``ORDER BY time DESC LIMIT`` within each group, so each
+    patient gets exactly the first page its own query would), and all of them are verified in
+    one call (one ledger lookup, one thread hop).  A patient without a servable reading on a full
+    first page goes on paging in :func:`latest_reading`: the answers are the same as calling it
+    once per patient (tests/test_api_patients_batch.py).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    unique = list(dict.fromkeys(patient_ids))
+    for start in range(0, len(unique), LATEST_BATCH_PATIENTS):
+        chunk = unique[start:start + LATEST_BATCH_PATIENTS]
+        names = {f"p{i}": p for i, p in enumerate(chunk)}
+        who = " OR ".join(f"\"patient_id\" = ${n}" for n in names)
+        rows = await influx.query(f"SELECT * FROM {_M} WHERE ({who}) GROUP BY \"patient_id\" "
+                                  f"ORDER BY time DESC LIMIT {LATEST_FIRST_PAGE_ROWS}", names)
+        pages: dict[str, list[dict[str, Any]]] = {p: [] for p in chunk}
+        for row in rows:
+            page = pages.get(str(row.get("patient_id")))
+            if page is not None:  # always: the WHERE admits only these ids
+                page.append(row)
+        flat = [row for p in chunk for row in pages[p]]
+        verdicts = await _verified(verifier, flat)
+        at = 0
+        for patient_id in chunk:
+            n = len(pages[patient_id])
+            out[patient_id] = await latest_reading(influx, verifier, patient_id,
+                                                   first=verdicts[at:at + n])
+            at += n
+    return out
+
+
+def newest_sealed_of(ledger: Ledger, devices: Iterable[str]) -> dict[str, ReadingLocation | None]:
+    """The ledger's newest sealed reading of each device (run in one worker thread for a whole
+    request, not one thread hop per device)."""
+    return {device: ledger.newest_sealed(device) for device in devices}
+
+
 async def missing_newer(influx: InfluxClient, ledger: Ledger, devices: Sequence[str],
-                        latest: dict[str, Any] | None) -> list[dict[str, Any]]:
+                        latest: dict[str, Any] | None,
+                        newest: Mapping[str, ReadingLocation | None] | None = None,
+                        ) -> list[dict[str, Any]]:
     """Sealed readings newer than ``latest`` whose point is gone from InfluxDB (deleted).
 
     Verified reads withhold what is altered or unknown, but a *deleted* newest reading would
     just leave an older one as "latest".  For each of the patient's devices the ledger's newest
     sealed reading is looked up; if it is newer than ``latest`` and InfluxDB has no point for it,
-    it is reported.  One indexed SQLite query per device, and one InfluxDB query only then.
+    it is reported.  One indexed SQLite query per device (or ``newest``, from
+    :func:`newest_sealed_of`, read beforehand), and one InfluxDB query only then.
     """
     out = []
     for device in devices:
-        loc = await asyncio.to_thread(ledger.newest_sealed, device)
+        loc = (newest[device] if newest is not None and device in newest
+               else await asyncio.to_thread(ledger.newest_sealed, device))
         if loc is None or (latest is not None and loc.ts_us <= latest["ts_us"]):
             continue
         rows = await influx.query(f"SELECT \"seq\" FROM {_M} WHERE \"device_id\" = $device "
