@@ -4,7 +4,13 @@
 "use strict";
 
 const TOKEN_KEY = "vitalchain.token";
-const REFRESH_MS = 5000;
+// The patients list (latest reading, NEWS2) is polled every second: a reading is on screen
+// within a second of being queryable, and one GET /clinician/patients is one InfluxDB query for
+// all patients (docs/PERFORMANCE.md).  The open patient's charts and the auditor's window log
+// change far more slowly than that: they are fetched at most every SLOW_MS, and a chart no more
+// often than one of its points (its interval) can change.  A hidden tab asks for nothing.
+const REFRESH_MS = 1000;
+const SLOW_MS = 5000;
 const WINDOWS_SHOWN = 50;
 const CHART_HEIGHT = 200;
 // range: the y-axis always shows at least this clinical range (widened only for values outside
@@ -46,7 +52,8 @@ const COLOURS = { hr: "#c0392b", spo2: "#2471a3", rr: "#17a589", temp_c: "#b9770
 
 // refused: routes this role got a 403 for; not asked again (a role does not change under a token).
 const state = { me: null, patients: new Map(), patientId: null, charts: new Map(), timer: null,
-                refused: new Set(), refreshing: false };
+                refused: new Set(), refreshing: false, vitalsAt: 0, vitalsEvery: SLOW_MS,
+                windowsAt: 0 };
 const $ = (id) => document.getElementById(id);
 
 class ApiError extends Error {
@@ -207,11 +214,16 @@ function onAuthLost(err) {
 async function refresh() {
   // Verified reads check every reading of the range (a 24 h range takes seconds): never start a
   // refresh while the previous one still runs, so slow answers cannot pile up on the server.
-  if (state.refreshing) return;
+  // Nothing is shown while the tab is hidden, so nothing is asked for (visibilitychange
+  // refreshes as soon as it is shown again).
+  if (state.refreshing || document.hidden) return;
   state.refreshing = true;
   try {
-    await Promise.all([loadPatients(), loadWindows()]);
-    if (state.patientId) await loadVitals();
+    const now = Date.now();
+    const windowsDue = now - state.windowsAt >= SLOW_MS;
+    if (windowsDue) state.windowsAt = now;
+    await Promise.all([loadPatients(), windowsDue ? loadWindows() : null]);
+    if (state.patientId && Date.now() - state.vitalsAt >= state.vitalsEvery) await loadVitals();
   } finally {
     state.refreshing = false;
   }
@@ -469,6 +481,7 @@ function updateProofTarget() {
 // --- vitals charts (uPlot) ---------------------------------------------------------------------
 async function loadVitals() {
   const patientId = state.patientId;
+  state.vitalsAt = Date.now();
   const minutes = Number($("range").value);
   const end = new Date();
   const start = new Date(end.getTime() - minutes * 60000);
@@ -483,6 +496,9 @@ async function loadVitals() {
     return;
   }
   if (patientId !== state.patientId) return;  // the user switched patient meanwhile
+  // One point of the chart is one interval: fetching the series more often than that would
+  // only redraw its still-filling last point (the latest reading is in the tiles, every second).
+  state.vitalsEvery = Math.max(SLOW_MS, body.interval_s * 1000);
   const n = body.points.length;
   const received = body.states ? body.states.received : 0;
   const what = pointMeaning(body.interval_s, body.points);
@@ -808,6 +824,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("signout").addEventListener("click", signOut);
   window.addEventListener("resize", resizeCharts);
   $("range").addEventListener("change", () => { if (state.patientId) loadVitals(); });
+  document.addEventListener("visibilitychange", () => { if (!document.hidden && state.me) refresh(); });
   $("proof-btn").addEventListener("click", () => {
     const p = state.patients.get(state.patientId);
     if (p && p.latest && p.latest.state !== "received") proveReading(p.latest.device_id, p.latest.seq);
