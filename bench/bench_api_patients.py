@@ -147,8 +147,10 @@ def seed(settings: Settings, args: argparse.Namespace) -> str:
         store.add_grant(registry[d], "alice", T0 * 2, "bench")
     store.close()
     print(f"seeded {args.devices} devices, {args.patients} granted patients x {args.history} "
-          f"readings ({args.unsealed} received each, {args.altered} altered), {args.others} other "
-          f"readings in the ledger, {size} windows, anchored checkpoint {anchored}", flush=True)
+          f"readings (newest {args.unsealed} received only on {sum(map(bool, unsealed_n.values()))}"
+          f", quiet after {args.history // 3} on {sum(h < args.history for h in history.values())}"
+          f", newest altered on {len(altered)}), {args.others} other readings in the ledger, "
+          f"{size} windows, anchored checkpoint {anchored}", flush=True)
     return token
 
 
