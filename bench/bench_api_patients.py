@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_api_patients.py --base /work/wt-apiread-base
     .venv/bin/python bench/bench_api_patients.py --base ../wt-base --patients 50 --rounds 10
+    .venv/bin/python bench/bench_api_patients.py --base ../wt-base --live 5   # the store growing
 
 One private InfluxDB; a store like the pipeline bench's after a few minutes: ``--devices`` devices
 in the registry, one per patient, the clinician granted ``--patients`` of them; each granted
@@ -20,6 +21,12 @@ of that tree's API process and of ``influxd`` over those requests: CPU per reque
 divided by the requests, so both sides see the same machine state.  The trees must answer alike:
 every round compares the two bodies (the access-log noise aside) and the run fails if they differ.
 
+``--live HZ``: while the trees are polled, the granted devices that did not go quiet read on at
+HZ (each reading written to InfluxDB at once, received; the open window sealed into both trees'
+ledger copies every ``--seal-s``), so the API meets new points, new windows and readings
+turning sealed as under the pipeline; the answers are then not compared (the store changes
+between the two trees' requests).
+
 Printed per tree: API CPU ms per request (median of the rounds), InfluxDB CPU ms per request,
 latency p50/p95 over all requests, and the after/before ratios.
 """
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -35,7 +43,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +77,16 @@ def _vitals(i: int) -> dict[str, Any]:
             "sys": 110 + i % 30, "dia": 70 + i % 15}
 
 
-def seed(settings: Settings, args: argparse.Namespace) -> str:
-    """Registry, ledger, InfluxDB points, anchor records and a clinician; returns its token."""
+@dataclass
+class Seeded:
+    token: str
+    offset: int  # first offset of partition 0's open window
+    received: list[dict[str, Any]]  # canonical readings in the open window, not sealed
+    next_seq: dict[str, int]  # granted devices still reading: their next seq
+
+
+def seed(settings: Settings, args: argparse.Namespace) -> Seeded:
+    """Registry, ledger, InfluxDB points, anchor records and a clinician."""
     devices = [f"dev-{i:05d}" for i in range(args.devices)]
     registry = {d: f"pat-{i:05d}" for i, d in enumerate(devices)}
     (settings.state_dir / "devices").mkdir(parents=True, exist_ok=True)
@@ -115,9 +133,11 @@ def seed(settings: Settings, args: argparse.Namespace) -> str:
                    and c["device_id"] in history]
         offset += len(chunk)
     open_window = window_id(0, offset)
+    received = []
     for r in raw:
         if (r["device_id"], r["seq"]) in unsealed:
             c = canonical_reading(r, SALT_KEY)
+            received.append(c)
             points.append(reading_point(c, reading_leaf_hash(c), open_window, False, c["ts_us"] + 1000))
     for d in altered:  # the newest sealed reading altered after sealing
         s = history[d] - 1
@@ -151,7 +171,73 @@ def seed(settings: Settings, args: argparse.Namespace) -> str:
           f", quiet after {args.history // 3} on {sum(h < args.history for h in history.values())}"
           f", newest altered on {len(altered)}), {args.others} other readings in the ledger, "
           f"{size} windows, anchored checkpoint {anchored}", flush=True)
-    return token
+    return Seeded(token, offset, received,
+                  {d: history[d] for d in granted if history[d] == args.history})
+
+
+class Live:
+    """``--live``: the granted devices still reading go on at ``hz`` while the API is polled.
+
+    Each new reading is written to InfluxDB at once in partition 0's open window (received), and
+    every ``seal_s`` the open window is sealed into every tree's ledger copy (as the stream
+    does), so the API meets new points (leaf memo misses), newly sealed windows (log mirror
+    sync) and received readings turning sealed, as under the pipeline.
+    """
+
+    def __init__(self, settings: Settings, ledgers: list[Path], seeded: Seeded, hz: float,
+                 seal_s: float) -> None:
+        self.settings, self.seeded, self.hz, self.seal_s = settings, seeded, hz, seal_s
+        self.ledgers = [Ledger(p) for p in ledgers]
+        self.written = self.sealed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def _seal(self) -> None:
+        window = self.seeded.received
+        if not window:
+            return
+        first = self.seeded.offset
+        leaves = [reading_leaf_hash(c) for c in window]
+        header = build_window_header(window, partition=0, first_offset=first,
+                                     last_offset=first + len(window) - 1,
+                                     salt_key_id=salt_key_id(SALT_KEY), leaf_hashes=leaves)
+        rows = [ReadingIndexRow(c["device_id"], c["seq"], c["ts_us"], i, leaf)
+                for i, (c, leaf) in enumerate(zip(window, leaves, strict=True))]
+        for ledger in self.ledgers:
+            ledger.append_window(TOPIC, 0, header, leaves, rows, idle_cut=False)
+        self.seeded.offset += len(window)
+        self.seeded.received = []
+        self.sealed += len(window)
+
+    async def _run(self) -> None:
+        async with InfluxClient(self.settings, timeout_s=60) as influx:
+            sealed_at = time.monotonic()
+            while not self._stop.wait(1 / self.hz):
+                now = time.time_ns() // 1000
+                batch = []
+                for device, seq in self.seeded.next_seq.items():
+                    c = canonical_reading({"device_id": device, "patient_id": "pat-" + device[4:],
+                                           "seq": seq, "ts_us": T0 + seq * 1_000_000,
+                                           "vitals": _vitals(seq + len(device))}, SALT_KEY)
+                    self.seeded.next_seq[device] = seq + 1
+                    batch.append(reading_point(c, reading_leaf_hash(c),
+                                               window_id(0, self.seeded.offset), False, now))
+                    self.seeded.received.append(c)
+                await influx.write(batch)
+                self.written += len(batch)
+                if time.monotonic() - sealed_at >= self.seal_s:
+                    self._seal()
+                    sealed_at = time.monotonic()
+
+    def __enter__(self) -> Live:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        for ledger in self.ledgers:
+            ledger.close()
 
 
 def cpu_s(pid: int) -> float:
@@ -163,8 +249,10 @@ def cpu_s(pid: int) -> float:
 class Api:
     """One tree's ``vitalchain api`` process over its own copy of the state folder."""
 
-    def __init__(self, name: str, tree: Path, settings: Settings, token: str) -> None:
+    def __init__(self, name: str, tree: Path, settings: Settings, token: str,
+                 influx_pid: int) -> None:
         self.name = name
+        self.influx_pid = influx_pid
         self.port = free_port()
         env = {**os.environ, **to_environ(settings)}
         self.log = open(settings.state_dir / "api.log", "wb")  # noqa: SIM115 - closed in stop()
@@ -226,6 +314,10 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--requests", type=int, default=20, help="per tree per round")
+    parser.add_argument("--live", type=float, default=0.0, metavar="HZ",
+                        help="the granted devices still reading go on at HZ while polled (and "
+                             "the trees' answers are not compared: the store changes under them)")
+    parser.add_argument("--seal-s", type=float, default=2.0, help="window length with --live")
     args = parser.parse_args()
     trees = [("before", args.base)] if args.base else []
     trees.append(("after", args.tree))
@@ -240,48 +332,64 @@ def main() -> int:
             stack.up(("influxdb",))
             influx_pid = stack.pid("influxdb")
             assert influx_pid is not None
-            token = seed(settings, args)
+            seeded = seed(settings, args)
+            copies = []
             for name, tree in trees:
                 copy = Path(folder) / name
                 shutil.copytree(seed_dir, copy, ignore=shutil.ignore_patterns("influxdb*"))
-                apis.append(Api(name, tree, settings.with_overrides(state_dir=copy), token))
+                copies.append(settings.with_overrides(state_dir=copy))
+                apis.append(Api(name, tree, copies[-1], seeded.token, influx_pid))
             bodies = {a.name: a.get() for a in apis}  # warm-up: memo filled, registry read
             print("API pids: " + ", ".join(f"{a.name} {a.proc.pid}" for a in apis), flush=True)
-            for r in range(args.rounds):
-                order = apis if r % 2 == 0 else apis[::-1]
-                for api in order:
-                    c0, i0 = cpu_s(api.proc.pid), cpu_s(influx_pid)
-                    for _ in range(args.requests):
-                        bodies[api.name] = api.get()
-                    api.cpu_ms.append((cpu_s(api.proc.pid) - c0) * 1e3 / args.requests)
-                    api.influx_ms.append((cpu_s(influx_pid) - i0) * 1e3 / args.requests)
-                if len(apis) == 2 and bodies["before"] != bodies["after"]:
-                    a, b = (json.dumps(bodies[k], sort_keys=True) for k in ("before", "after"))
-                    raise SystemExit(f"the trees answer differently:\nbefore {a[:2000]}\nafter  {b[:2000]}")
-            states: dict[str, int] = {}
-            for p in bodies["after"]["patients"]:
-                if p["latest"]:
-                    states[p["latest"]["state"]] = states.get(p["latest"]["state"], 0) + 1
-                for w in p["withheld"]:
-                    states["withheld " + w["state"]] = states.get("withheld " + w["state"], 0) + 1
-            print(f"latest states served: {states}")
-            print(f"{'tree':8} {'API CPU ms/req':>15} {'influxd ms/req':>15} {'p50 ms':>8} "
-                  f"{'p95 ms':>8}  ({args.rounds} rounds x {args.requests} requests)")
-            for api in apis:
-                print(f"{api.name:8} {statistics.median(api.cpu_ms):15.1f} "
-                      f"{statistics.median(api.influx_ms):15.1f} {_pct(api.latency, 0.5) * 1e3:8.1f} "
-                      f"{_pct(api.latency, 0.95) * 1e3:8.1f}")
-            if len(apis) == 2:
-                b, a = apis
-                print(f"after/before: API CPU {statistics.median(a.cpu_ms) / statistics.median(b.cpu_ms):.2f}, "
-                      f"influxd CPU {statistics.median(a.influx_ms) / max(1e-9, statistics.median(b.influx_ms)):.2f}, "
-                      f"p50 {_pct(a.latency, 0.5) / _pct(b.latency, 0.5):.2f}; bodies identical in "
-                      f"every round")
+            live = (Live(settings, [Path(c.ledger_path) for c in copies], seeded, args.live,
+                         args.seal_s) if args.live else contextlib.nullcontext())
+            with live:
+                rounds(apis, args, bodies)
+            if isinstance(live, Live):
+                print(f"live: {live.written} readings written, {live.sealed} sealed while polled")
+            report(apis, args, bodies)
         finally:
             for api in apis:
                 api.stop()
             stack.down()
     return 0
+
+
+def rounds(apis: list[Api], args: argparse.Namespace, bodies: dict[str, Any]) -> None:
+    """Alternate the trees, ``args.requests`` GETs each per round, CPU read around each run;
+    without ``--live`` the two trees' last answers of every round must be identical."""
+    for r in range(args.rounds):
+        for api in (apis if r % 2 == 0 else apis[::-1]):
+            c0, i0 = cpu_s(api.proc.pid), cpu_s(api.influx_pid)
+            for _ in range(args.requests):
+                bodies[api.name] = api.get()
+            api.cpu_ms.append((cpu_s(api.proc.pid) - c0) * 1e3 / args.requests)
+            api.influx_ms.append((cpu_s(api.influx_pid) - i0) * 1e3 / args.requests)
+        if len(apis) == 2 and not args.live and bodies["before"] != bodies["after"]:
+            a, b = (json.dumps(bodies[k], sort_keys=True) for k in ("before", "after"))
+            raise SystemExit(f"the trees answer differently:\nbefore {a[:2000]}\nafter  {b[:2000]}")
+
+
+def report(apis: list[Api], args: argparse.Namespace, bodies: dict[str, Any]) -> None:
+    states: dict[str, int] = {}
+    for p in bodies[apis[-1].name]["patients"]:
+        if p["latest"]:
+            states[p["latest"]["state"]] = states.get(p["latest"]["state"], 0) + 1
+        for w in p["withheld"]:
+            states["withheld " + w["state"]] = states.get("withheld " + w["state"], 0) + 1
+    print(f"latest states served: {states}")
+    print(f"{'tree':8} {'API CPU ms/req':>15} {'influxd ms/req':>15} {'p50 ms':>8} "
+          f"{'p95 ms':>8}  ({args.rounds} rounds x {args.requests} requests)")
+    for api in apis:
+        print(f"{api.name:8} {statistics.median(api.cpu_ms):15.1f} "
+              f"{statistics.median(api.influx_ms):15.1f} {_pct(api.latency, 0.5) * 1e3:8.1f} "
+              f"{_pct(api.latency, 0.95) * 1e3:8.1f}")
+    if len(apis) == 2:
+        b, a = apis
+        same = ("not compared (--live)" if args.live else "bodies identical in every round")
+        print(f"after/before: API CPU {statistics.median(a.cpu_ms) / statistics.median(b.cpu_ms):.2f}, "
+              f"influxd CPU {statistics.median(a.influx_ms) / max(1e-9, statistics.median(b.influx_ms)):.2f}, "
+              f"p50 {_pct(a.latency, 0.5) / _pct(b.latency, 0.5):.2f}; {same}")
 
 
 if __name__ == "__main__":
