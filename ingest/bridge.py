@@ -196,6 +196,7 @@ class Bridge:
         self.counters = BridgeCounters()
         self.limiter = DeviceRateLimiter(settings.flood_rate_per_second, settings.flood_burst)
         self.keyring = Keyring(settings)
+        self._arrived_ns: int | None = None  # when the message being validated arrived
         self.require_signature = settings.device_signatures == "required"
         self.connected = threading.Event()
         self.subscribed = threading.Event()
@@ -364,7 +365,7 @@ class Bridge:
             self.counters.over_receive_maximum += 1
             self._wait_for_room(client)
         self._events.put(("msg", self._connection, message.mid, message.qos, message.topic,
-                          bytes(message.payload), self.clock_us()))
+                          bytes(message.payload), self.clock_us(), time.monotonic_ns()))
 
     def _full(self, limit: int | None = None) -> bool:
         return self._arrived - self._inflight.released > (limit or self.max_inflight)
@@ -418,8 +419,9 @@ class Bridge:
             self._failed(event[1], event[2])
 
     def _accept(self, connection: int, mid: int, qos: int, topic: str, payload: bytes,
-                received_us: int) -> None:
+                received_us: int, arrived_ns: int | None = None) -> None:
         self.counters.received += 1
+        self._arrived_ns = arrived_ns
         delivery, kind = self._inflight.arrive(connection, mid, qos, topic, payload)
         if kind == "adopted":
             # Mosquitto resent (after a reconnect) a message we are still producing: that
@@ -457,7 +459,8 @@ class Bridge:
                          readings: list[Any]) -> str | None:
         """The device's signature over the message (validate's ``signatures`` hook)."""
         try:
-            check_signature(self.keyring.lookup(device_id, key_id), key_id, sig, readings)
+            key = self.keyring.lookup(device_id, key_id, self._arrived_ns)
+            check_signature(key, key_id, sig, readings)
         except SignatureError as exc:
             return str(exc)
         return None
