@@ -151,6 +151,10 @@ class BridgeCounters:
     replays: int = 0
     replayed: int = 0
     rate_limited_readings: int = 0  # valid readings dead-lettered by the flood rule
+    # Raw-topic records acked by Kafka (bundles; replays not counted) and the messages they
+    # held: their ratio is how many messages a record carries.
+    raw_records: int = 0
+    raw_messages: int = 0
 
     def line(self, in_flight: int, waiting_for_order: int = 0, retrying: int = 0,
              stale: int = 0, replaying: int = 0, replay_held: str = "0",
@@ -169,7 +173,8 @@ class BridgeCounters:
                 f" produce_errors={self.produce_errors}"
                 f" replays={self.replays} replayed={self.replayed} replaying={replaying}"
                 f" replay_held={replay_held} replay_dropped={replay_dropped}"
-                f" rate_limited_readings={self.rate_limited_readings}")
+                f" rate_limited_readings={self.rate_limited_readings}"
+                f" raw_records={self.raw_records} raw_messages={self.raw_messages}")
 
 
 @dataclass
@@ -605,6 +610,8 @@ class Bridge:
             return
         if record.reason is None:
             self.counters.forwarded += record.readings
+            self.counters.raw_records += 1
+            self.counters.raw_messages += 1 if record.tokens is None else len(record.tokens)
         else:
             self.counters.dead_lettered[record.reason] += 1
         if record.tokens is None:

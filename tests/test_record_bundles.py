@@ -235,10 +235,12 @@ def test_bundles_of_several_devices_through_the_bridge_and_the_stream(isolated,
             wait_until(lambda: bridge.counters.acked == 240 and bridge.counters.forwarded
                        == len(sent), 60, "every message forwarded and acked")
             assert bridge.in_flight == 0, bridge.progress_line()
+            counted = (bridge.counters.raw_records, bridge.counters.raw_messages)
         records = _raw_records(cfg)
         messages = [len(split_bundle(v)) for _p, _o, _k, v in records]
         assert sum(messages) == 240 and max(messages) > 1, messages  # bundled, none lost
         assert len(records) < 240
+        assert counted == (len(records), 240)  # what the progress line says of bundles
         seen: Counter[tuple[str, int]] = Counter()
         for partition, _offset, key, value in records:
             items = record_readings(value)
