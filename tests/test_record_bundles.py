@@ -159,6 +159,33 @@ def test_a_replay_of_a_bundle_after_a_crash_reproduces_the_window() -> None:
     assert tail is not None and tail_again is not None and tail.header == tail_again.header
 
 
+def test_the_bridge_replays_a_bundle_whole_to_the_partition_it_was_acknowledged_on(
+        tmp_path: Path) -> None:
+    """Offsets going back on a partition (ingest/replay.py): a bundle of several devices, which
+    has no key to be partitioned by, is written again whole, stamped, to its own partition."""
+    from types import SimpleNamespace
+
+    from vitalchain.config import load_settings
+    from vitalchain.ingest.bridge import Bridge, _Record
+
+    bridge = Bridge(load_settings(environ={}, state_dir=tmp_path))
+    sent: list[_Record] = []
+    bridge._send = sent.append  # type: ignore[method-assign]  # what would go to Kafka
+    bundle = encode_bundle([batch("d1", 0, 2, T0), batch("d2", 0, 2, T0)])
+    later = batch("d1", 2, 1, T0 + SECOND)
+    topic = bridge.settings.raw_topic
+    first = _Record(0, topic, b"", bundle, None, 4, partition=2, tokens=[1, 2])
+    bridge._check_offsets(first, SimpleNamespace(partition=2, offset=7))
+    assert sent == []
+    # The broker lost its log: the next acknowledgement on partition 2 is at offset 0.
+    bridge._check_offsets(_Record(3, topic, b"d1", later, None, 1, partition=2,
+                                  tokens=[3]), SimpleNamespace(partition=2, offset=0))
+    assert [(r.partition, r.replay, r.key) for r in sent] == [(2, True, b""), (2, True, b"d1")]
+    assert record_readings(sent[0].value) == record_readings(bundle)
+    assert all(decode(p).replayed_us is not None for p in split_bundle(sent[0].value))
+    assert bridge.counters.replays == 1 and bridge.counters.replayed == 2
+
+
 # --- the real bridge and stream ------------------------------------------------------------
 
 def _raw_records(settings_: Any) -> list[tuple[int, int, bytes, bytes]]:
