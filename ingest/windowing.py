@@ -128,7 +128,8 @@ class Offered:
 
     @property
     def readings(self) -> int:
-        """Readings the record held (0 for ``already_done``)."""
+        """Readings the record held (0 for ``already_done``; a bundle's message that is no
+        record of ours counts one, its readings unread)."""
         return len(self.kept) + self.duplicates + self.conflicts + self.invalid
 
 
