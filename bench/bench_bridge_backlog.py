@@ -83,7 +83,7 @@ def _raw_readings(settings: Settings) -> Counter[tuple[str, int]]:
         seen: Counter[tuple[str, int]] = Counter()
         while any(consumer.position(tp) < end[tp] for tp in partitions):
             for batch in consumer.poll(timeout_ms=500, max_records=20_000).values():
-                seen.update((r.key.decode(), item["seq"]) for r in batch
+                seen.update((item["device_id"], item["seq"]) for r in batch
                             for item in record_readings(r.value))
         return seen
     finally:

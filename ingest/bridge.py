@@ -1,9 +1,11 @@
 """The MQTT→Kafka bridge: at-least-once from Mosquitto to the raw and dead-letter topics.
 
 Guarantee: an MQTT message is acknowledged (PUBACK) to Mosquitto only after Kafka has acknowledged
-(``acks='all'``) every record made from it: one record on ``raw_topic`` holding all its good
-readings (record version 2, :mod:`vitalchain.core.payload.record`) and each rejection on
-``dlq_topic``. Until then the message belongs to the bridge's persistent session in Mosquitto, so a
+(``acks='all'``) every record made from it: the record on ``raw_topic`` holding all its good
+readings (record version 2, :mod:`vitalchain.core.payload.record`), which may travel in a bundle
+with other messages' records bound for the same partition (``_gather``: gathered while the event
+queue has more, sent when it is empty; docs/STREAM.md "The raw topic's records"), and each
+rejection on ``dlq_topic``. Until then the message belongs to the bridge's persistent session in Mosquitto, so a
 crash of the bridge, a Kafka outage or a broker restart redelivers it instead of losing it. The
 price is duplicates (a record produced, the ack lost); the stream removes those.
 
@@ -80,13 +82,19 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from kafka.partitioner.default import murmur2
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from vitalchain.config import Settings
 from vitalchain.core.integrity.devicekeys import SignatureError, check_signature
+from vitalchain.core.payload.record import (
+    MAX_BUNDLE_BYTES,
+    MAX_BUNDLE_MESSAGES,
+    encode_bundle,
+    replayed,
+)
 from vitalchain.core.payload.record import encode as encode_record
-from vitalchain.core.payload.record import replayed
 from vitalchain.core.payload.shards import LEGACY_FILTER, check_shard_count, shard_filter
 from vitalchain.core.payload.validation import Outcome, Rejection, SignedMessage, validate
 from vitalchain.core.timeutil import now_us
@@ -103,6 +111,8 @@ DEFAULT_GROUP = "vitalchain-bridges"
 SUBSCRIPTION = LEGACY_FILTER  # the former unsharded topics, read by the owner of shard 0
 SHARED_FILTER = "vitals/#"  # inside $share/<group>/: every device topic, sharded or not
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+DRAIN_LIMIT = 512  # events handled before the bundles gathered meanwhile are sent anyway
+PARTITIONS_TTL_S = 10.0  # how long the raw topic's partition count is trusted
 
 
 def client_id(instance: int) -> str:
@@ -141,6 +151,10 @@ class BridgeCounters:
     replays: int = 0
     replayed: int = 0
     rate_limited_readings: int = 0  # valid readings dead-lettered by the flood rule
+    # Raw-topic records acked by Kafka (bundles; replays not counted) and the messages they
+    # held: their ratio is how many messages a record carries.
+    raw_records: int = 0
+    raw_messages: int = 0
 
     def line(self, in_flight: int, waiting_for_order: int = 0, retrying: int = 0,
              stale: int = 0, replaying: int = 0, replay_held: str = "0",
@@ -159,7 +173,8 @@ class BridgeCounters:
                 f" produce_errors={self.produce_errors}"
                 f" replays={self.replays} replayed={self.replayed} replaying={replaying}"
                 f" replay_held={replay_held} replay_dropped={replay_dropped}"
-                f" rate_limited_readings={self.rate_limited_readings}")
+                f" rate_limited_readings={self.rate_limited_readings}"
+                f" raw_records={self.raw_records} raw_messages={self.raw_messages}")
 
 
 @dataclass
@@ -174,6 +189,21 @@ class _Record:
     # A record Kafka had acknowledged, written again (ingest/replay.py): its MQTT message was
     # acked long ago, so its delivery is not finished again.
     replay: bool = False
+    partition: int | None = None  # chosen by the bridge (bundles, replays); None: by the key
+    # A bundle: the deliveries of its messages, in order (``token`` is unused then).
+    tokens: list[int] | None = None
+
+
+@dataclass
+class _Bundle:
+    """Raw-topic records of accepted messages bound for one partition, not yet sent."""
+
+    partition: int
+    parts: list[bytes] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    keys: set[bytes] = field(default_factory=set)
+    readings: int = 0
+    size: int = 0
 
 
 class Bridge:
@@ -182,7 +212,9 @@ class Bridge:
     def __init__(self, settings: Settings, *, instance: int = 0, group: str | None = None,
                  shards: list[int] | None = None, max_inflight: int = 1000,
                  clock_us: Callable[[], int] = now_us,
-                 retry_backoff: tuple[float, float] = (0.2, 10.0)) -> None:
+                 retry_backoff: tuple[float, float] = (0.2, 10.0),
+                 bundle_messages: int = MAX_BUNDLE_MESSAGES,
+                 bundle_bytes: int = MAX_BUNDLE_BYTES) -> None:
         if not 1 <= max_inflight <= 65535:
             raise ValueError("max_inflight must be within 1..65535 (MQTT Receive Maximum)")
         self.settings = settings
@@ -196,6 +228,7 @@ class Bridge:
         self.counters = BridgeCounters()
         self.limiter = DeviceRateLimiter(settings.flood_rate_per_second, settings.flood_burst)
         self.keyring = Keyring(settings)
+        self._arrived_ns: int | None = None  # when the message being validated arrived
         self.require_signature = settings.device_signatures == "required"
         self.connected = threading.Event()
         self.subscribed = threading.Event()
@@ -210,6 +243,14 @@ class Bridge:
         self._arrived = 0  # PUBLISHes handed over by paho's thread (written there only)
         self._room = threading.Condition()  # paho's thread waits here while the bridge is full
         self._retries: list[tuple[float, int, _Record]] = []
+        # Several messages in one raw-topic record (docs/STREAM.md "The raw topic's records"):
+        # gathered per partition while the event queue has more, sent when it is empty or a
+        # bundle is full. ``bundle_messages=1`` writes one record per message, as before.
+        self.bundle_messages = max(1, bundle_messages)
+        self.bundle_bytes = bundle_bytes
+        self._bundles: dict[int, _Bundle] = {}
+        self._partitions: tuple[int, float] | None = None  # (count, monotonic when read)
+        self._partition_of: dict[bytes, int] = {}  # device key -> partition (for that count)
         self._replay = ReplayBuffer(settings.bridge_replay_seconds)
         self._replaying = 0  # replayed records Kafka has not acknowledged yet
         self._retry_seq = itertools.count()
@@ -364,7 +405,7 @@ class Bridge:
             self.counters.over_receive_maximum += 1
             self._wait_for_room(client)
         self._events.put(("msg", self._connection, message.mid, message.qos, message.topic,
-                          bytes(message.payload), self.clock_us()))
+                          bytes(message.payload), self.clock_us(), time.monotonic_ns()))
 
     def _full(self, limit: int | None = None) -> bool:
         return self._arrived - self._inflight.released > (limit or self.max_inflight)
@@ -395,16 +436,25 @@ class Bridge:
         return 0.5
 
     def _step(self, timeout: float) -> None:
+        """Handle every queued event, then send the bundles gathered meanwhile: under light load
+        a bundle holds one message (no added delay), under load as many as were queued."""
         try:
             event = self._events.get(timeout=timeout)
         except queue.Empty:
             event = None
+        handled = 0
         while event is not None:
             self._handle(event)
+            handled += 1
+            if handled >= DRAIN_LIMIT:
+                # A queue that never empties must not hold a half-full bundle back for long.
+                self._flush_bundles()
+                handled = 0
             try:
                 event = self._events.get_nowait()
             except queue.Empty:
                 event = None
+        self._flush_bundles()
         self._run_due_retries()
 
     def _handle(self, event: tuple[Any, ...]) -> None:
@@ -418,8 +468,9 @@ class Bridge:
             self._failed(event[1], event[2])
 
     def _accept(self, connection: int, mid: int, qos: int, topic: str, payload: bytes,
-                received_us: int) -> None:
+                received_us: int, arrived_ns: int | None = None) -> None:
         self.counters.received += 1
+        self._arrived_ns = arrived_ns
         delivery, kind = self._inflight.arrive(connection, mid, qos, topic, payload)
         if kind == "adopted":
             # Mosquitto resent (after a reconnect) a message we are still producing: that
@@ -438,26 +489,84 @@ class Bridge:
         token = delivery.token
         records: list[_Record] = []
         key = outcome.device_id.encode() if outcome.device_id else b""
-        if outcome.readings:
-            # One record for the whole message (record version 2): Kafka, Faust and aiokafka
-            # cost per record, so a batch of n costs one record's overhead, not n.
-            value = encode_record(outcome.readings, received_us, _signed_part(outcome))
-            records.append(_Record(token, self.settings.raw_topic, key, value, None,
-                                   len(outcome.readings)))
         for rejection in outcome.rejections:
             dlq_topic, dlq_key, value = dead_letter_record(
                 self.settings.dlq_topic, outcome.device_id, rejection, topic, payload, received_us)
             records.append(_Record(token, dlq_topic, dlq_key, value, rejection.reason))
             log.debug("rejected %s: %s %s", topic, rejection.reason, rejection.detail)
-        self._finish(self._inflight.expect(delivery, len(records)))
+        # The message's readings are one record (version 2), counted as one record of its
+        # delivery whether it travels alone or in a bundle.
+        self._finish(self._inflight.expect(delivery, len(records) + bool(outcome.readings)))
+        if outcome.readings:
+            value = encode_record(outcome.readings, received_us, _signed_part(outcome))
+            self._gather(token, key, value, len(outcome.readings))
         for record in records:
             self._send(record)
+
+    # --- bundles (bridge thread) ---------------------------------------------------------
+    def _gather(self, token: int, key: bytes, value: bytes, readings: int) -> None:
+        """Put a message's raw-topic record into the bundle of its device's partition (sent by
+        ``_step`` when the queue is empty, or here when the bundle is full)."""
+        partition = self._partition(key)
+        if partition is None:  # partition count unknown: alone, partitioned by its key
+            self._send(_Record(token, self.settings.raw_topic, key, value, None, readings))
+            return
+        bundle = self._bundles.get(partition)
+        if bundle is not None and (len(bundle.parts) >= self.bundle_messages
+                                   or bundle.size + len(value) + 1 > self.bundle_bytes):
+            self._send_bundle(self._bundles.pop(partition))
+            bundle = None
+        if bundle is None:
+            bundle = self._bundles[partition] = _Bundle(partition)
+        bundle.parts.append(value)
+        bundle.tokens.append(token)
+        bundle.keys.add(key)
+        bundle.readings += readings
+        bundle.size += len(value) + 1
+
+    def _flush_bundles(self) -> None:
+        if self._bundles:
+            bundles, self._bundles = self._bundles, {}
+            for bundle in bundles.values():
+                self._send_bundle(bundle)
+
+    def _send_bundle(self, bundle: _Bundle) -> None:
+        # The key says whose messages these are when they are one device's (always so for a
+        # bundle of one: byte-identical to a record of before); the partition is explicit.
+        key = next(iter(bundle.keys)) if len(bundle.keys) == 1 else b""
+        self._send(_Record(bundle.tokens[0], self.settings.raw_topic, key,
+                           encode_bundle(bundle.parts), None, bundle.readings,
+                           partition=bundle.partition, tokens=bundle.tokens))
+
+    def _partition(self, key: bytes) -> int | None:
+        """The raw-topic partition Kafka's default partitioner gives ``key`` (murmur2, as
+        kafka-python and the Java client): a device's messages stay in one partition, in
+        order, bundled or not. The partition count is read again every PARTITIONS_TTL_S."""
+        now = time.monotonic()
+        if self._partitions is None or now - self._partitions[1] > PARTITIONS_TTL_S:
+            assert self._producer is not None
+            try:
+                count = len(self._producer.partitions_for(self.settings.raw_topic) or ())
+            except KafkaError as exc:
+                log.debug("raw topic's partitions unknown (%s): sending unbundled", exc)
+                count = 0
+            if self._partitions is None or count != self._partitions[0]:
+                self._partition_of.clear()
+            self._partitions = (count, now)
+        count = self._partitions[0]
+        if count <= 0 or not key:
+            return None
+        found = self._partition_of.get(key)
+        if found is None:
+            found = self._partition_of[key] = (murmur2(key) & 0x7FFFFFFF) % count
+        return found
 
     def _check_signature(self, device_id: str, key_id: str, sig: Any,
                          readings: list[Any]) -> str | None:
         """The device's signature over the message (validate's ``signatures`` hook)."""
         try:
-            check_signature(self.keyring.lookup(device_id, key_id), key_id, sig, readings)
+            key = self.keyring.lookup(device_id, key_id, self._arrived_ns)
+            check_signature(key, key_id, sig, readings)
         except SignatureError as exc:
             return str(exc)
         return None
@@ -484,7 +593,8 @@ class Bridge:
         record.attempts += 1
         assert self._producer is not None
         try:
-            future = self._producer.send(record.topic, key=record.key, value=record.value)
+            future = self._producer.send(record.topic, key=record.key, value=record.value,
+                                         partition=record.partition)
         except KafkaError as exc:
             self._failed(record, exc)
             return
@@ -500,9 +610,17 @@ class Bridge:
             return
         if record.reason is None:
             self.counters.forwarded += record.readings
+            self.counters.raw_records += 1
+            self.counters.raw_messages += 1 if record.tokens is None else len(record.tokens)
         else:
             self.counters.dead_lettered[record.reason] += 1
-        self._finish(self._inflight.record_done(record.token))
+        if record.tokens is None:
+            self._finish(self._inflight.record_done(record.token))
+        else:
+            finished: list[Delivery] = []
+            for token in record.tokens:
+                finished += self._inflight.record_done(token)
+            self._finish(finished)
 
     def _check_offsets(self, record: _Record, meta: Any) -> None:
         """Write again what Kafka acknowledged lately on a partition whose offsets went back."""
@@ -526,8 +644,9 @@ class Bridge:
                         self._replay.zone_s, replay.high)
         at = self.clock_us()
         for key, value in replay.records:
+            # To the partition it was acknowledged on: a bundle's key need not name it.
             self._send(_Record(-1, self.settings.raw_topic, key, replayed(value, at), None,
-                               replay=True))
+                               replay=True, partition=replay.partition))
 
     def _finish(self, deliveries: list[Delivery]) -> None:
         """PUBACK finished deliveries (in the order given) on the connection they came on; one of
@@ -576,6 +695,7 @@ class Bridge:
         self._notify_room()  # paho's thread may wait for room: let it see the stop
         client, producer = self._client, self._producer
         if producer is not None:
+            self._flush_bundles()
             try:
                 producer.flush(timeout=flush_timeout)
             except KafkaError as exc:

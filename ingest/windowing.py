@@ -40,7 +40,7 @@ from vitalchain.core.integrity import (
     reading_leaf_hash,
     window_id,
 )
-from vitalchain.core.payload.record import RecordError, decode
+from vitalchain.core.payload.record import RawRecord, RecordError, decode, split_bundle
 
 STAGE = "stream"
 MAX_DETAIL = 300
@@ -128,7 +128,8 @@ class Offered:
 
     @property
     def readings(self) -> int:
-        """Readings the record held (0 for ``already_done``)."""
+        """Readings the record held (0 for ``already_done``; a bundle's message that is no
+        record of ours counts one, its readings unread)."""
         return len(self.kept) + self.duplicates + self.conflicts + self.invalid
 
 
@@ -234,49 +235,59 @@ class PartitionWindower:
 
     # --- feeding ----------------------------------------------------------------------------
     def offer(self, offset: int, value: bytes, key: bytes = b"") -> Offered:
-        """Take the record at ``offset`` (every reading of it, into one window); may return the
-        window it closed (event-time cut, decided once per record: a record is never split)."""
+        """Take the record at ``offset`` (every reading of every message it bundles, into one
+        window); may return the window it closed (event-time cut, decided once per record: a
+        record is never split, so offsets stay the unit of sealing and of replay)."""
         done = self.done_offset
         if done is not None and offset <= done:
             return Offered("already_done")
         tail = record_hash(key, value)
-        try:
-            record = decode(value)
-        except RecordError as exc:
-            window = self._extend(offset, tail)
-            window.dead_letters.append(dead_letter(
-                "invalid_record", str(exc), self.topic, value, _received_us(value), key))
-            return Offered("invalid", invalid=1)
+        parts = split_bundle(value)
+        bundle = len(parts) > 1
         fates: list[str] = []
         letters: list[DeadLetter] = []
-        fresh: list[tuple[dict[str, Any], bytes, int]] = []  # (canonical, leaf, index)
+        # (canonical, leaf, index in its message, which of `records` its message is)
+        fresh: list[tuple[dict[str, Any], bytes, int, int]] = []
+        records: list[RawRecord] = []
         here: dict[tuple[str, int], bytes] = {}  # readings of this record so far
-        batch = record.version > 1
-        for index, item in enumerate(record.readings):
-            where = f"readings[{index}]: " if batch else ""
+        # A bundle's messages in order, each one's readings in order: as if each message were
+        # its own record, except that the event-time cut below is decided once for the whole.
+        for m, part in enumerate(parts):
+            at = f"messages[{m}]: " if bundle else ""
             try:
-                canonical = canonical_reading(checked_reading(item), self._salt_key)
-                leaf = reading_leaf_hash(canonical)
-            except (ValueError, KeyError, CanonicalError) as exc:
+                record = decode(part)
+            except RecordError as exc:
                 fates.append("invalid")
-                letters.append(dead_letter("invalid_record", where + str(exc), self.topic, value,
-                                           record.received_us, key))
+                letters.append(dead_letter("invalid_record", at + str(exc), self.topic, part,
+                                           _received_us(part), key))
                 continue
-            identity = (canonical["device_id"], canonical["seq"])
-            known = self._known_leaf(identity, here)
-            if known is None:
-                here[identity] = leaf
-                fresh.append((canonical, leaf, index))
-                fates.append("kept")
-            elif known == leaf:
-                fates.append("duplicate")
-            else:
-                fates.append("conflict")
-                letters.append(dead_letter(
-                    "seq_conflict",
-                    f"{where}device {identity[0]} seq {identity[1]} already has a different "
-                    f"reading (leaf {known.hex()[:16]}..., this one {leaf.hex()[:16]}...)",
-                    self.topic, value, record.received_us, key or identity[0].encode()))
+            records.append(record)
+            batch = record.version > 1
+            for index, item in enumerate(record.readings):
+                where = at + (f"readings[{index}]: " if batch else "")
+                try:
+                    canonical = canonical_reading(checked_reading(item), self._salt_key)
+                    leaf = reading_leaf_hash(canonical)
+                except (ValueError, KeyError, CanonicalError) as exc:
+                    fates.append("invalid")
+                    letters.append(dead_letter("invalid_record", where + str(exc), self.topic,
+                                               part, record.received_us, key))
+                    continue
+                identity = (canonical["device_id"], canonical["seq"])
+                known = self._known_leaf(identity, here)
+                if known is None:
+                    here[identity] = leaf
+                    fresh.append((canonical, leaf, index, len(records) - 1))
+                    fates.append("kept")
+                elif known == leaf:
+                    fates.append("duplicate")
+                else:
+                    fates.append("conflict")
+                    letters.append(dead_letter(
+                        "seq_conflict",
+                        f"{where}device {identity[0]} seq {identity[1]} already has a different "
+                        f"reading (leaf {known.hex()[:16]}..., this one {leaf.hex()[:16]}...)",
+                        self.topic, part, record.received_us, key or identity[0].encode()))
         closed = None
         if (fresh and self._open is not None and self._open.first_ts is not None
                 and fresh[0][0]["ts_us"] - self._open.first_ts >= self.window_us):
@@ -287,17 +298,18 @@ class PartitionWindower:
         window.duplicates += duplicates
         kept: list[WindowReading] = []
         late_count = 0
-        signed_pending = record.signed is not None
-        for canonical, leaf, index in fresh:
+        signed_pending = [r.signed is not None for r in records]
+        for canonical, leaf, index, m in fresh:
+            record = records[m]
             ts = canonical["ts_us"]
             if window.first_ts is None:
                 window.first_ts = ts
             late = self.late_before is not None and ts < self.late_before
             late_count += late
-            # The first kept reading brings the signed message's point along (idempotent: a
-            # duplicate of a reading before it already stored the same point).
-            signed = record.signed_part(index, signed_pending)
-            signed_pending = False
+            # The first kept reading of a message brings its signed message's point along
+            # (idempotent: a duplicate of a reading before it already stored the same point).
+            signed = record.signed_part(index, signed_pending[m])
+            signed_pending[m] = False
             reading = WindowReading(offset, canonical, leaf, late, record.received_us, signed)
             window.readings.append(reading)
             window.leaves[(canonical["device_id"], canonical["seq"])] = leaf

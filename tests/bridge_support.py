@@ -117,7 +117,8 @@ class Device:
 class Records:
     """Everything on one Kafka topic so far, read from the start.  On the raw topic ``items`` are
     *readings* (a record of version 2 holds a message's readings: each is listed with the
-    record's key, as ``record_readings`` shows it); ``records`` counts the Kafka records."""
+    record's key, as ``record_readings`` shows it; a bundle of several devices' messages, which
+    has none, with the reading's device id); ``records`` counts the Kafka records."""
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self.consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap,
@@ -131,7 +132,10 @@ class Records:
         for batch in self.consumer.poll(timeout_ms=300, max_records=5000).values():
             self.records += len(batch)
             if self.raw:
-                self.items += [(r.key, item) for r in batch for item in record_readings(r.value)]
+                # A bundle of several devices' messages has no key: each reading is listed
+                # with its device's (what the record's key is for one device's messages).
+                self.items += [(r.key or item["device_id"].encode(), item) for r in batch
+                               for item in record_readings(r.value)]
             else:
                 self.items += [(r.key, json.loads(r.value)) for r in batch]
         return self.items

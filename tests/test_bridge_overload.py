@@ -88,7 +88,7 @@ def _all_records(settings: Settings, topic: str) -> list[tuple[bytes, bytes]]:
 
 
 def _readings(records: list[tuple[bytes, bytes]]) -> Counter[tuple[str, int]]:
-    return Counter((key.decode(), int(item["seq"])) for key, value in records
+    return Counter((item["device_id"], int(item["seq"])) for _key, value in records
                    for item in record_readings(value))
 
 

@@ -207,7 +207,9 @@ def test_the_bridge_writes_one_record_per_message_keyed_by_device(isolated) -> N
                 {"readings": [make_reading(dev, 1), make_reading(dev, 2), bad,
                               make_reading(dev, 4)]}]
     try:
-        with running_bridge(isolated) as bridge:
+        # Bundling off (one message per record, as before bundles): two messages published
+        # back to back may otherwise share a record (tests/test_record_bundles.py).
+        with running_bridge(isolated, bundle_messages=1) as bridge:
             for message in messages:
                 device.publish(message)
             wait_until(lambda: bridge.counters.acked == 2, 30, "both messages acked")

@@ -22,6 +22,19 @@ acknowledged) carries ``"replayed_us": <bridge clock at the replay>`` as its las
 either version: the same readings, never the same bytes (the stream tells incarnations of a
 partition apart by the bytes of the record at a sealed offset, docs/STREAM.md "Epochs").
 
+Bundles (the framing, around records of either version): **one Kafka record may hold several
+messages' records**, joined by a newline (``b"\n"``), in the order the bridge accepted them::
+
+    <record>\n<record>\n...<record>
+
+Compact JSON never holds a raw newline byte (inside strings it is escaped, and UTF-8 never puts
+0x0A inside a multi-byte character), so the split is exact, and a bundle of one message is
+byte-identical to that message's record: a reader of bundles reads every record ever written, and
+a bridge writing one message per record writes what it always did. The framing is only
+:func:`encode_bundle` / :func:`split_bundle`; each part is then read by :func:`decode`, so the
+inner format can change without touching it. Why: Kafka, tansu, aiokafka and Faust cost per
+record, not per byte (docs/DECISIONS.md, "several MQTT messages in one Kafka record").
+
 Version 1 (before; still accepted, never written): one reading per record, the device's fields
 plus ``received_us`` and, for a signed message, ``signed`` (``{"at"}``, or on the message's first
 reading ``{"at", "key_id", "sig", "readings"}``).  A version-1 value has no ``"v"`` member.
@@ -37,6 +50,11 @@ from typing import Any
 from vitalchain.core.payload.limits import MAX_BATCH
 
 VERSION = 2
+BUNDLE_SEPARATOR = b"\n"
+# Bounds of one bundle (the bridge's): Kafka's default max.request.size is 1 MiB, and a record of
+# a signed message of 10 readings is about 3 KB, so 64 of them stay far below it.
+MAX_BUNDLE_MESSAGES = 64
+MAX_BUNDLE_BYTES = 256 << 10
 _V2_KEYS = frozenset({"v", "received_us", "readings"})
 _V2_SIGNED_KEYS = frozenset({"v", "received_us", "readings", "signed"})
 _REPLAYED_MEMBER = b',"replayed_us":'
@@ -91,9 +109,36 @@ def encode_v1(reading: dict[str, Any], received_us: int,
     return json.dumps({**reading, **extra}, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def encode_bundle(parts: list[bytes]) -> bytes:
+    """One Kafka value holding ``parts`` (records from :func:`encode`), in order; a bundle of one
+    part is that part.  Refuses a part holding a newline (not compact JSON: the split would be
+    wrong) or an empty bundle."""
+    if not parts:
+        raise RecordError("a bundle holds at least one record")
+    for part in parts:
+        if BUNDLE_SEPARATOR in part:
+            raise RecordError("a record inside a bundle must not hold a newline byte")
+    return BUNDLE_SEPARATOR.join(parts)
+
+
+def split_bundle(value: bytes) -> list[bytes]:
+    """The records of a Kafka value, in order (one for a value that is not a bundle).  An empty
+    part (two separators in a row, a trailing one) is returned as it is: :func:`decode` refuses
+    it, so it becomes a dead letter like any malformed record."""
+    return value.split(BUNDLE_SEPARATOR)
+
+
 def replayed(value: bytes, replayed_us: int) -> bytes:
-    """``value`` (a record of either version) stamped as written again at ``replayed_us``, last;
-    an earlier stamp is replaced, so a record replayed twice still has one."""
+    """``value`` (a record of either version, or a bundle of them) stamped as written again at
+    ``replayed_us``: each record gets the stamp as its last member; an earlier stamp is
+    replaced, so a record replayed twice still has one."""
+    if BUNDLE_SEPARATOR in value:
+        return BUNDLE_SEPARATOR.join(_stamped(part, replayed_us)
+                                     for part in split_bundle(value))
+    return _stamped(value, replayed_us)
+
+
+def _stamped(value: bytes, replayed_us: int) -> bytes:
     if not value.endswith(b"}"):
         raise RecordError("a raw record value is a JSON object")
     if _REPLAY_STAMP.search(value):
@@ -159,14 +204,16 @@ def decode(value: bytes) -> RawRecord:
 
 
 def record_readings(value: bytes) -> list[dict[str, Any]]:
-    """Every reading of a raw-topic value, each with ``received_us`` (and its ``signed`` part as a
-    version-1 record would carry it): how a reader that thinks in readings sees either version."""
-    record = decode(value)
+    """Every reading of a raw-topic value (a record or a bundle), in order, each with its
+    message's ``received_us`` (and its ``signed`` part as a version-1 record would carry it):
+    how a reader that thinks in readings sees any version."""
     out = []
-    for i, reading in enumerate(record.readings):
-        item = {**reading, "received_us": record.received_us}
-        part = record.signed_part(i, i == 0)
-        if part is not None:
-            item["signed"] = part
-        out.append(item)
+    for raw in split_bundle(value):
+        record = decode(raw)
+        for i, reading in enumerate(record.readings):
+            item = {**reading, "received_us": record.received_us}
+            part = record.signed_part(i, i == 0)
+            if part is not None:
+                item["signed"] = part
+            out.append(item)
     return out
