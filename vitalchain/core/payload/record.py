@@ -34,6 +34,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from vitalchain.core.payload.limits import MAX_BATCH
 
 VERSION = 2
@@ -73,13 +75,24 @@ class RawRecord:
         return {"at": self.signed["at"]}
 
 
+def _dumps(obj: dict[str, Any]) -> bytes:
+    """orjson's spelling (what :func:`decode` reads fast, see ``parse_canonical``); the stdlib's
+    compact ASCII spelling for what orjson cannot write (a signed message's readings are kept as
+    sent, valid or not: an integer beyond 64 bits, a lone surrogate from a ``\\ud800`` escape,
+    which UTF-8 cannot carry unescaped), which the stream then reads with the strict parser."""
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
 def encode(readings: list[dict[str, Any]], received_us: int,
            signed: dict[str, Any] | None = None) -> bytes:
     """A version-2 value: ``readings`` exactly as the device sent them (already validated)."""
     obj: dict[str, Any] = {"v": VERSION, "received_us": received_us, "readings": readings}
     if signed is not None:
         obj["signed"] = signed
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return _dumps(obj)
 
 
 def encode_v1(reading: dict[str, Any], received_us: int,
@@ -88,6 +101,7 @@ def encode_v1(reading: dict[str, Any], received_us: int,
     extra: dict[str, Any] = {"received_us": received_us}
     if signed is not None:
         extra["signed"] = signed
+    # The stdlib's spelling, as the bridges that wrote version 1 did.
     return json.dumps({**reading, **extra}, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -121,12 +135,13 @@ def check_signed_part(signed: Any) -> dict[str, Any]:
 def decode(value: bytes) -> RawRecord:
     """Parse a raw-topic value of either version; raises :class:`RecordError`.
 
-    Strict JSON (duplicate keys, NaN refused: the bridge's own parser), exact member sets, so a
-    record that did not come from a bridge of ours is refused rather than half-read."""
-    from vitalchain.core.payload.validation import parse
+    Strict JSON (duplicate keys, NaN refused: the bridge's own parser, with orjson's fast path for
+    a value in orjson's own spelling, which the bridge writes), exact member sets, so a record that
+    did not come from a bridge of ours is refused rather than half-read."""
+    from vitalchain.core.payload.validation import parse_canonical
 
     try:
-        obj = parse(value)
+        obj = parse_canonical(value)
     except Exception as exc:
         raise RecordError(getattr(exc, "detail", None) or str(exc)) from None
     if type(obj) is not dict:
