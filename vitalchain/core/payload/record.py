@@ -13,6 +13,10 @@ id, holding every reading of the message that the bridge forwards::
 
 ``signed`` only for a message whose device signature verified; ``at`` names the message by its
 first forwarded reading (``readings[0]``), its ``readings`` are the message's readings as sent.
+When those are exactly the forwarded readings (every reading of the message valid and kept, the
+usual case) ``signed`` has no ``readings`` member, ``{"at", "key_id", "sig"}``, and means the
+record's ``readings``: carried, parsed and checked once (:func:`decode` gives the whole part
+back, so readers see one shape; records with both copies, from an older bridge, still read).
 One record per message instead of one per reading cuts the per-record cost of Kafka, Faust and
 aiokafka by the batch size (docs/PERFORMANCE.md); the readings are validated by the bridge and
 checked again one by one by the stream.
@@ -41,6 +45,8 @@ from vitalchain.core.payload.limits import MAX_BATCH
 VERSION = 2
 _V2_KEYS = frozenset({"v", "received_us", "readings"})
 _V2_SIGNED_KEYS = frozenset({"v", "received_us", "readings", "signed"})
+# A version-2 signed part without "readings": the message's readings are the record's own.
+_SIGNED_ONCE_KEYS = frozenset({"at", "key_id", "sig"})
 _REPLAYED_MEMBER = b',"replayed_us":'
 _REPLAY_STAMP = re.compile(rb',"replayed_us":\d+}\Z')
 
@@ -91,8 +97,24 @@ def encode(readings: list[dict[str, Any]], received_us: int,
     """A version-2 value: ``readings`` exactly as the device sent them (already validated)."""
     obj: dict[str, Any] = {"v": VERSION, "received_us": received_us, "readings": readings}
     if signed is not None:
+        if _same_readings(signed.get("readings"), readings):
+            signed = {k: v for k, v in signed.items() if k != "readings"}  # carried once
         obj["signed"] = signed
     return _dumps(obj)
+
+
+def _same_readings(sent: Any, forwarded: list[dict[str, Any]]) -> bool:
+    """Whether a signed message's readings as sent are exactly the readings forwarded (every
+    reading of the message valid and kept): the same objects, or the same orjson spelling (which
+    tells 1, 1.0 and true apart, unlike ``==``)."""
+    if type(sent) is not list or len(sent) != len(forwarded):
+        return False
+    if all(a is b for a, b in zip(sent, forwarded, strict=True)):
+        return True
+    try:
+        return orjson.dumps(sent) == orjson.dumps(forwarded)
+    except orjson.JSONEncodeError:
+        return False
 
 
 def encode_v1(reading: dict[str, Any], received_us: int,
@@ -167,7 +189,11 @@ def decode(value: bytes) -> RawRecord:
         raise RecordError(f"readings must be an array of 1..{MAX_BATCH} readings")
     signed = obj.get("signed")
     if signed is not None:
-        signed = check_signed_part(signed)
+        if type(signed) is dict and signed.keys() == _SIGNED_ONCE_KEYS:
+            # The message's readings are the record's (carried once): the whole part again.
+            signed = check_signed_part({**signed, "readings": readings})
+        else:
+            signed = check_signed_part(signed)
         if signed.keys() == {"at"}:
             raise RecordError("a version-2 record's signed part carries the whole message")
     return RawRecord(VERSION, received_us, readings, signed, replayed_us)
