@@ -1,7 +1,8 @@
 """The stream worker's CPU per reading, without the services: records -> windows -> the ledger.
 
     .venv/bin/python bench/bench_stream_cpu.py [--devices 2000] [--readings 40000] [--rounds 5]
-        [--history 20] [--profile] [--parts] [--compare /path/to/other/worktree ...]
+        [--history 20] [--batch 10] [--signed] [--lines] [--profile] [--parts]
+        [--compare /path/to/other/worktree ...]
 
 What it runs is the stream's own per-reading path, exactly as ``ingest/processor.py`` drives it:
 ``PartitionWindower.offer`` on the raw topic's record bytes (as the bridge writes them: parse,
@@ -48,7 +49,7 @@ def batched_records() -> bool:
 
 
 def records(devices: int, count: int, first_seq: int, rate_hz: float, seed: int,
-            batch: int = 1) -> list[bytes]:
+            batch: int = 1, signed: bool = False) -> list[bytes]:
     """Raw-topic values as this tree's bridge writes them, devices interleaved in time order:
     with ``batch`` > 1 and a tree that has record version 2, one record per device message of
     ``batch`` readings; otherwise one record per reading (version 1, what older bridges wrote)."""
@@ -76,7 +77,12 @@ def records(devices: int, count: int, first_seq: int, rate_hz: float, seed: int,
     for d, own in enumerate(per_device):
         for start in range(0, len(own), batch):
             chunk = own[start:start + batch]
-            messages.append((chunk[-1]["ts_us"], d, encode(chunk, chunk[-1]["ts_us"] + 5000)))
+            # With ``signed``, as the bridge forwards a message whose signature verified (every
+            # reading valid): an Ed25519 signature's 88 base64 characters, the readings as sent.
+            part = ({"at": [chunk[0]["ts_us"], chunk[0]["seq"]], "key_id": f"k-{d}",
+                     "sig": "A" * 86 + "==", "readings": chunk} if signed else None)
+            messages.append((chunk[-1]["ts_us"], d,
+                             encode(chunk, chunk[-1]["ts_us"] + 5000, part)))
     messages.sort()
     return [value for _, _, value in messages]
 
@@ -169,7 +175,7 @@ def run(args: argparse.Namespace) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Ledger(Path(tmp) / "ledger.sqlite")
         history = records(args.devices, args.devices * args.history, 0, args.rate, seed=1,
-                          batch=args.batch)
+                          batch=args.batch, signed=args.signed)
         _, sealed, prev_end = feed(ledger, history, 0, None, None)
         offset, seq = len(history), args.history
         per_round = []
@@ -177,7 +183,7 @@ def run(args: argparse.Namespace) -> list[float]:
         profiler = cProfile.Profile() if args.profile else None
         for r in range(args.rounds):
             values = records(args.devices, args.readings, seq, args.rate, seed=100 + r,
-                             batch=args.batch)
+                             batch=args.batch, signed=args.signed)
             if profiler is not None:
                 profiler.enable()
             start = time.process_time()
@@ -210,6 +216,8 @@ def child(tree: Path, args: argparse.Namespace, parts_mode: bool = False) -> Any
                "--batch", str(args.batch)]
     if args.lines:
         command.append("--lines")
+    if args.signed:
+        command.append("--signed")
     if parts_mode:
         command.append("--parts")
     out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=tree,
@@ -231,6 +239,8 @@ def main() -> None:
     parser.add_argument("--lines", action="store_true",
                         help="also format every kept reading's line protocol, as the receipt "
                              "writer does (not sent anywhere)")
+    parser.add_argument("--signed", action="store_true",
+                        help="records of signed messages (with --batch > 1), as the pipeline's")
     parser.add_argument("--profile", action="store_true", help="cProfile top 25 to stderr")
     parser.add_argument("--compare", type=Path, action="append", default=[],
                         help="another worktree with its own .venv, run interleaved")
@@ -260,7 +270,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for tree in trees:
             results[tree].append(child(tree, args))
-    print(f"{args.readings} readings/round in messages of {args.batch}, lines {args.lines}, "
+    print(f"{args.readings} readings/round in messages of {args.batch}, signed {args.signed}, "
+          f"lines {args.lines}, "
           f"{args.devices} devices, {args.history} sealed per "
           f"device before, {args.rounds} interleaved rounds; CPU us/reading")
     for tree, rounds in results.items():

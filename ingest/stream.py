@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -64,9 +65,17 @@ class _NoReadOffsets(defaultdict):
 
     def __init__(self) -> None:
         super().__init__(lambda: None)
+        # Partition -> when the consumer last handed one of its records over (monotonic): the
+        # processor's stall rule (STALL_S) must not take a partition whose records wait in the
+        # agent's buffer for one the consumer no longer serves. Faust sets a read offset as it
+        # hands a record over, and on its own seeks (which restart the wait: harmless).
+        self.handed_at: dict[int, float] = {}
 
     def __getitem__(self, key: Any) -> None:
         return None
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.handed_at[key.partition] = time.monotonic()
 
 
 def faust_datadir(settings: Settings, worker_name: str) -> str:
@@ -108,7 +117,7 @@ def create_app(settings: Settings, worker_name: str | None = None,
         producer_acks=-1,
     )
     # Before the consumer starts: its fetch loop binds the read-offset map's lookup once.
-    app.consumer._read_offset = _NoReadOffsets()
+    read_offsets = app.consumer._read_offset = _NoReadOffsets()
     raw = app.topic(settings.raw_topic, key_type=bytes, value_type=bytes,
                     key_serializer="raw", value_serializer="raw",
                     partitions=settings.partitions)
@@ -159,7 +168,7 @@ def create_app(settings: Settings, worker_name: str | None = None,
                 window_seconds=settings.window_seconds,
                 idle_seal_seconds=settings.idle_seal_seconds, salt_key=key,
                 salt_key_id=salt_key_id(key), seek=seek, earliest=earliest,
-                highwater=highwater)
+                highwater=highwater, fetched=read_offsets.handed_at.get)
         return state["processor"]
 
     @app.agent(raw, name=f"{settings.stream_app_id}.seal", concurrency=1)

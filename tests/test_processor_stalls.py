@@ -11,6 +11,7 @@ processor never talks to it: it is handed records, a high watermark and a seek f
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ class Consumer:
     def __init__(self) -> None:
         self.highwater: dict[int, int | None] = {0: None}
         self.seeks: list[int] = []
+        self.handed_at: dict[int, float] = {}  # when a record was last handed to the buffer
 
     async def seek(self, partition: int, offset: int) -> None:
         self.seeks.append(offset)
@@ -47,7 +49,8 @@ def make_processor(settings: Settings, ledger: Ledger, influx: InfluxClient,
                            sealer=Sealer(ledger, influx, no_dead_letters), window_seconds=2.0,
                            idle_seal_seconds=3600, salt_key=KEY, salt_key_id=salt_key_id(KEY),
                            seek=consumer.seek, earliest=consumer.earliest,
-                           highwater=lambda p: consumer.highwater[p], retry_delay_s=0.05)
+                           highwater=lambda p: consumer.highwater[p], retry_delay_s=0.05,
+                           fetched=consumer.handed_at.get)
 
 
 async def test_a_partition_with_records_in_kafka_but_none_arriving_is_sought_back(
@@ -77,6 +80,55 @@ async def test_a_partition_with_records_in_kafka_but_none_arriving_is_sought_bac
         await proc.idle_tick()  # records arrive again: nothing to do
         assert consumer.seeks == [6] and proc.stats.stalls == 1
     assert [w.window_id for w in ledger.windows()] == ["p0-0"]
+
+
+async def test_a_partition_whose_records_wait_in_the_buffer_is_not_stalled(
+        isolated: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under load the agent's buffer holds a partition's records for longer than STALL_S: the
+    consumer handed them over (it serves the partition), the processor has not reached them. A
+    seek then only makes the consumer fetch again what is in the buffer (skipped when it comes a
+    second time). Not a stall; once the consumer hands nothing over either, it is one."""
+    import time
+
+    consumer = Consumer()
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    async with InfluxClient(isolated) as influx:
+        proc = make_processor(isolated, ledger, influx, consumer)
+        for offset in range(6):
+            await proc.handle(0, offset, b"d0", value("d0", offset), lambda: None)
+        consumer.highwater[0] = 40
+        monkeypatch.setattr(processor_module, "STALL_S", 0.5)
+        proc._states[0].last_record -= 1.0  # nothing handled for longer than STALL_S ...
+        consumer.handed_at[0] = time.monotonic()  # ... but the consumer just handed one over
+        await proc.idle_tick()
+        assert consumer.seeks == [] and proc.stats.stalls == 0
+        deadline = time.monotonic() + 5
+        while not consumer.seeks and time.monotonic() < deadline:  # the consumer stops serving it
+            await proc.idle_tick()
+            await asyncio.sleep(0.05)
+        assert consumer.seeks == [6] and proc.stats.stalls == 1
+        assert time.monotonic() - consumer.handed_at[0] >= 0.5
+
+
+async def test_a_claimed_partition_whose_records_are_on_their_way_is_not_stalled(
+        isolated: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    consumer = Consumer()
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    async with InfluxClient(isolated) as influx:
+        proc = make_processor(isolated, ledger, influx, consumer)
+        proc.claim({0})
+        await proc.idle_tick()  # taken; Kafka's log end not known yet
+        consumer.highwater[0] = 25
+        monkeypatch.setattr(processor_module, "STALL_S", 0.5)
+        proc._unstarted[0] -= 1.0  # claimed longer than STALL_S ago
+        consumer.handed_at[0] = time.monotonic()
+        await proc.idle_tick()
+        assert consumer.seeks == [] and proc.stats.stalls == 0
+        monkeypatch.setattr(processor_module, "STALL_S", 0.0)
+        await proc.idle_tick()
+        assert consumer.seeks == [0] and proc.stats.stalls == 1
 
 
 async def test_a_partition_taken_with_nothing_sealed_and_no_record_arriving_is_set_up_and_sought(

@@ -63,6 +63,51 @@ def test_signed_part_is_carried_once_and_named_per_reading() -> None:
         part, {"at": part["at"]}, {"at": part["at"]}]
 
 
+def test_a_signed_message_whose_readings_are_all_forwarded_carries_them_once() -> None:
+    readings = [reading("d1", i, T0 + i) for i in range(3)]
+    part = signed_part(readings)
+    value = encode(readings, 1, part)
+    raw = json.loads(value)
+    assert raw["signed"] == {"at": part["at"], "key_id": "k1", "sig": "c2ln"}  # once
+    assert value.count(b'"device_id"') == 3
+    decoded = decode(value)
+    assert decoded.signed == part and decoded.signed["readings"] == readings
+    assert list(decoded.signed) == ["at", "key_id", "sig", "readings"]
+    # An older bridge's record with both copies reads the same.
+    both = json.dumps({"v": 2, "received_us": 1, "readings": readings, "signed": part},
+                      separators=(",", ":")).encode()
+    assert decode(both) == decoded
+    # Equal by == is not enough: 80.0 is not the 80 the device signed.
+    sent = [dict(r) for r in readings]
+    sent[1] = {**sent[1], "vitals": {**sent[1]["vitals"], "dia": 80.0}}
+    full = json.loads(encode(readings, 1, {**part, "readings": sent}))["signed"]
+    assert full["readings"][1]["vitals"]["dia"] == 80.0 and type(
+        full["readings"][1]["vitals"]["dia"]) is float
+    # A message with a reading not forwarded (rejected) keeps its readings as sent.
+    sent = [*readings, {"device_id": "d1", "seq": -1}]
+    decoded = decode(encode(readings, 1, {**part, "readings": sent}))
+    assert decoded.signed["readings"] == sent and decoded.readings == readings
+
+
+@pytest.mark.parametrize("signed", [
+    {"at": [T0, 1], "key_id": 1, "sig": "c2ln"},
+    {"at": [T0, 1], "key_id": "k1", "sig": None},
+    {"at": "x", "key_id": "k1", "sig": "c2ln"},
+    {"at": [T0, 1], "key_id": "k1"},
+])
+def test_malformed_signed_parts_carried_once_are_refused(signed: dict) -> None:
+    value = json.dumps({"v": 2, "received_us": 1, "readings": [reading("d1", 1, T0)],
+                        "signed": signed}).encode()
+    with pytest.raises(RecordError):
+        decode(value)
+
+
+def test_version_1_has_no_signed_part_carried_once() -> None:
+    value = encode_v1(reading("d1", 1, T0), 1, {"at": [T0, 1], "key_id": "k1", "sig": "c2ln"})
+    with pytest.raises(RecordError):
+        decode(value)
+
+
 @pytest.mark.parametrize("value", [
     json.dumps({"v": 3, "received_us": 1, "readings": [reading("d1", 1, T0)]}).encode(),
     json.dumps({"v": 2.0, "received_us": 1, "readings": [reading("d1", 1, T0)]}).encode(),

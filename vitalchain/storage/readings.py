@@ -38,6 +38,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from vitalchain.core.integrity import CanonicalError, reading_leaf_hash
 from vitalchain.errors import Altered
 from vitalchain.storage.influx import Point
@@ -143,8 +145,16 @@ def signed_at(signed: Mapping[str, Any]) -> int:
 
 
 def signed_message_point(device_id: str, signed: Mapping[str, Any]) -> Point:
-    """The ``signed_messages`` point of a message (from the record that carries it whole)."""
-    readings = json.dumps(signed["readings"], separators=(",", ":"), ensure_ascii=False)
+    """The ``signed_messages`` point of a message (from the record that carries it whole).
+
+    The readings as JSON: orjson's spelling (a third of the stdlib's cost per message on the
+    stream's path), the stdlib's for what orjson cannot write (an integer beyond 64 bits in a
+    reading as sent). Readers parse it (:func:`signed_message_from_row`) and the signature is
+    checked over the parsed readings, so only the values matter, not the spelling."""
+    try:
+        readings = orjson.dumps(signed["readings"]).decode()
+    except orjson.JSONEncodeError:
+        readings = json.dumps(signed["readings"], separators=(",", ":"), ensure_ascii=False)
     return Point(SIGNED_MEASUREMENT, {"device_id": device_id},
                  {"key_id": str(signed["key_id"]), "sig": str(signed["sig"]), "readings": readings},
                  signed_at(signed))

@@ -13,6 +13,10 @@ id, holding every reading of the message that the bridge forwards::
 
 ``signed`` only for a message whose device signature verified; ``at`` names the message by its
 first forwarded reading (``readings[0]``), its ``readings`` are the message's readings as sent.
+When those are exactly the forwarded readings (every reading of the message valid and kept, the
+usual case) ``signed`` has no ``readings`` member, ``{"at", "key_id", "sig"}``, and means the
+record's ``readings``: carried, parsed and checked once (:func:`decode` gives the whole part
+back, so readers see one shape; records with both copies, from an older bridge, still read).
 One record per message instead of one per reading cuts the per-record cost of Kafka, Faust and
 aiokafka by the batch size (docs/PERFORMANCE.md); the readings are validated by the bridge and
 checked again one by one by the stream.
@@ -47,6 +51,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from vitalchain.core.payload.limits import MAX_BATCH
 
 VERSION = 2
@@ -57,6 +63,8 @@ MAX_BUNDLE_MESSAGES = 64
 MAX_BUNDLE_BYTES = 256 << 10
 _V2_KEYS = frozenset({"v", "received_us", "readings"})
 _V2_SIGNED_KEYS = frozenset({"v", "received_us", "readings", "signed"})
+# A version-2 signed part without "readings": the message's readings are the record's own.
+_SIGNED_ONCE_KEYS = frozenset({"at", "key_id", "sig"})
 _REPLAYED_MEMBER = b',"replayed_us":'
 _REPLAY_STAMP = re.compile(rb',"replayed_us":\d+}\Z')
 
@@ -91,13 +99,40 @@ class RawRecord:
         return {"at": self.signed["at"]}
 
 
+def _dumps(obj: dict[str, Any]) -> bytes:
+    """orjson's spelling (what :func:`decode` reads fast, see ``parse_canonical``); the stdlib's
+    compact ASCII spelling for what orjson cannot write (a signed message's readings are kept as
+    sent, valid or not: an integer beyond 64 bits, a lone surrogate from a ``\\ud800`` escape,
+    which UTF-8 cannot carry unescaped), which the stream then reads with the strict parser."""
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
 def encode(readings: list[dict[str, Any]], received_us: int,
            signed: dict[str, Any] | None = None) -> bytes:
     """A version-2 value: ``readings`` exactly as the device sent them (already validated)."""
     obj: dict[str, Any] = {"v": VERSION, "received_us": received_us, "readings": readings}
     if signed is not None:
+        if _same_readings(signed.get("readings"), readings):
+            signed = {k: v for k, v in signed.items() if k != "readings"}  # carried once
         obj["signed"] = signed
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return _dumps(obj)
+
+
+def _same_readings(sent: Any, forwarded: list[dict[str, Any]]) -> bool:
+    """Whether a signed message's readings as sent are exactly the readings forwarded (every
+    reading of the message valid and kept): the same objects, or the same orjson spelling (which
+    tells 1, 1.0 and true apart, unlike ``==``)."""
+    if type(sent) is not list or len(sent) != len(forwarded):
+        return False
+    if all(a is b for a, b in zip(sent, forwarded, strict=True)):
+        return True
+    try:
+        return orjson.dumps(sent) == orjson.dumps(forwarded)
+    except orjson.JSONEncodeError:
+        return False
 
 
 def encode_v1(reading: dict[str, Any], received_us: int,
@@ -106,6 +141,7 @@ def encode_v1(reading: dict[str, Any], received_us: int,
     extra: dict[str, Any] = {"received_us": received_us}
     if signed is not None:
         extra["signed"] = signed
+    # The stdlib's spelling, as the bridges that wrote version 1 did.
     return json.dumps({**reading, **extra}, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -166,12 +202,13 @@ def check_signed_part(signed: Any) -> dict[str, Any]:
 def decode(value: bytes) -> RawRecord:
     """Parse a raw-topic value of either version; raises :class:`RecordError`.
 
-    Strict JSON (duplicate keys, NaN refused: the bridge's own parser), exact member sets, so a
-    record that did not come from a bridge of ours is refused rather than half-read."""
-    from vitalchain.core.payload.validation import parse
+    Strict JSON (duplicate keys, NaN refused: the bridge's own parser, with orjson's fast path for
+    a value in orjson's own spelling, which the bridge writes), exact member sets, so a record that
+    did not come from a bridge of ours is refused rather than half-read."""
+    from vitalchain.core.payload.validation import parse_canonical
 
     try:
-        obj = parse(value)
+        obj = parse_canonical(value)
     except Exception as exc:
         raise RecordError(getattr(exc, "detail", None) or str(exc)) from None
     if type(obj) is not dict:
@@ -197,7 +234,11 @@ def decode(value: bytes) -> RawRecord:
         raise RecordError(f"readings must be an array of 1..{MAX_BATCH} readings")
     signed = obj.get("signed")
     if signed is not None:
-        signed = check_signed_part(signed)
+        if type(signed) is dict and signed.keys() == _SIGNED_ONCE_KEYS:
+            # The message's readings are the record's (carried once): the whole part again.
+            signed = check_signed_part({**signed, "readings": readings})
+        else:
+            signed = check_signed_part(signed)
         if signed.keys() == {"at"}:
             raise RecordError("a version-2 record's signed part carries the whole message")
     return RawRecord(VERSION, received_us, readings, signed, replayed_us)
