@@ -36,8 +36,12 @@ user+system seconds read from ``/proc`` before and after the row, per 1,000 read
 machine is shared and noisy: these per-reading figures, and ratios taken in one run, are what to
 compare, never a wall-clock rate alone.
 
-Every row also checks that each acknowledged reading is in InfluxDB exactly once; a row whose
-readings do not all arrive within ``--drain-timeout`` is reported as incomplete and ends the run.
+Every row also checks exactly once: each acknowledged reading is sealed in the ledger, and InfluxDB
+holds as many points for the fleet as the ledger holds sealed readings (one row per device and seq),
+so nothing is stored twice or stored unsealed. Readings a device published but had not seen
+acknowledged when the fleet stopped (a loaded Mosquitto's PUBACKs after the fleet's drain) arrive
+too; they are counted apart (``published unacknowledged``), never as doubles. A row whose readings
+do not all arrive within ``--drain-timeout`` is reported as incomplete and ends the run.
 All processes share this machine's cores, so the ratio is what one box sustains, not a cluster.
 """
 
@@ -107,6 +111,7 @@ class Row:
     raw_rate: float = 0.0
     acked: int = 0
     stored: int = 0
+    sealed: int = 0  # the fleet's readings in the ledger (acked + published unacked at the stop)
     pipeline_rate: float = 0.0
     p50: float = float("nan")
     p99: float = float("nan")
@@ -366,11 +371,21 @@ def run_pipeline_row(settings: Settings, stack: Stack, pipeline: Pipeline, polle
         row.cpu_ms_per_1k = {"simulator": sim_cpu * per_1k * 1000}
         for name in cpu_after:
             row.cpu_ms_per_1k[name] = (cpu_after[name] - cpu_before.get(name, 0.0)) * per_1k * 1000
-    row.complete = not pending and row.stored == row.acked
+    # Every reading a device saw acknowledged is sealed (pending), and every point InfluxDB holds
+    # for the fleet is one reading sealed once (the ledger's reading index has one row per device
+    # and seq). Readings published but not yet acknowledged when the fleet stopped (PUBACKs a
+    # loaded Mosquitto had not sent within the fleet's drain) are stored and sealed too: counted
+    # apart, not as doubles.
+    with Ledger(settings.ledger_target) as ledger:
+        row.sealed = ledger.reading_count(prefix + "-")
+    row.complete = not pending and row.stored == row.sealed and row.sealed >= row.acked
     if pending:
         row.note = f"{len(pending)} not stored after {drain_timeout:.0f}s"
-    elif row.stored != row.acked:
-        row.note = f"InfluxDB holds {row.stored} points for {row.acked} readings"
+    elif row.stored != row.sealed:
+        row.note = (f"InfluxDB holds {row.stored} points for the {row.sealed} readings "
+                    "sealed in the ledger")
+    elif row.sealed < row.acked:
+        row.note = f"{row.sealed} readings sealed for {row.acked} acknowledged"
     if not located:
         return
     seen = {wid: poller.first_seen(wid) or 0.0 for wid, _ in located.values()}
@@ -535,6 +550,10 @@ def main() -> int:
                               f"stored, queryable p50 {row.p50:.2f} s, p99 {row.p99:.2f} s "
                               f"({row.api_sampled} sampled), sealed p99 {row.sealed_p99:.2f} s"
                               + ("" if row.complete else f"  INCOMPLETE: {row.note}"), flush=True)
+                        print(f"  {row.acked} readings acknowledged to devices, {row.sealed} sealed "
+                              f"(published unacknowledged at the fleet's stop: "
+                              f"{max(row.sealed - row.acked, 0)}), {row.stored} points in InfluxDB",
+                              flush=True)
                         if not row.complete:
                             for later in rows[rows.index(row) + 1:]:
                                 later.note = "not run: the previous row did not drain"

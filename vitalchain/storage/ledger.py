@@ -619,6 +619,13 @@ class Ledger:
                          "WHERE device_id=? AND ts_us=? ORDER BY seq", (device_id, ts_us))
         return [self._location(r) for r in rows]
 
-    def reading_count(self) -> int:
-        row = self._one("SELECT COUNT(*) FROM ledger_readings")
+    def reading_count(self, device_prefix: str | None = None) -> int:
+        """Readings in the reading index (at most one per device and seq: its primary key), or
+        only those of devices whose id starts with ``device_prefix`` (a bench's own fleet)."""
+        if device_prefix is None:
+            row = self._one("SELECT COUNT(*) FROM ledger_readings")
+        else:
+            row = self._one("SELECT COUNT(*) FROM ledger_readings "
+                            "WHERE substr(device_id, 1, ?) = ?",
+                            (len(device_prefix), device_prefix))
         return int(row[0]) if row else 0
