@@ -45,6 +45,8 @@ Highwater = Callable[[int], int | None]
 # When the consumer last handed a record of the partition over to the agent's buffer (monotonic
 # seconds), or None if never: records on their way, not yet handled.
 Fetched = Callable[[int], float | None]
+# The consumer's fetch position for the partition (the next offset Kafka hands it), or None.
+Position = Callable[[int], int | None]
 
 # A log end at or below what is done must persist this long before it counts: the consumer's
 # high watermark comes from its last fetch, which may predate records another worker has sealed
@@ -64,6 +66,10 @@ RESEEK_S = 1.0
 # stalls in 4 minutes, each seek making the consumer fetch again what was already in the buffer:
 # 1,429 records skipped), and a partition whose records are on their way is not stalled.
 STALL_S = 2.0
+# A consumer whose fetch position is past the expected offset but not past Kafka's log end has
+# taken the records in between from Kafka (they are in Faust's buffers, on their way): a stall
+# only if nothing comes for this long (a safety net for a seek that left it exactly at the end).
+IN_FLIGHT_STALL_S = 10 * STALL_S
 # Kafka offsets need not be contiguous, and tansu leaves holes after a restart (its log shows
 # "AlreadyExists" for a batch when produce requests race; measured in a soak: a partition sought
 # back to offset 3 got offset 4 first, every time, for minutes). A record the processor seeks
@@ -137,7 +143,8 @@ class StreamProcessor:
     def __init__(self, topic: str, *, ledger: Ledger, sealer: Sealer, window_seconds: float,
                  idle_seal_seconds: float, salt_key: bytes, salt_key_id: str, seek: Seek,
                  earliest: Earliest, highwater: Highwater | None = None,
-                 retry_delay_s: float = 0.5, fetched: Fetched | None = None) -> None:
+                 retry_delay_s: float = 0.5, fetched: Fetched | None = None,
+                 position: Position | None = None) -> None:
         self.topic = topic
         self.ledger = ledger
         self.sealer = sealer
@@ -149,6 +156,7 @@ class StreamProcessor:
         self._earliest = earliest
         self._highwater = highwater or (lambda partition: None)
         self._fetched = fetched or (lambda partition: None)
+        self._position = position or (lambda partition: None)
         self._retry_delay_s = retry_delay_s
         self._states: dict[int, _Partition] = {}
         # Open windows of revoked partitions, kept in case the revocation came from a broker
@@ -414,6 +422,14 @@ class StreamProcessor:
                     now - state.last_record, highwater, expected, state.seek_target,
                     state.verify_offset)
 
+    def _stall_s(self, partition: int, expected: int, highwater: int) -> float:
+        """How long a partition may stay quiet: STALL_S, or IN_FLIGHT_STALL_S while the
+        consumer's position shows it took records past ``expected`` from a log that has them."""
+        position = self._position(partition)
+        if position is not None and expected < position <= highwater:
+            return IN_FLIGHT_STALL_S
+        return STALL_S
+
     def _quiet_since(self, partition: int, state: _Partition) -> float:
         """Since when no record of the partition was handled or handed over by the consumer."""
         return max(state.last_record, self._fetched(partition) or 0.0)
@@ -424,7 +440,9 @@ class StreamProcessor:
         now = time.monotonic()
         expected = state.windower.expected_offset
         if (state.verify_offset is not None or state.seek_target is not None or expected is None
-                or highwater <= expected or now - self._quiet_since(partition, state) < STALL_S
+                or highwater <= expected
+                or now - self._quiet_since(partition, state) < self._stall_s(partition,
+                                                                              expected, highwater)
                 or now - state.seeked_at < STALL_S):
             return
         async with self._lock(partition):

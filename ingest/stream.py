@@ -157,6 +157,19 @@ def create_app(settings: Settings, worker_name: str | None = None,
             return None
         return value if isinstance(value, int) else None
 
+    def position(partition: int) -> int | None:
+        # aiokafka's fetch position (advanced as its records go to Faust), read from this
+        # thread: one int attribute, no call into the consumer's thread.
+        consumer = getattr(app.consumer._thread, "_consumer", None)
+        try:
+            tp_state = consumer._subscription.subscription.assignment.state_value(
+                TP(settings.raw_topic, partition))
+        except AttributeError:  # no consumer, subscription or assignment (yet)
+            return None
+        if tp_state is None or not tp_state.has_valid_position:
+            return None
+        return int(tp_state.position)
+
     def processor() -> StreamProcessor:
         if "processor" not in state:
             key = load_or_create_salt_key(settings)
@@ -168,7 +181,7 @@ def create_app(settings: Settings, worker_name: str | None = None,
                 window_seconds=settings.window_seconds,
                 idle_seal_seconds=settings.idle_seal_seconds, salt_key=key,
                 salt_key_id=salt_key_id(key), seek=seek, earliest=earliest,
-                highwater=highwater, fetched=read_offsets.handed_at.get)
+                highwater=highwater, fetched=read_offsets.handed_at.get, position=position)
         return state["processor"]
 
     @app.agent(raw, name=f"{settings.stream_app_id}.seal", concurrency=1)

@@ -35,6 +35,7 @@ class Consumer:
         self.highwater: dict[int, int | None] = {0: None}
         self.seeks: list[int] = []
         self.handed_at: dict[int, float] = {}  # when a record was last handed to the buffer
+        self.positions: dict[int, int] = {}  # the consumer's fetch position
 
     async def seek(self, partition: int, offset: int) -> None:
         self.seeks.append(offset)
@@ -50,7 +51,7 @@ def make_processor(settings: Settings, ledger: Ledger, influx: InfluxClient,
                            idle_seal_seconds=3600, salt_key=KEY, salt_key_id=salt_key_id(KEY),
                            seek=consumer.seek, earliest=consumer.earliest,
                            highwater=lambda p: consumer.highwater[p], retry_delay_s=0.05,
-                           fetched=consumer.handed_at.get)
+                           fetched=consumer.handed_at.get, position=consumer.positions.get)
 
 
 async def test_a_partition_with_records_in_kafka_but_none_arriving_is_sought_back(
@@ -108,6 +109,37 @@ async def test_a_partition_whose_records_wait_in_the_buffer_is_not_stalled(
             await asyncio.sleep(0.05)
         assert consumer.seeks == [6] and proc.stats.stalls == 1
         assert time.monotonic() - consumer.handed_at[0] >= 0.5
+
+
+async def test_a_consumer_positioned_inside_the_log_past_the_expected_offset_gets_longer(
+        isolated: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its position says it took the records from the expected offset on from Kafka (they are
+    in Faust's buffers): IN_FLIGHT_STALL_S, not STALL_S. Past the log end (a broker restart's
+    new, shorter log) it is the stall the rule is for: STALL_S."""
+    consumer = Consumer()
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    async with InfluxClient(isolated) as influx:
+        proc = make_processor(isolated, ledger, influx, consumer)
+        for offset in range(6):
+            await proc.handle(0, offset, b"d0", value("d0", offset), lambda: None)
+        consumer.highwater[0] = 40
+        proc._states[0].last_record -= 5.0  # quiet for 5 s, past STALL_S
+        consumer.positions[0] = 40  # took everything up to the log end
+        await proc.idle_tick()
+        assert consumer.seeks == [] and proc.stats.stalls == 0
+        consumer.positions[0] = 55  # past the log end: sits elsewhere
+        await proc.idle_tick()
+        assert consumer.seeks == [6] and proc.stats.stalls == 1
+
+        await proc.handle(0, 6, b"d0", value("d0", 6), lambda: None)
+        consumer.positions[0] = 30
+        proc._states[0].last_record -= processor_module.IN_FLIGHT_STALL_S - 1
+        proc._states[0].seeked_at -= processor_module.IN_FLIGHT_STALL_S
+        await proc.idle_tick()
+        assert consumer.seeks == [6] and proc.stats.stalls == 1
+        proc._states[0].last_record -= 2.0  # quiet past the safety net
+        await proc.idle_tick()
+        assert consumer.seeks == [6, 7] and proc.stats.stalls == 2
 
 
 async def test_a_claimed_partition_whose_records_are_on_their_way_is_not_stalled(
