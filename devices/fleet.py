@@ -22,7 +22,7 @@ from vitalchain.devices.firmware import Device, DeviceConfig
 from vitalchain.devices.physiology import Deterioration
 from vitalchain.devices.registry import DeviceIdentity, identities
 from vitalchain.devices.sampler import sample_fleet
-from vitalchain.devices.seqstore import DEFAULT_BLOCK, SeqCounter
+from vitalchain.devices.seqstore import DEFAULT_BLOCK, SeqCounter, close_all, renew_all
 
 
 @dataclass
@@ -37,6 +37,7 @@ class FleetStats:
     dropped: int = 0  # readings discarded because a device's buffer was full (oldest first)
     rejected: int = 0  # readings whose PUBACK carried a failure reason code
     messages: int = 0
+    connect_attempts: int = 0  # TCP + MQTT CONNECT attempts, failed ones included
     connected: int = 0  # devices connected right now
     elapsed_s: float = 0.0
     acked_ids: set[tuple[str, int]] = field(default_factory=set)
@@ -53,6 +54,13 @@ class FleetStats:
 
 
 ProgressCallback = Callable[[FleetStats], None]
+
+
+# Devices of one fleet in the TCP + CONNECT handshake at once. Without a bound 5,000 devices all
+# connected within the first second: in a profile none was connected for the first 20 s and the
+# last only after 68 s (SYNs and CONNACKs lost in the broker's queues, 10 s timeouts, retries);
+# with it they all connected once each within 20 s (docs/PERFORMANCE.md, last section).
+MAX_CONNECTING = 64
 
 
 def raise_nofile_limit() -> int:
@@ -80,6 +88,7 @@ class Fleet:
         s.dropped = sum(d.dropped for d in self.devices)
         s.rejected = sum(d.rejected for d in self.devices)
         s.messages = sum(d.messages for d in self.devices)
+        s.connect_attempts = sum(d.connect_attempts for d in self.devices)
         s.connected = sum(d.connected for d in self.devices)
         s.elapsed_s = time.monotonic() - self.started
         s.errors = {d.identity.device_id: d.last_error for d in self.devices
@@ -133,8 +142,9 @@ async def run_fleet(settings: Settings, device_ids: Sequence[str | DeviceIdentit
     block = max(DEFAULT_BLOCK, int(rate * 60))
     counters = [SeqCounter.for_device(settings, p.device_id, block) for p in people]
     loop = asyncio.get_running_loop()
-    await asyncio.gather(*(loop.run_in_executor(None, c.renew) for c in counters))
-    devices = [Device(p, config, c, on_ack if track_acked else None)
+    await loop.run_in_executor(None, renew_all, counters)  # one sync for the fleet
+    gate = asyncio.Semaphore(MAX_CONNECTING)
+    devices = [Device(p, config, c, on_ack if track_acked else None, connect_gate=gate)
                for p, c in zip(people, counters, strict=True)]
     fleet = Fleet(devices, stats)
     spread = min(1.0, 1.0 / rate)
@@ -168,7 +178,7 @@ async def run_fleet(settings: Settings, device_ids: Sequence[str | DeviceIdentit
         for device in devices:
             if device.link is not None:
                 device.link.abort()
-        await asyncio.gather(*(loop.run_in_executor(None, c.close) for c in counters))
+        await loop.run_in_executor(None, close_all, counters)
     final = fleet.snapshot()
     if on_progress is not None:
         on_progress(final)

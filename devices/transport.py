@@ -26,6 +26,22 @@ from vitalchain.errors import Refused, Unavailable
 SESSION_EXPIRY_S = 7 * 24 * 3600
 
 
+def _connect_properties() -> Properties:
+    """The CONNECT properties every device sends (a persistent session of SESSION_EXPIRY_S).
+
+    Built once: paho's ``Properties()`` rebuilds its whole name and type tables per instance
+    (about 40 µs here), and a profile of 5,000 devices connecting had it at a quarter of the
+    connect path. paho only packs these (``_send_connect``), it never changes them, so one
+    instance serves every link.
+    """
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = SESSION_EXPIRY_S
+    return properties
+
+
+CONNECT_PROPERTIES = _connect_properties()
+
+
 class LinkDown(Unavailable):
     """The connection is gone (or never came up); pending publishes are unacknowledged."""
 
@@ -133,8 +149,6 @@ class MqttLink:
 
     # --- API -------------------------------------------------------------------------------
     async def connect(self, timeout: float = 10.0) -> None:
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = SESSION_EXPIRY_S
         sock: socket.socket | None = None
         try:
             family, kind, proto, _name, address = socket.getaddrinfo(
@@ -145,7 +159,7 @@ class MqttLink:
             await asyncio.wait_for(self._loop.sock_connect(sock, address), timeout)
             self._client.ready_socket = sock
             self._client.connect(self.host, self.port, keepalive=self.keepalive,
-                                 clean_start=False, properties=properties)
+                                 clean_start=False, properties=CONNECT_PROPERTIES)
         except (TimeoutError, OSError) as exc:
             self._client.ready_socket = None
             if sock is not None:

@@ -31,6 +31,7 @@ from vitalchain.devices.registry import (
     patient_for,
     provision_devices,
 )
+from vitalchain.devices.seqstore import SeqCounter
 from vitalchain.devices.transport import ConnectRefused, MqttLink, PublishRejected
 
 pytestmark = pytest.mark.e2e
@@ -250,6 +251,10 @@ async def test_thousand_devices_in_one_process(broker: Stack) -> None:
     stats = await run_fleet(settings, devices, rate=2, count=2)
     assert stats.acked_ids == {(d.device_id, s) for d in devices for s in (0, 1)}
     assert (stats.dropped, stats.buffered, stats.rejected) == (0, 0, 0)
+    # The connect gate lets every device in at its first attempt (no timeouts, no retries) ...
+    assert stats.connect_attempts == 1000
+    # ... and the fleet's one-sync close left every seq file at the exact next seq.
+    assert {SeqCounter.for_device(settings, d.device_id).peek for d in devices} == {2}
 
 
 async def test_run_fleet_refuses_bad_arguments(broker: Stack) -> None:
