@@ -102,6 +102,7 @@ async def run_fleet(settings: Settings, device_ids: Sequence[str | DeviceIdentit
                     buffer_limit: int = 10_000, max_inflight: int = 10,
                     progress_interval: float = 1.0, drain_timeout: float = 30.0,
                     track_acked: bool = True, episodes_per_hour: float = 1.0,
+                    keepalive: int = 30,
                     stop: asyncio.Event | None = None,
                     scripts: dict[str, Deterioration] | None = None) -> FleetStats:
     """Run provisioned devices until each took ``count`` readings or ``duration`` seconds passed
@@ -134,7 +135,7 @@ async def run_fleet(settings: Settings, device_ids: Sequence[str | DeviceIdentit
 
     config = DeviceConfig(settings.host, settings.mqtt_port, rate=rate, batch=batch,
                           buffer_limit=buffer_limit, max_inflight=max_inflight,
-                          episodes_per_hour=episodes_per_hour, seed=seed,
+                          episodes_per_hour=episodes_per_hour, seed=seed, keepalive=keepalive,
                           scripts=dict(scripts or {}))
     config.check()
     # A block of about a minute's readings (at least the default): fewer fsyncs, a gap after a crash
@@ -152,7 +153,8 @@ async def run_fleet(settings: Settings, device_ids: Sequence[str | DeviceIdentit
     links = [asyncio.create_task(d.run_link(first_delay=spread * i / len(devices)))
              for i, d in enumerate(devices)]
     sampling = asyncio.ensure_future(sample_fleet(devices, rate, count, duration, start))
-    reporter = asyncio.create_task(_report(fleet, on_progress, progress_interval))
+    reporter = asyncio.create_task(_report(fleet, on_progress, progress_interval,
+                                           tick_interval(config.keepalive)))
     stop_wait = asyncio.ensure_future((stop or asyncio.Event()).wait())
     try:
         await asyncio.wait((sampling, stop_wait), return_when=asyncio.FIRST_COMPLETED)
@@ -185,8 +187,21 @@ async def run_fleet(settings: Settings, device_ids: Sequence[str | DeviceIdentit
     return final
 
 
-async def _report(fleet: Fleet, on_progress: ProgressCallback | None, interval: float) -> None:
-    """Progress callbacks, plus the once-a-second keepalive bookkeeping of every link."""
+def tick_interval(keepalive: float) -> float:
+    """How often every link's keepalive bookkeeping (paho's ``loop_misc``) runs.
+
+    It was once a second for every device: 5,000 calls a second for 5,000 devices, whatever they
+    send. paho sends a PINGREQ once ``keepalive`` s passed without a packet, so a tick every
+    ``keepalive / 6`` s (5 s at the default 30 s, never more often than 1 s) sends it at most
+    ``keepalive * 7 / 6`` s after the last packet, well inside the ``1.5 * keepalive`` after which
+    the broker drops a silent client (MQTT 5, 3.1.2.10).
+    """
+    return max(1.0, min(5.0, keepalive / 6))
+
+
+async def _report(fleet: Fleet, on_progress: ProgressCallback | None, interval: float,
+                  tick_s: float = 1.0) -> None:
+    """Progress callbacks, plus the keepalive bookkeeping of every link every ``tick_s``."""
     loop = asyncio.get_running_loop()
     next_tick = next_report = loop.time()
     while True:
@@ -194,7 +209,7 @@ async def _report(fleet: Fleet, on_progress: ProgressCallback | None, interval: 
         if now >= next_tick:
             for device in fleet.devices:
                 device.tick()
-            next_tick = now + 1.0
+            next_tick = now + tick_s
         if now >= next_report:
             if on_progress is not None:
                 on_progress(fleet.snapshot())

@@ -22,7 +22,7 @@ from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings
 from vitalchain.core.payload.schema import message_problems
 from vitalchain.core.payload.shards import device_topic
-from vitalchain.devices.fleet import FleetStats, run_fleet
+from vitalchain.devices.fleet import FleetStats, run_fleet, tick_interval
 from vitalchain.devices.mqtt_auth import BRIDGE_USER, MqttCredentials
 from vitalchain.devices.registry import (
     ProvisioningError,
@@ -255,6 +255,24 @@ async def test_thousand_devices_in_one_process(broker: Stack) -> None:
     assert stats.connect_attempts == 1000
     # ... and the fleet's one-sync close left every seq file at the exact next seq.
     assert {SeqCounter.for_device(settings, d.device_id).peek for d in devices} == {2}
+
+
+def test_keepalive_ticks_are_sparse_but_in_time() -> None:
+    assert tick_interval(30) == 5.0  # not once a second per device
+    assert tick_interval(1) == 1.0  # never more often than once a second
+    for keepalive in (6, 10, 30, 60, 600):
+        # a PINGREQ is due after keepalive s; the broker drops the client after 1.5 x keepalive
+        assert keepalive + tick_interval(keepalive) < 1.5 * keepalive
+
+
+async def test_an_idle_device_keeps_its_session_between_sparse_messages(broker: Stack) -> None:
+    settings = broker.settings
+    [device] = provision_devices(settings, 1, prefix="idle")
+    # keepalive 6 s (a tick a second, PINGREQ by 7 s, dropped by the broker after 9 s) and
+    # 13 s between the two readings: only the pings keep the one connection up.
+    stats = await run_fleet(settings, [device], rate=1 / 13, count=2, keepalive=6)
+    assert stats.acked_ids == {(device.device_id, 0), (device.device_id, 1)}
+    assert stats.connect_attempts == 1
 
 
 async def test_run_fleet_refuses_bad_arguments(broker: Stack) -> None:
