@@ -96,6 +96,8 @@ class MqttLink:
         self._connected: asyncio.Future[None] = self._loop.create_future()
         self.closed: asyncio.Future[None] = self._loop.create_future()
         self._pending: dict[int, asyncio.Future[None]] = {}
+        self._flush_due = False  # a _flush is scheduled
+        self._watching_write = False  # the socket is registered with the loop for writing
 
     # --- paho callbacks (all run on the loop's thread) -------------------------------------
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -107,12 +109,32 @@ class MqttLink:
     def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         self._loop.remove_reader(sock)
         self._loop.remove_writer(sock)
+        self._watching_write = False
 
     def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._loop.add_writer(sock, self._client.loop_write)
+        # paho has a packet to send. Registering the socket for writing at once cost two
+        # epoll_ctl calls and a selector round per message (a device's publishes seldom find the
+        # socket full); instead write once the current callback is done, and watch the socket
+        # only when that left bytes behind.
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        client = self._client
+        sock = client.socket()
+        if sock is None:
+            return
+        client.loop_write()
+        if client.want_write() and not self._watching_write and client.socket() is sock:
+            self._watching_write = True
+            self._loop.add_writer(sock, client.loop_write)
 
     def _on_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._loop.remove_writer(sock)
+        if self._watching_write:
+            self._watching_write = False
+            self._loop.remove_writer(sock)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:
@@ -214,6 +236,7 @@ class MqttLink:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(sock)
                 self._loop.remove_writer(sock)
+            self._watching_write = False
         with contextlib.suppress(Exception):
             self._client._reset_sockets()  # paho has no public "close without DISCONNECT"
         self._on_disconnect(self._client, None, None, "aborted", None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -216,6 +217,26 @@ async def test_acl_and_wrong_password(broker: Stack, listener: BridgeListener) -
     bad = MqttLink(settings.host, settings.mqtt_port, mallory.device_id, mallory.username, "nope")
     with pytest.raises(ConnectRefused):
         await bad.connect()
+
+
+async def test_publishes_larger_than_the_socket_buffer_all_arrive(broker: Stack) -> None:
+    """MqttLink writes a publish on the next loop turn and watches the socket for writing only
+    when bytes are left over: 20 publishes of 250 KB through a 4 KB send buffer must still all be
+    written and acknowledged, and the watch released afterwards."""
+    settings = broker.settings
+    [device] = provision_devices(settings, 1, prefix="bulky")
+    link = MqttLink(settings.host, settings.mqtt_port, device.device_id, device.username,
+                    device.password)
+    await link.connect()
+    # a small send buffer, so that the first write surely stops short (loopback takes megabytes)
+    link._client.socket().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    body = b"x" * 250_000  # under Mosquitto's message_size_limit (4 x max_payload_bytes)
+    futures = [link.publish(device.topic, body) for _ in range(20)]
+    await asyncio.sleep(0)  # one loop turn: the scheduled write ran
+    assert link._watching_write  # the socket was full, so the loop watches it
+    await asyncio.wait_for(asyncio.gather(*futures), 30)
+    assert not link._watching_write and not link._client.want_write()
+    await link.close()
 
 
 async def test_seq_continues_after_restart(broker: Stack) -> None:
