@@ -103,6 +103,7 @@ def main() -> int:
               "provision_s": round(provision_s, 2), "elapsed_s": round(stats.elapsed_s, 2),
               "generated": stats.generated, "acked": stats.acked, "messages": stats.messages,
               "dropped": stats.dropped, "unacked": stats.buffered,
+              "connect_attempts": getattr(stats, "connect_attempts", None),
               "acked_per_s": round(stats.acked / stats.elapsed_s),
               "all_connected_s": round(all_connected[0], 2) if all_connected else None,
               "simulator_cpu_s": round(sim_cpu, 2), "mosquitto_cpu_s": round(broker_cpu, 2),

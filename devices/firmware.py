@@ -69,8 +69,11 @@ class DeviceConfig:
 
 class Device:
     def __init__(self, identity: DeviceIdentity, config: DeviceConfig, seq: SeqCounter,
-                 on_ack: AckSink | None = None, clock: Callable[[], float] = time.time) -> None:
+                 on_ack: AckSink | None = None, clock: Callable[[], float] = time.time,
+                 connect_gate: asyncio.Semaphore | None = None) -> None:
         config.check()
+        # Shared by a fleet: at most so many of its devices in the TCP + CONNECT handshake at once.
+        self.connect_gate = connect_gate
         self.identity = identity
         self.config = config
         self.seq = seq
@@ -89,7 +92,7 @@ class Device:
         self._stop = asyncio.Event()
         # counters (readings unless named otherwise)
         self.generated = self.published = self.acked = self.dropped = self.rejected = 0
-        self.messages = self.connects = 0
+        self.messages = self.connects = self.connect_attempts = 0
 
     # --- state ---------------------------------------------------------------------------
     @property
@@ -177,8 +180,13 @@ class Device:
             cfg = self.config
             link = MqttLink(cfg.host, cfg.port, self.identity.device_id, self.identity.username,
                             self.identity.password, cfg.keepalive)
+            self.connect_attempts += 1
             try:
-                await link.connect()
+                if self.connect_gate is None:
+                    await link.connect()
+                else:
+                    async with self.connect_gate:
+                        await link.connect()
             except LinkDown as exc:
                 self.last_error = str(exc)
                 if isinstance(exc, ConnectRefused):

@@ -22,7 +22,7 @@ from vitalchain.devices.firmware import Device, DeviceConfig
 from vitalchain.devices.physiology import Deterioration
 from vitalchain.devices.registry import DeviceIdentity, identities
 from vitalchain.devices.sampler import sample_fleet
-from vitalchain.devices.seqstore import DEFAULT_BLOCK, SeqCounter
+from vitalchain.devices.seqstore import DEFAULT_BLOCK, SeqCounter, close_all, renew_all
 
 
 @dataclass
@@ -37,6 +37,7 @@ class FleetStats:
     dropped: int = 0  # readings discarded because a device's buffer was full (oldest first)
     rejected: int = 0  # readings whose PUBACK carried a failure reason code
     messages: int = 0
+    connect_attempts: int = 0  # TCP + MQTT CONNECT attempts, failed ones included
     connected: int = 0  # devices connected right now
     elapsed_s: float = 0.0
     acked_ids: set[tuple[str, int]] = field(default_factory=set)
@@ -53,6 +54,13 @@ class FleetStats:
 
 
 ProgressCallback = Callable[[FleetStats], None]
+
+
+# Devices of one fleet in the TCP + CONNECT handshake at once. Without a bound 5,000 devices all
+# connected within the first second: in a profile none was connected for the first 20 s and the
+# last only after 68 s (SYNs and CONNACKs lost in the broker's queues, 10 s timeouts, retries);
+# with it they all connected once each within 20 s (docs/PERFORMANCE.md, last section).
+MAX_CONNECTING = 64
 
 
 def raise_nofile_limit() -> int:
@@ -80,6 +88,7 @@ class Fleet:
         s.dropped = sum(d.dropped for d in self.devices)
         s.rejected = sum(d.rejected for d in self.devices)
         s.messages = sum(d.messages for d in self.devices)
+        s.connect_attempts = sum(d.connect_attempts for d in self.devices)
         s.connected = sum(d.connected for d in self.devices)
         s.elapsed_s = time.monotonic() - self.started
         s.errors = {d.identity.device_id: d.last_error for d in self.devices
@@ -93,6 +102,7 @@ async def run_fleet(settings: Settings, device_ids: Sequence[str | DeviceIdentit
                     buffer_limit: int = 10_000, max_inflight: int = 10,
                     progress_interval: float = 1.0, drain_timeout: float = 30.0,
                     track_acked: bool = True, episodes_per_hour: float = 1.0,
+                    keepalive: int = 30,
                     stop: asyncio.Event | None = None,
                     scripts: dict[str, Deterioration] | None = None) -> FleetStats:
     """Run provisioned devices until each took ``count`` readings or ``duration`` seconds passed
@@ -125,7 +135,7 @@ async def run_fleet(settings: Settings, device_ids: Sequence[str | DeviceIdentit
 
     config = DeviceConfig(settings.host, settings.mqtt_port, rate=rate, batch=batch,
                           buffer_limit=buffer_limit, max_inflight=max_inflight,
-                          episodes_per_hour=episodes_per_hour, seed=seed,
+                          episodes_per_hour=episodes_per_hour, seed=seed, keepalive=keepalive,
                           scripts=dict(scripts or {}))
     config.check()
     # A block of about a minute's readings (at least the default): fewer fsyncs, a gap after a crash
@@ -133,8 +143,9 @@ async def run_fleet(settings: Settings, device_ids: Sequence[str | DeviceIdentit
     block = max(DEFAULT_BLOCK, int(rate * 60))
     counters = [SeqCounter.for_device(settings, p.device_id, block) for p in people]
     loop = asyncio.get_running_loop()
-    await asyncio.gather(*(loop.run_in_executor(None, c.renew) for c in counters))
-    devices = [Device(p, config, c, on_ack if track_acked else None)
+    await loop.run_in_executor(None, renew_all, counters)  # one sync for the fleet
+    gate = asyncio.Semaphore(MAX_CONNECTING)
+    devices = [Device(p, config, c, on_ack if track_acked else None, connect_gate=gate)
                for p, c in zip(people, counters, strict=True)]
     fleet = Fleet(devices, stats)
     spread = min(1.0, 1.0 / rate)
@@ -142,7 +153,8 @@ async def run_fleet(settings: Settings, device_ids: Sequence[str | DeviceIdentit
     links = [asyncio.create_task(d.run_link(first_delay=spread * i / len(devices)))
              for i, d in enumerate(devices)]
     sampling = asyncio.ensure_future(sample_fleet(devices, rate, count, duration, start))
-    reporter = asyncio.create_task(_report(fleet, on_progress, progress_interval))
+    reporter = asyncio.create_task(_report(fleet, on_progress, progress_interval,
+                                           tick_interval(config.keepalive)))
     stop_wait = asyncio.ensure_future((stop or asyncio.Event()).wait())
     try:
         await asyncio.wait((sampling, stop_wait), return_when=asyncio.FIRST_COMPLETED)
@@ -168,15 +180,28 @@ async def run_fleet(settings: Settings, device_ids: Sequence[str | DeviceIdentit
         for device in devices:
             if device.link is not None:
                 device.link.abort()
-        await asyncio.gather(*(loop.run_in_executor(None, c.close) for c in counters))
+        await loop.run_in_executor(None, close_all, counters)
     final = fleet.snapshot()
     if on_progress is not None:
         on_progress(final)
     return final
 
 
-async def _report(fleet: Fleet, on_progress: ProgressCallback | None, interval: float) -> None:
-    """Progress callbacks, plus the once-a-second keepalive bookkeeping of every link."""
+def tick_interval(keepalive: float) -> float:
+    """How often every link's keepalive bookkeeping (paho's ``loop_misc``) runs.
+
+    It was once a second for every device: 5,000 calls a second for 5,000 devices, whatever they
+    send. paho sends a PINGREQ once ``keepalive`` s passed without a packet, so a tick every
+    ``keepalive / 6`` s (5 s at the default 30 s, never more often than 1 s) sends it at most
+    ``keepalive * 7 / 6`` s after the last packet, well inside the ``1.5 * keepalive`` after which
+    the broker drops a silent client (MQTT 5, 3.1.2.10).
+    """
+    return max(1.0, min(5.0, keepalive / 6))
+
+
+async def _report(fleet: Fleet, on_progress: ProgressCallback | None, interval: float,
+                  tick_s: float = 1.0) -> None:
+    """Progress callbacks, plus the keepalive bookkeeping of every link every ``tick_s``."""
     loop = asyncio.get_running_loop()
     next_tick = next_report = loop.time()
     while True:
@@ -184,7 +209,7 @@ async def _report(fleet: Fleet, on_progress: ProgressCallback | None, interval: 
         if now >= next_tick:
             for device in fleet.devices:
                 device.tick()
-            next_tick = now + 1.0
+            next_tick = now + tick_s
         if now >= next_report:
             if on_progress is not None:
                 on_progress(fleet.snapshot())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import Settings
 from vitalchain.core.payload.schema import message_problems
 from vitalchain.core.payload.shards import device_topic
-from vitalchain.devices.fleet import FleetStats, run_fleet
+from vitalchain.devices.fleet import FleetStats, run_fleet, tick_interval
 from vitalchain.devices.mqtt_auth import BRIDGE_USER, MqttCredentials
 from vitalchain.devices.registry import (
     ProvisioningError,
@@ -31,6 +32,7 @@ from vitalchain.devices.registry import (
     patient_for,
     provision_devices,
 )
+from vitalchain.devices.seqstore import SeqCounter
 from vitalchain.devices.transport import ConnectRefused, MqttLink, PublishRejected
 
 pytestmark = pytest.mark.e2e
@@ -217,6 +219,26 @@ async def test_acl_and_wrong_password(broker: Stack, listener: BridgeListener) -
         await bad.connect()
 
 
+async def test_publishes_larger_than_the_socket_buffer_all_arrive(broker: Stack) -> None:
+    """MqttLink writes a publish on the next loop turn and watches the socket for writing only
+    when bytes are left over: 20 publishes of 250 KB through a 4 KB send buffer must still all be
+    written and acknowledged, and the watch released afterwards."""
+    settings = broker.settings
+    [device] = provision_devices(settings, 1, prefix="bulky")
+    link = MqttLink(settings.host, settings.mqtt_port, device.device_id, device.username,
+                    device.password)
+    await link.connect()
+    # a small send buffer, so that the first write surely stops short (loopback takes megabytes)
+    link._client.socket().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    body = b"x" * 250_000  # under Mosquitto's message_size_limit (4 x max_payload_bytes)
+    futures = [link.publish(device.topic, body) for _ in range(20)]
+    await asyncio.sleep(0)  # one loop turn: the scheduled write ran
+    assert link._watching_write  # the socket was full, so the loop watches it
+    await asyncio.wait_for(asyncio.gather(*futures), 30)
+    assert not link._watching_write and not link._client.want_write()
+    await link.close()
+
+
 async def test_seq_continues_after_restart(broker: Stack) -> None:
     settings = broker.settings
     [device] = provision_devices(settings, 1, prefix="restart")
@@ -250,6 +272,28 @@ async def test_thousand_devices_in_one_process(broker: Stack) -> None:
     stats = await run_fleet(settings, devices, rate=2, count=2)
     assert stats.acked_ids == {(d.device_id, s) for d in devices for s in (0, 1)}
     assert (stats.dropped, stats.buffered, stats.rejected) == (0, 0, 0)
+    # The connect gate lets every device in at its first attempt (no timeouts, no retries) ...
+    assert stats.connect_attempts == 1000
+    # ... and the fleet's one-sync close left every seq file at the exact next seq.
+    assert {SeqCounter.for_device(settings, d.device_id).peek for d in devices} == {2}
+
+
+def test_keepalive_ticks_are_sparse_but_in_time() -> None:
+    assert tick_interval(30) == 5.0  # not once a second per device
+    assert tick_interval(1) == 1.0  # never more often than once a second
+    for keepalive in (6, 10, 30, 60, 600):
+        # a PINGREQ is due after keepalive s; the broker drops the client after 1.5 x keepalive
+        assert keepalive + tick_interval(keepalive) < 1.5 * keepalive
+
+
+async def test_an_idle_device_keeps_its_session_between_sparse_messages(broker: Stack) -> None:
+    settings = broker.settings
+    [device] = provision_devices(settings, 1, prefix="idle")
+    # keepalive 6 s (a tick a second, PINGREQ by 7 s, dropped by the broker after 9 s) and
+    # 13 s between the two readings: only the pings keep the one connection up.
+    stats = await run_fleet(settings, [device], rate=1 / 13, count=2, keepalive=6)
+    assert stats.acked_ids == {(device.device_id, 0), (device.device_id, 1)}
+    assert stats.connect_attempts == 1
 
 
 async def test_run_fleet_refuses_bad_arguments(broker: Stack) -> None:
