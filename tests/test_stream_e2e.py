@@ -112,6 +112,21 @@ def crash_and_reference(crash: Settings, reference: Settings, ends: dict[int, in
     return check_sealed(crash, inp), check_sealed(reference, inp)
 
 
+def assert_same_windows(crashed: dict[str, dict], clean: dict[str, dict], at_least: int) -> None:
+    """The crashed run sealed the windows (ids and roots) of the uncrashed one, at least
+    ``at_least`` cut by event time, and the same final idle cuts."""
+    assert len(event_time_windows(clean)) >= at_least
+    assert event_time_windows(crashed) == event_time_windows(clean)
+    assert set(crashed) == set(clean), "final (idle) cuts differ"
+
+
+def assert_conflicts_lettered(settings: Settings, inp: Any, detail_prefix: str) -> None:
+    """Every seq conflict of ``inp`` was dead-lettered once, named from ``detail_prefix``."""
+    letters = dead_letters(settings, inp.conflicts)
+    assert sorted(x["reason"] for x in letters) == ["seq_conflict"] * inp.conflicts
+    assert all(x["detail"].startswith(detail_prefix) for x in letters)
+
+
 def test_sigkill_and_restart_reproduces_the_same_windows(isolated: Settings,
                                                          tmp_path: Path) -> None:
     crash = stream_settings(isolated, tmp_path, "c")
@@ -121,9 +136,7 @@ def test_sigkill_and_restart_reproduces_the_same_windows(isolated: Settings,
     inp = make_input(devices=8, seconds=16)
     ends = produce(crash, inp.records)
     crashed, clean = crash_and_reference(crash, reference, ends, inp, tmp_path, windows=4)
-    assert len(event_time_windows(clean)) >= 8
-    assert event_time_windows(crashed) == event_time_windows(clean)
-    assert set(crashed) == set(clean), "final (idle) cuts differ"
+    assert_same_windows(crashed, clean, at_least=8)
 
 
 def test_sigkill_with_batched_records_reproduces_the_same_windows(isolated: Settings,
@@ -139,12 +152,8 @@ def test_sigkill_with_batched_records_reproduces_the_same_windows(isolated: Sett
     assert len(values) < len(inp.records) // 3
     ends = produce_values(crash, values)
     crashed, clean = crash_and_reference(crash, reference, ends, inp, tmp_path, windows=2)
-    assert len(event_time_windows(clean)) >= 4
-    assert event_time_windows(crashed) == event_time_windows(clean)
-    assert set(crashed) == set(clean), "final (idle) cuts differ"
-    letters = dead_letters(crash, inp.conflicts)
-    assert sorted(x["reason"] for x in letters) == ["seq_conflict"] * inp.conflicts
-    assert all(x["detail"].startswith("readings[") for x in letters)  # named in its record
+    assert_same_windows(crashed, clean, at_least=4)
+    assert_conflicts_lettered(crash, inp, "readings[")  # named in its record
 
 
 def test_two_workers_one_killed_mid_run(isolated: Settings, tmp_path: Path) -> None:
