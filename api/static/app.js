@@ -147,6 +147,24 @@ function fmtShort(t) {
   return same ? fmtTime(t, true) : fmtTime(t);
 }
 
+// The patients list's "Last reading" cell: the same text as when(), but the time and its age
+// may go on two lines (each kept whole), so the list fits its card at 1280 px.
+function lastReadingCell(row, iso) {
+  const td = row.insertCell();
+  td.className = "time last";
+  if (!iso) {
+    td.textContent = when(iso);
+    return td;
+  }
+  const t = new Date(iso);
+  const at = document.createElement("span");
+  at.textContent = fmtShort(t);
+  const age = document.createElement("span");
+  age.textContent = `(${ageOf(t)})`;
+  td.append(at, " ", age);
+  return td;
+}
+
 function when(iso) {
   if (!iso) return "no reading yet";
   const t = new Date(iso);
@@ -262,7 +280,7 @@ async function loadPatients() {
     if (p.news2) score.title = `${p.news2.response}; assumed: ${p.news2.assumptions.join(", ")}`;
     cell(row, p.news2 ? p.news2.risk : null);
     vitalsCell(row, p);
-    cell(row, when(p.latest_time), "time");
+    lastReadingCell(row, p.latest_time);
     integrityCell(row, p);
     cell(row, fmtShort(new Date(p.grant_until)).replace(/:\d\d /, " "), "until");
     const open = () => openPatient(p.patient_id);
