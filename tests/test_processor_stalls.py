@@ -11,11 +11,14 @@ processor never talks to it: it is handed records, a high watermark and a seek f
 
 from __future__ import annotations
 
-import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
+from tests.common_support import wait_until_async
 from tests.test_processor_epochs import KEY, no_dead_letters, value
 from vitalchain.config import Settings
 from vitalchain.core.integrity import salt_key_id
@@ -54,14 +57,23 @@ def make_processor(settings: Settings, ledger: Ledger, influx: InfluxClient,
                            fetched=consumer.handed_at.get, position=consumer.positions.get)
 
 
+@asynccontextmanager
+async def running(settings: Settings, tmp_path: Path, consumer: Consumer, records: int = 0
+                  ) -> AsyncIterator[tuple[StreamProcessor, Ledger]]:
+    """A processor on a fresh ledger that has taken offsets ``0..records-1`` of partition 0
+    (one device's readings, 0.5 s apart: with 2 s windows, 6 records seal windows 0..3)."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    async with InfluxClient(settings) as influx:
+        proc = make_processor(settings, ledger, influx, consumer)
+        for offset in range(records):
+            await proc.handle(0, offset, b"d0", value("d0", offset), lambda: None)
+        yield proc, ledger
+
+
 async def test_a_partition_with_records_in_kafka_but_none_arriving_is_sought_back(
         isolated: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     consumer = Consumer()
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    async with InfluxClient(isolated) as influx:
-        proc = make_processor(isolated, ledger, influx, consumer)
-        for offset in range(6):  # windows 0..3 sealed, 4..5 open
-            await proc.handle(0, offset, b"d0", value("d0", offset), lambda: None)
+    async with running(isolated, tmp_path, consumer, records=6) as (proc, ledger):  # windows 0..3 sealed, 4..5 open
         consumer.highwater[0] = 6
         await proc.idle_tick()
         assert consumer.seeks == [] and proc.stats.stalls == 0  # caught up: nothing to do
@@ -89,24 +101,20 @@ async def test_a_partition_whose_records_wait_in_the_buffer_is_not_stalled(
     consumer handed them over (it serves the partition), the processor has not reached them. A
     seek then only makes the consumer fetch again what is in the buffer (skipped when it comes a
     second time). Not a stall; once the consumer hands nothing over either, it is one."""
-    import time
-
     consumer = Consumer()
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    async with InfluxClient(isolated) as influx:
-        proc = make_processor(isolated, ledger, influx, consumer)
-        for offset in range(6):
-            await proc.handle(0, offset, b"d0", value("d0", offset), lambda: None)
+    async with running(isolated, tmp_path, consumer, records=6) as (proc, _ledger):
         consumer.highwater[0] = 40
         monkeypatch.setattr(processor_module, "STALL_S", 0.5)
         proc._states[0].last_record -= 1.0  # nothing handled for longer than STALL_S ...
         consumer.handed_at[0] = time.monotonic()  # ... but the consumer just handed one over
         await proc.idle_tick()
         assert consumer.seeks == [] and proc.stats.stalls == 0
-        deadline = time.monotonic() + 5
-        while not consumer.seeks and time.monotonic() < deadline:  # the consumer stops serving it
+
+        async def sought() -> bool:  # the consumer stops serving it: ticks until the seek
             await proc.idle_tick()
-            await asyncio.sleep(0.05)
+            return bool(consumer.seeks)
+
+        await wait_until_async(sought, 5, "the stall once nothing is handed over", interval=0.05)
         assert consumer.seeks == [6] and proc.stats.stalls == 1
         assert time.monotonic() - consumer.handed_at[0] >= 0.5
 
@@ -117,11 +125,7 @@ async def test_a_consumer_positioned_inside_the_log_past_the_expected_offset_get
     in Faust's buffers): IN_FLIGHT_STALL_S, not STALL_S. Past the log end (a broker restart's
     new, shorter log) it is the stall the rule is for: STALL_S."""
     consumer = Consumer()
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    async with InfluxClient(isolated) as influx:
-        proc = make_processor(isolated, ledger, influx, consumer)
-        for offset in range(6):
-            await proc.handle(0, offset, b"d0", value("d0", offset), lambda: None)
+    async with running(isolated, tmp_path, consumer, records=6) as (proc, _ledger):
         consumer.highwater[0] = 40
         proc._states[0].last_record -= 5.0  # quiet for 5 s, past STALL_S
         consumer.positions[0] = 40  # took everything up to the log end
@@ -144,12 +148,8 @@ async def test_a_consumer_positioned_inside_the_log_past_the_expected_offset_get
 
 async def test_a_claimed_partition_whose_records_are_on_their_way_is_not_stalled(
         isolated: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import time
-
     consumer = Consumer()
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    async with InfluxClient(isolated) as influx:
-        proc = make_processor(isolated, ledger, influx, consumer)
+    async with running(isolated, tmp_path, consumer) as (proc, _ledger):
         proc.claim({0})
         await proc.idle_tick()  # taken; Kafka's log end not known yet
         consumer.highwater[0] = 25
@@ -168,9 +168,7 @@ async def test_a_partition_taken_with_nothing_sealed_and_no_record_arriving_is_s
     """Nothing sealed in the partition's epoch: it is set up on its first record, and if none
     comes although Kafka has some, at once (at the log's first offset), then sought there."""
     consumer = Consumer()
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    async with InfluxClient(isolated) as influx:
-        proc = make_processor(isolated, ledger, influx, consumer)
+    async with running(isolated, tmp_path, consumer) as (proc, _ledger):
         proc.claim({0})
         await proc.idle_tick()  # Kafka's log end not known yet: nothing to do
         consumer.highwater[0] = 0
@@ -188,10 +186,8 @@ async def test_a_partition_taken_with_nothing_sealed_and_no_record_arriving_is_s
 async def test_a_revoked_partition_is_not_sought(
         isolated: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     consumer = Consumer()
-    ledger = Ledger(tmp_path / "ledger.sqlite")
     monkeypatch.setattr(processor_module, "STALL_S", 0.0)
-    async with InfluxClient(isolated) as influx:
-        proc = make_processor(isolated, ledger, influx, consumer)
+    async with running(isolated, tmp_path, consumer) as (proc, _ledger):
         proc.claim({0})
         await proc.revoke({0})
         consumer.highwater[0] = 25
@@ -206,11 +202,8 @@ async def test_a_hole_in_the_log_is_passed_after_a_few_seeks(
     the lowest later offset; windows stay contiguous (the next one starts after the hole)."""
     monkeypatch.setattr(processor_module, "RESEEK_S", 0.0)
     consumer = Consumer()
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    async with InfluxClient(isolated) as influx:
-        proc = make_processor(isolated, ledger, influx, consumer)
-        for offset in range(3):  # seqs 0..2 at 0.5 s: one open window, nothing sealed yet
-            await proc.handle(0, offset, b"d0", value("d0", offset), lambda: None)
+    # seqs 0..2 at 0.5 s: one open window, nothing sealed yet
+    async with running(isolated, tmp_path, consumer, records=3) as (proc, ledger):
         # Offset 3 does not exist; the consumer hands over 5, then 4, then 5 again.
         for offset, seq in ((5, 4), (4, 3), (5, 4)):
             await proc.handle(0, offset, b"d0", value("d0", seq), lambda: None)
@@ -269,9 +262,7 @@ async def test_seeks_repeated_on_the_idle_tick_count_for_the_hole_rule(
     stream worker sat 18 s on a hole at offset 1 that way)."""
     monkeypatch.setattr(processor_module, "RESEEK_S", 0.0)
     consumer = Consumer()
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    async with InfluxClient(isolated) as influx:
-        proc = make_processor(isolated, ledger, influx, consumer)
+    async with running(isolated, tmp_path, consumer) as (proc, _ledger):
         await proc.handle(0, 0, b"d0", value("d0", 0), lambda: None)
         await proc.handle(0, 2, b"d0", value("d0", 1), lambda: None)  # offset 1 does not exist
         consumer.highwater[0] = 3
