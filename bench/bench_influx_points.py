@@ -1,21 +1,23 @@
-"""influxd's CPU per reading point, with and without the per-reading strings ``leaf`` and
-``window_id``: what the readings point's shape costs the database (issue #14, InfluxDB's share).
+"""influxd's CPU per reading point, by what the write looks like: fields and their types, string
+lengths, lines per POST, series order within a body, timestamp precision, gzip'd bodies, points
+per series per body (issue #14, InfluxDB's share).
 
-    .venv/bin/python bench/bench_influx_points.py [--points 200000] [--rounds 2]
+    .venv/bin/python bench/bench_influx_points.py [--points 100000] [--rounds 2] [--only NAME ...]
 
 Starts a private ``influxd`` (InfluxDB 1.x, the local stack's settings: inmem index) per variant
-and round on free loopback ports, writes ``--points`` readings of 2,000 devices in the readings
-measurement's shape (tags device_id and patient_id; the six vitals, seq, salt, late,
-received_us, sig_at; with or without ``leaf`` and ``window_id``) in bodies of 5,000 lines, and
-reads influxd's user + system CPU from ``/proc`` before and after (2 s after the last write, for
-the WAL's work). Variants alternate within each round, so their ratio comes from one machine
-state. Synthetic values with the real shape: random vitals, a random 64-hex leaf (a BLAKE3
-digest is incompressible), a 32-hex salt.
+and round on free loopback ports, writes ``--points`` readings of 2,000 devices (5 Hz) in the
+readings measurement's shape, and reads influxd's user + system CPU from ``/proc`` before and
+after (2 s after the last write, for the WAL's work); the writer's CPU to build and encode the
+bodies (gzip included) is the bench process's own, measured around that work only. Variants
+alternate within each round, so their ratios come from one machine state. Values have the real
+shape: integer vitals written as floats (``72.0``), a one-decimal temperature, a 64-hex salt (a
+BLAKE2/BLAKE3 digest is incompressible), a 64-hex leaf, a ``p<partition>-<offset>`` window id.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import os
 import random
@@ -24,12 +26,43 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 
 import httpx
 
 DEVICES = 2000
-BODY_LINES = 5000
 T0_US = 1_700_000_000_000_000
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What one variant writes; the defaults are the stream's writes at db004e2."""
+
+    leaf: bool = True
+    window_id: bool = True
+    long_floats: bool = False     # random 17-digit floats instead of the devices' values
+    int_vitals: bool = False      # the five integer vitals as InfluxDB integers (``72i``)
+    body_lines: int = 5000        # lines per POST
+    sort: bool = False            # each body sorted by series key (measurement + tags)
+    per_series: int = 1           # consecutive readings of one device in a row (1: interleaved)
+    precision_us: bool = False    # precision=u and µs timestamps (drops the seq % 1000 digits)
+    gzip: bool = False            # Content-Encoding: gzip (the writer pays the compression)
+
+
+VARIANTS: dict[str, Shape] = {
+    "as stored (db004e2)": Shape(),
+    "no leaf": Shape(leaf=False),
+    "no leaf, no window_id": Shape(leaf=False, window_id=False),
+    "long random floats": Shape(long_floats=True),
+    "integer vitals": Shape(int_vitals=True),
+    "1,000 lines/POST": Shape(body_lines=1000),
+    "20,000 lines/POST": Shape(body_lines=20_000),
+    "sorted by series": Shape(sort=True),
+    "5 points/series run": Shape(per_series=5),
+    "precision=u": Shape(precision_us=True),
+    "gzip bodies": Shape(gzip=True),
+    "no leaf, 20,000/POST": Shape(leaf=False, body_lines=20_000),
+}
 
 
 def _free_port() -> int:
@@ -74,41 +107,81 @@ def _start(base: str) -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
-def lines(n: int, with_leaf_and_window: bool, rng: random.Random) -> list[str]:
-    """``n`` readings points in the stored shape (vitalchain/storage/readings.py)."""
+def _vital(x: float, shape: Shape) -> str:
+    if shape.int_vitals:
+        return f"{int(x)}i"
+    return repr(x) if shape.long_floats else repr(float(int(x)))
+
+
+def lines(n: int, shape: Shape, rng: random.Random) -> list[tuple[str, str]]:
+    """``n`` readings points, as ``(series key, line)``, in the order the stream writes them:
+    device after device, one reading each, then the next reading of every device
+    (``per_series`` > 1: that many readings of a device in a row)."""
     out = []
+    run = shape.per_series
     for i in range(n):
-        device, seq = i % DEVICES, i // DEVICES
+        block, k = divmod(i, DEVICES * run)
+        device, within = divmod(k, run)
+        seq = block * run + within
         ts_us = T0_US + seq * 200_000
-        leaf = hashlib.blake2b(i.to_bytes(8, "big"), digest_size=32).hexdigest()
-        line = (f"readings,device_id=dev-{device:05d},patient_id=pat-{device:05d} "
-                f"hr={60 + rng.random() * 40!r},spo2={95 + rng.random() * 4!r},"
-                f"rr={12 + rng.random() * 6!r},temp_c={36.5 + rng.random()!r},"
-                f"sys={110 + rng.random() * 20!r},dia={70 + rng.random() * 10!r},seq={seq}i,"
-                f'salt="{leaf[:32]}",')
-        if with_leaf_and_window:
-            line += f'leaf="{leaf}",window_id="w-0-{seq // 10}",'
-        line += (f"late=false,received_us={ts_us + 5000}i,sig_at={ts_us * 1000}i "
-                 f"{ts_us * 1000 + seq % 1000}")
-        out.append(line)
+        digest = hashlib.blake2b(i.to_bytes(8, "big"), digest_size=64).hexdigest()
+        temp = 36.5 + rng.random()
+        key = f"readings,device_id=dev-{device:05d},patient_id=pat-{device:05d}"
+        temp_s = repr(temp) if shape.long_floats else repr(round(temp, 1))
+        line = (f"{key} hr={_vital(60 + rng.random() * 40, shape)},"
+                f"spo2={_vital(95 + rng.random() * 4, shape)},"
+                f"rr={_vital(12 + rng.random() * 6, shape)},temp_c={temp_s},")
+        line += (f"sys={_vital(110 + rng.random() * 20, shape)},"
+                 f"dia={_vital(70 + rng.random() * 10, shape)},seq={seq}i,"
+                 f'salt="{digest[:64]}",')
+        if shape.leaf:
+            line += f'leaf="{digest[64:]}",'
+        if shape.window_id:
+            line += f'window_id="p0-{(i // 10_000) * 10_000}",'
+        stamp = ts_us if shape.precision_us else ts_us * 1000 + seq % 1000
+        line += f"late=false,received_us={ts_us + 5000}i,sig_at={ts_us * 1000}i {stamp}"
+        out.append((key, line))
     return out
 
 
-def one_run(points: list[str]) -> float:
-    """influxd's CPU µs per point for writing ``points`` into a fresh server."""
+def bodies(points: list[tuple[str, str]], shape: Shape) -> list[bytes]:
+    """The POST bodies: ``body_lines`` lines each, sorted by series key and gzip'd if asked."""
+    out = []
+    for i in range(0, len(points), shape.body_lines):
+        chunk = points[i:i + shape.body_lines]
+        if shape.sort:
+            chunk = sorted(chunk, key=lambda kv: kv[0])
+        body = "\n".join(line for _, line in chunk).encode()
+        out.append(gzip.compress(body, compresslevel=1) if shape.gzip else body)
+    return out
+
+
+def one_run(points: list[tuple[str, str]], shape: Shape) -> tuple[float, float, int]:
+    """influxd's CPU µs per point, the writer's CPU µs per point to build the bodies, and the
+    bytes sent per point, for writing ``points`` into a fresh server."""
     base = tempfile.mkdtemp(prefix="bench-influx-points-")
     proc, url = _start(base)
+    headers = {"Content-Encoding": "gzip"} if shape.gzip else {}
+    params = {"db": "bench", "precision": "u" if shape.precision_us else "ns"}
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
+            writer0 = time.process_time()
+            encoded = bodies(points, shape)
+            writer_s = time.process_time() - writer0
+            sent = sum(map(len, encoded))
             before = _cpu_s(proc.pid)
-            for i in range(0, len(points), BODY_LINES):
-                body = "\n".join(points[i:i + BODY_LINES]).encode()
-                response = client.post("/write", params={"db": "bench", "precision": "ns"},
-                                       content=body)
+            for body in encoded:
+                response = client.post("/write", params=params, content=body, headers=headers)
                 if response.status_code != 204:
                     raise SystemExit(f"write refused: {response.status_code} {response.text}")
             time.sleep(2.0)  # the WAL's and the cache's work after the last write
-            return (_cpu_s(proc.pid) - before) / len(points) * 1e6
+            count = client.post("/query", data={"db": "bench",
+                                                "q": "SELECT count(seq) FROM readings"}).json()
+            stored = count["results"][0]["series"][0]["values"][0][1]
+            if stored != len(points):
+                raise SystemExit(f"{stored} points stored of {len(points)}")
+            return ((_cpu_s(proc.pid) - before) / len(points) * 1e6,
+                    writer_s / len(points) * 1e6, sent // len(points))
     finally:
         proc.terminate()
         proc.wait(30)
@@ -117,23 +190,33 @@ def one_run(points: list[str]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--points", type=int, default=200_000)
+    parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     args = parser.parse_args()
     if shutil.which("influxd") is None:
         raise SystemExit("influxd not found: `make setup` installs it")
-    variants = {"as stored (leaf, window_id)": True, "without leaf and window_id": False}
-    data = {name: lines(args.points, flag, random.Random(7)) for name, flag in variants.items()}
-    results: dict[str, list[float]] = {name: [] for name in variants}
+    variants = {k: v for k, v in VARIANTS.items() if not args.only or k in args.only}
+    data = {name: lines(args.points, shape, random.Random(7))
+            for name, shape in variants.items()}
+    results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in variants}
     for round_no in range(args.rounds):
-        for name in variants:
-            us = one_run(data[name])
-            results[name].append(us)
-            print(f"round {round_no + 1} {name:<28} {us:6.1f} µs CPU of influxd per point",
-                  flush=True)
-    print(f"\n{'variant':<28} {'µs/point (each round)':>24}")
+        for name, shape in variants.items():
+            result = one_run(data[name], shape)
+            results[name].append(result)
+            print(f"round {round_no + 1} {name:<24} influxd {result[0]:6.1f} µs/point, writer "
+                  f"{result[1]:5.2f} µs/point, {result[2]} B/point", flush=True)
+    base = "as stored (db004e2)"
+    base_mean = (sum(r[0] for r in results[base]) / len(results[base])
+                 if base in results else None)
+    print(f"\n{'variant':<24} {'influxd µs/point (rounds)':>28} {'mean':>6} {'ratio':>6} "
+          f"{'writer µs':>9} {'B/point':>7}")
     for name, values in results.items():
-        print(f"{name:<28} {', '.join(f'{v:.1f}' for v in values):>24}")
+        mean = sum(v[0] for v in values) / len(values)
+        ratio = f"{mean / base_mean:.2f}" if base_mean else "-"
+        writer = sum(v[1] for v in values) / len(values)
+        print(f"{name:<24} {', '.join(f'{v[0]:.1f}' for v in values):>28} {mean:6.1f} "
+              f"{ratio:>6} {writer:9.2f} {values[0][2]:7d}")
     return 0
 
 
