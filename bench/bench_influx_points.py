@@ -3,6 +3,7 @@ lengths, lines per POST, series order within a body, timestamp precision, gzip'd
 per series per body (issue #14, InfluxDB's share).
 
     .venv/bin/python bench/bench_influx_points.py [--points 100000] [--rounds 2] [--only NAME ...]
+    .venv/bin/python bench/bench_influx_points.py --build-trees BEFORE_TREE AFTER_TREE [--rounds 5]
 
 Starts a private ``influxd`` (InfluxDB 1.x, the local stack's settings: inmem index) per variant
 and round on free loopback ports, writes ``--points`` readings of 2,000 devices (5 Hz) in the
@@ -59,9 +60,14 @@ VARIANTS: dict[str, Shape] = {
     "20,000 lines/POST": Shape(body_lines=20_000),
     "sorted by series": Shape(sort=True),
     "5 points/series run": Shape(per_series=5),
+    "10 points/series run": Shape(per_series=10),
+    "no leaf, 10/series run": Shape(leaf=False, per_series=10),
     "precision=u": Shape(precision_us=True),
     "gzip bodies": Shape(gzip=True),
     "no leaf, 20,000/POST": Shape(leaf=False, body_lines=20_000),
+    "no leaf, 1,000/POST": Shape(leaf=False, body_lines=1000),
+    "no leaf, 2,500/POST": Shape(leaf=False, body_lines=2500),
+    "2,500 lines/POST": Shape(body_lines=2500),
 }
 
 
@@ -188,12 +194,67 @@ def one_run(points: list[tuple[str, str]], shape: Shape) -> tuple[float, float, 
         shutil.rmtree(base, ignore_errors=True)
 
 
+# Run by each tree's own interpreter: its vitalchain.storage.readings formats 5,000 readings of
+# 2,000 devices (a receipt writer's batch at 10,000/s is ~1,000); prints process CPU µs/reading.
+_BUILD = """
+import os, random, time
+from vitalchain.storage import readings as R
+rng = random.Random(1)
+rows, signed = [], []
+for i in range(5000):
+    c = {"device_id": f"dev-{i % 2000:05d}", "patient_id": f"pat-{i % 2000:05d}",
+         "seq": i // 2000 + 12345, "ts_us": 1_764_000_000_000_000 + i * 100,
+         "vitals": {"hr": rng.randint(55, 110), "spo2": rng.randint(90, 100),
+                    "rr": rng.randint(10, 25), "temp_c": round(rng.uniform(36, 38.5), 1),
+                    "sys": rng.randint(100, 140), "dia": rng.randint(60, 90)},
+         "salt": os.urandom(32).hex()}
+    rows.append((c, os.urandom(32), "p0-123456", False, 1_764_000_000_100_000 + i,
+                 1_764_000_000_000_000_000 + i))
+    if i % 10 == 0:
+        signed.append((c["device_id"], {"key_id": "0123456789abcdef", "sig": "A" * 86,
+                       "at": [c["ts_us"], c["seq"]], "readings": [
+                           {k: c[k] for k in ("seq", "ts_us", "vitals")}] * 10}))
+line = getattr(R, "signed_message_line", None) or (
+    lambda d, s: R.signed_message_point(d, s).to_line())
+best_r = best_s = 1e9
+for _ in range(7):
+    t0 = time.process_time()
+    R.reading_lines(rows)
+    t1 = time.process_time()
+    for d, s in signed:
+        line(d, s)
+    t2 = time.process_time()
+    best_r, best_s = min(best_r, t1 - t0), min(best_s, t2 - t1)
+print(best_r / len(rows) * 1e6, best_s / len(signed) * 1e6)
+"""
+
+
+def build_cpu(trees: list[str], rounds: int) -> None:
+    """The stream-side CPU to format the lines, each tree by its own venv, alternating."""
+    results: dict[str, list[tuple[float, float]]] = {tree: [] for tree in trees}
+    for round_no in range(rounds):
+        for tree in trees:
+            out = subprocess.run([f"{tree}/.venv/bin/python", "-c", _BUILD], cwd=tree,
+                                 check=True, capture_output=True, text=True).stdout.split()
+            results[tree].append((float(out[0]), float(out[1])))
+            print(f"round {round_no + 1} {tree}: reading_lines {float(out[0]):.2f} µs/reading, "
+                  f"signed message line {float(out[1]):.2f} µs/message", flush=True)
+    print(f"\n{'tree':<36} {'µs/reading (min of rounds)':>28} {'µs/signed message':>18}")
+    for tree, values in results.items():
+        print(f"{tree:<36} {min(v[0] for v in values):28.2f} {min(v[1] for v in values):18.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
+    parser.add_argument("--build-trees", nargs="+", metavar="TREE",
+                        help="instead: the stream-side CPU to build the lines in these trees")
     args = parser.parse_args()
+    if args.build_trees:
+        build_cpu(args.build_trees, args.rounds)
+        return 0
     if shutil.which("influxd") is None:
         raise SystemExit("influxd not found: `make setup` installs it")
     variants = {k: v for k, v in VARIANTS.items() if not args.only or k in args.only}

@@ -27,7 +27,7 @@ from typing import Any
 
 from vitalchain.ingest.windowing import WindowReading
 from vitalchain.storage.influx import InfluxClient
-from vitalchain.storage.readings import reading_lines, signed_at, signed_message_point
+from vitalchain.storage.readings import reading_lines, signed_at, signed_message_line
 
 log = logging.getLogger("vitalchain.stream")
 
@@ -48,7 +48,7 @@ def batch_lines(batch: list[tuple[tuple[str, int] | None, str, Any]]) -> list[st
     """Line protocol of a queued batch, in queue order (a signed message's point ahead of the
     reading that names it); the readings formatted by one ``reading_lines`` call."""
     formatted = iter(reading_lines([item for key, _, item in batch if key is not None]))
-    return [next(formatted) if key is not None else item.to_line() for key, _, item in batch]
+    return [next(formatted) if key is not None else item for key, _, item in batch]
 
 
 class ReceiptWriter:
@@ -60,7 +60,7 @@ class ReceiptWriter:
         self.flush_s = flush_s
         self.max_batch = max_batch
         # (reading key, window id, its row for reading_lines), or (None, window id, the signed
-        # message's point): rows are formatted in bulk at flush (one template, no Point each).
+        # message's line): rows are formatted in bulk at flush (one template, no Point each).
         self._queue: list[tuple[tuple[str, int] | None, str, Any]] = []
         # (device_id, seq) -> window_id it was written with; dropped when its window seals.
         self._written: dict[tuple[str, int], str] = {}
@@ -80,7 +80,7 @@ class ReceiptWriter:
         signed = reading.signed
         if signed is not None and "sig" in signed:
             # The message's point goes in the same batch, ahead of the reading that names it.
-            self._queue.append((None, window_id, signed_message_point(c["device_id"], signed)))
+            self._queue.append((None, window_id, signed_message_line(c["device_id"], signed)))
         row = (c, reading.leaf, window_id, reading.late, reading.received_us,
                signed_at(signed) if signed is not None else None)
         self._queue.append(((c["device_id"], c["seq"]), window_id, row))

@@ -22,7 +22,7 @@ from vitalchain.storage.ledger import Ledger, ReadingIndexRow, StaleWindow, Wind
 from vitalchain.storage.readings import (
     reading_lines,
     signed_at,
-    signed_message_point,
+    signed_message_line,
     window_point,
 )
 
@@ -97,7 +97,7 @@ class Sealer:
             # Signed messages first (the record carrying one whole), so no stored reading names a
             # message point that is missing; rewriting one is idempotent like the readings.
             await self.influx.write(
-                [signed_message_point(r.canonical["device_id"], r.signed).to_line()
+                [signed_message_line(r.canonical["device_id"], r.signed)
                  for r in unwritten if r.signed is not None and "sig" in r.signed]
                 + reading_lines([(r.canonical, r.leaf, window_id, r.late, r.received_us,
                                   signed_at(r.signed) if r.signed is not None else None)

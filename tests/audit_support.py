@@ -116,6 +116,12 @@ class World:
             worker.close()
 
 
+def stored_leaf_field(row: dict[str, Any]) -> bytes | None:
+    """The ``leaf`` field of a stored row as bytes, or None for a point without one (the stream
+    writes none since D39): rewriting a point "as it was" keeps whichever shape it had."""
+    return bytes.fromhex(row["leaf"]) if row.get("leaf") else None
+
+
 def influx_write(settings: Settings, points: list[Point]) -> None:
     async def write() -> None:
         async with InfluxClient(settings) as client:

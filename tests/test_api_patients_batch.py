@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.audit_support import influx_query, influx_write
+from tests.audit_support import influx_query, influx_write, stored_leaf_field
 from tests.common_support import write_registry
 from tests.test_api_http import MINUTE_US, SALT_KEY, World, make_world, seal, vitals_at
 from vitalchain.api import vitals
@@ -76,7 +76,7 @@ def build(world: World) -> None:
         row = _row(s, "dev-w", seq)
         canonical = copy.deepcopy(reading_from_row(row).canonical)
         canonical["vitals"]["hr"] = 200
-        influx_write(s, [reading_point(canonical, bytes.fromhex(row["leaf"]), row["window_id"],
+        influx_write(s, [reading_point(canonical, stored_leaf_field(row), row["window_id"],
                                        False, int(row["received_us"]))])
     gone = _row(s, "dev-d", 3)  # pat-d's newest sealed reading deleted from InfluxDB
     influx_query(s, f"DELETE FROM readings WHERE device_id = 'dev-d' AND time = {gone['time']}")

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from tests.audit_support import influx_query, influx_write
+from tests.audit_support import influx_query, influx_write, stored_leaf_field
 from tests.test_api_anchored import anchor_all
 from tests.test_api_http import MINUTE_US, SALT_KEY, World, make_world, seal
 from vitalchain.anchor.deploy import deploy
@@ -53,7 +53,7 @@ def alter(settings: Settings, device: str, seq: int, **vitals: float) -> None:
     row = stored_row(settings, device, seq)
     canonical = copy.deepcopy(reading_from_row(row).canonical)
     canonical["vitals"].update(vitals)
-    influx_write(settings, [reading_point(canonical, bytes.fromhex(row["leaf"]), row["window_id"],
+    influx_write(settings, [reading_point(canonical, stored_leaf_field(row), row["window_id"],
                                           bool(row["late"]), int(row["received_us"]))])
 
 

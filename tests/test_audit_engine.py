@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from tests.audit_support import T0, World, build_world, influx_query, influx_write
+from tests.audit_support import (
+    T0,
+    World,
+    build_world,
+    influx_query,
+    influx_write,
+    stored_leaf_field,
+)
 from vitalchain.audit.engine import run_audit
 from vitalchain.audit.report import AuditReport, GapFinding
 from vitalchain.config import Settings
@@ -274,7 +281,7 @@ def test_a_point_stored_without_a_vital_is_still_altered(world: World) -> None:
                                  f"AND time = {whole['time']}")
     reading = world.reading("dev-a", 3)
     header = world.header_of("dev-a", 3)
-    full = reading_point(reading, bytes.fromhex(whole["leaf"]), header["window_id"], False,
+    full = reading_point(reading, stored_leaf_field(whole), header["window_id"], False,
                          int(whole["received_us"]))
     without_rr = Point(full.measurement, full.tags,
                        {k: v for k, v in full.fields.items() if k != "rr"}, full.time_ns)

@@ -4,8 +4,10 @@ Sealing writes, and auditing/proving reads back, so both directions live here an
 
 Measurement ``readings``: tags ``device_id``, ``patient_id``; fields ``hr, spo2, rr, temp_c, sys,
 dia`` (always floats, so InfluxDB never sees a field type change), ``seq`` (integer), ``salt``
-(hex string), ``leaf`` (hex of the leaf hash), ``window_id`` (string), ``late`` (bool),
-``received_us`` (integer).
+(hex string), ``window_id`` (string), ``late`` (bool), ``received_us`` (integer).  Points written
+before D39 also have ``leaf`` (hex of the leaf hash); it was never read as evidence (the leaf is
+recomputed from the point and compared with the ledger's: :func:`stored_leaf`), so the stream no
+longer writes it, and points with or without it read and verify alike.
 
 Timestamp rule: ``time_ns = ts_us * 1000 + seq % 1000``.  InfluxDB identifies a point by
 measurement + tag set + timestamp, so two readings of one device stamped in the same microsecond
@@ -62,7 +64,7 @@ class StoredReading:
     """A reading as read back: the canonical object plus what the pipeline recorded with it."""
 
     canonical: dict[str, Any]
-    leaf_hex: str
+    leaf_hex: str | None  # the stored leaf field, only on points written before D39; never trusted
     window_id: str
     late: bool
     received_us: int
@@ -81,15 +83,21 @@ def ts_us_from_time_ns(time_ns: int, seq: int) -> int:
     return rest // 1000
 
 
-def reading_point(canonical: Mapping[str, Any], leaf: bytes, window_id: str, late: bool,
+def reading_point(canonical: Mapping[str, Any], leaf: bytes | None, window_id: str, late: bool,
                   received_us: int, sig_at: int | None = None) -> Point:
-    """The ``readings`` point of one canonical reading (device fields + salt)."""
+    """The ``readings`` point of one canonical reading (device fields + salt).
+
+    ``leaf``: ``None`` for the shape the stream writes since D39 (no ``leaf`` field: it was never
+    read, only recomputed, and it was a sixth of influxd's CPU per point); bytes to write a point
+    in the older shape, which every reader still accepts (tests of stores written before D39)."""
     vitals = canonical["vitals"]
     fields: dict[str, float | int | bool | str] = {
         name: float(vitals[name]) for name in VITAL_FIELDS
     }
-    fields.update(seq=int(canonical["seq"]), salt=str(canonical["salt"]), leaf=leaf.hex(),
-                  window_id=window_id, late=bool(late), received_us=int(received_us))
+    fields.update(seq=int(canonical["seq"]), salt=str(canonical["salt"]))
+    if leaf is not None:
+        fields["leaf"] = leaf.hex()
+    fields.update(window_id=window_id, late=bool(late), received_us=int(received_us))
     if sig_at is not None:
         fields["sig_at"] = int(sig_at)
     return Point(READINGS_MEASUREMENT,
@@ -98,43 +106,92 @@ def reading_point(canonical: Mapping[str, Any], leaf: bytes, window_id: str, lat
 
 
 # A reading whose tags need no escaping (every id the validator lets through: ID_PATTERN) and whose
-# string fields need no quoting (hex digests, window ids) is formatted by one template; anything
-# else goes through Point.to_line.  Identical bytes either way (tests/test_influx_line.py).
+# string fields need no quoting is formatted by one f-string; anything else goes through
+# Point.to_line.  Identical bytes either way (tests/test_reading_lines.py).
 _PLAIN = re.compile(r"[A-Za-z0-9_.-]+")
-_LINE = (READINGS_MEASUREMENT + ",device_id={},patient_id={} hr={!r},spo2={!r},rr={!r},"
-         "temp_c={!r},sys={!r},dia={!r},seq={}i,salt=\"{}\",leaf=\"{}\",window_id=\"{}\","
-         "late={},received_us={}i{} {}")
+# "<measurement>,device_id=..,patient_id=.. " per (device, patient): the tags' escaping check is
+# made once per device, not per reading.  Bounded: cleared past _HEADS_MAX (a new fleet).
+_HEADS: dict[tuple[str, str], str] = {}
+_SIGNED_HEADS: dict[str, str] = {}
+_HEADS_MAX = 200_000
 
-ReadingRow = tuple[Mapping[str, Any], bytes, str, bool, int, "int | None"]
+# repr(float(x)) of the vitals seen so far, keyed by x: vitals repeat (integers in small ranges,
+# temperatures to one decimal), and the repr is a third of a line's cost.  Keyed by value, so an
+# int and the float equal to it share an entry (float(72) and 72.0 have one repr; Python compares
+# int and float exactly); zero is never cached (0 == -0.0, whose repr differs).  Bounded.
+_FLOAT_TEXT: dict[float, str] = {}
+_FLOAT_TEXT_MAX = 65_536
+
+
+def _float_text(value: Any) -> str:
+    """``repr(float(value))``, remembered; ``""`` if not finite (the caller takes the slow path,
+    which refuses it as before)."""
+    number = float(value)
+    if not math.isfinite(number):
+        return ""
+    spelled = repr(number)
+    if number != 0.0 and len(_FLOAT_TEXT) < _FLOAT_TEXT_MAX:
+        _FLOAT_TEXT[value] = spelled
+    return spelled
+
+
+ReadingRow = tuple[Mapping[str, Any], "bytes | None", str, bool, int, "int | None"]
+
+
+def _quotable(text: object) -> bool:
+    """True if ``text`` is a str that a line-protocol string field holds between quotes as is."""
+    return type(text) is str and "\\" not in text and '"' not in text and "\n" not in text
+
+
+def _head(device: str, patient: str) -> str | None:
+    key = (device, patient)
+    head = _HEADS.get(key)
+    if head is None:
+        plain = _PLAIN.fullmatch
+        if type(device) is not str or type(patient) is not str or not (
+                plain(device) and plain(patient)):
+            return None
+        if len(_HEADS) >= _HEADS_MAX:
+            _HEADS.clear()
+        head = _HEADS[key] = f"{READINGS_MEASUREMENT},device_id={device},patient_id={patient} "
+    return head
 
 
 def reading_lines(rows: Iterable[ReadingRow]) -> list[str]:
     """Line protocol of many readings at once: ``(canonical, leaf, window_id, late, received_us,
-    sig_at)`` each, the same bytes as ``reading_point(...).to_line()`` without building a
-    :class:`Point` per reading (the stream writes every reading it takes; issue #14)."""
-    plain = _PLAIN.fullmatch
-    line = _LINE.format
-    out = []
-    for canonical, leaf, window_id, late, received_us, sig_at in rows:
-        device, patient, salt = canonical["device_id"], canonical["patient_id"], canonical["salt"]
-        seq, ts_us = canonical["seq"], canonical["ts_us"]
+    sig_at)`` each, the same bytes as ``reading_point(canonical, None, ...).to_line()`` (the row's
+    leaf is not written: D39) without building a :class:`Point` or a dict per reading (the stream
+    writes every reading it takes; issue #14).  One f-string per reading; the tag head is made
+    once per device and the window id checked once per run of equal ids."""
+    out: list[str] = []
+    append = out.append
+    text = _FLOAT_TEXT.get
+    last_window: object = None
+    for canonical, _leaf, window_id, late, received_us, sig_at in rows:
+        head = _head(canonical["device_id"], canonical["patient_id"])
+        seq, ts_us, salt = canonical["seq"], canonical["ts_us"], canonical["salt"]
+        if window_id is not last_window:
+            last_window = window_id if _quotable(window_id) else None
         v = canonical["vitals"]
-        if (type(seq) is not int or type(ts_us) is not int or type(received_us) is not int
-                or not (plain(device) and plain(patient) and plain(window_id) and plain(salt))
+        hr, spo2, rr, temp, sys_, dia = (v["hr"], v["spo2"], v["rr"], v["temp_c"], v["sys"],
+                                         v["dia"])
+        hr, spo2, rr = text(hr) or _float_text(hr), text(spo2) or _float_text(spo2), \
+            text(rr) or _float_text(rr)
+        temp, sys_, dia = text(temp) or _float_text(temp), text(sys_) or _float_text(sys_), \
+            text(dia) or _float_text(dia)
+        if (head is None or last_window is None or type(seq) is not int
+                or type(ts_us) is not int or type(received_us) is not int
+                or not (type(salt) is str and salt.isalnum())
+                or not (hr and spo2 and rr and temp and sys_ and dia)
                 or (sig_at is not None and type(sig_at) is not int)):
-            out.append(reading_point(canonical, leaf, window_id, late, received_us,
-                                     sig_at).to_line())
+            append(reading_point(canonical, None, window_id, late, received_us,
+                                 sig_at).to_line())
             continue
-        values = (float(v["hr"]), float(v["spo2"]), float(v["rr"]), float(v["temp_c"]),
-                  float(v["sys"]), float(v["dia"]))
-        if not all(map(math.isfinite, values)):
-            out.append(reading_point(canonical, leaf, window_id, late, received_us,
-                                     sig_at).to_line())
-            continue
-        out.append(line(device, patient, *values, seq, salt, leaf.hex(), window_id,
-                        "true" if late else "false", received_us,
-                        "" if sig_at is None else f",sig_at={sig_at}i",
-                        ts_us * 1000 + seq % SUB_US_SLOTS))
+        tail = (f" {ts_us * 1000 + seq % SUB_US_SLOTS}" if sig_at is None
+                else f",sig_at={sig_at}i {ts_us * 1000 + seq % SUB_US_SLOTS}")
+        append(f"{head}hr={hr},spo2={spo2},rr={rr},temp_c={temp},sys={sys_},dia={dia},"
+               f"seq={seq}i,salt=\"{salt}\",window_id=\"{window_id}\","
+               f"late={'true' if late else 'false'},received_us={received_us}i{tail}")
     return out
 
 
@@ -144,20 +201,42 @@ def signed_at(signed: Mapping[str, Any]) -> int:
     return point_time_ns(int(ts_us), int(seq))
 
 
-def signed_message_point(device_id: str, signed: Mapping[str, Any]) -> Point:
-    """The ``signed_messages`` point of a message (from the record that carries it whole).
-
-    The readings as JSON: orjson's spelling (a third of the stdlib's cost per message on the
+def _signed_readings_json(signed: Mapping[str, Any]) -> str:
+    """The readings as JSON: orjson's spelling (a third of the stdlib's cost per message on the
     stream's path), the stdlib's for what orjson cannot write (an integer beyond 64 bits in a
     reading as sent). Readers parse it (:func:`signed_message_from_row`) and the signature is
     checked over the parsed readings, so only the values matter, not the spelling."""
     try:
-        readings = orjson.dumps(signed["readings"]).decode()
+        return orjson.dumps(signed["readings"]).decode()
     except orjson.JSONEncodeError:
-        readings = json.dumps(signed["readings"], separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(signed["readings"], separators=(",", ":"), ensure_ascii=False)
+
+
+def signed_message_point(device_id: str, signed: Mapping[str, Any]) -> Point:
+    """The ``signed_messages`` point of a message (from the record that carries it whole)."""
     return Point(SIGNED_MEASUREMENT, {"device_id": device_id},
-                 {"key_id": str(signed["key_id"]), "sig": str(signed["sig"]), "readings": readings},
+                 {"key_id": str(signed["key_id"]), "sig": str(signed["sig"]),
+                  "readings": _signed_readings_json(signed)},
                  signed_at(signed))
+
+
+def signed_message_line(device_id: str, signed: Mapping[str, Any]) -> str:
+    """``signed_message_point(device_id, signed).to_line()`` without the Point: the same bytes
+    (tests/test_reading_lines.py), by one f-string when the device id needs no escaping and
+    the key id and signature no quoting (always, for what the bridge forwards)."""
+    head = _SIGNED_HEADS.get(device_id)
+    if head is None:
+        if type(device_id) is not str or not _PLAIN.fullmatch(device_id):
+            return signed_message_point(device_id, signed).to_line()
+        if len(_SIGNED_HEADS) >= _HEADS_MAX:
+            _SIGNED_HEADS.clear()
+        head = _SIGNED_HEADS[device_id] = f"{SIGNED_MEASUREMENT},device_id={device_id} "
+    key_id, sig = signed["key_id"], signed["sig"]
+    if not (_quotable(key_id) and _quotable(sig)):
+        return signed_message_point(device_id, signed).to_line()
+    readings = (_signed_readings_json(signed).replace("\\", "\\\\").replace('"', '\\"')
+                .replace("\n", "\\n"))
+    return f'{head}key_id="{key_id}",sig="{sig}",readings="{readings}" {signed_at(signed)}'
 
 
 def signed_message_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -228,7 +307,8 @@ def reading_from_row(row: Mapping[str, Any]) -> StoredReading:
     }
     late = row.get("late")
     sig_at = _int(row, "sig_at") if row.get("sig_at") is not None else None
-    return StoredReading(canonical=canonical, leaf_hex=_str(row, "leaf"),
+    leaf = row.get("leaf")  # written before D39 only, and never trusted: see stored_leaf
+    return StoredReading(canonical=canonical, leaf_hex=leaf if isinstance(leaf, str) else None,
                          window_id=_str(row, "window_id"), late=late is True,
                          received_us=_int(row, "received_us"), sig_at=sig_at)
 
