@@ -154,3 +154,29 @@ def test_the_leaf_memo_never_hides_a_change(ledger: Ledger) -> None:
     for seq in range(1, 5):
         memo.leaf(canonical(seq))
     assert len(memo) == 2  # bounded: oldest out first
+
+
+def test_points_without_a_leaf_field_get_the_same_verdicts(ledger: Ledger) -> None:
+    """D39: the stream stores no ``leaf``.  A point without one (absent, or null in a ``SELECT *``
+    over older points that have it) is judged exactly as one with it, and an old point's stored
+    leaf, right or forged, changes nothing: the leaf is always recomputed."""
+    a, b, c = canonical(0), canonical(1), canonical(2)
+    seal(ledger, [a, b], 0)
+    altered = copy.deepcopy(b)
+    altered["vitals"]["hr"] = 150
+
+    def bare(x: dict[str, Any], window_id: str, null: bool) -> dict[str, Any]:
+        point = reading_point(x, None, window_id, False, x["ts_us"] + 5)
+        assert "leaf" not in point.fields
+        return {"time": point.time_ns, **point.tags, **point.fields,
+                **({"leaf": None} if null else {})}
+
+    with_leaf = [row(a, "p0-0"), row(altered, "p0-0"), row(c, "p0-2"),
+                 row(altered, "p0-0", leaf=reading_leaf_hash(b))]  # the sealed leaf, forged in
+    expected = ["sealed", "altered", "received", "altered"]
+    assert states(ReadVerifier(ledger, TOPIC), with_leaf) == expected
+    for null in (False, True):
+        rows = [bare(a, "p0-0", null), bare(altered, "p0-0", null), bare(c, "p0-2", null),
+                bare(altered, "p0-0", null)]
+        assert states(ReadVerifier(ledger, TOPIC), rows) == expected
+        assert all(reading_from_row(r).leaf_hex is None for r in rows)
