@@ -36,11 +36,10 @@ from vitalchain.core.integrity import (
     CanonicalError,
     blake3_hasher,
     build_window_header,
-    canonical_reading,
-    reading_leaf_hash,
     window_id,
 )
 from vitalchain.core.payload.record import RawRecord, RecordError, decode, split_bundle
+from vitalchain.ingest.leafpath import checked_reading, reading_leaf
 
 STAGE = "stream"
 MAX_DETAIL = 300
@@ -50,9 +49,13 @@ SealedLeafLookup = Callable[[str, int], bytes | None]
 SealedHighLookup = Callable[[str], int | None]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WindowReading:
-    """A kept reading: its canonical object (leaf input), leaf hash and pipeline metadata."""
+    """A kept reading: its canonical object (leaf input), leaf hash and pipeline metadata.
+
+    Never changed once made, but not ``frozen``: one is made per reading, and a frozen
+    dataclass's ``__init__`` (``object.__setattr__`` per field) cost 1.4 µs against 0.3 µs.
+    It was never hashable anyway (it holds a dict)."""
 
     offset: int
     canonical: dict[str, Any]
@@ -170,17 +173,6 @@ def parse_signed_record(value: bytes) -> tuple[dict[str, Any], int, dict[str, An
     return checked_reading(record.readings[0]), record.received_us, record.signed
 
 
-def checked_reading(item: Any) -> dict[str, Any]:
-    """The bridge's context-free checks of one reading again (the raw topic is not trusted
-    blindly); raises ValueError with the check's detail."""
-    from vitalchain.core.payload.validation import check_reading
-
-    try:
-        return check_reading(item)
-    except Exception as exc:
-        raise ValueError(getattr(exc, "detail", None) or str(exc)) from None
-
-
 class PartitionWindower:
     """The open window of one partition, fed records in offset order."""
 
@@ -266,8 +258,7 @@ class PartitionWindower:
             for index, item in enumerate(record.readings):
                 where = at + (f"readings[{index}]: " if batch else "")
                 try:
-                    canonical = canonical_reading(checked_reading(item), self._salt_key)
-                    leaf = reading_leaf_hash(canonical)
+                    canonical, leaf = reading_leaf(item, self._salt_key)
                 except (ValueError, KeyError, CanonicalError) as exc:
                     fates.append("invalid")
                     letters.append(dead_letter("invalid_record", where + str(exc), self.topic,
