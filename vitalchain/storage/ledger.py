@@ -43,7 +43,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from vitalchain.core.integrity import WINDOW_FORMAT, canonical_json, header_epoch, window_leaf_hash
+from vitalchain.core.integrity import (
+    WINDOW_FORMAT,
+    blake3_hasher,
+    canonical_json,
+    header_epoch,
+)
 from vitalchain.errors import Refused, VitalchainError
 from vitalchain.storage.sqldb import LOCK_LEDGER, SqlDb, SqliteDb, connect, install_pg_schema, pg_ddl
 
@@ -454,8 +459,11 @@ class Ledger:
                 idle_cut: bool, tail_hash: bytes | None) -> int:
         """One write transaction around the append (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL:
         the ledger's advisory lock), so concurrent writers queue and log indexes stay dense."""
-        header_json = canonical_json(header).decode()
-        window_leaf = window_leaf_hash(header)
+        canonical = canonical_json(header)
+        header_json = canonical.decode()
+        # window_leaf_hash(header), from the JCS bytes just made: a header names every device
+        # of its window (thousands), so its canonical text is not worth making twice.
+        window_leaf = blake3_hasher.leaf(canonical)
         with self._db.write(LOCK_LEDGER):
             return self._append_locked(topic, partition, header, header_json, window_leaf,
                                        leaf_hashes, readings, idle_cut, tail_hash)
