@@ -290,17 +290,26 @@ class PartitionWindower:
         kept: list[WindowReading] = []
         late_count = 0
         signed_pending = [r.signed is not None for r in records]
+        # What the other readings of a message carry of it ({"at"} in a batch): the same for
+        # each, so made once per message and shared (never changed downstream).
+        rest: dict[int, dict[str, Any] | None] = {}
+        late_before = self.late_before
         for canonical, leaf, index, m in fresh:
             record = records[m]
             ts = canonical["ts_us"]
             if window.first_ts is None:
                 window.first_ts = ts
-            late = self.late_before is not None and ts < self.late_before
+            late = late_before is not None and ts < late_before
             late_count += late
             # The first kept reading of a message brings its signed message's point along
             # (idempotent: a duplicate of a reading before it already stored the same point).
-            signed = record.signed_part(index, signed_pending[m])
-            signed_pending[m] = False
+            if signed_pending[m]:
+                signed = record.signed_part(index, True)
+                signed_pending[m] = False
+            elif m in rest:
+                signed = rest[m]
+            else:
+                signed = rest[m] = record.signed_part(index, False)
             reading = WindowReading(offset, canonical, leaf, late, record.received_us, signed)
             window.readings.append(reading)
             window.leaves[(canonical["device_id"], canonical["seq"])] = leaf
