@@ -249,8 +249,7 @@ class StreamProcessor:
             state.last_arrival = time.monotonic()
             if result.kept and result.window_id is not None:
                 stats.kept += len(result.kept)
-                for reading in result.kept:
-                    self.sealer.received(reading, result.window_id)
+                self.sealer.received_many(result.kept, result.window_id)
                 stats.late += result.late_count
             stats.duplicates += result.duplicates
             stats.conflicts += result.conflicts

@@ -11,7 +11,7 @@ partition's *last* window can be missing its point, since a partition seals one 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from vitalchain.errors import Refused
@@ -50,8 +50,12 @@ class Sealer:
 
     def received(self, reading: WindowReading, window_id: str) -> None:
         """A reading was kept in open window ``window_id``: queue its point for InfluxDB now."""
+        self.received_many((reading,), window_id)
+
+    def received_many(self, readings: Iterable[WindowReading], window_id: str) -> None:
+        """A record's readings were kept in open window ``window_id``: queue their points."""
         if self.receipts is not None:
-            self.receipts.add(reading, window_id)
+            self.receipts.add_many(readings, window_id)
 
     def _forget(self, closed: ClosedWindow) -> None:
         if self.receipts is not None:

@@ -15,13 +15,24 @@ import psycopg
 import pytest
 
 from tests.pg_support import admin, new_database, server_url
-from tests.test_ledger import APPENDER, T0, window
+from tests.test_ledger import APPENDER, KEY, T0, window
 from tests.test_ledger_epochs import TAIL, epoch_window
-from vitalchain.core.integrity import window_leaf_hash
+from vitalchain.core.integrity import (
+    build_window_header,
+    canonical_reading,
+    reading_leaf_hash,
+    window_leaf_hash,
+)
 from vitalchain.core.timeutil import now_us
 from vitalchain.storage.anchors import AnchorStore, AnchorTx
 from vitalchain.storage.apistore import ApiStore, StoreError
-from vitalchain.storage.ledger import WORKERS_ROLE, Ledger, StaleWindow, WindowConflict
+from vitalchain.storage.ledger import (
+    WORKERS_ROLE,
+    Ledger,
+    ReadingIndexRow,
+    StaleWindow,
+    WindowConflict,
+)
 from vitalchain.storage.ledger_view import LedgerUnavailable, LedgerView
 from vitalchain.storage.sqldb import LOCK_ANCHOR_WORKER, SessionLock, is_postgres_url
 
@@ -284,3 +295,26 @@ def test_the_stacks_private_server_keeps_the_ledger_across_a_restart(tmp_path: P
         stack.down()
     assert stack.pid("postgres") is None
     assert not list((tmp_path / "state").rglob("*.sqlite"))
+
+
+def test_index_rows_keep_their_window_positions_whatever_the_insert_order(ledger_target) -> None:
+    """The append inserts a window's index rows in key order (device, seq), not window order:
+    each reading must still be found at its own position, with its own leaf and time."""
+    readings = [canonical_reading({"device_id": f"dev-{d}", "patient_id": "p", "seq": s,
+                                   "ts_us": T0 + s * 1000 + d,
+                                   "vitals": {"hr": 60 + d, "spo2": 97, "rr": 14,
+                                              "temp_c": 36.6, "sys": 120, "dia": 80}}, KEY)
+                for s in (5, 4, 3) for d in (9, 2, 7, 0)]  # interleaved, keys descending
+    leaves = [reading_leaf_hash(r) for r in readings]
+    header = build_window_header(readings, partition=0, first_offset=0, last_offset=11,
+                                 salt_key_id="k", leaf_hashes=leaves)
+    rows = [ReadingIndexRow(r["device_id"], r["seq"], r["ts_us"], i, leaf)
+            for i, (r, leaf) in enumerate(zip(readings, leaves, strict=True))]
+    with Ledger(ledger_target) as ledger:
+        assert ledger.append_window("raw", 0, header, leaves, rows, idle_cut=False) == 0
+        for i, r in enumerate(readings):
+            loc = ledger.locate(r["device_id"], r["seq"])
+            assert loc is not None
+            assert (loc.index_in_window, loc.leaf_hash, loc.ts_us, loc.window_id) == (
+                i, leaves[i], r["ts_us"], header["window_id"])
+        assert ledger.reading_count() == len(readings)

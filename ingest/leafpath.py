@@ -1,0 +1,92 @@
+"""One pass per reading in the stream: the raw topic's checks, the salt, the canonical object and
+the leaf hash, fused for the reading schema's common case.
+
+``PartitionWindower.offer`` did this in three steps per reading: ``check_reading`` (the bridge's
+context-free checks again: the raw topic is not trusted blindly), ``canonical_reading`` (a copy
+of the reading plus the salt, the salt's JCS input through the generic template checks) and
+``reading_leaf_hash`` (another copy, the JCS template's checks again, then BLAKE3).  Each step
+re-tested types and shapes the previous one had just established.  :func:`reading_leaf` tests
+them once and writes the salt input and the leaf's JCS text from one template each.
+
+Exactness: the fast path is taken only for a reading that passes every check of
+``check_reading`` and whose every value lies in the plain JCS domain (ids matching
+``ID_PATTERN`` are plain ASCII; integers within 2**53 - 1; ``temp_c`` within its limits, where
+``repr`` is the ES6 number text).  Anything else goes the three-step way, unchanged, so a
+refused reading is refused with the same detail as before.  ``tests/test_leafpath.py`` checks,
+by hypothesis over valid and invalid readings, that both ways give the same canonical object and
+leaf, or the same refusal.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import blake3
+
+from vitalchain.core.integrity import canonical_reading, reading_leaf_hash
+from vitalchain.core.integrity.hashing import LEAF_PREFIX
+from vitalchain.core.integrity.salt import KEY_BYTES, SALT_DOMAIN
+from vitalchain.core.payload.limits import ID_PATTERN, MAX_JSON_INT, MIN_TS_US, VITAL_LIMITS
+from vitalchain.core.payload.validation import READING_FIELDS, check_reading
+
+_ID = re.compile(ID_PATTERN.removeprefix("^").removesuffix("$"))
+_VITAL_SET = frozenset(VITAL_LIMITS)
+_HR, _SPO2, _RR, _TEMP, _SYS, _DIA = (VITAL_LIMITS[k] for k in
+                                      ("hr", "spo2", "rr", "temp_c", "sys", "dia"))
+_SALT_HEAD = f'["{SALT_DOMAIN}","'
+
+
+def checked_reading(item: Any) -> dict[str, Any]:
+    """The bridge's context-free checks of one reading again (the raw topic is not trusted
+    blindly); raises ValueError with the check's detail (the dead letter's)."""
+    try:
+        return check_reading(item)
+    except Exception as exc:
+        raise ValueError(getattr(exc, "detail", None) or str(exc)) from None
+
+
+def slow_reading_leaf(item: Any, salt_key: bytes) -> tuple[dict[str, Any], bytes]:
+    """The three-step way: checks, canonical object, leaf (raises ValueError, KeyError or
+    CanonicalError for what it refuses)."""
+    canonical = canonical_reading(checked_reading(item), salt_key)
+    return canonical, reading_leaf_hash(canonical)
+
+
+def reading_leaf(item: Any, salt_key: bytes) -> tuple[dict[str, Any], bytes]:
+    """(canonical reading, leaf hash) of one reading of a raw record; the same as
+    :func:`slow_reading_leaf`, refusals included, in one pass for the common case."""
+    if (type(item) is not dict or item.keys() != READING_FIELDS or type(salt_key) is not bytes
+            or len(salt_key) != KEY_BYTES):
+        return slow_reading_leaf(item, salt_key)
+    device_id, patient_id, seq, ts_us, vitals = (
+        item["device_id"], item["patient_id"], item["seq"], item["ts_us"], item["vitals"])
+    if (type(device_id) is not str or type(patient_id) is not str or type(seq) is not int
+            or type(ts_us) is not int or type(vitals) is not dict
+            or vitals.keys() != _VITAL_SET or not 0 <= seq <= MAX_JSON_INT
+            or not MIN_TS_US <= ts_us <= MAX_JSON_INT or _ID.fullmatch(device_id) is None
+            or _ID.fullmatch(patient_id) is None):
+        return slow_reading_leaf(item, salt_key)
+    hr, spo2, rr, temp, sys_, dia = (vitals["hr"], vitals["spo2"], vitals["rr"],
+                                     vitals["temp_c"], vitals["sys"], vitals["dia"])
+    kind = type(temp)
+    if (type(hr) is not int or type(spo2) is not int or type(rr) is not int
+            or type(sys_) is not int or type(dia) is not int
+            or (kind is not float and kind is not int)
+            or not _HR[0] <= hr <= _HR[1] or not _SPO2[0] <= spo2 <= _SPO2[1]
+            or not _RR[0] <= rr <= _RR[1] or not _SYS[0] <= sys_ <= _SYS[1]
+            or not _DIA[0] <= dia <= _DIA[1] or dia >= sys_
+            or not math.isfinite(temp) or not _TEMP[0] <= temp <= _TEMP[1]):
+        return slow_reading_leaf(item, salt_key)
+    # temp_c within its limits: an integral value is written as an integer (JCS), any other
+    # as Python's shortest repr, which is the ES6 text for magnitudes in [1e-4, 1e16).
+    temp_text = str(int(temp)) if kind is int or temp.is_integer() else repr(temp)
+    salt = blake3.blake3(f'{_SALT_HEAD}{device_id}",{seq}]'.encode("ascii"),
+                         key=salt_key).hexdigest()
+    text = (f'{{"device_id":"{device_id}","patient_id":"{patient_id}","salt":"{salt}",'
+            f'"seq":{seq},"ts_us":{ts_us},"vitals":{{"dia":{dia},"hr":{hr},"rr":{rr},'
+            f'"spo2":{spo2},"sys":{sys_},"temp_c":{temp_text}}}}}').encode("ascii")
+    canonical = {"device_id": device_id, "patient_id": patient_id, "seq": seq, "ts_us": ts_us,
+                 "vitals": vitals, "salt": salt}
+    return canonical, blake3.blake3(LEAF_PREFIX + text).digest()
