@@ -9,6 +9,11 @@ reports which CRC32C implementation kafka-python uses in the bridge's interprete
 package's C code, or kafka-python's pure-Python fallback).
 
     .venv/bin/python bench/bench_bridge_cpu.py --devices 100 --rate 20 --batch 5 --duration 20
+
+``--compare TREE`` (repeatable; ``--rounds N``): the same run, in turn, by this tree and by each
+other worktree (its own ``.venv/bin/python`` running its own ``bench/bench_bridge_cpu.py`` with the
+same options), round by round interleaved (A B A B ...) so both are measured on the same noisy,
+shared machine; prints each run's JSON and the median bridge CPU per 1,000 readings per tree.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import asyncio
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,7 +77,12 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=20.0, help="readings/s per device offered")
     parser.add_argument("--batch", type=int, default=5)
     parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--compare", type=Path, action="append", default=[],
+                        help="another worktree with its own .venv, run interleaved")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per tree with --compare")
     args = parser.parse_args()
+    if args.compare:
+        return compare(args)
 
     crc = subprocess.run([sys.executable, "-c", _CRC], capture_output=True, text=True,
                          check=True).stdout.strip()
@@ -122,6 +133,30 @@ def main() -> int:
               "bridge_cpu_share_of_one_core": round(cpu / elapsed, 3),
               "messages_per_raw_record": per_record}
     print(json.dumps(result))
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Run this bench in each tree in turn, ``--rounds`` times (A B A B ...)."""
+    trees = [Path(__file__).resolve().parents[1], *[t.resolve() for t in args.compare]]
+    options = ["--devices", str(args.devices), "--rate", str(args.rate), "--batch",
+               str(args.batch), "--duration", str(args.duration)]
+    figures: dict[Path, list[float]] = {t: [] for t in trees}
+    for _ in range(args.rounds):
+        for tree in trees:
+            out = subprocess.run([str(tree / ".venv/bin/python"),
+                                  str(tree / "bench/bench_bridge_cpu.py"), *options],
+                                 cwd=tree, capture_output=True, text=True, check=True).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+            print(json.dumps({"tree": str(tree), **result}), flush=True)
+            figures[tree].append(result["bridge_cpu_ms_per_1000_readings"])
+    print(f"{args.devices} devices x {args.rate} Hz in messages of {args.batch}, {args.duration} s, "
+          f"{args.rounds} interleaved rounds; bridge CPU ms per 1,000 readings")
+    for tree, values in figures.items():
+        commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True).stdout.strip()
+        print(f"  {tree} ({commit}): median {statistics.median(values):.1f} "
+              f"(all {', '.join(f'{v:.1f}' for v in values)})")
     return 0
 
 

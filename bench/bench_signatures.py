@@ -31,10 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from vitalchain.core.integrity.devicekeys import (
     check_signature,
+    generate_private_key,
     key_id_of,
     load_public_key,
     public_key_bytes,
@@ -63,7 +62,7 @@ def per_call_us(fn: Callable[[object], object], items: list) -> float:
 
 
 def measure(size: int, messages: int, rounds: int) -> dict[str, float]:
-    key = Ed25519PrivateKey.generate()
+    key = generate_private_key()
     public = public_key_bytes(key)
     kid = key_id_of(public)
     signing = SigningKey(kid, key)

@@ -26,20 +26,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from vitalchain.config import Settings
 from vitalchain.core.integrity.devicekeys import (
     KEY_PARTITION,
     KEY_TOPIC,
+    PrivateKey,
+    PublicKey,
     SignatureError,
     b64url,
     build_key_entry,
     build_key_window_header,
     entry_public_key,
     from_b64url,
+    generate_private_key,
     key_entry_leaf,
     load_public_key,
+    private_key_from_seed,
     public_key_bytes,
 )
 from vitalchain.core.timeutil import now_us
@@ -59,7 +61,7 @@ class SigningKey:
     """A device's current private key (what the firmware signs with)."""
 
     key_id: str
-    private_key: Ed25519PrivateKey
+    private_key: PrivateKey
 
 
 @dataclass(frozen=True)
@@ -136,14 +138,11 @@ def signing_key(settings: Settings, device_id: str) -> SigningKey | None:
         return None
     data = json.loads(path.read_text())
     seed = from_b64url(data["private_key"], 32, "private_key")
-    return SigningKey(str(data["key_id"]), Ed25519PrivateKey.from_private_bytes(seed))
+    return SigningKey(str(data["key_id"]), private_key_from_seed(seed))
 
 
-def _store_private(settings: Settings, device_id: str, key: Ed25519PrivateKey, key_id: str) -> None:
-    from cryptography.hazmat.primitives import serialization
-
-    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                             serialization.NoEncryption())
+def _store_private(settings: Settings, device_id: str, key: PrivateKey, key_id: str) -> None:
+    seed = key.seed
     _write_private(private_key_path(settings, device_id),
                    json.dumps({"device_id": device_id, "key_id": key_id, "alg": "Ed25519",
                                "private_key": b64url(seed)}))
@@ -192,7 +191,7 @@ def ensure_keys(settings: Settings, device_ids: list[str]) -> list[str]:
 
 
 def _new_key(settings: Settings, rows: list[dict[str, Any]], device_id: str) -> dict[str, Any]:
-    key = Ed25519PrivateKey.generate()
+    key = generate_private_key()
     entry = _append(settings, rows, "register", device_id, public_key_bytes(key))
     _store_private(settings, device_id, key, entry["key_id"])
     return entry
@@ -243,7 +242,7 @@ class Keyring:
         self._path = os.fspath(keys_path(settings))  # a str: no path arithmetic per stat
         self._stamp: tuple[int, int, int] | None = None
         self._checked_ns = -1  # monotonic_ns just before the last stat
-        self._keys: dict[tuple[str, str], tuple[Ed25519PublicKey, bool]] = {}
+        self._keys: dict[tuple[str, str], tuple[PublicKey, bool]] = {}
         self.stats = 0  # stats made (the bench and tests read it)
 
     def _fresh(self, arrived_ns: int | None = None) -> None:
@@ -258,7 +257,7 @@ class Keyring:
             stamp = (0, 0, 0)
         if stamp == self._stamp:
             return
-        keys: dict[tuple[str, str], tuple[Ed25519PublicKey, bool]] = {}
+        keys: dict[tuple[str, str], tuple[PublicKey, bool]] = {}
         try:
             for device, recs in records(self.settings).items():
                 for rec in recs:
@@ -274,7 +273,7 @@ class Keyring:
         self._keys, self._stamp = keys, stamp
 
     def lookup(self, device_id: str, key_id: str,
-               arrived_ns: int | None = None) -> Ed25519PublicKey:
+               arrived_ns: int | None = None) -> PublicKey:
         """The device's registered, unrevoked key ``key_id``; raises SignatureError why not.
         ``arrived_ns``: when the message arrived (monotonic_ns), see the class doc."""
         self._fresh(arrived_ns)

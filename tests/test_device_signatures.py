@@ -11,7 +11,6 @@ import copy
 import json
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vitalchain.core.integrity import MerkleLog, canonical_reading, reading_leaf_hash, window_leaf_hash
 from vitalchain.core.integrity.bundle import build_bundle
@@ -23,6 +22,7 @@ from vitalchain.core.integrity.devicekeys import (
     build_key_window_header,
     check_signature,
     from_b64url,
+    generate_private_key,
     key_entry_leaf,
     key_id_of,
     load_public_key,
@@ -85,7 +85,7 @@ class _Keys:
     """What the bridge's keyring answers: one device with one key (and optionally a revoked one)."""
 
     def __init__(self) -> None:
-        self.key = Ed25519PrivateKey.generate()
+        self.key = generate_private_key()
         self.public = public_key_bytes(self.key)
         self.kid = key_id_of(self.public)
         self.revoked: set[str] = set()
@@ -141,7 +141,7 @@ def test_hostile_signed_messages_are_bad_signature(case: str) -> None:
     if case == "wrong_key_id":
         payload = keys.payload(readings, kid="f" * 32, sig=good_sig)
     elif case == "other_devices_key":
-        other = Ed25519PrivateKey.generate()
+        other = generate_private_key()
         kid = key_id_of(public_key_bytes(other))
         payload = keys.payload(readings, kid=kid, sig=sign_message(other, kid, readings))
     elif case == "bad_encoding":
@@ -258,7 +258,7 @@ def test_rotation_keeps_old_readings_verifiable() -> None:
     """After the device's key is rotated (new key registered, old one revoked, both in the log),
     a reading signed with the old key still proves with the old key's registration."""
     p = example_signed_parts()
-    new_key = Ed25519PrivateKey.generate()
+    new_key = generate_private_key()
     _old, old_public = example_device_key()
     rotation = [build_key_entry(2, T0 + 60_000_000, "register", "watch-s", public_key_bytes(new_key)),
                 build_key_entry(3, T0 + 60_000_000, "revoke", "watch-s", old_public)]

@@ -12,17 +12,22 @@ from __future__ import annotations
 import json
 
 import rfc8785
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vitalchain.core.integrity.devicekeys import check_signature, key_id_of, public_key_bytes
+from vitalchain.core.integrity.devicekeys import (
+    check_signature,
+    key_id_of,
+    load_public_key,
+    private_key_from_seed,
+    public_key_bytes,
+)
 from vitalchain.core.payload.limits import ID_PATTERN, MAX_JSON_INT, MIN_TS_US, VITAL_LIMITS
 from vitalchain.devices.keys import SigningKey
 from vitalchain.devices.physiology import Patient
 from vitalchain.devices.wire import MessageWriter, generic_encode
 
-_PRIVATE = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+_PRIVATE = private_key_from_seed(bytes(range(32)))
 SIGNING = SigningKey(key_id_of(public_key_bytes(_PRIVATE)), _PRIVATE)
 DEVICE, PATIENT = "dev-7", "patient-7"
 
@@ -59,7 +64,7 @@ def test_the_writer_writes_the_generic_bytes_on_the_whole_schema_domain(batch: l
     assert payload == generic_encode(batch, key)
     if signed:  # and the bridge's check accepts it
         message = json.loads(payload)
-        check_signature(_PRIVATE.public_key(), SIGNING.key_id, message["sig"], message["readings"])
+        check_signature(load_public_key(_PRIVATE.public), SIGNING.key_id, message["sig"], message["readings"])
 
 
 @settings(max_examples=600, deadline=None)

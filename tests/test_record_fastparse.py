@@ -133,6 +133,9 @@ def test_the_nesting_guard_holds_on_the_fast_path() -> None:
         assert orjson.dumps(orjson.loads(value)) == value  # canonical: the fast path's input
         assert_agree(value)
     assert outcome(parse_canonical, value)[:2] == ("refused", "malformed_json")
+    # deeper than orjson writes (254) but not than it reads (1,024): the strict parser's verdict
+    deep = b"[" * 300 + b"]" * 300
+    assert outcome(parse_canonical, deep) == outcome(parse, deep)
 
 
 def test_the_bridge_writes_orjson_spelling_and_older_spellings_still_decode() -> None:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.bridge_support import Device, Records, make_reading, running_bridge
 from tests.common_support import wait_until
@@ -20,7 +19,12 @@ from tests.stream_support import Worker, produce
 from vitalchain.anchor.proofs import ProofAltered, ProofService
 from vitalchain.config import Settings
 from vitalchain.core.integrity import build_bundle
-from vitalchain.core.integrity.devicekeys import key_id_of, public_key_bytes, sign_message
+from vitalchain.core.integrity.devicekeys import (
+    generate_private_key,
+    key_id_of,
+    public_key_bytes,
+    sign_message,
+)
 from vitalchain.core.verify import verify_document
 from vitalchain.devices.firmware import encode
 from vitalchain.devices.registry import identities, provision_devices, revoke_key, rotate_key
@@ -157,5 +161,5 @@ def test_provisioning_logs_keys_in_the_window_log(isolated: Settings) -> None:
     assert [w.header["size"] for w in mine][-3:] == [1, 2, 1]  # register; register+revoke; revoke
     assert [w.log_index for w in mine] == sorted(w.log_index for w in mine)
     # A forged key (never registered) signs nothing the verifier accepts: key ids name keys.
-    stranger = Ed25519PrivateKey.generate()
+    stranger = generate_private_key()
     assert key_id_of(public_key_bytes(stranger)) != ident.signing.key_id  # type: ignore[union-attr]

@@ -17,20 +17,32 @@ and access windows (pseudo-topic ``device-keys`` partition 0, offsets = entry se
 - ``key_id`` = the first 32 hex characters of SHA-256 of the raw public key (so a key id names
   one key, and an entry whose public key does not hash to its key id is refused).
 
-The library is ``cryptography`` (OpenSSL's Ed25519, RFC 8032), never hand-written crypto.
+The library is PyNaCl (libsodium's Ed25519, RFC 8032), never hand-written crypto: one backend for
+signing (devices) and verifying (the bridge, the offline verifier), because libsodium verifies in
+about half of OpenSSL's CPU time and the bridge checks every MQTT message (docs/DECISIONS.md D42).
+Ed25519 is deterministic, so the signatures are byte for byte the ones ``cryptography`` (OpenSSL)
+makes (tests/test_signature_backend.py). The acceptance rule is written down here, not left to a
+library version: a public key must be the canonical encoding of a point of the prime-order
+subgroup (no small-order, mixed-order or non-canonical key, refused when the key is loaded); a
+signature's ``S`` must be below the group order L (checked here, and by both libraries); libsodium
+then refuses a small-order ``R`` (OpenSSL would accept one) and checks the cofactorless equation,
+as OpenSSL does. So a signature is accepted only if OpenSSL *and* libsodium would accept it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
+import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl import bindings as _sodium
+from nacl.exceptions import BadSignatureError, CryptoError
 
 from .access import entry_leaf, entry_window_header
 from .canonical import CanonicalError, canonical_json, device_reading_json
@@ -47,6 +59,34 @@ KEY_ID = re.compile(r"[0-9a-f]{32}")
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 PUBLIC_KEY_CHARS = 43
 SIGNATURE_CHARS = 86
+# The order of Ed25519's prime-order subgroup (RFC 8032 section 5.1): a signature's S must be below.
+GROUP_ORDER = 2**252 + 27742317777372353535851937790883648493
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class PrivateKey:
+    """A device's Ed25519 private key: the 32-byte seed (what devices/keys.py stores) and
+    libsodium's 64-byte secret key (seed || public key) derived from it once, so signing does
+    not derive it again per message."""
+
+    seed: bytes
+    secret: bytes
+    public: bytes
+
+    def __repr__(self) -> str:  # never the seed in a log or a traceback
+        return f"PrivateKey(public={b64url(self.public)})"
+
+    def sign(self, data: bytes) -> bytes:
+        """The 64-byte Ed25519 signature of ``data`` (the method ``cryptography``'s key has, so
+        a device's writer calls one bound method per message)."""
+        return _sodium.crypto_sign(data, self.secret)[:64]
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKey:
+    """A checked Ed25519 public key (see :func:`load_public_key`): its 32 raw bytes."""
+
+    raw: bytes
 
 
 class SignatureError(ValueError):
@@ -76,11 +116,21 @@ def key_id_of(public_key: bytes) -> str:
     return hashlib.sha256(public_key).hexdigest()[:32]
 
 
-def public_key_bytes(private_key: Ed25519PrivateKey) -> bytes:
-    from cryptography.hazmat.primitives import serialization
+def private_key_from_seed(seed: bytes) -> PrivateKey:
+    """The private key of a 32-byte seed (RFC 8032's private key)."""
+    if type(seed) is not bytes or len(seed) != 32:
+        raise SignatureError("an Ed25519 seed is 32 bytes")
+    public, secret = _sodium.crypto_sign_seed_keypair(seed)
+    return PrivateKey(seed, secret, public)
 
-    return private_key.public_key().public_bytes(serialization.Encoding.Raw,
-                                                 serialization.PublicFormat.Raw)
+
+def generate_private_key() -> PrivateKey:
+    """A new private key from the OS's random source."""
+    return private_key_from_seed(os.urandom(32))
+
+
+def public_key_bytes(private_key: PrivateKey) -> bytes:
+    return private_key.public
 
 
 def signed_bytes(key_id: str, readings: Sequence[Any]) -> bytes:
@@ -97,20 +147,50 @@ def signed_bytes(key_id: str, readings: Sequence[Any]) -> bytes:
     return canonical_json({"key_id": key_id, "readings": list(readings)})
 
 
-def sign_message(private_key: Ed25519PrivateKey, key_id: str,
-                 readings: Sequence[Any]) -> str:
+def sign_bytes(private_key: PrivateKey, data: bytes) -> bytes:
+    """The 64-byte Ed25519 signature of ``data`` (deterministic: RFC 8032 section 5.1.6)."""
+    return private_key.sign(data)
+
+
+def sign_message(private_key: PrivateKey, key_id: str, readings: Sequence[Any]) -> str:
     """The device side: the base64url Ed25519 signature of :func:`signed_bytes`."""
-    return b64url(private_key.sign(signed_bytes(key_id, readings)))
+    return b64url(sign_bytes(private_key, signed_bytes(key_id, readings)))
 
 
-def load_public_key(public_key: bytes) -> Ed25519PublicKey:
+def load_public_key(public_key: bytes) -> PublicKey:
+    """A checked public key: 32 bytes that are the canonical encoding of a point of the
+    prime-order subgroup. Refused: points off the curve, non-canonical encodings (y >= p), and
+    small-order or mixed-order points (a small-order key lets one signature verify for many
+    messages without any private key; OpenSSL accepts such keys, libsodium refuses them at
+    verification; no key a device generates is one). Checked once per key, not per message."""
+    if type(public_key) is not bytes or len(public_key) != 32:
+        raise SignatureError("not an Ed25519 public key: it must be 32 bytes")
+    return _checked_point(public_key)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _checked_point(public_key: bytes) -> PublicKey:
+    """The point check (~40 us) once per distinct key: the bridge's keyring reloads every key
+    when the key file changes (a refusal raises, and is not cached)."""
+    if not _sodium.crypto_core_ed25519_is_valid_point(public_key):
+        raise SignatureError("not an Ed25519 public key: not the canonical encoding of a point "
+                             "of the prime-order subgroup (off the curve, small or mixed order)")
+    return PublicKey(public_key)
+
+
+def verify_bytes(public_key: PublicKey, signature: bytes, data: bytes) -> bool:
+    """Whether ``signature`` (64 bytes) is a valid Ed25519 signature of ``data`` under the
+    checked ``public_key``, by the rule in this module's docstring (both libraries agree)."""
+    if len(signature) != 64 or int.from_bytes(signature[32:], "little") >= GROUP_ORDER:
+        return False  # S >= L: a malleated signature (refused by both, checked here anyway)
     try:
-        return Ed25519PublicKey.from_public_bytes(public_key)
-    except ValueError as exc:
-        raise SignatureError(f"not an Ed25519 public key: {exc}") from None
+        _sodium.crypto_sign_open(signature + data, public_key.raw)
+    except (BadSignatureError, CryptoError):
+        return False
+    return True
 
 
-def check_signature(public_key: Ed25519PublicKey, key_id: str, signature_b64: Any,
+def check_signature(public_key: PublicKey, key_id: str, signature_b64: Any,
                     readings: Sequence[Any]) -> None:
     """Raise :class:`SignatureError` unless ``signature_b64`` signs ``(key_id, readings)``."""
     signature = from_b64url(signature_b64, 64, "signature")
@@ -118,10 +198,8 @@ def check_signature(public_key: Ed25519PublicKey, key_id: str, signature_b64: An
         data = signed_bytes(key_id, readings)
     except CanonicalError as exc:
         raise SignatureError(f"readings cannot be canonicalised: {exc}") from None
-    try:
-        public_key.verify(signature, data)
-    except InvalidSignature:
-        raise SignatureError("signature does not verify with the device's key") from None
+    if not verify_bytes(public_key, signature, data):
+        raise SignatureError("signature does not verify with the device's key")
 
 
 def build_key_entry(seq: int, ts_us: int, action: str, device_id: str,

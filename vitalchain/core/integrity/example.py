@@ -304,12 +304,10 @@ EXAMPLE_DEVICE_SEED = bytes(range(32, 64))  # 202122...3f: an example device key
 
 def example_device_key() -> tuple[Any, bytes]:
     """The example device's Ed25519 private key and its raw public key."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from .devicekeys import private_key_from_seed
 
-    from .devicekeys import public_key_bytes
-
-    key = Ed25519PrivateKey.from_private_bytes(EXAMPLE_DEVICE_SEED)
-    return key, public_key_bytes(key)
+    key = private_key_from_seed(EXAMPLE_DEVICE_SEED)
+    return key, key.public
 
 
 def example_signed_parts() -> dict[str, Any]:

@@ -218,13 +218,19 @@ def parse_canonical(payload: bytes) -> Any:
     and no number that is not its value's own spelling, so the strict parser reads the same
     values from it. The nesting guard runs on both paths. Anything else (a record from an older
     bridge, a hand-made value) goes to :func:`parse`, which refuses or accepts it as before.
-    ``tests/test_record_fastparse.py`` checks the two agree on generated valid and invalid values.
+    ``tests/test_record_fastparse.py`` checks the two agree on generated valid and invalid values;
+    :func:`validate` reads device payloads with it too (a device's compact JSON is usually orjson's
+    spelling: 10 us instead of 30 us per signed message of 10 readings), and
+    ``tests/test_payload_fastparse.py`` checks validate's whole outcome is the strict one.
     """
     try:
         obj = orjson.loads(payload)
-    except orjson.JSONDecodeError:
+        spelled = orjson.dumps(obj)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        # orjson reads up to 1,024 levels but writes only 254: deeper goes to the strict parser
+        # (whose nesting guard refuses it), never out of here as orjson's TypeError.
         return parse(payload)
-    if orjson.dumps(obj) != payload or _too_deep(payload):
+    if spelled != payload or _too_deep(payload):
         return parse(payload)
     return obj
 
@@ -336,7 +342,9 @@ def validate(topic: str, payload: bytes, now_us: int, *, max_payload_bytes: int,
         return outcome
     latest_us = now_us + int(max_future_seconds * 1_000_000)
     try:
-        doc = parse(payload)
+        # Exactly parse()'s verdict and values; fast when the payload is orjson's own spelling
+        # (what the simulator's firmware writes: compact, ASCII, shortest floats).
+        doc = parse_canonical(payload)
         if type(doc) is not dict:
             raise _Reject("not_an_object", f"top-level JSON value is {type(doc).__name__}")
         signed = "sig" in doc or "key_id" in doc
