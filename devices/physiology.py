@@ -241,7 +241,9 @@ class Patient:
         # _plausible, written out (the same clamps and roundings)
         sys_ = round(_SYS_HI if sys_ > _SYS_HI else _SYS_LO if sys_ < _SYS_LO else sys_)
         dia = round(_DIA_HI if dia > _DIA_HI else _DIA_LO_F if dia < _DIA_LO_F else dia)
-        dia = max(_DIA_LOW, min(dia, sys_ - _MIN_PULSE_PRESSURE))
+        top = sys_ - _MIN_PULSE_PRESSURE  # min and max of ints, written out
+        dia = top if top < dia else dia
+        dia = dia if dia > _DIA_LOW else _DIA_LOW
         return {"hr": round(_HR_HI if hr > _HR_HI else _HR_LO if hr < _HR_LO else hr),
                 "spo2": round(_SPO2_HI if spo2 > _SPO2_HI else _SPO2_LO if spo2 < _SPO2_LO else spo2),
                 "rr": round(_RR_HI if rr > _RR_HI else _RR_LO if rr < _RR_LO else rr),
