@@ -150,56 +150,106 @@ class Patient:
             "sys": sys_,
             "dia": min(95.0, max(60.0, sys_ * rng.uniform(0.58, 0.68))),
         }
-        self._drift = {name: 0.0 for name in VITAL_LIMITS}
-        self._constants: tuple[float, float, float] | None = None
+        self._drift = [0.0] * len(_DRIFT_NOISE_ROWS)  # in _DRIFT_NOISE_ROWS order
+        # (dt_s, episodes_per_hour, decay, episode chance, six drift_std * spread): see _step
+        self._constants: tuple[float, ...] = (0.0,)
 
-    def _step_episode(self, dt_s: float) -> None:
-        if self.episode is not None and self.episode.over(self.t_s):
-            self.episode = None
-        if self.episode is None and self.episodes_per_hour > 0:
-            chance = 1.0 - math.exp(-dt_s * self.episodes_per_hour / 3600.0)
-            if self._rng.random() < chance:
-                kind = self._rng.choice(sorted(EPISODES))
-                peak = {v: self._rng.uniform(lo, hi) for v, (lo, hi) in EPISODES[kind].items()}
-                self.episode = Episode(kind, self.t_s, self._rng.uniform(120, 900), peak)
-                self.episodes_seen.append(kind)
+    def _start_episode(self) -> Episode:
+        """The draws after an episode's chance came up: its kind, peaks and length (rare)."""
+        rng = self._rng
+        kind = rng.choice(sorted(EPISODES))
+        peak = {v: rng.uniform(lo, hi) for v, (lo, hi) in EPISODES[kind].items()}
+        episode = self.episode = Episode(kind, self.t_s, rng.uniform(120, 900), peak)
+        self.episodes_seen.append(kind)
+        return episode
 
-    def _step_constants(self, dt_s: float) -> tuple[float, float]:
-        """``decay`` and ``sqrt(1 - decay**2)`` of the drift for a step of ``dt_s`` (a device samples
-        at one interval, so this is computed once, not per reading: the simulator's hot path)."""
+    def _step(self, dt_s: float) -> tuple[float, ...]:
+        """Everything of a step that depends on ``dt_s`` (and ``episodes_per_hour``) alone: the
+        drift's ``decay``, the chance an episode starts, and each vital's ``drift_std * spread``
+        with ``spread = sqrt(1 - decay**2)``. A device samples at one interval, so this runs once,
+        not per reading; each value is the very float the per-sample formula gave
+        (``drift_std * spread * z`` is ``(drift_std * spread) * z``, left to right)."""
         cached = self._constants
-        if cached is None or cached[0] != dt_s:
-            decay = math.exp(-dt_s / _DRIFT_TAU_S)
-            cached = self._constants = (dt_s, decay, math.sqrt(1 - decay * decay))
-        return cached[1], cached[2]
+        if cached[0] == dt_s and cached[1] == self.episodes_per_hour:
+            return cached
+        decay = math.exp(-dt_s / _DRIFT_TAU_S)
+        spread = math.sqrt(1 - decay * decay)
+        chance = 1.0 - math.exp(-dt_s * self.episodes_per_hour / 3600.0)
+        cached = self._constants = (dt_s, self.episodes_per_hour, decay, chance,
+                                    *(drift_std * spread for _, drift_std, _ in _DRIFT_NOISE_ROWS))
+        return cached
 
     def sample(self, dt_s: float) -> Vitals:
-        """Advance the patient by ``dt_s`` seconds and return one reading's vitals."""
+        """Advance the patient by ``dt_s`` seconds and return one reading's vitals.
+
+        The simulator's hot path (a quarter of its CPU per reading in a profile at 2,000 devices,
+        docs/PERFORMANCE.md): written out for the six vitals, with every random draw in the same
+        order and every float operation the same as the per-vital loop it replaced (kept as
+        ``tests/test_devices_physiology.py``'s reference, which compares series on many seeds).
+        """
         if not dt_s > 0:
             raise ValueError("dt_s must be positive")
-        self.t_s += dt_s
-        self._step_episode(dt_s)
-        decay, spread = self._step_constants(dt_s)
-        drift, baseline = self._drift, self.baseline
-        normals = _normals(self._rng, _NORMALS_PER_SAMPLE)
-        raw: dict[str, float] = {}
-        i = 0
-        for name, drift_std, noise_std in _DRIFT_NOISE_ROWS:
-            # exactly gauss(0, 1) and gauss(0, noise_std): ``mu + z * sigma``
-            drift[name] = drift[name] * decay + drift_std * spread * (0 + normals[i] * 1)
-            raw[name] = baseline[name] + drift[name] + (0 + normals[i + 1] * noise_std)
-            i += 2
-        if self.episode is not None:
-            level = self.episode.envelope(self.t_s)
-            for name, change in self.episode.peak.items():
-                raw[name] += change * level
-        if self.script is not None:
-            # The baseline moves to the script's target; drift, noise and episodes ride on top,
-            # shrunk as the script takes hold so the score stays in the band the script is in.
-            keep = 1.0 - _SCRIPT_DAMPING * self.script.strength(self.t_s)
-            for name, value in self.script.target(self.t_s, baseline).items():
-                raw[name] = value + (raw[name] - baseline[name]) * keep
-        return _plausible(raw)
+        t_s = self.t_s = self.t_s + dt_s
+        episode = self.episode
+        if episode is not None and t_s > episode.start_s + episode.duration_s:
+            episode = self.episode = None
+        rng = self._rng
+        _, _, decay, chance, s_hr, s_spo2, s_rr, s_temp, s_sys, s_dia = self._step(dt_s)
+        if episode is None and self.episodes_per_hour > 0 and rng.random() < chance:
+            episode = self._start_episode()
+        # Twelve standard normals, exactly as twelve ``rng.gauss(0, 1)`` (see _normals): six
+        # Box-Muller pairs, the generator's cached spare first when it holds one.
+        rand = rng.random
+        spare = rng.gauss_next  # type: ignore[attr-defined]
+        z: list[float] = [] if spare is None else [spare]
+        for _ in range(6):
+            x2pi = rand() * _TWOPI
+            g2rad = _sqrt(-2.0 * _log(1.0 - rand()))
+            z.append(_cos(x2pi) * g2rad)
+            z.append(_sin(x2pi) * g2rad)
+        rng.gauss_next = z.pop() if spare is not None else None  # type: ignore[attr-defined]
+        d_hr, d_spo2, d_rr, d_temp, d_sys, d_dia = self._drift
+        # exactly ``drift * decay + drift_std * spread * gauss(0, 1)``, ``base + drift +
+        # gauss(0, noise_std)``; ``0.0 + x`` is the ``mu + ...`` of gauss (it turns -0.0 into 0.0)
+        d_hr = d_hr * decay + s_hr * (0.0 + z[0])
+        d_spo2 = d_spo2 * decay + s_spo2 * (0.0 + z[2])
+        d_rr = d_rr * decay + s_rr * (0.0 + z[4])
+        d_temp = d_temp * decay + s_temp * (0.0 + z[6])
+        d_sys = d_sys * decay + s_sys * (0.0 + z[8])
+        d_dia = d_dia * decay + s_dia * (0.0 + z[10])
+        self._drift = [d_hr, d_spo2, d_rr, d_temp, d_sys, d_dia]
+        base = self.baseline
+        hr = base["hr"] + d_hr + (0.0 + z[1] * _NOISE_HR)
+        spo2 = base["spo2"] + d_spo2 + (0.0 + z[3] * _NOISE_SPO2)
+        rr = base["rr"] + d_rr + (0.0 + z[5] * _NOISE_RR)
+        temp_c = base["temp_c"] + d_temp + (0.0 + z[7] * _NOISE_TEMP)
+        sys_ = base["sys"] + d_sys + (0.0 + z[9] * _NOISE_SYS)
+        dia = base["dia"] + d_dia + (0.0 + z[11] * _NOISE_DIA)
+        if episode is not None or self.script is not None:
+            raw = {"hr": hr, "spo2": spo2, "rr": rr, "temp_c": temp_c, "sys": sys_, "dia": dia}
+            if episode is not None:
+                level = episode.envelope(t_s)
+                for name, change in episode.peak.items():
+                    raw[name] += change * level
+            if self.script is not None:
+                # The baseline moves to the script's target; drift, noise and episodes ride on
+                # top, shrunk as the script takes hold so the score stays in the script's band.
+                keep = 1.0 - _SCRIPT_DAMPING * self.script.strength(t_s)
+                for name, value in self.script.target(t_s, base).items():
+                    raw[name] = value + (raw[name] - base[name]) * keep
+            return _plausible(raw)
+        # _plausible, written out (the same clamps and roundings)
+        sys_ = round(_SYS_HI if sys_ > _SYS_HI else _SYS_LO if sys_ < _SYS_LO else sys_)
+        dia = round(_DIA_HI if dia > _DIA_HI else _DIA_LO_F if dia < _DIA_LO_F else dia)
+        top = sys_ - _MIN_PULSE_PRESSURE  # min and max of ints, written out
+        dia = top if top < dia else dia
+        dia = dia if dia > _DIA_LOW else _DIA_LOW
+        return {"hr": round(_HR_HI if hr > _HR_HI else _HR_LO if hr < _HR_LO else hr),
+                "spo2": round(_SPO2_HI if spo2 > _SPO2_HI else _SPO2_LO if spo2 < _SPO2_LO else spo2),
+                "rr": round(_RR_HI if rr > _RR_HI else _RR_LO if rr < _RR_LO else rr),
+                "temp_c": round(_TEMP_HI if temp_c > _TEMP_HI else
+                                _TEMP_LO if temp_c < _TEMP_LO else temp_c, 1),
+                "sys": sys_, "dia": dia}
 
 
 _NORMALS_PER_SAMPLE = 2 * len(_DRIFT_NOISE_ROWS)
@@ -231,6 +281,11 @@ def _normals(rng: random.Random, n: int) -> list[float]:
 
 _BOUNDS = {name: (float(low), float(high)) for name, (low, high) in VITAL_LIMITS.items()}
 _DIA_LOW = int(VITAL_LIMITS["dia"][0])
+(_HR_LO, _HR_HI), (_SPO2_LO, _SPO2_HI), (_RR_LO, _RR_HI), (_TEMP_LO, _TEMP_HI), \
+    (_SYS_LO, _SYS_HI), (_DIA_LO_F, _DIA_HI) = (_BOUNDS[name] for name, _, _ in _DRIFT_NOISE_ROWS)
+_NOISE_HR, _NOISE_SPO2, _NOISE_RR, _NOISE_TEMP, _NOISE_SYS, _NOISE_DIA = (
+    noise for _, _, noise in _DRIFT_NOISE_ROWS)
+_sqrt, _log, _cos, _sin = math.sqrt, math.log, math.cos, math.sin
 
 
 def _clamp(name: str, value: float) -> float:

@@ -76,10 +76,16 @@ class MessageWriter:
             return None
         kind = type(temp_c)
         if kind is float:
-            jcs_temp = _fast_float(temp_c)
-            if jcs_temp is None:
-                return None
+            # _fast_float, with its repr shared by both texts when the value is not integral
             wire_temp = repr(temp_c)
+            if temp_c.is_integer():
+                jcs_temp = _fast_float(temp_c)
+                if jcs_temp is None:
+                    return None
+            elif 1e-4 <= abs(temp_c) < 1e16:
+                jcs_temp = wire_temp
+            else:
+                return None
         elif kind is int and -_M <= temp_c <= _M:
             jcs_temp = wire_temp = str(temp_c)
         else:

@@ -201,6 +201,7 @@ async def test_acl_and_wrong_password(broker: Stack, listener: BridgeListener) -
               "vitals": {"hr": 70, "spo2": 97, "rr": 14, "temp_c": 36.8, "sys": 118, "dia": 76}}
     with pytest.raises(PublishRejected):
         await asyncio.wait_for(link.publish(victim.topic, json.dumps(forged).encode()), 5)
+    assert link._client.bare_pubacks == 0  # a reason code: paho's own decoding, not the fast path
     link.abort()
     # Then a legitimate message on the same broker: once it is in, the forged one would be too.
     link = MqttLink(settings.host, settings.mqtt_port, mallory.device_id, mallory.username,
@@ -237,6 +238,33 @@ async def test_publishes_larger_than_the_socket_buffer_all_arrive(broker: Stack)
     await asyncio.wait_for(asyncio.gather(*futures), 30)
     assert not link._watching_write and not link._client.want_write()
     await link.close()
+
+
+@pytest.mark.parametrize("subscribed", [False, True])
+async def test_bare_pubacks_settle_through_paho_bookkeeping(
+        broker: Stack, request: pytest.FixtureRequest, subscribed: bool) -> None:
+    """Mosquitto's success PUBACKs (packet id alone when someone subscribes, plus reason code
+    0x10 "no matching subscribers" when nobody does) take the transport's fast path, yet paho's
+    session state ends exactly as its own decoding leaves it: every publish resolved once, the
+    in-flight count back to zero, no message left in the out table."""
+    settings = broker.settings
+    listener = request.getfixturevalue("listener") if subscribed else None
+    [device] = provision_devices(settings, 1, prefix="bare")
+    link = MqttLink(settings.host, settings.mqtt_port, device.device_id, device.username,
+                    device.password, max_inflight=20)
+    await link.connect()
+    client = link._client
+    for round_ in range(3):
+        futures = [link.publish(device.topic, b'{"n":%d}' % i) for i in range(20)]
+        await asyncio.wait_for(asyncio.gather(*futures), 10)
+        assert all(f.result() is None for f in futures)
+        assert client.bare_pubacks == 20 * (round_ + 1)
+        assert client._inflight_messages == 0 and not client._out_messages
+        assert not link._pending
+    await link.close()
+    if listener is not None:
+        wait_until(lambda: sum(t == device.topic for t, _ in listener.messages) == 60, 10,
+                   "the 60 messages at the subscriber")
 
 
 async def test_seq_continues_after_restart(broker: Stack) -> None:
