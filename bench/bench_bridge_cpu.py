@@ -23,12 +23,13 @@ import asyncio
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from compare_trees import tree_summary  # same folder: run as a script
 
 from vitalchain.app.stack.ports import free_ports
 from vitalchain.app.stack.supervisor import Stack
@@ -153,10 +154,7 @@ def compare(args: argparse.Namespace) -> int:
     print(f"{args.devices} devices x {args.rate} Hz in messages of {args.batch}, {args.duration} s, "
           f"{args.rounds} interleaved rounds; bridge CPU ms per 1,000 readings")
     for tree, values in figures.items():
-        commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True).stdout.strip()
-        print(f"  {tree} ({commit}): median {statistics.median(values):.1f} "
-              f"(all {', '.join(f'{v:.1f}' for v in values)})")
+        print(tree_summary(tree, values))
     return 0
 
 

@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from compare_trees import tree_summary  # same folder: run as a script
+
 KEY = bytes(range(32))
 T0 = 1_767_225_600_000_000
 WINDOW_US = 2_000_000
@@ -275,10 +277,7 @@ def main() -> None:
           f"{args.devices} devices, {args.history} sealed per "
           f"device before, {args.rounds} interleaved rounds; CPU us/reading")
     for tree, rounds in results.items():
-        commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True).stdout.strip()
-        print(f"  {tree} ({commit}): median {statistics.median(rounds):.1f} "
-              f"(min {min(rounds):.1f}, max {max(rounds):.1f})")
+        print(tree_summary(tree, rounds))
 
 
 if __name__ == "__main__":
