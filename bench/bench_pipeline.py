@@ -66,7 +66,7 @@ import httpx
 from vitalchain.app.pipeline import Pipeline, wait_flowing
 from vitalchain.app.stack.ports import free_ports
 from vitalchain.app.stack.supervisor import Stack
-from vitalchain.config import Settings, load_settings
+from vitalchain.config import ConfigError, Settings, load_settings
 from vitalchain.devices.fleet import run_fleet
 from vitalchain.devices.registry import DeviceIdentity, provision_devices
 from vitalchain.storage.apistore import ApiStore
@@ -306,14 +306,16 @@ def grant_sample(settings: Settings, fleets: dict[int, list[DeviceIdentity]], sa
 
 
 def bench_settings(folder: Path, window_seconds: float, idle_seal_seconds: float,
-                   ledger: str = "sqlite", unsigned: bool = False) -> Settings:
+                   ledger: str = "sqlite", unsigned: bool = False,
+                   receipt_flush_seconds: float = 0.1) -> Settings:
     mqtt, kafka, influx, eth, rpc, pg, api = free_ports(7)
     url = f"postgresql://vitalchain@127.0.0.1:{pg}/ledger" if ledger == "postgresql" else ""
     return load_settings(environ={}, state_dir=folder, mqtt_port=mqtt, kafka_port=kafka,
                          influx_port=influx, eth_port=eth, influx_rpc_port=rpc, api_port=api,
                          window_seconds=window_seconds, idle_seal_seconds=idle_seal_seconds,
                          stream_app_id="vitalchain-bench", ledger_url=url,
-                         device_signatures="optional" if unsigned else "required")
+                         device_signatures="optional" if unsigned else "required",
+                         receipt_flush_seconds=receipt_flush_seconds)
 
 
 def _unsigned(identities: list[DeviceIdentity]) -> list[DeviceIdentity]:
@@ -487,6 +489,9 @@ def main() -> int:
     parser.add_argument("--unsigned", action="store_true",
                         help="devices publish unsigned (VITALCHAIN_DEVICE_SIGNATURES=optional): "
                              "the baseline of device signatures' cost")
+    parser.add_argument("--receipt-flush-seconds", type=float, default=0.1,
+                        help="VITALCHAIN_RECEIPT_FLUSH_SECONDS of the stream: how often it writes "
+                             "the readings it took to InfluxDB")
     parser.add_argument("--window-seconds", type=float, default=2.0)
     parser.add_argument("--idle-seal-seconds", type=float, default=1.0)
     parser.add_argument("--ceiling-rate", type=float, default=20.0,
@@ -510,8 +515,11 @@ def main() -> int:
     rows = [Row(n, args.rate, args.batch, args.workers) for n in counts]
     ceiling: tuple[int, float, float] | None = None
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as folder:
-        settings = bench_settings(Path(folder), args.window_seconds, args.idle_seal_seconds, args.ledger,
-                                  args.unsigned)
+        try:
+            settings = bench_settings(Path(folder), args.window_seconds, args.idle_seal_seconds,
+                                      args.ledger, args.unsigned, args.receipt_flush_seconds)
+        except ConfigError as exc:
+            parser.error(str(exc))
         services = (*SERVICES, "postgres") if args.ledger == "postgresql" else SERVICES
         stack = Stack(settings)
         try:

@@ -32,7 +32,8 @@ from vitalchain.storage.readings import reading_lines, signed_at, signed_message
 log = logging.getLogger("vitalchain.stream")
 
 # Fast enough for "on screen within a second" (the dashboard polls every couple of seconds), slow
-# enough that a busy stream writes thousands of points per request rather than a few.
+# enough that a busy stream writes thousands of points per request rather than a few. The
+# stream takes it from VITALCHAIN_RECEIPT_FLUSH_SECONDS (the same default, vitalchain.config).
 FLUSH_S = 0.1
 MAX_BATCH = 5000
 

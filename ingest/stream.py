@@ -177,7 +177,8 @@ def create_app(settings: Settings, worker_name: str | None = None,
             influx = InfluxClient(settings)
             state["processor"] = StreamProcessor(
                 settings.raw_topic, ledger=ledger,
-                sealer=Sealer(ledger, influx, send_dead_letter, ReceiptWriter(influx)),
+                sealer=Sealer(ledger, influx, send_dead_letter,
+                              ReceiptWriter(influx, flush_s=settings.receipt_flush_seconds)),
                 window_seconds=settings.window_seconds,
                 idle_seal_seconds=settings.idle_seal_seconds, salt_key=key,
                 salt_key_id=salt_key_id(key), seek=seek, earliest=earliest,

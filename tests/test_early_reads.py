@@ -220,3 +220,14 @@ def test_audit_with_received_readings_names_exactly_the_tampering(isolated: Sett
     assert report.readings_received == len(received), report.to_text()
     assert report.verdict == "findings" and not report.windows, report.to_text()
     assert f"not judged: {len(received)} readings" in report.to_text()
+
+
+@pytest.mark.parametrize("seconds", ["0", "-0.1", "11", "nan", "often"])
+def test_bad_receipt_flush_setting_is_refused(seconds: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """How long a taken reading may wait before InfluxDB holds it is bounded both ways: 0 would
+    spin the writer, and more than 10 s is no longer "before its window seals"."""
+    from vitalchain.config import ConfigError, load_settings
+
+    monkeypatch.setenv("VITALCHAIN_RECEIPT_FLUSH_SECONDS", seconds)
+    with pytest.raises(ConfigError, match="RECEIPT_FLUSH_SECONDS"):
+        load_settings()

@@ -77,6 +77,10 @@ class Settings:
     # The bridge writes again what Kafka acknowledged within this many seconds on a partition
     # whose offsets went backwards (a broker that lost its log: ingest/replay.py); 0: never.
     bridge_replay_seconds: float = 60.0
+    # The stream writes the readings it took to InfluxDB (queryable, not yet sealed) at least this
+    # often: the longest a reading waits in the stream before a clinician can see it. Longer
+    # means bigger POSTs, so less InfluxDB CPU per reading at high rates (docs/PERFORMANCE.md).
+    receipt_flush_seconds: float = 0.1
 
     eth_chain_id: int = 31337
     eth_block_time: float = 1.0
@@ -257,6 +261,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"{ENV_PREFIX}FLOOD_RATE_PER_SECOND must be positive")
     if settings.bridge_replay_seconds < 0:
         raise ConfigError(f"{ENV_PREFIX}BRIDGE_REPLAY_SECONDS must be 0 (off) or more")
+    if not 0 < settings.receipt_flush_seconds <= 10:
+        raise ConfigError(f"{ENV_PREFIX}RECEIPT_FLUSH_SECONDS must be more than 0 and at most 10")
     if settings.flood_burst < 1:
         raise ConfigError(f"{ENV_PREFIX}FLOOD_BURST must be at least 1")
     if settings.anchor_confirmations < 1:
