@@ -76,15 +76,10 @@ class MessageWriter:
             return None
         kind = type(temp_c)
         if kind is float:
-            # _fast_float, with its repr shared by both texts when the value is not integral
+            # the repr shared by both texts when the value is not integral
             wire_temp = repr(temp_c)
-            if temp_c.is_integer():
-                jcs_temp = _fast_float(temp_c)
-                if jcs_temp is None:
-                    return None
-            elif 1e-4 <= abs(temp_c) < 1e16:
-                jcs_temp = wire_temp
-            else:
+            jcs_temp = _fast_float(temp_c, wire_temp)
+            if jcs_temp is None:
                 return None
         elif kind is int and -_M <= temp_c <= _M:
             jcs_temp = wire_temp = str(temp_c)

@@ -73,11 +73,13 @@ def check_canonicalizable(obj: Any, path: str = "$") -> None:
 _PLAIN = re.compile(r"[ !#-\[\]-~]*")
 
 
-def _fast_float(x: float) -> str | None:
+def _fast_float(x: float, spelled: str | None = None) -> str | None:
+    """JCS text of float ``x`` in the plain domain, else None; ``spelled`` is ``repr(x)`` when
+    the caller already made it (the device simulator writes it into the payload too)."""
     if x.is_integer() and abs(x) < 1e16:
         return str(int(x)) if x else "0"  # -0.0 is "0" in JCS
     if 1e-4 <= abs(x) < 1e16:
-        return repr(x)
+        return repr(x) if spelled is None else spelled
     return None
 
 
