@@ -1,10 +1,11 @@
 """Readings written to InfluxDB on receipt, before their window seals (issue #14, item 3).
 
 A clinician must not wait for a window to close to see a vital sign, so every kept reading's
-``readings`` point is written as soon as the stream takes it, batched: :meth:`ReceiptWriter.add`
-only queues the point, and a background flush writes what is queued every ``flush_s`` (or at
-once when ``max_batch`` points are waiting).  Such a point is *received*: the API shows it as not
-yet verified until the ledger holds its leaf (``vitalchain.storage.verified``).
+``readings`` point is written as soon as the stream takes it, batched:
+:meth:`ReceiptWriter.add_many` only queues the points, and a background flush writes what is
+queued every ``flush_s`` (or at once when ``max_batch`` points are waiting).  Such a point is
+*received*: the API shows it as not yet verified until the ledger holds its leaf
+(``vitalchain.storage.verified``).
 
 Sealing stays exact because the receipt point is the very point sealing used to write: the same
 measurement, tags and timestamp (so a replay after a crash overwrites it instead of doubling it)
@@ -74,10 +75,6 @@ class ReceiptWriter:
     def queued(self) -> int:
         """Points taken but not written yet (on the progress line: they hold readings back)."""
         return sum(1 for key, _, _ in self._queue if key is not None)
-
-    def add(self, reading: WindowReading, window_id: str) -> None:
-        """Queue ``reading``'s point, written with ``window_id`` (the open window it is in)."""
-        self.add_many((reading,), window_id)
 
     def add_many(self, readings: Iterable[WindowReading], window_id: str) -> None:
         """Queue the points of a record's kept readings, all in open window ``window_id`` (one

@@ -48,10 +48,6 @@ class Sealer:
         # None: readings are written at seal only (tests that drive the sealer alone).
         self.receipts = receipts
 
-    def received(self, reading: WindowReading, window_id: str) -> None:
-        """A reading was kept in open window ``window_id``: queue its point for InfluxDB now."""
-        self.received_many((reading,), window_id)
-
     def received_many(self, readings: Iterable[WindowReading], window_id: str) -> None:
         """A record's readings were kept in open window ``window_id``: queue their points."""
         if self.receipts is not None:

@@ -501,7 +501,8 @@ class Ledger:
         # In primary-key order (device, seq), not window order: a window interleaves thousands
         # of devices, and inserting its rows in key order walks the index B-trees once instead
         # of jumping between their pages (measured: 13-15 -> 7-8 µs per row on a ledger of
-        # 600,000 readings; docs/PERFORMANCE.md, "Stream worker: the seal's ledger append").
+        # 600,000 readings; docs/PERFORMANCE.md, "Stream worker: one pass per reading, the
+        # ledger's index in key order").
         # The rows' values, index_in_window included, do not depend on the order.
         rows = sorted([(r[0], r[1], r[2], window_id, index, r[3], r[4]) for r in readings])
         try:
