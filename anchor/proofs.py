@@ -29,7 +29,9 @@ from typing import Any
 from vitalchain.anchor import chain
 from vitalchain.config import Settings
 from vitalchain.core.integrity import (
+    CanonicalError,
     build_bundle,
+    reading_leaf_hash,
 )
 from vitalchain.core.integrity.bundle import build_consistency_document
 from vitalchain.core.integrity.devicekeys import KEY_TOPIC, build_key_proof, key_entry_leaf
@@ -45,7 +47,8 @@ from vitalchain.storage.readings import (
     StoredReading,
     StoredReadingError,
     point_time_ns,
-    signed_message_from_row,
+    signed_message_readings,
+    signed_span,
     stored_leaf,
 )
 
@@ -215,9 +218,39 @@ class ProofService:
             raise ProofAltered(f"the signed message of {device_id} at {sig_at} is missing from "
                                "InfluxDB: the reading's device signature cannot be shown")
         try:
-            return signed_message_from_row(rows[0])
+            span = signed_span(rows[0])
+            points = None
+            if span is not None:  # D45: rebuilt from the message's own readings points
+                q = (f"SELECT * FROM {quote_ident(READINGS_MEASUREMENT)} WHERE \"device_id\" = "
+                     f"$device AND time >= {span.first_ns} AND time <= {span.last_ns}")
+                points = self._loop.run_until_complete(self._influx.query(
+                    q, {"device": device_id}))
+            signed, stored = signed_message_readings(rows[0], points)
         except StoredReadingError as exc:
             raise ProofAltered(f"the signed message of {device_id} is malformed: {exc}") from exc
+        for other in stored:
+            # Each rebuilt reading is the device's word only if it is the sealed one: an altered
+            # neighbour is named here, not left to fail the bundle's device-signature step.
+            self._check_sealed(other)
+        return signed
+
+    def _check_sealed(self, stored: StoredReading) -> None:
+        """Raise ProofAltered unless ``stored`` hashes to the leaf the ledger sealed for it."""
+        c = stored.canonical
+        loc = self.ledger.locate(c["device_id"], c["seq"])
+        window = self.ledger.window_by_index(loc.log_index) if loc is not None else None
+        if loc is None or window is None:
+            raise ProofAltered(f"reading {c['device_id']}/{c['seq']} of the signed message is not "
+                               "sealed in the ledger: the device signature cannot be shown")
+        try:
+            leaf = reading_leaf_hash(c)
+        except (CanonicalError, ValueError, TypeError) as exc:
+            raise ProofAltered(f"reading {c['device_id']}/{c['seq']} of the signed message "
+                               f"cannot be hashed: {exc}") from exc
+        if leaf != window.leaf_hashes[loc.index_in_window]:
+            raise ProofAltered(f"reading {c['device_id']}/{c['seq']} of the signed message in "
+                               "InfluxDB does not hash to its sealed leaf: altered after "
+                               "sealing, so the device signature cannot be shown")
 
     def _key_proof(self, device_id: str, key_id: str, cp_size: int) -> dict[str, Any]:
         """The registration of ``key_id`` for ``device_id`` with its path to checkpoint ``cp_size``."""

@@ -46,6 +46,23 @@ class ReceiptStats:
     failures: int = 0
 
 
+def by_message(readings: Iterable[WindowReading]) -> dict[tuple[str, Any], list[Any]]:
+    """The canonical readings of each signed message among ``readings``, in order, keyed by
+    ``(device_id, at)``: what :func:`signed_message_line` needs to leave the readings' JSON out
+    of the message's point when they rebuild it exactly (D45)."""
+    groups: dict[tuple[str, Any], list[Any]] = {}
+    for reading in readings:
+        signed = reading.signed
+        if signed is not None:
+            c = reading.canonical
+            key = (c["device_id"], tuple(signed["at"]))
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = []
+            group.append(c)
+    return groups
+
+
 def batch_lines(batch: list[tuple[tuple[str, int] | None, str, Any]]) -> list[str]:
     """Line protocol of a queued batch, in queue order (a signed message's point ahead of the
     reading that names it); the readings formatted by one ``reading_lines`` call."""
@@ -80,12 +97,19 @@ class ReceiptWriter:
         """Queue the points of a record's kept readings, all in open window ``window_id`` (one
         call per record, not per reading: the stream takes ~10-50 readings per record)."""
         queue = self._queue
+        readings = list(readings)
+        messages: dict[tuple[str, Any], list[Any]] | None = None
         for reading in readings:
             c = reading.canonical
             signed = reading.signed
             if signed is not None and "sig" in signed:
-                # The message's point goes in the same batch, ahead of the reading naming it.
-                queue.append((None, window_id, signed_message_line(c["device_id"], signed)))
+                # The message's point goes in the same batch, ahead of the reading naming it;
+                # without the readings' JSON when this record's kept readings rebuild it (D45).
+                if messages is None:
+                    messages = by_message(readings)
+                kept = messages[(c["device_id"], tuple(signed["at"]))]
+                queue.append((None, window_id, signed_message_line(c["device_id"], signed,
+                                                                   kept)))
             queue.append(((c["device_id"], c["seq"]), window_id,
                           (c, reading.leaf, window_id, reading.late, reading.received_us,
                            signed_at(signed) if signed is not None else None)))

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from vitalchain.errors import Refused
-from vitalchain.ingest.receipts import ReceiptWriter
+from vitalchain.ingest.receipts import ReceiptWriter, by_message
 from vitalchain.ingest.windowing import ClosedWindow, DeadLetter, WindowReading
 from vitalchain.storage.influx import InfluxClient
 from vitalchain.storage.ledger import Ledger, ReadingIndexRow, StaleWindow, WindowConflict
@@ -96,8 +96,10 @@ class Sealer:
         if unwritten:
             # Signed messages first (the record carrying one whole), so no stored reading names a
             # message point that is missing; rewriting one is idempotent like the readings.
+            messages = by_message(unwritten)
             await self.influx.write(
-                [signed_message_line(r.canonical["device_id"], r.signed)
+                [signed_message_line(r.canonical["device_id"], r.signed,
+                                     messages[(r.canonical["device_id"], tuple(r.signed["at"]))])
                  for r in unwritten if r.signed is not None and "sig" in r.signed]
                 + reading_lines([(r.canonical, r.leaf, window_id, r.late, r.received_us,
                                   signed_at(r.signed) if r.signed is not None else None)

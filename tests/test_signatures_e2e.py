@@ -5,6 +5,7 @@ InfluxDB and the ledger to a ``vitalchain-proof/2`` bundle; hostile messages dea
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import uuid
@@ -28,7 +29,9 @@ from vitalchain.core.integrity.devicekeys import (
 from vitalchain.core.verify import verify_document
 from vitalchain.devices.firmware import encode
 from vitalchain.devices.registry import identities, provision_devices, revoke_key, rotate_key
+from vitalchain.storage.influx import InfluxClient
 from vitalchain.storage.ledger import Ledger
+from vitalchain.storage.readings import point_time_ns, reading_point
 
 pytestmark = pytest.mark.e2e
 
@@ -147,6 +150,41 @@ def test_signed_pipeline_hostile_input_rotation_revocation_and_injection(
         status, steps = _steps(bundle)
         assert status == "invalid" and steps["device-signature"] == "failed", steps
         assert steps["checkpoint"] == "ok" and steps["device-key"] == "ok"
+
+        # D45: the first message's three readings were all kept, so its point holds no JSON and
+        # the proof rebuilt them from their points; the injected one kept its JSON.
+        messages = asyncio.run(_query(settings, "SELECT * FROM signed_messages"))
+        by_count = {m.get("count"): m for m in messages}
+        assert by_count[3].get("readings") is None and by_count[3]["key_id"] == first_key.key_id
+        injected = [m for m in messages if m["time"] == point_time_ns(forged["ts_us"], 20)]
+        assert len(injected) == 1 and injected[0]["readings"] and injected[0].get("count") is None
+        # A neighbour altered after sealing is named, not left to fail the bundle's signature.
+        loc3 = service.ledger.locate(dev, 3)
+        assert loc3 is not None
+        third, _ = service._stored_reading(loc3)
+        forged3 = copy.deepcopy(third.canonical)
+        forged3["vitals"]["hr"] = 151
+        asyncio.run(_write(settings, [reading_point(
+            forged3, None, third.window_id, third.late, third.received_us, third.sig_at)]))
+        with pytest.raises(ProofAltered, match=f"{dev}/3 of the signed message"):
+            service.proof(dev, 2)
+        # A neighbour deleted: the rebuild refuses rather than show a shorter message.
+        loc1 = service.ledger.locate(dev, 1)
+        assert loc1 is not None
+        asyncio.run(_query(settings, f"DELETE FROM readings WHERE \"device_id\" = '{dev}' AND "
+                                     f"time = {point_time_ns(loc1.ts_us, 1)}"))
+        with pytest.raises(ProofAltered, match="had 3 readings; InfluxDB holds 2"):
+            service.proof(dev, 2)
+
+
+async def _query(settings: Settings, q: str) -> list[dict[str, Any]]:
+    async with InfluxClient(settings) as client:
+        return await client.query(q)
+
+
+async def _write(settings: Settings, points: list[Any]) -> None:
+    async with InfluxClient(settings) as client:
+        await client.write(points)
 
 
 def test_provisioning_logs_keys_in_the_window_log(isolated: Settings) -> None:

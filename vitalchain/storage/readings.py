@@ -17,10 +17,14 @@ of one device collide only if they share ``ts_us`` *and* ``seq % 1000`` (a devic
 timestamp across 1000 sequence numbers), which the stream never expects from a working device.
 
 A reading from a signed message also has ``sig_at`` (integer): the timestamp of its message's
-point in measurement ``signed_messages`` (tag ``device_id``; fields ``key_id``, ``sig``,
-``readings`` = the JSON array of the message's readings as the device sent them), whose time is
-``point_time_ns`` of the message's first forwarded reading. One point per message, however many
-readings it had (docs/STREAM.md, "Device signatures").
+point in measurement ``signed_messages`` (tag ``device_id``; fields ``key_id``, ``sig``, and
+either ``readings`` = the JSON array of the message's readings as the device sent them, or,
+since D45, ``count`` and ``last_at`` when the message's readings can be rebuilt exactly from
+their own ``readings`` points: the ``count`` points of the device with ``sig_at`` equal to the
+message's time, from that time to ``last_at``, in time order), whose time is ``point_time_ns``
+of the message's first forwarded reading. One point per message, however many readings it had
+(docs/STREAM.md, "Device signatures"). A point holding ``readings`` is read from it whatever
+else it holds (a rewrite merges fields; the JSON is the device's own words).
 
 Measurement ``windows``: tags ``partition``, ``window_id``; fields ``root``, ``size``,
 ``start_us``, ``end_us``, ``first_offset``, ``last_offset``, ``log_index``, ``status``;
@@ -36,7 +40,7 @@ import json
 import math
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,42 +216,170 @@ def _signed_readings_json(signed: Mapping[str, Any]) -> str:
         return json.dumps(signed["readings"], separators=(",", ":"), ensure_ascii=False)
 
 
-def signed_message_point(device_id: str, signed: Mapping[str, Any]) -> Point:
-    """The ``signed_messages`` point of a message (from the record that carries it whole)."""
-    return Point(SIGNED_MEASUREMENT, {"device_id": device_id},
-                 {"key_id": str(signed["key_id"]), "sig": str(signed["sig"]),
-                  "readings": _signed_readings_json(signed)},
-                 signed_at(signed))
+# A signed reading as the device sends it: the canonical reading's members but the salt.
+SIGNED_READING_KEYS = frozenset({"device_id", "patient_id", "seq", "ts_us", "vitals"})
+_SORTED = orjson.OPT_SORT_KEYS
 
 
-def signed_message_line(device_id: str, signed: Mapping[str, Any]) -> str:
-    """``signed_message_point(device_id, signed).to_line()`` without the Point: the same bytes
-    (tests/test_reading_lines.py), by one f-string when the device id needs no escaping and
-    the key id and signature no quoting (always, for what the bridge forwards)."""
+def signed_rebuildable(signed: Mapping[str, Any],
+                       kept: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a signed message's readings as sent can be rebuilt exactly from ``kept``: the
+    canonical readings written with this message's ``sig_at`` in the same write, in message
+    order (D45).
+
+    True only if ``kept`` is every reading of the message, each the one sent in every member but
+    the salt: made of the very same objects (the stream's usual case: its canonical reading
+    reuses the parsed reading's members), or else spelled alike by orjson with sorted keys (so
+    of the same types too: ``72`` is not ``72.0``, ``true`` is not ``1``); and their point
+    times strictly increase from the message's own time (so "the points with this ``sig_at``,
+    in time order" is the message's order).  The readings were checked against the schema's
+    limits before they were kept, so every vital is one a float64 field holds exactly and the
+    rebuilt readings' JCS, which the device signed, is the sent ones'.  Anything else (a
+    rejected or duplicate reading, a member more or less, another order or spelling) keeps the
+    readings' JSON in the message's point.
+    """
+    sent = signed.get("readings")
+    if type(sent) is not list or not sent or len(sent) != len(kept):
+        return False
+    last = -1
+    same_objects = True  # the stream's usual case: each kept reading made of the sent one's objects
+    keys = SIGNED_READING_KEYS
+    for r, c in zip(sent, kept, strict=True):
+        if type(r) is not dict or r.keys() != keys:
+            return False
+        seq, ts_us = r["seq"], r["ts_us"]
+        if type(seq) is not int or type(ts_us) is not int:
+            return False
+        at = ts_us * 1000 + seq % SUB_US_SLOTS
+        if at <= last:
+            return False
+        last = at
+        if same_objects and not (seq is c["seq"] and ts_us is c["ts_us"]
+                                 and r["vitals"] is c["vitals"]
+                                 and r["device_id"] is c["device_id"]
+                                 and r["patient_id"] is c["patient_id"]):
+            same_objects = False
+    if same_objects:
+        return point_time_ns(sent[0]["ts_us"], sent[0]["seq"]) == signed_at(signed)
+    try:
+        same = orjson.dumps(sent, option=_SORTED) == orjson.dumps(
+            [{"device_id": c["device_id"], "patient_id": c["patient_id"], "seq": c["seq"],
+              "ts_us": c["ts_us"], "vitals": c["vitals"]} for c in kept], option=_SORTED)
+    except (orjson.JSONEncodeError, KeyError, TypeError):
+        return False
+    return same and point_time_ns(sent[0]["ts_us"], sent[0]["seq"]) == signed_at(signed)
+
+
+def _last_at(signed: Mapping[str, Any]) -> int:
+    last = signed["readings"][-1]
+    return point_time_ns(last["ts_us"], last["seq"])
+
+
+def signed_message_point(device_id: str, signed: Mapping[str, Any],
+                         kept: Sequence[Mapping[str, Any]] | None = None) -> Point:
+    """The ``signed_messages`` point of a message (from the record that carries it whole).
+
+    ``kept``: the canonical readings written with it (same write, message order); when they
+    rebuild the message exactly (:func:`signed_rebuildable`) the point holds ``count`` and
+    ``last_at`` instead of the readings' JSON (D45: that JSON was a quarter of influxd's CPU
+    per reading for devices signing messages of 10)."""
+    fields: dict[str, float | int | bool | str] = {"key_id": str(signed["key_id"]),
+                                                   "sig": str(signed["sig"])}
+    if kept is not None and signed_rebuildable(signed, kept):
+        fields.update(count=len(kept), last_at=_last_at(signed))
+    else:
+        fields["readings"] = _signed_readings_json(signed)
+    return Point(SIGNED_MEASUREMENT, {"device_id": device_id}, fields, signed_at(signed))
+
+
+def signed_message_line(device_id: str, signed: Mapping[str, Any],
+                        kept: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """``signed_message_point(device_id, signed, kept).to_line()`` without the Point: the same
+    bytes (tests/test_reading_lines.py), by one f-string when the device id needs no escaping
+    and the key id and signature no quoting (always, for what the bridge forwards)."""
     head = _SIGNED_HEADS.get(device_id)
     if head is None:
         if type(device_id) is not str or not _PLAIN.fullmatch(device_id):
-            return signed_message_point(device_id, signed).to_line()
+            return signed_message_point(device_id, signed, kept).to_line()
         if len(_SIGNED_HEADS) >= _HEADS_MAX:
             _SIGNED_HEADS.clear()
         head = _SIGNED_HEADS[device_id] = f"{SIGNED_MEASUREMENT},device_id={device_id} "
     key_id, sig = signed["key_id"], signed["sig"]
     if not (_quotable(key_id) and _quotable(sig)):
-        return signed_message_point(device_id, signed).to_line()
+        return signed_message_point(device_id, signed, kept).to_line()
+    if kept is not None and signed_rebuildable(signed, kept):
+        return (f'{head}key_id="{key_id}",sig="{sig}",count={len(kept)}i,'
+                f'last_at={_last_at(signed)}i {signed_at(signed)}')
     readings = (_signed_readings_json(signed).replace("\\", "\\\\").replace('"', '\\"')
                 .replace("\n", "\\n"))
     return f'{head}key_id="{key_id}",sig="{sig}",readings="{readings}" {signed_at(signed)}'
 
 
-def signed_message_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"key_id", "sig", "readings"}`` of a ``signed_messages`` row; raises StoredReadingError."""
-    try:
-        readings = json.loads(_str(row, "readings"))
-    except ValueError as exc:
-        raise StoredReadingError(f"stored signed message is not JSON: {exc}") from exc
-    if not isinstance(readings, list):
-        raise StoredReadingError("stored signed message's readings are not an array")
-    return {"key_id": _str(row, "key_id"), "sig": _str(row, "sig"), "readings": readings}
+@dataclass(frozen=True, slots=True)
+class SignedSpan:
+    """Where a ``signed_messages`` point without ``readings`` finds them: the device's
+    ``readings`` points from ``first_ns`` to ``last_ns`` whose ``sig_at`` is ``first_ns``."""
+
+    device_id: str
+    first_ns: int
+    last_ns: int
+    count: int
+
+
+def signed_span(row: Mapping[str, Any]) -> SignedSpan | None:
+    """``None`` if the row holds its readings' JSON (read it with :func:`signed_message_from_row`
+    alone), else where to find them; raises StoredReadingError for a point holding neither."""
+    if row.get("readings") is not None:
+        return None
+    first, last, count = _int(row, "time"), _int(row, "last_at"), _int(row, "count")
+    if count < 1 or last < first:
+        raise StoredReadingError(f"stored signed message has count {count}, last_at {last}")
+    return SignedSpan(_str(row, "device_id"), first, last, count)
+
+
+def signed_message_from_row(row: Mapping[str, Any],
+                            points: Iterable[Mapping[str, Any]] | None = None,
+                            ) -> dict[str, Any]:
+    """``{"key_id", "sig", "readings"}`` of a ``signed_messages`` row; raises StoredReadingError.
+
+    A row without ``readings`` (D45) is rebuilt from ``points``: rows of ``SELECT * FROM
+    readings`` (epoch=ns) covering its :func:`signed_span`; the ones naming this message
+    (``sig_at``), in time order, must be exactly ``count``, each rebuilt as the device sent it
+    (the canonical reading without its salt).  What they hash to is not checked here: the
+    caller compares each with the ledger (:func:`signed_message_readings`)."""
+    return signed_message_readings(row, points)[0]
+
+
+def signed_message_readings(row: Mapping[str, Any],
+                            points: Iterable[Mapping[str, Any]] | None = None,
+                            ) -> tuple[dict[str, Any], list[StoredReading]]:
+    """:func:`signed_message_from_row` and the stored readings it was rebuilt from (empty for
+    a row holding its readings' JSON), so a caller can check each against the ledger."""
+    key_id, sig = _str(row, "key_id"), _str(row, "sig")
+    span = signed_span(row)
+    if span is None:
+        try:
+            readings = json.loads(_str(row, "readings"))
+        except ValueError as exc:
+            raise StoredReadingError(f"stored signed message is not JSON: {exc}") from exc
+        if not isinstance(readings, list):
+            raise StoredReadingError("stored signed message's readings are not an array")
+        return {"key_id": key_id, "sig": sig, "readings": readings}, []
+    if points is None:
+        raise StoredReadingError("stored signed message holds no readings: rebuild it from "
+                                 "its readings' points")
+    mine = sorted((p for p in points if p.get("sig_at") == span.first_ns
+                   and p.get("device_id") == span.device_id
+                   and span.first_ns <= _int(p, "time") <= span.last_ns),
+                  key=lambda p: _int(p, "time"))
+    stored = [reading_from_row(p) for p in mine]
+    if len(stored) != span.count:
+        raise StoredReadingError(
+            f"the signed message of {span.device_id} at {span.first_ns} had {span.count} "
+            f"readings; InfluxDB holds {len(stored)} of them")
+    readings = [{k: s.canonical[k] for k in ("device_id", "patient_id", "seq", "ts_us",
+                                             "vitals")} for s in stored]
+    return {"key_id": key_id, "sig": sig, "readings": readings}, stored
 
 
 def window_point(header: Mapping[str, Any], log_index: int, status: str = "sealed") -> Point:
