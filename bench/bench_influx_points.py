@@ -4,6 +4,7 @@ per series per body (issue #14, InfluxDB's share).
 
     .venv/bin/python bench/bench_influx_points.py [--points 100000] [--rounds 2] [--only NAME ...]
     .venv/bin/python bench/bench_influx_points.py --build-trees BEFORE_TREE AFTER_TREE [--rounds 5]
+    .venv/bin/python bench/bench_influx_points.py --queries 20 --points 600000
 
 Starts a private ``influxd`` (InfluxDB 1.x, the local stack's settings: inmem index) per variant
 and round on free loopback ports, writes ``--points`` readings of 2,000 devices (5 Hz) in the
@@ -287,6 +288,59 @@ def build_cpu(trees: list[str], rounds: int) -> None:
         print(f"{tree:<36} {min(v[0] for v in values):28.2f} {min(v[1] for v in values):18.2f}")
 
 
+def _poll_queries(client: httpx.Client, sample: int) -> None:
+    """One round of what bench_pipeline.py's pollers ask InfluxDB every 0.2 s: the window
+    poller's scan of ``windows``, the clinician API's newest 5 points of each sampled patient
+    (``api/vitals.py`` latest_readings), and the newest seq of each sampled device."""
+    who = " OR ".join(f"\"patient_id\" = 'pat-{d:05d}'" for d in range(sample))
+    names = "|".join(f"dev-{d:05d}" for d in range(sample))
+    for q in ("SELECT size, window_id FROM windows",
+              f"SELECT * FROM readings WHERE ({who}) GROUP BY \"patient_id\" "
+              "ORDER BY time DESC LIMIT 5",
+              f"SELECT last(seq) AS seq FROM readings WHERE device_id =~ /^({names})$/ "
+              "GROUP BY device_id"):
+        response = client.post("/query", data={"db": "bench", "q": q, "epoch": "ns"})
+        response.raise_for_status()
+
+
+def query_cpu(points: list[tuple[str, str]], seconds: float, sample: int,
+              windows: int) -> None:
+    """influxd's CPU for the pipeline bench's polling, on a store holding ``points``: idle for
+    ``seconds``, then polled every 0.2 s for ``seconds`` (ms of CPU per second each)."""
+    base = tempfile.mkdtemp(prefix="bench-influx-queries-")
+    proc, url = _start(base)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for body in bodies(points, Shape()):
+                client.post("/write", params={"db": "bench"}, content=body).raise_for_status()
+            window_lines = "\n".join(
+                f"windows,partition={w % 8},window_id=p{w % 8}-{w * 1000} root=\"{'ab' * 32}\","
+                f"size=2500i,start_us={T0_US + w * 250_000}i,end_us={T0_US + w * 250_000}i,"
+                f"first_offset={w * 1000}i,last_offset={w * 1000 + 50}i,log_index={w}i,"
+                f"status=\"sealed\" {(T0_US + w * 250_000) * 1000}" for w in range(windows))
+            client.post("/write", params={"db": "bench"},
+                        content=window_lines.encode()).raise_for_status()
+            time.sleep(5.0)
+            c0 = _cpu_s(proc.pid)
+            time.sleep(seconds)
+            idle = (_cpu_s(proc.pid) - c0) / seconds * 1000
+            c0, rounds, t_end = _cpu_s(proc.pid), 0, time.monotonic() + seconds
+            while time.monotonic() < t_end:
+                began = time.monotonic()
+                _poll_queries(client, sample)
+                rounds += 1
+                time.sleep(max(0.0, 0.2 - (time.monotonic() - began)))
+            polled = (_cpu_s(proc.pid) - c0) / seconds * 1000
+        print(f"{len(points)} points, {windows} windows, {sample} sampled devices: influxd idle "
+              f"{idle:.1f} ms CPU/s, polled {polled:.1f} ms CPU/s ({rounds} rounds of 3 "
+              f"queries in {seconds:.0f} s; {(polled - idle) * seconds / max(rounds, 1):.2f} ms per "
+              "round)")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", type=int, default=100_000)
@@ -294,7 +348,15 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     parser.add_argument("--build-trees", nargs="+", metavar="TREE",
                         help="instead: the stream-side CPU to build the lines in these trees")
+    parser.add_argument("--queries", type=float, metavar="SECONDS",
+                        help="instead: influxd's CPU for the pipeline bench's polling queries")
+    parser.add_argument("--sample", type=int, default=20, help="--queries: sampled devices")
+    parser.add_argument("--windows", type=int, default=240, help="--queries: window points")
     args = parser.parse_args()
+    if args.queries:
+        query_cpu(lines(args.points, Shape(leaf=False, per_series=10), random.Random(7)),
+                  args.queries, args.sample, args.windows)
+        return 0
     if args.build_trees:
         build_cpu(args.build_trees, args.rounds)
         return 0

@@ -74,6 +74,7 @@ from vitalchain.storage.influx import rows_of
 from vitalchain.storage.ledger import Ledger
 
 POLL_S = 0.2
+POLL_PROBE_S = 5.0  # influxd's CPU with only the pollers running, measured after each row
 API_USER = "bench-clinician"
 SERVICES = ("mosquitto", "kafka", "influxdb")
 CPU_COLUMNS = ("simulator", "mosquitto", "bridge", "kafka", "stream", "influxdb", "postgres")
@@ -129,6 +130,11 @@ class Row:
     stored_p99: float = float("nan")
     complete: bool = False
     note: str = ""
+    # influxd's CPU while only the bench's pollers run (after the drain), ms per second, and the
+    # seconds the row's CPU figures span: their product is the polling's share of the InfluxDB
+    # column (the clinician API's poll every 0.2 s, the window poller, the stored-seq poll).
+    influx_poll_ms_s: float = float("nan")
+    cpu_span_s: float = float("nan")
 
 
 def influx_query(settings: Settings, query: str) -> list[dict]:
@@ -365,6 +371,11 @@ def run_pipeline_row(settings: Settings, stack: Stack, pipeline: Pipeline, polle
                 break
             time.sleep(0.5)
     cpu_after = cpu_snapshot(stack, pipeline)
+    row.cpu_span_s = time.time() - started
+    poll_before, poll_t0 = group_cpu_seconds(stack.pid("influxdb") or 0), time.time()
+    time.sleep(POLL_PROBE_S)  # the pipeline is idle: what influxd spends now is the pollers'
+    row.influx_poll_ms_s = ((group_cpu_seconds(stack.pid("influxdb") or 0)
+                             - poll_before) / (time.time() - poll_t0) * 1000)
     prefix = identities[0].device_id.rsplit("-", 1)[0]
     counts = influx_query(settings, f"SELECT count(seq) FROM readings WHERE device_id =~ /^{prefix}-/")
     row.stored = int(counts[0]["count"]) if counts else 0
@@ -465,6 +476,13 @@ def print_table(rows: list[Row], seconds: float, window_seconds: float,
         print(f"{r.devices:>7} " + " ".join(f"{r.cpu_ms_per_1k.get(c, float('nan')):>10.1f}"
                                               for c in CPU_COLUMNS) + f" {own:>10.1f}")
     print("(pipeline = bridge + Kafka + stream + InfluxDB (+ PostgreSQL), the processes the target budget counts)")
+    for r in rows:
+        if r.cpu_ms_per_1k and r.stored:
+            share = r.influx_poll_ms_s * r.cpu_span_s / r.stored * 1000
+            print(f"{r.devices:>7} devices: influxd with only the bench's pollers running "
+                  f"{r.influx_poll_ms_s:.1f} ms CPU/s (after the drain, {POLL_PROBE_S:g} s); over "
+                  f"the row's {r.cpu_span_s:.0f} s that is ~{share:.1f} of its InfluxDB "
+                  f"{r.cpu_ms_per_1k.get('influxdb', float('nan')):.1f} µs per reading")
     if ceiling is not None:
         devices, rate, acked_per_s = ceiling
         best = max((r for r in rows if r.complete), key=lambda r: r.pipeline_rate, default=None)
