@@ -84,10 +84,13 @@ def faust_datadir(settings: Settings, worker_name: str) -> str:
 
 def progress_line(proc: StreamProcessor) -> str:
     """The processor's counters plus the receipt writer's (``received_queued`` holds readings
-    back from the screen: taken, not yet in InfluxDB)."""
+    back from the screen: taken, not yet in InfluxDB; ``received_flushes`` the writes that took
+    them to InfluxDB, each one POST of up to 5,000 lines: written/flushes is the readings per
+    POST influxd got)."""
     receipts = proc.sealer.receipts
     extra = ("" if receipts is None else
-             f" received_written={receipts.stats.written} received_queued={receipts.queued}")
+             f" received_written={receipts.stats.written} received_queued={receipts.queued}"
+             f" received_flushes={receipts.stats.flushes}")
     return proc.stats.line() + extra
 
 
