@@ -5,7 +5,8 @@ Pure: which messages qualify (every reading kept, equal in every member but the 
 float64 keeps, strictly increasing point times) and that the line is the point's. On a real
 InfluxDB: the rebuilt readings verify under the device's signature and are JCS-identical to the
 sent ones; a message with a reading not kept keeps its JSON and reads as before; a deleted
-reading point makes the rebuild fail loudly; an altered one makes the signature fail."""
+reading point makes the rebuild fail loudly; an altered one makes the signature fail. And the
+receipt writer groups a record's kept readings by message to decide."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from vitalchain.core.integrity.devicekeys import (
     signed_bytes,
 )
 from vitalchain.core.integrity.leaves import canonical_reading
+from vitalchain.ingest.receipts import ReceiptWriter, by_message
+from vitalchain.ingest.windowing import WindowReading
 from vitalchain.storage.influx import InfluxClient
 from vitalchain.storage.readings import (
     SIGNED_MEASUREMENT,
@@ -235,3 +238,40 @@ def test_a_deleted_or_altered_reading_point_is_caught(isolated: Settings) -> Non
     _store(isolated, [], [f"DELETE FROM readings WHERE \"device_id\" = 'dev-c' AND time = {t}"])
     with pytest.raises(StoredReadingError, match="had 4 readings; InfluxDB holds 3"):
         _rebuild(isolated, "dev-c", at)
+
+
+def _window_readings(sent: list[dict[str, Any]], signed: dict[str, Any]) -> list[WindowReading]:
+    """A record's kept readings as the windower makes them: the first carries the whole signed
+    part, the others ``{"at"}``."""
+    return [WindowReading(7, c, b"\0" * 32, False, c["ts_us"] + 5,
+                          signed if i == 0 else {"at": signed["at"]})
+            for i, c in enumerate(_kept(sent))]
+
+
+def test_the_receipt_writer_queues_the_message_point_without_json_when_whole() -> None:
+    whole, cut = _sent("dev-w", 4), _sent("dev-x", 3)
+    signed_whole, _ = _message("dev-w", whole)
+    signed_whole["readings"] = whole
+    signed_cut, _ = _message("dev-x", cut)
+    unsigned = _window_readings(_sent("dev-y", 2), {"at": [0, 0]})
+    for r in unsigned:
+        r.signed = None
+    records = [_window_readings(whole, signed_whole),
+               _window_readings(cut, signed_cut)[:2],  # its third reading was not kept
+               unsigned]
+    assert [len(g) for g in by_message(records[0] + records[1] + records[2]).values()] == [4, 2]
+
+    async def queue() -> list[Any]:
+        writer = ReceiptWriter(InfluxClient(Settings()), flush_s=3600)
+        try:
+            for readings in records:
+                writer.add_many(readings, "p0-7")
+            return [item for key, _, item in writer._queue if key is None]
+        finally:
+            await writer.close()
+
+    lines = asyncio.run(queue())
+    assert len(lines) == 2
+    assert lines[0].startswith("signed_messages,device_id=dev-w ") and ",count=4i," in lines[0]
+    assert ",readings=" not in lines[0]
+    assert lines[1].startswith("signed_messages,device_id=dev-x ") and ",readings=" in lines[1]
