@@ -52,6 +52,7 @@ class Shape:
     signed_every: int = 0         # a signed_messages point per this many readings of a device
     signed_readings: bool = True  # ... with its readings as a JSON string field (as at c5b430e)
     sig_inline: bool = False      # key id and signature as fields of the message's first reading
+    signed_fields: str = "key_id,sig"  # the message point's fields besides readings (D45: +count)
 
 
 VARIANTS: dict[str, Shape] = {
@@ -78,6 +79,17 @@ VARIANTS: dict[str, Shape] = {
     "signed 10, no readings JSON": Shape(leaf=False, per_series=10, signed_every=10,
                                          signed_readings=False),
     "unsigned, 10/series run": Shape(leaf=False, per_series=10),
+    "signed 10, D45 (count, last_at)": Shape(leaf=False, per_series=10, signed_every=10,
+                                             signed_readings=False,
+                                             signed_fields="key_id,sig,count,last_at"),
+    "signed 10, sig as 8 ints, key as 2": Shape(leaf=False, per_series=10, signed_every=10,
+                                               signed_readings=False,
+                                               signed_fields="k0,k1,s0,s1,s2,s3,s4,s5,s6,s7,"
+                                                             "count,last_at"),
+    "signed 10, sig only": Shape(leaf=False, per_series=10, signed_every=10,
+                                 signed_readings=False, signed_fields="sig"),
+    "signed 10, count only": Shape(leaf=False, per_series=10, signed_every=10,
+                                   signed_readings=False, signed_fields="count"),
     "signed 10, sig on 1st reading": Shape(leaf=False, per_series=10, signed_every=10,
                                            signed_readings=False, sig_inline=True),
     "signed 10, no window_id": Shape(leaf=False, window_id=False, per_series=10,
@@ -177,7 +189,15 @@ def _signed_line(device: int, seq: int, ts_us: int, shape: Shape,
     escaped for a line-protocol string."""
     key = f"signed_messages,device_id=dev-{device:05d}"
     sig = hashlib.sha512(f"{device}/{seq}".encode()).hexdigest()[:86]
-    line = f'{key} key_id="{sig[:16]}",sig="{sig}"'
+    values = {"key_id": f'"{sig[:32]}"', "sig": f'"{sig}"', "count": f"{shape.signed_every}i",
+              "last_at": f"{(ts_us + (shape.signed_every - 1) * 200_000) * 1000 + seq % 1000}i"}
+    raw = hashlib.sha512(f"{device}/{seq}".encode()).digest() + hashlib.sha256(
+        f"{device}".encode()).digest()[:16]
+    for k in range(10):
+        values[f"s{k}" if k < 8 else f"k{k - 8}"] = (
+            f"{int.from_bytes(raw[k * 8:k * 8 + 8], 'big', signed=True)}i")
+    line = f"{key} " + ",".join(f"{name}={values[name]}"
+                                for name in shape.signed_fields.split(","))
     if shape.signed_readings:
         readings = ",".join(
             f'{{"device_id":"dev-{device:05d}","patient_id":"pat-{device:05d}","seq":{seq + k},'
