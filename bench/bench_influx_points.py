@@ -53,6 +53,7 @@ class Shape:
     signed_readings: bool = True  # ... with its readings as a JSON string field (as at c5b430e)
     sig_inline: bool = False      # key id and signature as fields of the message's first reading
     signed_fields: str = "key_id,sig"  # the message point's fields besides readings (D45: +count)
+    data_conf: str = ""           # extra [data] settings of influxd (the stack's: none)
 
 
 VARIANTS: dict[str, Shape] = {
@@ -90,6 +91,24 @@ VARIANTS: dict[str, Shape] = {
                                  signed_readings=False, signed_fields="sig"),
     "signed 10, count only": Shape(leaf=False, per_series=10, signed_every=10,
                                    signed_readings=False, signed_fields="count"),
+    "D45, wal-fsync-delay 100ms": Shape(leaf=False, per_series=10, signed_every=10,
+                                        signed_readings=False,
+                                        signed_fields="key_id,sig,count,last_at",
+                                        data_conf='  wal-fsync-delay = "100ms"\n'),
+    "D45, cache snapshot 256m": Shape(leaf=False, per_series=10, signed_every=10,
+                                      signed_readings=False,
+                                      signed_fields="key_id,sig,count,last_at",
+                                      data_conf='  cache-snapshot-memory-size = "256m"\n'),
+    # The same two with every cache snapshotted 1 s after the last write (run with --settle 15,
+    # so what a bigger cache only defers is counted too).
+    "D45, cold 1s": Shape(leaf=False, per_series=10, signed_every=10, signed_readings=False,
+                          signed_fields="key_id,sig,count,last_at",
+                          data_conf='  cache-snapshot-write-cold-duration = "1s"\n'),
+    "D45, snapshot 256m, cold 1s": Shape(
+        leaf=False, per_series=10, signed_every=10, signed_readings=False,
+        signed_fields="key_id,sig,count,last_at",
+        data_conf='  cache-snapshot-memory-size = "256m"\n'
+                  '  cache-snapshot-write-cold-duration = "1s"\n'),
     "signed 10, sig on 1st reading": Shape(leaf=False, per_series=10, signed_every=10,
                                            signed_readings=False, sig_inline=True),
     "signed 10, no window_id": Shape(leaf=False, window_id=False, per_series=10,
@@ -109,12 +128,12 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _start(base: str) -> tuple[subprocess.Popen[bytes], str]:
+def _start(base: str, data_conf: str = "") -> tuple[subprocess.Popen[bytes], str]:
     port, bind_port = _free_port(), _free_port()
     conf = (f'reporting-disabled = true\nbind-address = "127.0.0.1:{bind_port}"\n'
             f'[meta]\n  dir = "{base}/meta"\n'
             f'[data]\n  dir = "{base}/data"\n  wal-dir = "{base}/wal"\n'
-            '  query-log-enabled = false\n  index-version = "inmem"\n'
+            '  query-log-enabled = false\n  index-version = "inmem"\n' + data_conf +
             '[monitor]\n  store-enabled = false\n'
             f'[http]\n  enabled = true\n  bind-address = "127.0.0.1:{port}"\n'
             '  log-enabled = false\n  max-body-size = 50000000\n'
@@ -221,11 +240,14 @@ def bodies(points: list[tuple[str, str]], shape: Shape) -> list[bytes]:
     return out
 
 
+SETTLE_S = 2.0  # influxd's CPU is read this long after the last write (--settle)
+
+
 def one_run(points: list[tuple[str, str]], shape: Shape) -> tuple[float, float, int]:
     """influxd's CPU µs per point, the writer's CPU µs per point to build the bodies, and the
     bytes sent per point, for writing ``points`` into a fresh server."""
     base = tempfile.mkdtemp(prefix="bench-influx-points-")
-    proc, url = _start(base)
+    proc, url = _start(base, shape.data_conf)
     headers = {"Content-Encoding": "gzip"} if shape.gzip else {}
     params = {"db": "bench", "precision": "u" if shape.precision_us else "ns"}
     try:
@@ -239,7 +261,7 @@ def one_run(points: list[tuple[str, str]], shape: Shape) -> tuple[float, float, 
                 response = client.post("/write", params=params, content=body, headers=headers)
                 if response.status_code != 204:
                     raise SystemExit(f"write refused: {response.status_code} {response.text}")
-            time.sleep(2.0)  # the WAL's and the cache's work after the last write
+            time.sleep(SETTLE_S)  # the WAL's and the cache's work after the last write
             count = client.post("/query", data={"db": "bench",
                                                 "q": "SELECT count(seq) FROM readings"}).json()
             stored = count["results"][0]["series"][0]["values"][0][1]
@@ -372,7 +394,10 @@ def main() -> int:
                         help="instead: influxd's CPU for the pipeline bench's polling queries")
     parser.add_argument("--sample", type=int, default=20, help="--queries: sampled devices")
     parser.add_argument("--windows", type=int, default=240, help="--queries: window points")
+    parser.add_argument("--settle", type=float, default=SETTLE_S,
+                        help="seconds after the last write before influxd's CPU is read")
     args = parser.parse_args()
+    globals()["SETTLE_S"] = args.settle
     if args.queries:
         query_cpu(lines(args.points, Shape(leaf=False, per_series=10), random.Random(7)),
                   args.queries, args.sample, args.windows)
