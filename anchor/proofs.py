@@ -228,17 +228,22 @@ class ProofService:
             signed, stored = signed_message_readings(rows[0], points)
         except StoredReadingError as exc:
             raise ProofAltered(f"the signed message of {device_id} is malformed: {exc}") from exc
+        windows: dict[int, Any] = {}  # a message's readings share a window: loaded once
         for other in stored:
             # Each rebuilt reading is the device's word only if it is the sealed one: an altered
             # neighbour is named here, not left to fail the bundle's device-signature step.
-            self._check_sealed(other)
+            self._check_sealed(other, windows)
         return signed
 
-    def _check_sealed(self, stored: StoredReading) -> None:
+    def _check_sealed(self, stored: StoredReading, windows: dict[int, Any]) -> None:
         """Raise ProofAltered unless ``stored`` hashes to the leaf the ledger sealed for it."""
         c = stored.canonical
         loc = self.ledger.locate(c["device_id"], c["seq"])
-        window = self.ledger.window_by_index(loc.log_index) if loc is not None else None
+        window = None
+        if loc is not None:
+            if loc.log_index not in windows:
+                windows[loc.log_index] = self.ledger.window_by_index(loc.log_index)
+            window = windows[loc.log_index]
         if loc is None or window is None:
             raise ProofAltered(f"reading {c['device_id']}/{c['seq']} of the signed message is not "
                                "sealed in the ledger: the device signature cannot be shown")
