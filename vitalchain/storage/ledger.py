@@ -87,7 +87,11 @@ CREATE TABLE IF NOT EXISTS ledger_readings (
     leaf_hash        BLOB    NOT NULL,
     PRIMARY KEY (device_id, seq)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ledger_readings_time ON ledger_readings (device_id, ts_us);
+CREATE TABLE IF NOT EXISTS ledger_device_latest (
+    device_id  TEXT    NOT NULL PRIMARY KEY,
+    ts_us      INTEGER NOT NULL,
+    seq        INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger_partitions (
     topic          TEXT    NOT NULL,
     partition      INTEGER NOT NULL,
@@ -120,7 +124,31 @@ CREATE TRIGGER IF NOT EXISTS ledger_readings_no_update BEFORE UPDATE ON ledger_r
 BEGIN SELECT RAISE(ABORT, 'ledger_readings is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_readings_no_delete BEFORE DELETE ON ledger_readings
 BEGIN SELECT RAISE(ABORT, 'ledger_readings is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_device_latest_forward BEFORE UPDATE ON ledger_device_latest
+WHEN NEW.device_id <> OLD.device_id OR NEW.ts_us < OLD.ts_us
+     OR (NEW.ts_us = OLD.ts_us AND NEW.seq < OLD.seq)
+BEGIN SELECT RAISE(ABORT, 'ledger_device_latest only moves forward'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_device_latest_no_delete BEFORE DELETE ON ledger_device_latest
+BEGIN SELECT RAISE(ABORT, 'ledger_device_latest only moves forward'); END;
 """
+
+# Ledgers sealed before D45 have a second index on the reading index, (device_id, ts_us): one
+# more B-tree insert per reading.  Its two readers are served otherwise now (newest_sealed from
+# ledger_device_latest, locate_by_time from the primary key); on open it is dropped, after
+# ledger_device_latest is filled from it (docs/DECISIONS.md D45).
+OLD_TIME_INDEX = "ledger_readings_time"
+# The device's newest sealed reading: latest ts_us, highest seq among equals.  Forward only.
+LATEST_UPSERT = (
+    "INSERT INTO ledger_device_latest (device_id, ts_us, seq) {source} "
+    "ON CONFLICT (device_id) DO UPDATE SET ts_us = excluded.ts_us, seq = excluded.seq "
+    "WHERE excluded.ts_us > ledger_device_latest.ts_us OR (excluded.ts_us = "
+    "ledger_device_latest.ts_us AND excluded.seq > ledger_device_latest.seq)")
+# From an existing reading index (the migration): each device's latest ts_us, its highest seq.
+# ``WHERE true``: SQLite's parser needs a WHERE before an upsert's ON CONFLICT after a join.
+LATEST_FILL = LATEST_UPSERT.format(source=(
+    "SELECT r.device_id, r.ts_us, MAX(r.seq) FROM ledger_readings r JOIN (SELECT device_id, "
+    "MAX(ts_us) AS ts_us FROM ledger_readings GROUP BY device_id) m ON m.device_id = "
+    "r.device_id AND m.ts_us = r.ts_us WHERE true GROUP BY r.device_id, r.ts_us"))
 
 APPEND_ONLY_TABLES = ("ledger_windows", "ledger_readings", "ledger_epochs")
 # PostgreSQL: one statement-level trigger per append-only table refuses UPDATE, DELETE and
@@ -132,6 +160,19 @@ PG_APPEND_ONLY = [
     "$$ BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$",
     *(f"CREATE OR REPLACE TRIGGER {t}_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON {t} "
       "FOR EACH STATEMENT EXECUTE FUNCTION vitalchain_append_only()" for t in APPEND_ONLY_TABLES),
+]
+# ledger_device_latest moves forward only: no DELETE or TRUNCATE, no UPDATE to an older reading.
+PG_LATEST = [
+    "CREATE OR REPLACE FUNCTION vitalchain_latest_forward() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN IF NEW.device_id <> OLD.device_id OR NEW.ts_us < OLD.ts_us OR (NEW.ts_us = "
+    "OLD.ts_us AND NEW.seq < OLD.seq) THEN RAISE EXCEPTION 'ledger_device_latest only moves "
+    "forward'; END IF; RETURN NEW; END $$",
+    "CREATE OR REPLACE TRIGGER ledger_device_latest_forward BEFORE UPDATE ON "
+    "ledger_device_latest FOR EACH ROW EXECUTE FUNCTION vitalchain_latest_forward()",
+    "CREATE OR REPLACE TRIGGER ledger_device_latest_append_only BEFORE DELETE OR TRUNCATE ON "
+    "ledger_device_latest FOR EACH STATEMENT EXECUTE FUNCTION vitalchain_append_only()",
+]
+PG_ROLE = [
     # A role the database user may not be allowed to create (no CREATEROLE): then no grants.
     f"""DO $$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{WORKERS_ROLE}') THEN
@@ -140,7 +181,7 @@ PG_APPEND_ONLY = [
   END IF;
   IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{WORKERS_ROLE}') THEN
     GRANT SELECT, INSERT ON {', '.join(APPEND_ONLY_TABLES)} TO {WORKERS_ROLE};
-    GRANT SELECT, INSERT, UPDATE ON ledger_partitions TO {WORKERS_ROLE};
+    GRANT SELECT, INSERT, UPDATE ON ledger_partitions, ledger_device_latest TO {WORKERS_ROLE};
   END IF;
 END $$""",
 ]
@@ -156,7 +197,15 @@ def pg_schema() -> list[str]:
     tables = [pg_ddl(st) for st in SCHEMA.split(";\n") if st.strip()]
     columns = [f"ALTER TABLE ledger_partitions ADD COLUMN IF NOT EXISTS {name} {pg_ddl(decl)}"
                for name, decl in PARTITION_COLUMNS]
-    return [*tables, *columns, *PG_APPEND_ONLY]
+    return [*tables, *columns, *PG_APPEND_ONLY, *PG_LATEST, *PG_ROLE]
+
+
+def pg_latest_migration() -> list[str]:
+    """A PostgreSQL ledger installed before D45 to the new layout (once, under the schema lock):
+    ``ledger_device_latest`` created and filled from the time index, which is then dropped."""
+    table = next(st for st in SCHEMA.split(";\n") if "ledger_device_latest" in st)
+    return [pg_ddl(table), LATEST_FILL, f"DROP INDEX IF EXISTS {OLD_TIME_INDEX}",
+            *PG_APPEND_ONLY[:1], *PG_LATEST, *PG_ROLE]
 
 
 class LedgerError(VitalchainError):
@@ -287,6 +336,7 @@ class Ledger:
         self._lock = self._db.lock
         if not isinstance(self._db, SqliteDb):
             install_pg_schema(self._db, "ledger_partitions", pg_schema())
+            install_pg_schema(self._db, "ledger_device_latest", pg_latest_migration())
             return
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")
@@ -301,6 +351,12 @@ class Ledger:
             for name, decl in PARTITION_COLUMNS:
                 if name not in have:
                     self._db.execute(f"ALTER TABLE ledger_partitions ADD COLUMN {name} {decl}")
+            if self._db.one("SELECT 1 FROM sqlite_master WHERE type='index' AND name=?",
+                            (OLD_TIME_INDEX,)) is not None:
+                # A ledger from before D45 (or one an older worker opened since): the
+                # upsert only moves forward, so filling again after such a worker is safe.
+                self._db.execute(LATEST_FILL)
+                self._db.execute(f"DROP INDEX {OLD_TIME_INDEX}")
 
     @property
     def backend(self) -> str:
@@ -512,6 +568,7 @@ class Ledger:
         except self._db.integrity_errors as exc:
             raise WindowConflict(f"window {window_id}: a reading is already sealed in another "
                                  f"window ({exc})") from exc
+        self._advance_latest(rows)
         self._db.execute(
             "INSERT INTO ledger_partitions (topic, partition, sealed_offset, last_end_us, epoch, "
             "tail_hash) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE SET "
@@ -519,6 +576,19 @@ class Ledger:
             "epoch=excluded.epoch, tail_hash=excluded.tail_hash",
             (topic, partition, last_offset, int(header["end_us"]), epoch, tail_hash))
         return index
+
+    def _advance_latest(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Move each device's newest sealed reading forward to this window's, if newer: one
+        upsert per device of the window, not one index entry per reading (D45).  ``rows`` are
+        the window's index rows in key order, so each device's last one has its highest seq."""
+        best: dict[str, tuple[int, int]] = {}
+        for device, seq, ts, *_ in rows:
+            have = best.get(device)
+            if have is None or ts >= have[0]:
+                best[device] = (ts, seq)
+        if best:
+            self._db.executemany(LATEST_UPSERT.format(source="VALUES (?, ?, ?)"),
+                                 [(d, ts, seq) for d, (ts, seq) in best.items()])
 
     # --- reading the log --------------------------------------------------------------------
     def log_size(self) -> int:
@@ -628,13 +698,22 @@ class Ledger:
         return found
 
     def newest_sealed(self, device_id: str) -> ReadingLocation | None:
-        """The device's sealed reading with the latest ``ts_us`` (highest seq among equals)."""
-        row = self._one(f"SELECT {self._LOCATION_COLUMNS} FROM ledger_readings WHERE device_id=? "
-                        "ORDER BY ts_us DESC, seq DESC LIMIT 1", (device_id,))
+        """The device's sealed reading with the latest ``ts_us`` (highest seq among equals).
+
+        Two primary-key lookups: ``ledger_device_latest`` names it (kept by every append in the
+        same transaction), the reading index holds it (D45)."""
+        columns = ", ".join(f"r.{c}" for c in self._LOCATION_COLUMNS.split(", "))
+        row = self._one(f"SELECT {columns} FROM ledger_device_latest l JOIN ledger_readings r "
+                        "ON r.device_id = l.device_id AND r.seq = l.seq WHERE l.device_id=?",
+                        (device_id,))
         return None if row is None else self._location(row)
 
     def locate_by_time(self, device_id: str, ts_us: int) -> list[ReadingLocation]:
-        """All sealed readings of a device stamped exactly ``ts_us`` (usually zero or one)."""
+        """All sealed readings of a device stamped exactly ``ts_us`` (usually zero or one).
+
+        Reads the device's part of the reading index (its primary key's prefix): there is no
+        time index since D45, and asking by time is the CLI's convenience (the API and bundles
+        ask by seq), so one scan of a device's rows is cheaper than an index entry per reading."""
         rows = self._all(f"SELECT {self._LOCATION_COLUMNS} FROM ledger_readings "
                          "WHERE device_id=? AND ts_us=? ORDER BY seq", (device_id, ts_us))
         return [self._location(r) for r in rows]
