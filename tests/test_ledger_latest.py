@@ -12,9 +12,21 @@ import pytest
 from tests.test_ledger import KEY, T0
 from vitalchain.core.integrity import build_window_header, canonical_reading, reading_leaf_hash
 from vitalchain.storage.ledger import Ledger, ReadingIndexRow
-from vitalchain.storage.sqldb import connect, is_postgres_url
+from vitalchain.storage.ledger_view import LedgerView
+from vitalchain.storage.sqldb import connect, is_postgres_url, pg_ddl
 
 OLD_INDEX = "CREATE INDEX ledger_readings_time ON ledger_readings (device_id, ts_us)"
+# The reading index as sealed before D45: each row also names its window.
+OLD_READINGS = """CREATE TABLE ledger_readings (
+    device_id        TEXT    NOT NULL,
+    seq              INTEGER NOT NULL,
+    ts_us            INTEGER NOT NULL,
+    window_id        TEXT    NOT NULL,
+    log_index        INTEGER NOT NULL,
+    index_in_window  INTEGER NOT NULL,
+    leaf_hash        BLOB    NOT NULL,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID"""
 
 
 def stamped_window(first: int, last: int, readings: list[tuple[str, int, int]]):
@@ -103,9 +115,9 @@ def test_an_older_worker_sealing_after_the_migration_is_caught_up_on_open(tmp_pa
                 "idle_cut, sealed_at_us) VALUES (1, ?, 'raw', 0, 1, 1, ?, ?, 2, ?, '{}', x'00', "
                 "?, 0, 0)", (h["window_id"], h["start_us"], h["end_us"], h["root"],
                              b"".join(leaves)))
-    raw.executemany("INSERT INTO ledger_readings VALUES (?, ?, ?, ?, 1, ?, ?)",
-                    [(r.device_id, r.seq, r.ts_us, h["window_id"], r.index_in_window, r.leaf_hash)
-                     for r in rows])
+    raw.executemany("INSERT INTO ledger_readings (device_id, seq, ts_us, log_index, "
+                    "index_in_window, leaf_hash) VALUES (?, ?, ?, 1, ?, ?)",
+                    [(r.device_id, r.seq, r.ts_us, r.index_in_window, r.leaf_hash) for r in rows])
     raw.commit()
     raw.close()
     reopened = Ledger(target)
@@ -121,3 +133,43 @@ def _has_time_index(target) -> bool:
         return db.one("SELECT 1 FROM sqlite_master WHERE name = 'ledger_readings_time'") is not None
     finally:
         db.close()
+
+
+def test_a_reading_index_that_names_windows_keeps_working(ledger_target) -> None:
+    """A ledger whose reading index rows carry ``window_id`` (before D45) keeps being appended
+    to and read, by the stream, proofs and the audit's view, with the same answers."""
+    db = connect(ledger_target)
+    db.execute(pg_ddl(OLD_READINGS) if is_postgres_url(ledger_target) else OLD_READINGS)
+    db.execute(OLD_INDEX)
+    db.close()
+    ledger = Ledger(ledger_target)
+    assert ledger._rows_name_window
+    append(ledger, 0, 1, [("a", 1, T0 + 10), ("b", 1, T0 + 5)])
+    append(ledger, 2, 2, [("a", 2, T0 + 20)])
+    assert ledger._all("SELECT window_id FROM ledger_readings ORDER BY device_id, seq") == [
+        ("p0-0",), ("p0-2",), ("p0-0",)]
+    loc = ledger.locate("a", 2)
+    assert (loc.window_id, loc.log_index, loc.index_in_window) == ("p0-2", 1, 0)
+    assert ledger.newest_sealed("a") == loc and ledger.locate_by_time("a", T0 + 20) == [loc]
+    assert set(ledger.locate_many([("a", 1), ("b", 1)])) == {("a", 1), ("b", 1)}
+    ledger.close()
+    with LedgerView(ledger_target) as view:
+        assert view.locate("a", 2).window_id == "p0-2"
+        assert view.adjacent("a", 2, above=False).window_id == "p0-0"
+
+
+def test_a_row_whose_window_is_gone_is_still_listed(tmp_path: Path) -> None:
+    """Rows name their window through the log index; an altered ledger whose window row is gone
+    still shows the reading (under a name saying so), for the audit to report."""
+    target = tmp_path / "l.sqlite"
+    ledger = Ledger(target)
+    append(ledger, 0, 0, [("a", 1, T0 + 10)])
+    ledger.close()
+    raw = sqlite3.connect(target)
+    raw.execute("DROP TRIGGER ledger_windows_no_delete")
+    raw.execute("DELETE FROM ledger_windows")
+    raw.commit()
+    raw.close()
+    assert Ledger(target).locate("a", 1).window_id == "no-window-0"
+    with LedgerView(target) as view:
+        assert view.locate("a", 1).window_id == "no-window-0"

@@ -81,7 +81,6 @@ CREATE TABLE IF NOT EXISTS ledger_readings (
     device_id        TEXT    NOT NULL,
     seq              INTEGER NOT NULL,
     ts_us            INTEGER NOT NULL,
-    window_id        TEXT    NOT NULL,
     log_index        INTEGER NOT NULL,
     index_in_window  INTEGER NOT NULL,
     leaf_hash        BLOB    NOT NULL,
@@ -197,7 +196,8 @@ def pg_schema() -> list[str]:
     tables = [pg_ddl(st) for st in SCHEMA.split(";\n") if st.strip()]
     columns = [f"ALTER TABLE ledger_partitions ADD COLUMN IF NOT EXISTS {name} {pg_ddl(decl)}"
                for name, decl in PARTITION_COLUMNS]
-    return [*tables, *columns, *PG_APPEND_ONLY, *PG_LATEST, *PG_ROLE]
+    return [*tables, *columns, f"DROP INDEX IF EXISTS {OLD_TIME_INDEX}", *PG_APPEND_ONLY,
+            *PG_LATEST, *PG_ROLE]
 
 
 def pg_latest_migration() -> list[str]:
@@ -206,6 +206,17 @@ def pg_latest_migration() -> list[str]:
     table = next(st for st in SCHEMA.split(";\n") if "ledger_device_latest" in st)
     return [pg_ddl(table), LATEST_FILL, f"DROP INDEX IF EXISTS {OLD_TIME_INDEX}",
             *PG_APPEND_ONLY[:1], *PG_LATEST, *PG_ROLE]
+
+
+# The reading index's columns (a ledger from before D45 also has window_id, last here).
+READING_COLUMNS = ("device_id", "seq", "ts_us", "log_index", "index_in_window", "leaf_hash",
+                   "window_id")
+
+
+# A reading row's window id, in a query joining ``ledger_readings r LEFT JOIN ledger_windows w
+# ON w.log_index = r.log_index``: a left join, so a row whose window is gone (an altered ledger)
+# is still listed, under a name that says so.
+WINDOW_OF_ROW = "COALESCE(w.window_id, 'no-window-' || r.log_index)"
 
 
 class LedgerError(VitalchainError):
@@ -337,6 +348,9 @@ class Ledger:
         if not isinstance(self._db, SqliteDb):
             install_pg_schema(self._db, "ledger_partitions", pg_schema())
             install_pg_schema(self._db, "ledger_device_latest", pg_latest_migration())
+            self._rows_name_window = self._db.one(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = 'ledger_readings' AND column_name = 'window_id'") is not None
             return
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")
@@ -357,6 +371,8 @@ class Ledger:
                 # upsert only moves forward, so filling again after such a worker is safe.
                 self._db.execute(LATEST_FILL)
                 self._db.execute(f"DROP INDEX {OLD_TIME_INDEX}")
+            self._rows_name_window = "window_id" in {
+                r[1] for r in self._db.execute("PRAGMA table_info(ledger_readings)")}
 
     @property
     def backend(self) -> str:
@@ -560,11 +576,15 @@ class Ledger:
         # 600,000 readings; docs/PERFORMANCE.md, "Stream worker: one pass per reading, the
         # ledger's index in key order").
         # The rows' values, index_in_window included, do not depend on the order.
-        rows = sorted([(r[0], r[1], r[2], window_id, index, r[3], r[4]) for r in readings])
+        # No window_id per row (D45): the log index names the window; a ledger from before
+        # still has the column, NOT NULL, and gets it.
+        if self._rows_name_window:
+            rows = sorted([(r[0], r[1], r[2], index, r[3], r[4], window_id) for r in readings])
+        else:
+            rows = sorted([(r[0], r[1], r[2], index, r[3], r[4]) for r in readings])
         try:
-            self._db.insert_rows(
-                "ledger_readings", ("device_id", "seq", "ts_us", "window_id", "log_index",
-                                    "index_in_window", "leaf_hash"), rows)
+            if rows:  # none in an entry window
+                self._db.insert_rows("ledger_readings", READING_COLUMNS[:len(rows[0])], rows)
         except self._db.integrity_errors as exc:
             raise WindowConflict(f"window {window_id}: a reading is already sealed in another "
                                  f"window ({exc})") from exc
@@ -658,16 +678,19 @@ class Ledger:
         row = self._one("SELECT MAX(seq) FROM ledger_readings WHERE device_id=?", (device_id,))
         return None if row is None or row[0] is None else int(row[0])
 
+    # The window's id from ledger_windows by log index (its primary key): the reading index
+    # rows do not repeat it (D45).
+    _LOCATE = (f"SELECT r.device_id, r.seq, {WINDOW_OF_ROW}, r.log_index, r.index_in_window, "
+               "r.leaf_hash, r.ts_us FROM ledger_readings r LEFT JOIN ledger_windows w "
+               "ON w.log_index = r.log_index")
+
     def _location(self, row: tuple[Any, ...]) -> ReadingLocation:
         return ReadingLocation(device_id=row[0], seq=int(row[1]), window_id=row[2],
                                log_index=int(row[3]), index_in_window=int(row[4]),
                                leaf_hash=bytes(row[5]), ts_us=int(row[6]))
 
-    _LOCATION_COLUMNS = "device_id, seq, window_id, log_index, index_in_window, leaf_hash, ts_us"
-
     def locate(self, device_id: str, seq: int) -> ReadingLocation | None:
-        row = self._one(f"SELECT {self._LOCATION_COLUMNS} FROM ledger_readings "
-                        "WHERE device_id=? AND seq=?", (device_id, seq))
+        row = self._one(f"{self._LOCATE} WHERE r.device_id=? AND r.seq=?", (device_id, seq))
         return None if row is None else self._location(row)
 
     def locate_many(self, keys: Iterable[tuple[str, int]],
@@ -689,8 +712,8 @@ class Ledger:
             ordered = sorted(seqs)
             for start in range(0, len(ordered), chunk):
                 part = ordered[start:start + chunk]
-                rows = self._all(f"SELECT {self._LOCATION_COLUMNS} FROM ledger_readings "
-                                 f"WHERE device_id=? AND seq IN ({','.join('?' * len(part))})",
+                rows = self._all(f"{self._LOCATE} WHERE r.device_id=? "
+                                 f"AND r.seq IN ({','.join('?' * len(part))})",
                                  (device_id, *part))
                 for row in rows:
                     loc = self._location(row)
@@ -702,10 +725,8 @@ class Ledger:
 
         Two primary-key lookups: ``ledger_device_latest`` names it (kept by every append in the
         same transaction), the reading index holds it (D45)."""
-        columns = ", ".join(f"r.{c}" for c in self._LOCATION_COLUMNS.split(", "))
-        row = self._one(f"SELECT {columns} FROM ledger_device_latest l JOIN ledger_readings r "
-                        "ON r.device_id = l.device_id AND r.seq = l.seq WHERE l.device_id=?",
-                        (device_id,))
+        row = self._one(f"{self._LOCATE} JOIN ledger_device_latest l ON l.device_id = "
+                        "r.device_id AND l.seq = r.seq WHERE l.device_id=?", (device_id,))
         return None if row is None else self._location(row)
 
     def locate_by_time(self, device_id: str, ts_us: int) -> list[ReadingLocation]:
@@ -714,8 +735,8 @@ class Ledger:
         Reads the device's part of the reading index (its primary key's prefix): there is no
         time index since D45, and asking by time is the CLI's convenience (the API and bundles
         ask by seq), so one scan of a device's rows is cheaper than an index entry per reading."""
-        rows = self._all(f"SELECT {self._LOCATION_COLUMNS} FROM ledger_readings "
-                         "WHERE device_id=? AND ts_us=? ORDER BY seq", (device_id, ts_us))
+        rows = self._all(f"{self._LOCATE} WHERE r.device_id=? AND r.ts_us=? ORDER BY r.seq",
+                         (device_id, ts_us))
         return [self._location(r) for r in rows]
 
     def reading_count(self, device_prefix: str | None = None) -> int:
