@@ -22,8 +22,9 @@ Guarantees of :meth:`Ledger.append_window`:
   partition's current epoch* and carry that epoch, otherwise :class:`StaleWindow` is raised (a
   worker that lost its partition, or that still reads an incarnation of it that is gone, cannot
   seal stale data);
-- *atomic*: header, leaf hashes, reading index rows and the partition's sealed offset are written
-  in one transaction.
+- *atomic*: header, leaf hashes, reading index rows, each device's newest sealed reading
+  (``ledger_device_latest``, D45) and the partition's sealed offset are written in one
+  transaction.
 
 Epochs (docs/STREAM.md, "Epochs"): Kafka offsets are only meaningful within one incarnation of a
 partition.  tansu keeps topics in memory, so a restart starts every partition at offset 0 again;
