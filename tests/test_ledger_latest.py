@@ -173,3 +173,24 @@ def test_a_row_whose_window_is_gone_is_still_listed(tmp_path: Path) -> None:
     assert Ledger(target).locate("a", 1).window_id == "no-window-0"
     with LedgerView(target) as view:
         assert view.locate("a", 1).window_id == "no-window-0"
+
+
+def test_index_rows_that_do_not_match_their_leaves_are_refused(tmp_path: Path) -> None:
+    """The append's row checks (made in bulk since D45's rows-as-given insert) still name the
+    first row that does not fit, and nothing is written."""
+    ledger = Ledger(tmp_path / "l.sqlite")
+    h, leaves, rows = stamped_window(0, 0, [("a", 1, T0), ("a", 2, T0 + 1), ("b", 1, T0)])
+    bad = [
+        (leaves, [rows[0], rows[1]._replace(index_in_window=2), rows[2]._replace(index_in_window=1)]),
+        (leaves, [rows[0], rows[1]._replace(leaf_hash=b"\1" * 32), rows[2]]),
+        ([leaves[0], leaves[1] + b"\0", leaves[2]],
+         [rows[0], rows[1]._replace(leaf_hash=leaves[1] + b"\0"), rows[2]]),
+    ]
+    for bad_leaves, bad_rows in bad:
+        with pytest.raises(ValueError, match="index row 1 does not match its leaf"):
+            ledger.append_window("raw", 0, h, bad_leaves, bad_rows, idle_cut=False)
+    assert ledger.log_size() == 0 and ledger.reading_count() == 0
+    assert ledger.append_window("raw", 0, h, leaves, rows, idle_cut=False) == 0
+    assert [(x.device_id, x.seq, x.index_in_window, x.leaf_hash) for x in
+            (ledger.locate("a", 1), ledger.locate("a", 2), ledger.locate("b", 1))] == [
+        ("a", 1, 0, leaves[0]), ("a", 2, 1, leaves[1]), ("b", 1, 2, leaves[2])]
