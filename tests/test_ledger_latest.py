@@ -176,8 +176,7 @@ def test_a_row_whose_window_is_gone_is_still_listed(tmp_path: Path) -> None:
 
 
 def test_index_rows_that_do_not_match_their_leaves_are_refused(tmp_path: Path) -> None:
-    """The append's row checks (made in bulk since D45's rows-as-given insert) still name the
-    first row that does not fit, and nothing is written."""
+    """The append's row checks name the first row that does not fit, and nothing is written."""
     ledger = Ledger(tmp_path / "l.sqlite")
     h, leaves, rows = stamped_window(0, 0, [("a", 1, T0), ("a", 2, T0 + 1), ("b", 1, T0)])
     bad = [

@@ -209,9 +209,9 @@ def pg_latest_migration() -> list[str]:
             *PG_APPEND_ONLY[:1], *PG_LATEST, *PG_ROLE]
 
 
-# The reading index's columns as a ReadingIndexRow gives them (log_index is the window's, and a
-# ledger from before D45 also has window_id).
-READING_COLUMNS = ("device_id", "seq", "ts_us", "index_in_window", "leaf_hash")
+# The reading index's columns (a ledger from before D45 also has window_id, last here).
+READING_COLUMNS = ("device_id", "seq", "ts_us", "log_index", "index_in_window", "leaf_hash",
+                   "window_id")
 
 
 # A reading row's window id, in a query joining ``ledger_readings r LEFT JOIN ledger_windows w
@@ -507,13 +507,9 @@ class Ledger:
         if len(leaf_hashes) != size or len(readings) != size:
             raise ValueError(f"window {window_id}: size {size} but {len(leaf_hashes)} leaf hashes "
                              f"and {len(readings)} index rows")
-        # The same checks as a loop over the rows, in C (a window has up to tens of thousands).
-        if ([r[3] for r in readings] != list(range(size))
-                or [r[4] for r in readings] != list(leaf_hashes)
-                or set(map(len, leaf_hashes)) - {HASH_BYTES}):
-            for i, (leaf, row) in enumerate(zip(leaf_hashes, readings, strict=True)):
-                if len(leaf) != HASH_BYTES or row[4] != leaf or row[3] != i:
-                    raise ValueError(f"window {window_id}: index row {i} does not match its leaf")
+        for i, (leaf, row) in enumerate(zip(leaf_hashes, readings, strict=True)):
+            if len(leaf) != HASH_BYTES or row.leaf_hash != leaf or row.index_in_window != i:
+                raise ValueError(f"window {window_id}: index row {i} does not match its leaf")
         return self._append(topic, partition, header, leaf_hashes, readings, idle_cut, tail_hash)
 
     def append_entry_window(self, topic: str, partition: int, header: Mapping[str, Any],
@@ -583,15 +579,13 @@ class Ledger:
         # The rows' values, index_in_window included, do not depend on the order.
         # No window_id per row (D45): the log index names the window; a ledger from before
         # still has the column, NOT NULL, and gets it.
-        # The rows as given (device, seq, ts_us, index_in_window, leaf), sorted: (device, seq)
-        # is unique, so the sort never compares further; the log index is one constant.
-        rows = sorted(readings)
-        consts: tuple[tuple[str, Any], ...] = (("log_index", index),)
         if self._rows_name_window:
-            consts += (("window_id", window_id),)
+            rows = sorted([(r[0], r[1], r[2], index, r[3], r[4], window_id) for r in readings])
+        else:
+            rows = sorted([(r[0], r[1], r[2], index, r[3], r[4]) for r in readings])
         try:
             if rows:  # none in an entry window
-                self._db.insert_rows("ledger_readings", READING_COLUMNS, rows, consts)
+                self._db.insert_rows("ledger_readings", READING_COLUMNS[:len(rows[0])], rows)
         except self._db.integrity_errors as exc:
             raise WindowConflict(f"window {window_id}: a reading is already sealed in another "
                                  f"window ({exc})") from exc

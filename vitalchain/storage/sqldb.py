@@ -79,25 +79,11 @@ class SqlDb(ABC):
     def _begin_write(self, lock_key: int) -> None:
         ...
 
-    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
-                    consts: Sequence[tuple[str, Any]] = ()) -> None:
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Insert many rows at once (a window's reading index): ``executemany`` on SQLite,
-        ``COPY FROM STDIN`` on PostgreSQL (one stream instead of a statement per row).
-        ``consts``: ``(column, value)`` pairs the same for every row; an integer one is written
-        into the statement (no per-row tuple to build for it), any other is bound per row."""
-        names = [*columns, *(c for c, _ in consts)]
-        marks = ["?"] * len(columns)
-        bound = []
-        for _, value in consts:
-            if type(value) is int:
-                marks.append(str(value))
-            else:
-                marks.append("?")
-                bound.append(value)
-        if bound:
-            rows = [(*row, *bound) for row in rows]
-        self.executemany(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({','.join(marks)})",
-                         rows)
+        ``COPY FROM STDIN`` on PostgreSQL (one stream instead of a statement per row)."""
+        placeholders = ",".join("?" * len(columns))
+        self.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})", rows)
 
     @abstractmethod
     def close(self) -> None:
@@ -254,16 +240,13 @@ class PostgresDb(SqlDb):
             with self._live().cursor() as cursor:
                 cursor.executemany(_pg_sql(sql), [tuple(r) for r in rows])  # type: ignore[arg-type]
 
-    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
-                    consts: Sequence[tuple[str, Any]] = ()) -> None:
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if not rows:
             return
-        names = [*columns, *(c for c, _ in consts)]
-        values = tuple(v for _, v in consts)
         with self._live().cursor() as cursor, cursor.copy(
-                f"COPY {table} ({', '.join(names)}) FROM STDIN".encode()) as copy:
+                f"COPY {table} ({', '.join(columns)}) FROM STDIN".encode()) as copy:
             for row in rows:
-                copy.write_row((*row, *values) if values else row)
+                copy.write_row(row)
 
     def _begin_write(self, lock_key: int) -> None:
         db = self._live()
