@@ -22,8 +22,9 @@ Guarantees of :meth:`Ledger.append_window`:
   partition's current epoch* and carry that epoch, otherwise :class:`StaleWindow` is raised (a
   worker that lost its partition, or that still reads an incarnation of it that is gone, cannot
   seal stale data);
-- *atomic*: header, leaf hashes, reading index rows and the partition's sealed offset are written
-  in one transaction.
+- *atomic*: header, leaf hashes, reading index rows, each device's newest sealed reading
+  (``ledger_device_latest``, D46) and the partition's sealed offset are written in one
+  transaction.
 
 Epochs (docs/STREAM.md, "Epochs"): Kafka offsets are only meaningful within one incarnation of a
 partition.  tansu keeps topics in memory, so a restart starts every partition at offset 0 again;
@@ -81,13 +82,16 @@ CREATE TABLE IF NOT EXISTS ledger_readings (
     device_id        TEXT    NOT NULL,
     seq              INTEGER NOT NULL,
     ts_us            INTEGER NOT NULL,
-    window_id        TEXT    NOT NULL,
     log_index        INTEGER NOT NULL,
     index_in_window  INTEGER NOT NULL,
     leaf_hash        BLOB    NOT NULL,
     PRIMARY KEY (device_id, seq)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ledger_readings_time ON ledger_readings (device_id, ts_us);
+CREATE TABLE IF NOT EXISTS ledger_device_latest (
+    device_id  TEXT    NOT NULL PRIMARY KEY,
+    ts_us      INTEGER NOT NULL,
+    seq        INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger_partitions (
     topic          TEXT    NOT NULL,
     partition      INTEGER NOT NULL,
@@ -120,7 +124,31 @@ CREATE TRIGGER IF NOT EXISTS ledger_readings_no_update BEFORE UPDATE ON ledger_r
 BEGIN SELECT RAISE(ABORT, 'ledger_readings is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_readings_no_delete BEFORE DELETE ON ledger_readings
 BEGIN SELECT RAISE(ABORT, 'ledger_readings is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_device_latest_forward BEFORE UPDATE ON ledger_device_latest
+WHEN NEW.device_id <> OLD.device_id OR NEW.ts_us < OLD.ts_us
+     OR (NEW.ts_us = OLD.ts_us AND NEW.seq < OLD.seq)
+BEGIN SELECT RAISE(ABORT, 'ledger_device_latest only moves forward'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_device_latest_no_delete BEFORE DELETE ON ledger_device_latest
+BEGIN SELECT RAISE(ABORT, 'ledger_device_latest only moves forward'); END;
 """
+
+# Ledgers sealed before D46 have a second index on the reading index, (device_id, ts_us): one
+# more B-tree insert per reading.  Its two readers are served otherwise now (newest_sealed from
+# ledger_device_latest, locate_by_time from the primary key); on open it is dropped, after
+# ledger_device_latest is filled from it (docs/DECISIONS.md D46).
+OLD_TIME_INDEX = "ledger_readings_time"
+# The device's newest sealed reading: latest ts_us, highest seq among equals.  Forward only.
+LATEST_UPSERT = (
+    "INSERT INTO ledger_device_latest (device_id, ts_us, seq) {source} "
+    "ON CONFLICT (device_id) DO UPDATE SET ts_us = excluded.ts_us, seq = excluded.seq "
+    "WHERE excluded.ts_us > ledger_device_latest.ts_us OR (excluded.ts_us = "
+    "ledger_device_latest.ts_us AND excluded.seq > ledger_device_latest.seq)")
+# From an existing reading index (the migration): each device's latest ts_us, its highest seq.
+# ``WHERE true``: SQLite's parser needs a WHERE before an upsert's ON CONFLICT after a join.
+LATEST_FILL = LATEST_UPSERT.format(source=(
+    "SELECT r.device_id, r.ts_us, MAX(r.seq) FROM ledger_readings r JOIN (SELECT device_id, "
+    "MAX(ts_us) AS ts_us FROM ledger_readings GROUP BY device_id) m ON m.device_id = "
+    "r.device_id AND m.ts_us = r.ts_us WHERE true GROUP BY r.device_id, r.ts_us"))
 
 APPEND_ONLY_TABLES = ("ledger_windows", "ledger_readings", "ledger_epochs")
 # PostgreSQL: one statement-level trigger per append-only table refuses UPDATE, DELETE and
@@ -132,6 +160,19 @@ PG_APPEND_ONLY = [
     "$$ BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$",
     *(f"CREATE OR REPLACE TRIGGER {t}_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON {t} "
       "FOR EACH STATEMENT EXECUTE FUNCTION vitalchain_append_only()" for t in APPEND_ONLY_TABLES),
+]
+# ledger_device_latest moves forward only: no DELETE or TRUNCATE, no UPDATE to an older reading.
+PG_LATEST = [
+    "CREATE OR REPLACE FUNCTION vitalchain_latest_forward() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN IF NEW.device_id <> OLD.device_id OR NEW.ts_us < OLD.ts_us OR (NEW.ts_us = "
+    "OLD.ts_us AND NEW.seq < OLD.seq) THEN RAISE EXCEPTION 'ledger_device_latest only moves "
+    "forward'; END IF; RETURN NEW; END $$",
+    "CREATE OR REPLACE TRIGGER ledger_device_latest_forward BEFORE UPDATE ON "
+    "ledger_device_latest FOR EACH ROW EXECUTE FUNCTION vitalchain_latest_forward()",
+    "CREATE OR REPLACE TRIGGER ledger_device_latest_append_only BEFORE DELETE OR TRUNCATE ON "
+    "ledger_device_latest FOR EACH STATEMENT EXECUTE FUNCTION vitalchain_append_only()",
+]
+PG_ROLE = [
     # A role the database user may not be allowed to create (no CREATEROLE): then no grants.
     f"""DO $$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{WORKERS_ROLE}') THEN
@@ -140,7 +181,7 @@ PG_APPEND_ONLY = [
   END IF;
   IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{WORKERS_ROLE}') THEN
     GRANT SELECT, INSERT ON {', '.join(APPEND_ONLY_TABLES)} TO {WORKERS_ROLE};
-    GRANT SELECT, INSERT, UPDATE ON ledger_partitions TO {WORKERS_ROLE};
+    GRANT SELECT, INSERT, UPDATE ON ledger_partitions, ledger_device_latest TO {WORKERS_ROLE};
   END IF;
 END $$""",
 ]
@@ -156,7 +197,27 @@ def pg_schema() -> list[str]:
     tables = [pg_ddl(st) for st in SCHEMA.split(";\n") if st.strip()]
     columns = [f"ALTER TABLE ledger_partitions ADD COLUMN IF NOT EXISTS {name} {pg_ddl(decl)}"
                for name, decl in PARTITION_COLUMNS]
-    return [*tables, *columns, *PG_APPEND_ONLY]
+    return [*tables, *columns, f"DROP INDEX IF EXISTS {OLD_TIME_INDEX}", *PG_APPEND_ONLY,
+            *PG_LATEST, *PG_ROLE]
+
+
+def pg_latest_migration() -> list[str]:
+    """A PostgreSQL ledger installed before D46 to the new layout (once, under the schema lock):
+    ``ledger_device_latest`` created and filled from the time index, which is then dropped."""
+    table = next(st for st in SCHEMA.split(";\n") if "ledger_device_latest" in st)
+    return [pg_ddl(table), LATEST_FILL, f"DROP INDEX IF EXISTS {OLD_TIME_INDEX}",
+            *PG_APPEND_ONLY[:1], *PG_LATEST, *PG_ROLE]
+
+
+# The reading index's columns (a ledger from before D46 also has window_id, last here).
+READING_COLUMNS = ("device_id", "seq", "ts_us", "log_index", "index_in_window", "leaf_hash",
+                   "window_id")
+
+
+# A reading row's window id, in a query joining ``ledger_readings r LEFT JOIN ledger_windows w
+# ON w.log_index = r.log_index``: a left join, so a row whose window is gone (an altered ledger)
+# is still listed, under a name that says so.
+WINDOW_OF_ROW = "COALESCE(w.window_id, 'no-window-' || r.log_index)"
 
 
 class LedgerError(VitalchainError):
@@ -287,6 +348,10 @@ class Ledger:
         self._lock = self._db.lock
         if not isinstance(self._db, SqliteDb):
             install_pg_schema(self._db, "ledger_partitions", pg_schema())
+            install_pg_schema(self._db, "ledger_device_latest", pg_latest_migration())
+            self._rows_name_window = self._db.one(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = 'ledger_readings' AND column_name = 'window_id'") is not None
             return
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")
@@ -301,6 +366,14 @@ class Ledger:
             for name, decl in PARTITION_COLUMNS:
                 if name not in have:
                     self._db.execute(f"ALTER TABLE ledger_partitions ADD COLUMN {name} {decl}")
+            if self._db.one("SELECT 1 FROM sqlite_master WHERE type='index' AND name=?",
+                            (OLD_TIME_INDEX,)) is not None:
+                # A ledger from before D46 (or one an older worker opened since): the
+                # upsert only moves forward, so filling again after such a worker is safe.
+                self._db.execute(LATEST_FILL)
+                self._db.execute(f"DROP INDEX {OLD_TIME_INDEX}")
+            self._rows_name_window = "window_id" in {
+                r[1] for r in self._db.execute("PRAGMA table_info(ledger_readings)")}
 
     @property
     def backend(self) -> str:
@@ -504,14 +577,19 @@ class Ledger:
         # 600,000 readings; docs/PERFORMANCE.md, "Stream worker: one pass per reading, the
         # ledger's index in key order").
         # The rows' values, index_in_window included, do not depend on the order.
-        rows = sorted([(r[0], r[1], r[2], window_id, index, r[3], r[4]) for r in readings])
+        # No window_id per row (D46): the log index names the window; a ledger from before
+        # still has the column, NOT NULL, and gets it.
+        if self._rows_name_window:
+            rows = sorted([(r[0], r[1], r[2], index, r[3], r[4], window_id) for r in readings])
+        else:
+            rows = sorted([(r[0], r[1], r[2], index, r[3], r[4]) for r in readings])
         try:
-            self._db.insert_rows(
-                "ledger_readings", ("device_id", "seq", "ts_us", "window_id", "log_index",
-                                    "index_in_window", "leaf_hash"), rows)
+            if rows:  # none in an entry window
+                self._db.insert_rows("ledger_readings", READING_COLUMNS[:len(rows[0])], rows)
         except self._db.integrity_errors as exc:
             raise WindowConflict(f"window {window_id}: a reading is already sealed in another "
                                  f"window ({exc})") from exc
+        self._advance_latest(rows)
         self._db.execute(
             "INSERT INTO ledger_partitions (topic, partition, sealed_offset, last_end_us, epoch, "
             "tail_hash) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE SET "
@@ -519,6 +597,19 @@ class Ledger:
             "epoch=excluded.epoch, tail_hash=excluded.tail_hash",
             (topic, partition, last_offset, int(header["end_us"]), epoch, tail_hash))
         return index
+
+    def _advance_latest(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Move each device's newest sealed reading forward to this window's, if newer: one
+        upsert per device of the window, not one index entry per reading (D46).  ``rows`` are
+        the window's index rows in key order, so each device's last one has its highest seq."""
+        best: dict[str, tuple[int, int]] = {}
+        for device, seq, ts, *_ in rows:
+            have = best.get(device)
+            if have is None or ts >= have[0]:
+                best[device] = (ts, seq)
+        if best:
+            self._db.executemany(LATEST_UPSERT.format(source="VALUES (?, ?, ?)"),
+                                 [(d, ts, seq) for d, (ts, seq) in best.items()])
 
     # --- reading the log --------------------------------------------------------------------
     def log_size(self) -> int:
@@ -588,16 +679,19 @@ class Ledger:
         row = self._one("SELECT MAX(seq) FROM ledger_readings WHERE device_id=?", (device_id,))
         return None if row is None or row[0] is None else int(row[0])
 
+    # The window's id from ledger_windows by log index (its primary key): the reading index
+    # rows do not repeat it (D46).
+    _LOCATE = (f"SELECT r.device_id, r.seq, {WINDOW_OF_ROW}, r.log_index, r.index_in_window, "
+               "r.leaf_hash, r.ts_us FROM ledger_readings r LEFT JOIN ledger_windows w "
+               "ON w.log_index = r.log_index")
+
     def _location(self, row: tuple[Any, ...]) -> ReadingLocation:
         return ReadingLocation(device_id=row[0], seq=int(row[1]), window_id=row[2],
                                log_index=int(row[3]), index_in_window=int(row[4]),
                                leaf_hash=bytes(row[5]), ts_us=int(row[6]))
 
-    _LOCATION_COLUMNS = "device_id, seq, window_id, log_index, index_in_window, leaf_hash, ts_us"
-
     def locate(self, device_id: str, seq: int) -> ReadingLocation | None:
-        row = self._one(f"SELECT {self._LOCATION_COLUMNS} FROM ledger_readings "
-                        "WHERE device_id=? AND seq=?", (device_id, seq))
+        row = self._one(f"{self._LOCATE} WHERE r.device_id=? AND r.seq=?", (device_id, seq))
         return None if row is None else self._location(row)
 
     def locate_many(self, keys: Iterable[tuple[str, int]],
@@ -619,8 +713,8 @@ class Ledger:
             ordered = sorted(seqs)
             for start in range(0, len(ordered), chunk):
                 part = ordered[start:start + chunk]
-                rows = self._all(f"SELECT {self._LOCATION_COLUMNS} FROM ledger_readings "
-                                 f"WHERE device_id=? AND seq IN ({','.join('?' * len(part))})",
+                rows = self._all(f"{self._LOCATE} WHERE r.device_id=? "
+                                 f"AND r.seq IN ({','.join('?' * len(part))})",
                                  (device_id, *part))
                 for row in rows:
                     loc = self._location(row)
@@ -628,15 +722,22 @@ class Ledger:
         return found
 
     def newest_sealed(self, device_id: str) -> ReadingLocation | None:
-        """The device's sealed reading with the latest ``ts_us`` (highest seq among equals)."""
-        row = self._one(f"SELECT {self._LOCATION_COLUMNS} FROM ledger_readings WHERE device_id=? "
-                        "ORDER BY ts_us DESC, seq DESC LIMIT 1", (device_id,))
+        """The device's sealed reading with the latest ``ts_us`` (highest seq among equals).
+
+        Two primary-key lookups: ``ledger_device_latest`` names it (kept by every append in the
+        same transaction), the reading index holds it (D46)."""
+        row = self._one(f"{self._LOCATE} JOIN ledger_device_latest l ON l.device_id = "
+                        "r.device_id AND l.seq = r.seq WHERE l.device_id=?", (device_id,))
         return None if row is None else self._location(row)
 
     def locate_by_time(self, device_id: str, ts_us: int) -> list[ReadingLocation]:
-        """All sealed readings of a device stamped exactly ``ts_us`` (usually zero or one)."""
-        rows = self._all(f"SELECT {self._LOCATION_COLUMNS} FROM ledger_readings "
-                         "WHERE device_id=? AND ts_us=? ORDER BY seq", (device_id, ts_us))
+        """All sealed readings of a device stamped exactly ``ts_us`` (usually zero or one).
+
+        Reads the device's part of the reading index (its primary key's prefix): there is no
+        time index since D46, and asking by time is the CLI's convenience (the API and bundles
+        ask by seq), so one scan of a device's rows is cheaper than an index entry per reading."""
+        rows = self._all(f"{self._LOCATE} WHERE r.device_id=? AND r.ts_us=? ORDER BY r.seq",
+                         (device_id, ts_us))
         return [self._location(r) for r in rows]
 
     def reading_count(self, device_prefix: str | None = None) -> int:

@@ -18,7 +18,13 @@ from typing import Any
 
 from vitalchain.core.integrity import WINDOW_FORMAT
 from vitalchain.errors import Unavailable
-from vitalchain.storage.ledger import EPOCH_COLUMNS, EpochRecord, PartitionPosition, epoch_record
+from vitalchain.storage.ledger import (
+    EPOCH_COLUMNS,
+    WINDOW_OF_ROW,
+    EpochRecord,
+    PartitionPosition,
+    epoch_record,
+)
 from vitalchain.storage.sqldb import SqlDb, connect, is_postgres_url, redact_url
 
 
@@ -47,7 +53,10 @@ class IndexedReading:
     leaf_hash: bytes
 
 
-_READING_COLUMNS = "device_id, seq, ts_us, window_id, log_index, index_in_window, leaf_hash"
+# The window id from ledger_windows by log index: reading index rows do not repeat it (D46).
+_READINGS = (f"SELECT r.device_id, r.seq, r.ts_us, {WINDOW_OF_ROW}, r.log_index, "
+             "r.index_in_window, r.leaf_hash FROM ledger_readings r LEFT JOIN ledger_windows w "
+             "ON w.log_index = r.log_index")
 
 
 def _reading(row: tuple[Any, ...]) -> IndexedReading:
@@ -119,16 +128,14 @@ class LedgerView:
         return None if row is None else int(row[0])
 
     def locate(self, device_id: str, seq: int) -> IndexedReading | None:
-        row = self._db.one(f"SELECT {_READING_COLUMNS} FROM ledger_readings "
-                           "WHERE device_id=? AND seq=?", (device_id, seq))
+        row = self._db.one(f"{_READINGS} WHERE r.device_id=? AND r.seq=?", (device_id, seq))
         return None if row is None else _reading(row)
 
     def window_readings(self, window: WindowInfo) -> Iterator[IndexedReading]:
         """The window's index rows, found per device of its header through the primary key."""
         for device_id, span in window.header.get("devices", {}).items():
             rows = self._db.all(
-                f"SELECT {_READING_COLUMNS} FROM ledger_readings WHERE device_id=? "
-                "AND seq BETWEEN ? AND ? AND log_index=?",
+                f"{_READINGS} WHERE r.device_id=? AND r.seq BETWEEN ? AND ? AND r.log_index=?",
                 (device_id, int(span["first_seq"]), int(span["last_seq"]), window.log_index))
             for row in rows:
                 yield _reading(row)
@@ -167,8 +174,8 @@ class LedgerView:
     def adjacent(self, device_id: str, seq: int, *, above: bool) -> IndexedReading | None:
         """The device's nearest sealed reading above (or below) ``seq``, any window."""
         op, order = (">", "ASC") if above else ("<", "DESC")
-        row = self._db.one(f"SELECT {_READING_COLUMNS} FROM ledger_readings WHERE device_id=? "
-                           f"AND seq {op} ? ORDER BY seq {order} LIMIT 1", (device_id, seq))
+        row = self._db.one(f"{_READINGS} WHERE r.device_id=? AND r.seq {op} ? "
+                           f"ORDER BY r.seq {order} LIMIT 1", (device_id, seq))
         return None if row is None else _reading(row)
 
     def epochs(self) -> list[EpochRecord]:
