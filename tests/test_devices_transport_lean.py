@@ -147,3 +147,97 @@ def test_not_connected_and_bad_topics_take_paho_s_answers() -> None:
         with pytest.raises(ValueError):
             _topic_head(bad)
     assert _topic_head("") == (b"", b"")
+
+
+class _CountingSocket:
+    """A socket-pair end that counts ``recv`` calls (a real socket's methods cannot be wrapped)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.recvs = 0
+
+    def recv(self, n: int) -> bytes:
+        self.recvs += 1
+        return self.sock.recv(n)
+
+    def send(self, data: bytes) -> int:
+        return self.sock.send(data)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _puback(mid: int, reason: int | None = None) -> bytes:
+    body = mid.to_bytes(2, "big") + (b"" if reason is None else bytes([reason]))
+    return bytes([0x40, len(body)]) + body
+
+
+def _reading_client() -> tuple[_Client, _CountingSocket, socket.socket, list[int]]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    client = _client()
+    counting = _CountingSocket(a)
+    client._sock = counting  # type: ignore[assignment]
+    client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
+    settled: list[int] = []
+    client.on_publish = lambda c, u, mid, rc, p: settled.append(mid)
+    for i in range(6):
+        _lean(client, "vitals/d4", b"m%d" % i)
+    return client, counting, b, settled
+
+
+def test_one_recv_serves_every_puback_it_took() -> None:
+    client, counting, peer, settled = _reading_client()
+    try:
+        peer.send(b"".join(_puback(mid, 0x10 if mid % 2 else None) for mid in (1, 2, 3, 4)))
+        client.loop_read()
+        assert settled == [1, 2, 3, 4]
+        assert counting.recvs == 1  # paho alone: three per PUBACK, and one that would block
+        assert not client.pending_input()
+        client.loop_read()  # nothing new: still no system call that would only block
+        assert counting.recvs == 2 and settled == [1, 2, 3, 4]
+        assert client._inflight_messages == 2 and sorted(client._out_messages) == [5, 6]
+    finally:
+        counting.close()
+        peer.close()
+
+
+def test_a_packet_split_over_reads_and_the_rest_left_for_the_next_loop_read() -> None:
+    client, counting, peer, settled = _reading_client()
+    try:
+        whole = _puback(1) + _puback(2, 0x10)
+        for piece in (whole[:1], whole[1:3], whole[3:]):  # torn inside the first packet
+            peer.send(piece)
+            client.loop_read()
+        assert settled == [1, 2]
+        # paho reads at most as many packets as it has messages in flight per loop_read: with
+        # more PUBACKs than that in one recv, the rest stays buffered and pending_input says so
+        peer.send(b"".join(_puback(mid) for mid in (3, 4, 5, 6)) + _puback(6))
+        while len(settled) < 6:
+            client.loop_read()
+            if not client.pending_input():
+                break
+        assert settled == [1, 2, 3, 4, 5, 6]
+        client.loop_read()  # the stray duplicate PUBACK for 6: ignored as paho ignores it
+        assert not client.pending_input() and settled == [1, 2, 3, 4, 5, 6]
+    finally:
+        counting.close()
+        peer.close()
+
+
+def test_end_of_stream_is_still_a_lost_connection() -> None:
+    client, counting, peer, settled = _reading_client()
+    lost: list[object] = []
+    client.on_disconnect = lambda c, u, f, rc, p: lost.append(rc)
+    try:
+        peer.send(_puback(1))
+        peer.close()
+        client.loop_read()  # the PUBACK, then the end of the stream on the next read
+        client.loop_read()
+        assert settled == [1]
+        assert len(lost) == 1
+    finally:
+        counting.close()
