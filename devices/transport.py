@@ -200,48 +200,7 @@ class _Client(mqtt.Client):
             message.info.rc = rc
             return rc, mid
 
-    # --- reading: one recv per readable event ------------------------------------------------
-    _in_buffer = b""  # bytes received and not yet handed to paho
-    _in_pos = 0
-    _may_recv = False  # inside loop_read and no recv made yet
-
-    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
-        """paho's ``loop_read``, with at most one ``recv`` system call (see ``_sock_recv``)."""
-        self._may_recv = True
-        try:
-            return super().loop_read(max_packets)
-        finally:
-            self._may_recv = False
-
-    def pending_input(self) -> bool:
-        """Bytes were received and not yet read by paho (``loop_read`` stopped at its packet
-        count): the socket may not signal them again, so the caller reads again."""
-        return self._in_pos < len(self._in_buffer)
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        """paho reads a packet a byte at a time: the command byte, each byte of the remaining
-        length, then the rest, and one more ``recv`` that fails with EAGAIN to end the loop: four
-        system calls and an exception for every PUBACK, 11 % of the simulator's samples with
-        paho's read path at 1,000 devices x 5 Hz x 2 (docs/PERFORMANCE.md, "sim4"). Here the
-        first read of a ``loop_read`` takes whatever the socket holds (up to 64 KiB) and paho's
-        small reads are served from it; once it is used up, "would block" is answered without
-        asking the kernel again (the loop's reader wakes ``loop_read`` when more arrives). paho
-        sees the same bytes, in the same pieces, and an end of stream as before."""
-        buffer, pos = self._in_buffer, self._in_pos
-        if pos >= len(buffer):
-            if not self._may_recv:
-                raise BlockingIOError
-            self._may_recv = False
-            buffer = super()._sock_recv(65536)
-            if not buffer:
-                return buffer  # end of stream: paho's "connection lost"
-            self._in_buffer, pos = buffer, 0
-        end = pos + bufsize
-        self._in_pos = end
-        return buffer[pos:end]
-
     def _create_socket_connection(self) -> socket.socket:
-        self._in_buffer, self._in_pos = b"", 0  # nothing of an earlier socket is read
         sock, self.ready_socket = self.ready_socket, None
         if sock is None:
             return super()._create_socket_connection()
@@ -286,10 +245,7 @@ class MqttLink:
         self._loop.add_reader(sock, self._read)
 
     def _read(self) -> None:
-        client = self._client
-        client.loop_read(max_packets=16)
-        if client.pending_input() and client.socket() is not None:
-            self._loop.call_soon(self._read)  # the rest of what one recv took
+        self._client.loop_read(max_packets=16)
 
     def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         self._loop.remove_reader(sock)
