@@ -268,15 +268,7 @@ class MqttLink:
         if sock is None:
             return
         client.loop_write()
-        if not client.want_write():
-            # Everything queued reached the kernel: that is the link's last packet out. paho
-            # 2.2 stamps ``_last_msg_out`` only on a zero-length write or a DISCONNECT, so a
-            # device publishing every few seconds still sent a PINGREQ every keepalive (and read
-            # its PINGRESP): at 5,000 devices 167 a second (docs/PERFORMANCE.md, "sim4"). MQTT
-            # asks for a PINGREQ only when no other packet went out for a keepalive (3.1.2.10).
-            with client._msgtime_mutex:
-                client._last_msg_out = mqtt.time_func()
-        elif not self._watching_write and client.socket() is sock:
+        if client.want_write() and not self._watching_write and client.socket() is sock:
             self._watching_write = True
             self._loop.add_writer(sock, client.loop_write)
 

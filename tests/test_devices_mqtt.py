@@ -11,7 +11,6 @@ import asyncio
 import json
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -239,40 +238,6 @@ async def test_publishes_larger_than_the_socket_buffer_all_arrive(broker: Stack)
     await asyncio.wait_for(asyncio.gather(*futures), 30)
     assert not link._watching_write and not link._client.want_write()
     await link.close()
-
-
-async def test_no_pingreq_while_publishing_yet_one_when_idle(broker: Stack) -> None:
-    """A link that publishes more often than its keepalive sends no PINGREQ (MQTT 5 3.1.2.10: a
-    PINGREQ only when no other packet went out for a keepalive; paho 2.2 alone pinged every
-    keepalive whatever it sent), and an idle link still pings within its keepalive."""
-    settings = broker.settings
-    [device] = provision_devices(settings, 1, prefix="pinger")
-    pings: list[float] = []
-
-    async def run(publishing: bool) -> None:
-        link = MqttLink(settings.host, settings.mqtt_port, device.device_id, device.username,
-                        device.password, keepalive=2)
-        await link.connect()
-        send_ping = link._client._send_pingreq
-
-        def counted() -> mqtt.MQTTErrorCode:
-            pings.append(time.monotonic())
-            return send_ping()
-
-        link._client._send_pingreq = counted  # type: ignore[method-assign]
-        loop = asyncio.get_running_loop()
-        end = loop.time() + 5.0
-        while loop.time() < end:
-            if publishing:
-                await asyncio.wait_for(link.publish(device.topic, b'{"n":1}'), 5)
-            link.tick()
-            await asyncio.sleep(0.25)
-        await link.close()
-
-    await run(publishing=True)
-    assert pings == []
-    await run(publishing=False)
-    assert len(pings) >= 1
 
 
 @pytest.mark.parametrize("subscribed", [False, True])
