@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from vitalchain.config import Settings
-from vitalchain.devices.firmware import Device, DeviceConfig
+from vitalchain.devices.firmware import Device, DeviceConfig, Tally
+from vitalchain.devices.gcpace import fleet_gc_pace
 from vitalchain.devices.physiology import Deterioration
 from vitalchain.devices.registry import DeviceIdentity, identities
 from vitalchain.devices.sampler import sample_fleet
@@ -73,35 +74,42 @@ def raise_nofile_limit() -> int:
 
 
 class Fleet:
-    def __init__(self, devices: list[Device], stats: FleetStats) -> None:
+    def __init__(self, devices: list[Device], stats: FleetStats, tally: Tally | None = None) -> None:
         self.devices = devices
         self.stats = stats
+        # The devices' totals as they change; without one (devices built elsewhere) a pass sums them.
+        self.tally = tally
         self.started = time.monotonic()
 
     def snapshot(self) -> FleetStats:
-        """The fleet's counters now: one pass over the devices (it runs every progress interval
-        and was ten generator passes, a cost per device that grew with the fleet)."""
-        generated = published = acked = buffered = dropped = rejected = 0
-        messages = attempts = connected = 0
+        """The fleet's counters now: the totals from the fleet's :class:`Tally`, and one pass
+        over the devices for who is connected and the last error of those that are not (each
+        interval; the pass once also summed every counter, a cost per device that grew with the
+        fleet: docs/PERFORMANCE.md, "sim4")."""
+        tally = self.tally
+        if tally is None:
+            tally = Tally()
+            for d in self.devices:
+                tally.generated += d.generated
+                tally.published += d.published
+                tally.acked += d.acked
+                tally.dropped += d.dropped
+                tally.rejected += d.rejected
+                tally.messages += d.messages
+                tally.connect_attempts += d.connect_attempts
+        connected = 0
         errors: dict[str, str] = {}
         for d in self.devices:
-            generated += d.generated
-            published += d.published
-            acked += d.acked
-            buffered += d.buffered
-            dropped += d.dropped
-            rejected += d.rejected
-            messages += d.messages
-            attempts += d.connect_attempts
-            up = d.connected
-            connected += up
-            if d.last_error and not up:
+            link = d.link
+            if link is not None and not link.closed.done():  # Device.connected, inline
+                connected += 1
+            elif d.last_error:
                 errors[d.identity.device_id] = d.last_error
         s = self.stats
         s.devices = len(self.devices)
-        s.generated, s.published, s.acked, s.buffered = generated, published, acked, buffered
-        s.dropped, s.rejected, s.messages = dropped, rejected, messages
-        s.connect_attempts, s.connected = attempts, connected
+        s.generated, s.published, s.acked = tally.generated, tally.published, tally.acked
+        s.buffered, s.dropped, s.rejected = tally.buffered, tally.dropped, tally.rejected
+        s.messages, s.connect_attempts, s.connected = tally.messages, tally.connect_attempts, connected
         s.elapsed_s = time.monotonic() - self.started
         s.errors = errors
         return s
@@ -139,63 +147,67 @@ async def run_fleet(settings: Settings, device_ids: Sequence[str | DeviceIdentit
     if twice:
         raise ValueError(f"devices listed twice (they would keep kicking each other off): {twice}")
 
-    stats = FleetStats()
+    # The collector at a fleet's pace while it runs (devices/gcpace.py).
+    with fleet_gc_pace():
+        stats = FleetStats()
 
-    def on_ack(device_id: str, seqs: list[int]) -> None:
-        stats.acked_ids.update((device_id, s) for s in seqs)
+        def on_ack(device_id: str, seqs: list[int]) -> None:
+            stats.acked_ids.update((device_id, s) for s in seqs)
 
-    config = DeviceConfig(settings.host, settings.mqtt_port, rate=rate, batch=batch,
-                          buffer_limit=buffer_limit, max_inflight=max_inflight,
-                          episodes_per_hour=episodes_per_hour, seed=seed, keepalive=keepalive,
-                          scripts=dict(scripts or {}))
-    config.check()
-    # A block of about a minute's readings (at least the default): fewer fsyncs, a gap after a crash
-    # of at most that minute (gaps are allowed, docs/DEVICES.md).
-    block = max(DEFAULT_BLOCK, int(rate * 60))
-    counters = [SeqCounter.for_device(settings, p.device_id, block) for p in people]
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, renew_all, counters)  # one sync for the fleet
-    gate = asyncio.Semaphore(MAX_CONNECTING)
-    devices = [Device(p, config, c, on_ack if track_acked else None, connect_gate=gate)
-               for p, c in zip(people, counters, strict=True)]
-    fleet = Fleet(devices, stats)
-    spread = min(1.0, 1.0 / rate)
-    start = loop.time() + 0.01
-    links = [asyncio.create_task(d.run_link(first_delay=spread * i / len(devices)))
-             for i, d in enumerate(devices)]
-    sampling = asyncio.ensure_future(sample_fleet(devices, rate, count, duration, start))
-    reporter = asyncio.create_task(_report(fleet, on_progress, progress_interval,
-                                           tick_interval(config.keepalive)))
-    stop_wait = asyncio.ensure_future((stop or asyncio.Event()).wait())
-    try:
-        await asyncio.wait((sampling, stop_wait), return_when=asyncio.FIRST_COMPLETED)
-        if not sampling.done():
+        config = DeviceConfig(settings.host, settings.mqtt_port, rate=rate, batch=batch,
+                              buffer_limit=buffer_limit, max_inflight=max_inflight,
+                              episodes_per_hour=episodes_per_hour, seed=seed, keepalive=keepalive,
+                              scripts=dict(scripts or {}))
+        config.check()
+        # A block of about a minute's readings (at least the default): fewer fsyncs, a gap after a crash
+        # of at most that minute (gaps are allowed, docs/DEVICES.md).
+        block = max(DEFAULT_BLOCK, int(rate * 60))
+        counters = [SeqCounter.for_device(settings, p.device_id, block) for p in people]
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, renew_all, counters)  # one sync for the fleet
+        gate = asyncio.Semaphore(MAX_CONNECTING)
+        tally = Tally()
+        devices = [Device(p, config, c, on_ack if track_acked else None, connect_gate=gate,
+                          tally=tally)
+                   for p, c in zip(people, counters, strict=True)]
+        fleet = Fleet(devices, stats, tally)
+        spread = min(1.0, 1.0 / rate)
+        start = loop.time() + 0.01
+        links = [asyncio.create_task(d.run_link(first_delay=spread * i / len(devices)))
+                 for i, d in enumerate(devices)]
+        sampling = asyncio.ensure_future(sample_fleet(devices, rate, count, duration, start))
+        reporter = asyncio.create_task(_report(fleet, on_progress, progress_interval,
+                                               tick_interval(config.keepalive)))
+        stop_wait = asyncio.ensure_future((stop or asyncio.Event()).wait())
+        try:
+            await asyncio.wait((sampling, stop_wait), return_when=asyncio.FIRST_COMPLETED)
+            if not sampling.done():
+                sampling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampling  # surfaces a sampling error (a corrupt seq file, say)
+            _, pending = await asyncio.wait(links, timeout=drain_timeout)
+            for device in devices:
+                device.stop()
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)
+            for task in links:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            stop_wait.cancel()
             sampling.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampling  # surfaces a sampling error (a corrupt seq file, say)
-        _, pending = await asyncio.wait(links, timeout=drain_timeout)
-        for device in devices:
-            device.stop()
-        if pending:
-            await asyncio.wait(pending, timeout=5.0)
-        for task in links:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
-    finally:
-        stop_wait.cancel()
-        sampling.cancel()
-        reporter.cancel()
-        for task in links:
-            task.cancel()
-        await asyncio.gather(*links, reporter, return_exceptions=True)
-        for device in devices:
-            if device.link is not None:
-                device.link.abort()
-        await loop.run_in_executor(None, close_all, counters)
-    final = fleet.snapshot()
-    if on_progress is not None:
-        on_progress(final)
-    return final
+            reporter.cancel()
+            for task in links:
+                task.cancel()
+            await asyncio.gather(*links, reporter, return_exceptions=True)
+            for device in devices:
+                if device.link is not None:
+                    device.link.abort()
+            await loop.run_in_executor(None, close_all, counters)
+        final = fleet.snapshot()
+        if on_progress is not None:
+            on_progress(final)
+        return final
 
 
 def tick_interval(keepalive: float) -> float:

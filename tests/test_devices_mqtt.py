@@ -259,6 +259,7 @@ async def test_bare_pubacks_settle_through_paho_bookkeeping(
         await asyncio.wait_for(asyncio.gather(*futures), 10)
         assert all(f.result() is None for f in futures)
         assert client.bare_pubacks == 20 * (round_ + 1)
+        assert client.lean_publishes == 20 * (round_ + 1)  # and the lean publish (sim4)
         assert client._inflight_messages == 0 and not client._out_messages
         assert not link._pending
     await link.close()
