@@ -102,6 +102,7 @@ from vitalchain.devices.keys import Keyring
 from vitalchain.devices.mqtt_auth import MqttCredentials, bridge_user
 from vitalchain.ingest.deadletter import dead_letter_record
 from vitalchain.ingest.inflight import Delivery, InFlight
+from vitalchain.ingest.mqttlean import LeanClient
 from vitalchain.ingest.ratelimit import DeviceRateLimiter
 from vitalchain.ingest.replay import ReplayBuffer
 
@@ -255,7 +256,7 @@ class Bridge:
         self._replaying = 0  # replayed records Kafka has not acknowledged yet
         self._retry_seq = itertools.count()
         self._failures_in_row = 0
-        self._client: mqtt.Client | None = None
+        self._client: LeanClient | None = None
         self._producer: KafkaProducer | None = None
 
     # --- public ----------------------------------------------------------------------
@@ -348,9 +349,11 @@ class Bridge:
         props.ReceiveMaximum = self.max_inflight
         return props
 
-    def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id(self.instance),
-                             protocol=mqtt.MQTTv5, manual_ack=True)
+    def _make_client(self) -> LeanClient:
+        # paho's client with a lean path for the common PUBLISH (ingest/mqttlean.py, D45);
+        # anything else reaches _on_message through paho as before.
+        client = LeanClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id(self.instance),
+                            protocol=mqtt.MQTTv5, manual_ack=True)
         user = bridge_user(self.instance)
         client.username_pw_set(user, MqttCredentials(self.settings.state_dir).password(user))
         if self.settings.mqtt_tls_ca_file:  # production requires it (vitalchain.production)
@@ -360,6 +363,7 @@ class Bridge:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_lean_publish = self._on_publish
         return client
 
     # --- paho thread -----------------------------------------------------------------
@@ -396,6 +400,11 @@ class Bridge:
                         "redelivered", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._on_publish(message.mid, message.qos, message.topic, bytes(message.payload))
+
+    def _on_publish(self, mid: int, qos: int, topic: str, payload: bytes) -> None:
+        """One PUBLISH, from paho's ``on_message`` or the lean path: wait while the bridge is
+        full, then hand it to the bridge's thread."""
         self._arrived += 1
         if self._arrived - self._inflight.released > self.max_inflight:
             # The broker sent more than Receive Maximum (Mosquitto 2.0.11 with a backlog, D18):
@@ -403,9 +412,10 @@ class Bridge:
             # down instead of filling its memory. Acks are queued by the bridge's thread meanwhile
             # and go out when this returns.
             self.counters.over_receive_maximum += 1
-            self._wait_for_room(client)
-        self._events.put(("msg", self._connection, message.mid, message.qos, message.topic,
-                          bytes(message.payload), self.clock_us(), time.monotonic_ns()))
+            assert self._client is not None
+            self._wait_for_room(self._client)
+        self._events.put(("msg", self._connection, mid, qos, topic, payload, self.clock_us(),
+                          time.monotonic_ns()))
 
     def _full(self, limit: int | None = None) -> bool:
         return self._arrived - self._inflight.released > (limit or self.max_inflight)
