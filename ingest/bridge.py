@@ -576,7 +576,8 @@ class Bridge:
         """The device's signature over the message (validate's ``signatures`` hook)."""
         try:
             key = self.keyring.lookup(device_id, key_id, self._arrived_ns)
-            check_signature(key, key_id, sig, readings)
+            # The signed bytes validate() wrote from the checked readings, when it could.
+            check_signature(key, key_id, sig, readings, getattr(readings, "signed_bytes", None))
         except SignatureError as exc:
             return str(exc)
         return None
