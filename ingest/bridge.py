@@ -12,11 +12,14 @@ price is duplicates (a record produced, the ack lost); the stream removes those.
 Threads and who does what:
 - paho's network thread (``loop_start``) only turns each PUBLISH into an event on ``_events``,
   after waiting while the bridge is full (it reads ``InFlight.released``, a counter the bridge's
-  thread only increases);
+  thread only increases); the client is :class:`vitalchain.ingest.mqttlean.LeanClient`, which
+  reads the socket in chunks and hands the common PUBLISH over without paho's per-packet
+  objects (D45);
 - kafka-python's I/O thread only turns each delivery result into an event on ``_events``;
 - :meth:`Bridge.run`'s thread owns all state: validates, produces, counts, retries and acks.
-  ``Client.ack`` from a thread other than paho's is safe with ``loop_start``: like ``publish`` it
-  only appends to paho's outgoing deque and wakes the network thread through its socket pair.
+  ``Client.ack`` (and ``LeanClient.ack_many``, the PUBACKs of one Kafka acknowledgement in one
+  write) from a thread other than paho's is safe with ``loop_start``: like ``publish`` it only
+  appends to paho's outgoing deque and wakes the network thread through its socket pair.
 
 Memory is bounded by ``max_inflight``, sent as MQTT 5's Receive Maximum: a broker should send at
 most that many unacknowledged QoS 1 messages. Mosquitto 2.0.11 sends more once acks flow and a
@@ -662,21 +665,22 @@ class Bridge:
     def _finish(self, deliveries: list[Delivery]) -> None:
         """PUBACK finished deliveries (in the order given) on the connection they came on; one of
         a connection since lost gets none: Mosquitto redelivers it (a duplicate, not a loss)."""
-        for delivery in deliveries:
-            if delivery.qos == 0:
-                self.counters.acked += 1
-                continue
+        if not deliveries:
+            return
+        acking = [d for d in deliveries if d.qos != 0]
+        current: list[Delivery] = []
+        if acking:
             assert self._client is not None
             with self._connection_lock:
-                current = delivery.connection == self._connection
-                if current:
-                    self._client.ack(delivery.mid, delivery.qos)
-            if current:
-                self.counters.acked += 1
-            else:
-                self.counters.stale_unacked += 1
-        if deliveries:
-            self._notify_room()
+                current = [d for d in acking if d.connection == self._connection]
+                # QoS 1 (what the bridge subscribes with): one write for all of them (D45).
+                self._client.ack_many([d.mid for d in current if d.qos == 1])
+                for delivery in current:
+                    if delivery.qos != 1:
+                        self._client.ack(delivery.mid, delivery.qos)
+        self.counters.acked += len(deliveries) - len(acking) + len(current)
+        self.counters.stale_unacked += len(acking) - len(current)
+        self._notify_room()
 
     def _notify_room(self) -> None:
         with self._room:

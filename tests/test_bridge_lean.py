@@ -197,6 +197,34 @@ def test_unacked_messages_come_again_on_a_new_connection(broker: Stack,
         sub.close()
 
 
+def test_ack_many_acknowledges_exactly_the_ids_given(broker: Stack, device: DeviceIdentity) -> None:
+    """``ack_many`` writes paho's PUBACK for each id at once: the acked messages are gone from
+    the session, the others come again after a reconnect."""
+    settings = broker.settings
+    sub = Subscriber(settings, ack=lambda payload: False)  # nothing acked one by one
+    pub = _publisher(settings, device)
+    try:
+        items = [(device.topic, b'{"n":%d}' % i, 1, None) for i in range(40)]
+        _publish_all(pub, items)
+        wait_until(lambda: len(sub.payloads()) >= 40, 20, "40 messages")
+        with sub.lock:
+            got = list(sub.got)
+        odd = [(mid, p) for (_, mid, _, p) in got if int(p[5:-1]) % 2]
+        sub.client.ack_many([mid for mid, _ in odd])
+        wait_until(lambda: not sub.client.want_write(), 10, "the PUBACKs written")
+        sub.got.clear()
+        sub.reconnect(graceful=True)
+        even = [body for _, body, _, _ in items if int(body[5:-1]) % 2 == 0]
+        wait_until(lambda: len(sub.payloads()) >= len(even), 20, "the unacked redelivered")
+        _publish_all(pub, [(device.topic, b'{"marker":1}', 1, None)])
+        wait_until(lambda: b'{"marker":1}' in sub.payloads(), 10, "the marker")
+        assert sub.payloads() == [*even, b'{"marker":1}']
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        sub.close()
+
+
 @pytest.mark.e2e
 def test_bridge_takes_the_lean_path_and_paho_for_the_rest(isolated: Settings) -> None:
     """The bridge forwards readings arriving by the lean path (a device's plain QoS 1 publish)
