@@ -12,11 +12,14 @@ price is duplicates (a record produced, the ack lost); the stream removes those.
 Threads and who does what:
 - paho's network thread (``loop_start``) only turns each PUBLISH into an event on ``_events``,
   after waiting while the bridge is full (it reads ``InFlight.released``, a counter the bridge's
-  thread only increases);
+  thread only increases); the client is :class:`vitalchain.ingest.mqttlean.LeanClient`, which
+  reads the socket in chunks and hands the common PUBLISH over without paho's per-packet
+  objects (D49);
 - kafka-python's I/O thread only turns each delivery result into an event on ``_events``;
 - :meth:`Bridge.run`'s thread owns all state: validates, produces, counts, retries and acks.
-  ``Client.ack`` from a thread other than paho's is safe with ``loop_start``: like ``publish`` it
-  only appends to paho's outgoing deque and wakes the network thread through its socket pair.
+  ``Client.ack`` (and ``LeanClient.ack_many``, the PUBACKs of one Kafka acknowledgement in one
+  write) from a thread other than paho's is safe with ``loop_start``: like ``publish`` it only
+  appends to paho's outgoing deque and wakes the network thread through its socket pair.
 
 Memory is bounded by ``max_inflight``, sent as MQTT 5's Receive Maximum: a broker should send at
 most that many unacknowledged QoS 1 messages. Mosquitto 2.0.11 sends more once acks flow and a
@@ -102,6 +105,7 @@ from vitalchain.devices.keys import Keyring
 from vitalchain.devices.mqtt_auth import MqttCredentials, bridge_user
 from vitalchain.ingest.deadletter import dead_letter_record
 from vitalchain.ingest.inflight import Delivery, InFlight
+from vitalchain.ingest.mqttlean import LeanClient
 from vitalchain.ingest.ratelimit import DeviceRateLimiter
 from vitalchain.ingest.replay import ReplayBuffer
 
@@ -255,7 +259,7 @@ class Bridge:
         self._replaying = 0  # replayed records Kafka has not acknowledged yet
         self._retry_seq = itertools.count()
         self._failures_in_row = 0
-        self._client: mqtt.Client | None = None
+        self._client: LeanClient | None = None
         self._producer: KafkaProducer | None = None
 
     # --- public ----------------------------------------------------------------------
@@ -348,9 +352,11 @@ class Bridge:
         props.ReceiveMaximum = self.max_inflight
         return props
 
-    def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id(self.instance),
-                             protocol=mqtt.MQTTv5, manual_ack=True)
+    def _make_client(self) -> LeanClient:
+        # paho's client with a lean path for the common PUBLISH (ingest/mqttlean.py, D49);
+        # anything else reaches _on_message through paho as before.
+        client = LeanClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id(self.instance),
+                            protocol=mqtt.MQTTv5, manual_ack=True)
         user = bridge_user(self.instance)
         client.username_pw_set(user, MqttCredentials(self.settings.state_dir).password(user))
         if self.settings.mqtt_tls_ca_file:  # production requires it (vitalchain.production)
@@ -360,6 +366,7 @@ class Bridge:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_lean_publish = self._on_publish
         return client
 
     # --- paho thread -----------------------------------------------------------------
@@ -396,6 +403,11 @@ class Bridge:
                         "redelivered", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._on_publish(message.mid, message.qos, message.topic, bytes(message.payload))
+
+    def _on_publish(self, mid: int, qos: int, topic: str, payload: bytes) -> None:
+        """One PUBLISH, from paho's ``on_message`` or the lean path: wait while the bridge is
+        full, then hand it to the bridge's thread."""
         self._arrived += 1
         if self._arrived - self._inflight.released > self.max_inflight:
             # The broker sent more than Receive Maximum (Mosquitto 2.0.11 with a backlog, D18):
@@ -403,9 +415,10 @@ class Bridge:
             # down instead of filling its memory. Acks are queued by the bridge's thread meanwhile
             # and go out when this returns.
             self.counters.over_receive_maximum += 1
-            self._wait_for_room(client)
-        self._events.put(("msg", self._connection, message.mid, message.qos, message.topic,
-                          bytes(message.payload), self.clock_us(), time.monotonic_ns()))
+            assert self._client is not None
+            self._wait_for_room(self._client)
+        self._events.put(("msg", self._connection, mid, qos, topic, payload, self.clock_us(),
+                          time.monotonic_ns()))
 
     def _full(self, limit: int | None = None) -> bool:
         return self._arrived - self._inflight.released > (limit or self.max_inflight)
@@ -566,7 +579,8 @@ class Bridge:
         """The device's signature over the message (validate's ``signatures`` hook)."""
         try:
             key = self.keyring.lookup(device_id, key_id, self._arrived_ns)
-            check_signature(key, key_id, sig, readings)
+            # The signed bytes validate() wrote from the checked readings, when it could.
+            check_signature(key, key_id, sig, readings, getattr(readings, "signed_bytes", None))
         except SignatureError as exc:
             return str(exc)
         return None
@@ -651,21 +665,22 @@ class Bridge:
     def _finish(self, deliveries: list[Delivery]) -> None:
         """PUBACK finished deliveries (in the order given) on the connection they came on; one of
         a connection since lost gets none: Mosquitto redelivers it (a duplicate, not a loss)."""
-        for delivery in deliveries:
-            if delivery.qos == 0:
-                self.counters.acked += 1
-                continue
+        if not deliveries:
+            return
+        acking = [d for d in deliveries if d.qos != 0]
+        current: list[Delivery] = []
+        if acking:
             assert self._client is not None
             with self._connection_lock:
-                current = delivery.connection == self._connection
-                if current:
-                    self._client.ack(delivery.mid, delivery.qos)
-            if current:
-                self.counters.acked += 1
-            else:
-                self.counters.stale_unacked += 1
-        if deliveries:
-            self._notify_room()
+                current = [d for d in acking if d.connection == self._connection]
+                # QoS 1 (what the bridge subscribes with): one write for all of them (D49).
+                self._client.ack_many([d.mid for d in current if d.qos == 1])
+                for delivery in current:
+                    if delivery.qos != 1:
+                        self._client.ack(delivery.mid, delivery.qos)
+        self.counters.acked += len(deliveries) - len(acking) + len(current)
+        self.counters.stale_unacked += len(acking) - len(current)
+        self._notify_room()
 
     def _notify_room(self) -> None:
         with self._room:

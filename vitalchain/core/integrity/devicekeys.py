@@ -191,13 +191,17 @@ def verify_bytes(public_key: PublicKey, signature: bytes, data: bytes) -> bool:
 
 
 def check_signature(public_key: PublicKey, key_id: str, signature_b64: Any,
-                    readings: Sequence[Any]) -> None:
-    """Raise :class:`SignatureError` unless ``signature_b64`` signs ``(key_id, readings)``."""
+                    readings: Sequence[Any], data: bytes | None = None) -> None:
+    """Raise :class:`SignatureError` unless ``signature_b64`` signs ``(key_id, readings)``.
+
+    ``data``: :func:`signed_bytes` of them when the caller has already written it from readings
+    it checked (the bridge's validation: ``validation.SignedReadings``)."""
     signature = from_b64url(signature_b64, 64, "signature")
-    try:
-        data = signed_bytes(key_id, readings)
-    except CanonicalError as exc:
-        raise SignatureError(f"readings cannot be canonicalised: {exc}") from None
+    if data is None:
+        try:
+            data = signed_bytes(key_id, readings)
+        except CanonicalError as exc:
+            raise SignatureError(f"readings cannot be canonicalised: {exc}") from None
     if not verify_bytes(public_key, signature, data):
         raise SignatureError("signature does not verify with the device's key")
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from vitalchain.core.integrity.devicekeys import KEY_ID
 from vitalchain.core.payload.limits import ID_PATTERN, MAX_BATCH, MAX_JSON_INT, MIN_TS_US, VITAL_LIMITS
 from vitalchain.core.payload.shards import split_topic
 
@@ -112,6 +113,37 @@ class Outcome:
     reading_indexes: list[int] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     signed: SignedMessage | None = None  # set when a signature was checked and holds
+
+
+class SignedReadings(list[Any]):
+    """A signed message's readings as handed to the signature hook when every one of them passed
+    :func:`check_reading`: the list itself, plus ``signed_bytes``, the exact bytes the device
+    signed (``devicekeys.signed_bytes``), already written from the checked readings so the hook
+    need not check and rebuild them again (``check_signature(..., data)``). A hook that does not
+    look at it rebuilds the same bytes."""
+
+    __slots__ = ("signed_bytes",)
+
+    def __init__(self, readings: list[Any], signed_bytes: bytes) -> None:
+        super().__init__(readings)
+        self.signed_bytes = signed_bytes
+
+
+def checked_reading_json(reading: dict[str, Any]) -> str:
+    """JCS text of a reading that passed :func:`check_reading`, without checking it again.
+
+    Only for checked readings: then the ids are ASCII without characters JCS escapes, the
+    integers are JSON-safe, the vitals' keys are exactly the six, and ``temp_c`` is an integer or
+    a finite float within its limits (25..45), which JCS writes as ``repr`` does unless it is
+    integral. tests/test_payload_signed.py checks it against ``rfc8785`` by hypothesis."""
+    v = reading["vitals"]
+    temp = v["temp_c"]
+    if type(temp) is float and temp.is_integer():
+        temp = int(temp)
+    return (f'{{"device_id":"{reading["device_id"]}","patient_id":"{reading["patient_id"]}",'
+            f'"seq":{reading["seq"]},"ts_us":{reading["ts_us"]},"vitals":{{"dia":{v["dia"]},'
+            f'"hr":{v["hr"]},"rr":{v["rr"]},"spo2":{v["spo2"]},"sys":{v["sys"]},'
+            f'"temp_c":{temp!r}}}}}')
 
 
 class _Reject(Exception):
@@ -302,9 +334,11 @@ def _check_context(reading: dict[str, Any], device_id: str, now_us: int, latest_
                       f"limit {(latest_us - now_us) / 1e6:g}s")
 
 
-def _check_signed(doc: dict[str, Any], items: list[Any], signed: bool, device_id: str,
-                  signatures: SignatureCheck, required: bool) -> SignedMessage | None:
-    """The message's signature, checked; raises ``_Reject("bad_signature")``."""
+def _check_signed(doc: dict[str, Any], items: list[Any], given: list[Any], signed: bool,
+                  device_id: str, signatures: SignatureCheck, required: bool
+                  ) -> SignedMessage | None:
+    """The message's signature, checked over ``given`` (``items``, or them as
+    :class:`SignedReadings`); raises ``_Reject("bad_signature")``."""
     if not signed:
         if required:
             raise _Reject("bad_signature", "message is not signed (device signatures are "
@@ -313,7 +347,7 @@ def _check_signed(doc: dict[str, Any], items: list[Any], signed: bool, device_id
     key_id, sig = doc.get("key_id"), doc.get("sig")
     if type(key_id) is not str or not 1 <= len(key_id) <= 64:
         raise _Reject("bad_signature", "key_id must be a string of 1..64 characters")
-    why = signatures(device_id, key_id, sig, items)
+    why = signatures(device_id, key_id, sig, given)
     if why is not None:
         raise _Reject("bad_signature", why)
     return SignedMessage(key_id, sig, items)
@@ -369,21 +403,45 @@ def validate(topic: str, payload: bytes, now_us: int, *, max_payload_bytes: int,
             if len(named) > 1:
                 raise _Reject("batch_mixed_devices",
                               f"readings name devices {sorted(named)[:5]}")
-        if signatures is not None:
-            outcome.signed = _check_signed(doc, items, signed, device_id, signatures,
-                                           require_signature)
     except _Reject as reject:
         outcome.rejections.append(Rejection(reject.reason, reject.detail))
         return outcome
+    # The readings are checked before the signature (pure checks, so the outcome is the same
+    # as checking them after it): when all are valid, the signed bytes are written from them
+    # without checking them again (SignedReadings).
+    readings, indexes, rejections = _check_items(items, batch, device_id, now_us, latest_us)
+    if signatures is not None:
+        given: list[Any] = items
+        key_id = doc.get("key_id")
+        if signed and not rejections and type(key_id) is str and KEY_ID.fullmatch(key_id):
+            texts = ",".join([checked_reading_json(r) for r in readings])
+            given = SignedReadings(items, f'{{"key_id":"{key_id}","readings":[{texts}]}}'
+                                   .encode("ascii"))
+        try:
+            outcome.signed = _check_signed(doc, items, given, signed, device_id, signatures,
+                                           require_signature)
+        except _Reject as reject:
+            outcome.rejections.append(Rejection(reject.reason, reject.detail))
+            return outcome
+    outcome.readings, outcome.reading_indexes, outcome.rejections = readings, indexes, rejections
+    return outcome
+
+
+def _check_items(items: list[Any], batch: bool, device_id: str, now_us: int, latest_us: int
+                 ) -> tuple[list[dict[str, Any]], list[int], list[Rejection]]:
+    """Each reading checked on its own: (valid readings, their indexes, rejections)."""
+    readings: list[dict[str, Any]] = []
+    indexes: list[int] = []
+    rejections: list[Rejection] = []
     for index, item in enumerate(items):
         try:
             reading = check_reading(item)
             _check_context(reading, device_id, now_us, latest_us)
         except _Reject as reject:
             where = f"readings[{index}]: " if batch else ""
-            outcome.rejections.append(Rejection(reject.reason, where + reject.detail,
-                                                index if batch else None))
+            rejections.append(Rejection(reject.reason, where + reject.detail,
+                                        index if batch else None))
         else:
-            outcome.readings.append(reading)
-            outcome.reading_indexes.append(index)
-    return outcome
+            readings.append(reading)
+            indexes.append(index)
+    return readings, indexes, rejections
