@@ -128,6 +128,22 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _wait_quiet(pid: int, timeout: float = 60.0, step: float = 0.5,
+                quiet_ms: float = 10.0) -> None:
+    """Wait until influxd has finished the work the writes left (WAL, cache snapshot): one
+    ``step`` in which it spends under ``quiet_ms`` of CPU; a clear error after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = _cpu_s(pid)
+    while True:
+        time.sleep(step)  # the interval the CPU is measured over, not a guess at readiness
+        now = _cpu_s(pid)
+        if (now - last) * 1000 < quiet_ms:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"influxd still busy after the writes ({timeout:.0f} s)")
+        last = now
+
+
 def _start(base: str, data_conf: str = "") -> tuple[subprocess.Popen[bytes], str]:
     port, bind_port = _free_port(), _free_port()
     conf = (f'reporting-disabled = true\nbind-address = "127.0.0.1:{bind_port}"\n'
@@ -362,9 +378,9 @@ def query_cpu(points: list[tuple[str, str]], seconds: float, sample: int,
                 f"status=\"sealed\" {(T0_US + w * 250_000) * 1000}" for w in range(windows))
             client.post("/write", params={"db": "bench"},
                         content=window_lines.encode()).raise_for_status()
-            time.sleep(5.0)
+            _wait_quiet(proc.pid)
             c0 = _cpu_s(proc.pid)
-            time.sleep(seconds)
+            time.sleep(seconds)  # the idle measurement's window
             idle = (_cpu_s(proc.pid) - c0) / seconds * 1000
             c0, rounds, t_end = _cpu_s(proc.pid), 0, time.monotonic() + seconds
             while time.monotonic() < t_end:
