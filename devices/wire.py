@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from vitalchain.core.integrity.canonical import MAX_SAFE_INTEGER, _fast_float
-from vitalchain.core.integrity.devicekeys import b64url, sign_message
+from vitalchain.core.integrity.devicekeys import b64url, sign_message, signed_envelope
 from vitalchain.devices.keys import SigningKey
 
 Reading = dict[str, Any]
@@ -106,6 +106,6 @@ class MessageWriter:
         if self.signing is None or self._sign is None:
             return (wire[0] if len(wire) == 1 else f'{{"readings":[{",".join(wire)}]}}').encode("ascii")
         key_id = self.signing.key_id
-        signed = f'{{"key_id":"{key_id}","readings":[{",".join(jcs)}]}}'.encode("ascii")
+        signed = signed_envelope(key_id, jcs)
         sig = b64url(self._sign(signed))
         return f'{{"key_id":"{key_id}","sig":"{sig}","readings":[{",".join(wire)}]}}'.encode("ascii")

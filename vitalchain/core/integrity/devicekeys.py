@@ -143,8 +143,16 @@ def signed_bytes(key_id: str, readings: Sequence[Any]) -> bytes:
     if type(key_id) is str and KEY_ID.fullmatch(key_id):
         parts = [device_reading_json(r) for r in readings]
         if None not in parts:
-            return f'{{"key_id":"{key_id}","readings":[{",".join(parts)}]}}'.encode("ascii")  # type: ignore[arg-type]
+            return signed_envelope(key_id, parts)  # type: ignore[arg-type]
     return canonical_json({"key_id": key_id, "readings": list(readings)})
+
+
+def signed_envelope(key_id: str, reading_texts: Sequence[str]) -> bytes:
+    """``JCS({"key_id": key_id, "readings": [...]})`` around readings already written as JCS
+    text: the one spelling of the signed object, shared by the device's writer
+    (``devices/wire.py``), the bridge's validation and :func:`signed_bytes`. ``key_id`` must
+    match :data:`KEY_ID` (plain ASCII, nothing JCS escapes)."""
+    return f'{{"key_id":"{key_id}","readings":[{",".join(reading_texts)}]}}'.encode("ascii")
 
 
 def sign_bytes(private_key: PrivateKey, data: bytes) -> bytes:

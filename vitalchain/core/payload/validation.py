@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from vitalchain.core.integrity.devicekeys import KEY_ID
+from vitalchain.core.integrity.devicekeys import KEY_ID, signed_envelope
 from vitalchain.core.payload.limits import ID_PATTERN, MAX_BATCH, MAX_JSON_INT, MIN_TS_US, VITAL_LIMITS
 from vitalchain.core.payload.shards import split_topic
 
@@ -414,9 +414,8 @@ def validate(topic: str, payload: bytes, now_us: int, *, max_payload_bytes: int,
         given: list[Any] = items
         key_id = doc.get("key_id")
         if signed and not rejections and type(key_id) is str and KEY_ID.fullmatch(key_id):
-            texts = ",".join([checked_reading_json(r) for r in readings])
-            given = SignedReadings(items, f'{{"key_id":"{key_id}","readings":[{texts}]}}'
-                                   .encode("ascii"))
+            given = SignedReadings(items, signed_envelope(
+                key_id, [checked_reading_json(r) for r in readings]))
         try:
             outcome.signed = _check_signed(doc, items, given, signed, device_id, signatures,
                                            require_signature)
