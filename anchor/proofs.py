@@ -29,9 +29,7 @@ from typing import Any
 from vitalchain.anchor import chain
 from vitalchain.config import Settings
 from vitalchain.core.integrity import (
-    CanonicalError,
     build_bundle,
-    reading_leaf_hash,
 )
 from vitalchain.core.integrity.bundle import build_consistency_document
 from vitalchain.core.integrity.devicekeys import KEY_TOPIC, build_key_proof, key_entry_leaf
@@ -229,14 +227,15 @@ class ProofService:
         except StoredReadingError as exc:
             raise ProofAltered(f"the signed message of {device_id} is malformed: {exc}") from exc
         windows: dict[int, Any] = {}  # a message's readings share a window: loaded once
-        for other in stored:
+        for other, leaf in stored:
             # Each rebuilt reading is the device's word only if it is the sealed one: an altered
             # neighbour is named here, not left to fail the bundle's device-signature step.
-            self._check_sealed(other, windows)
+            self._check_sealed(other, leaf, windows)
         return signed
 
-    def _check_sealed(self, stored: StoredReading, windows: dict[int, Any]) -> None:
-        """Raise ProofAltered unless ``stored`` hashes to the leaf the ledger sealed for it."""
+    def _check_sealed(self, stored: StoredReading, leaf: bytes, windows: dict[int, Any]) -> None:
+        """Raise ProofAltered unless ``leaf`` (what ``stored`` hashes to) is the one the ledger
+        sealed for it."""
         c = stored.canonical
         loc = self.ledger.locate(c["device_id"], c["seq"])
         window = None
@@ -247,11 +246,6 @@ class ProofService:
         if loc is None or window is None:
             raise ProofAltered(f"reading {c['device_id']}/{c['seq']} of the signed message is not "
                                "sealed in the ledger: the device signature cannot be shown")
-        try:
-            leaf = reading_leaf_hash(c)
-        except (CanonicalError, ValueError, TypeError) as exc:
-            raise ProofAltered(f"reading {c['device_id']}/{c['seq']} of the signed message "
-                               f"cannot be hashed: {exc}") from exc
         if leaf != window.leaf_hashes[loc.index_in_window]:
             raise ProofAltered(f"reading {c['device_id']}/{c['seq']} of the signed message in "
                                "InfluxDB does not hash to its sealed leaf: altered after "

@@ -352,9 +352,10 @@ def signed_message_from_row(row: Mapping[str, Any],
 
 def signed_message_readings(row: Mapping[str, Any],
                             points: Iterable[Mapping[str, Any]] | None = None,
-                            ) -> tuple[dict[str, Any], list[StoredReading]]:
-    """:func:`signed_message_from_row` and the stored readings it was rebuilt from (empty for
-    a row holding its readings' JSON), so a caller can check each against the ledger."""
+                            ) -> tuple[dict[str, Any], list[tuple[StoredReading, bytes]]]:
+    """:func:`signed_message_from_row` and the stored readings it was rebuilt from with the leaf
+    each hashes to (:func:`stored_leaf`; empty for a row holding its readings' JSON), so a caller
+    can check each against the ledger."""
     key_id, sig = _str(row, "key_id"), _str(row, "sig")
     span = signed_span(row)
     if span is None:
@@ -372,13 +373,13 @@ def signed_message_readings(row: Mapping[str, Any],
                    and p.get("device_id") == span.device_id
                    and span.first_ns <= _int(p, "time") <= span.last_ns),
                   key=lambda p: _int(p, "time"))
-    stored = [reading_from_row(p) for p in mine]
+    stored = [stored_leaf(p) for p in mine]
     if len(stored) != span.count:
         raise StoredReadingError(
             f"the signed message of {span.device_id} at {span.first_ns} had {span.count} "
             f"readings; InfluxDB holds {len(stored)} of them")
     readings = [{k: s.canonical[k] for k in ("device_id", "patient_id", "seq", "ts_us",
-                                             "vitals")} for s in stored]
+                                             "vitals")} for s, _ in stored]
     return {"key_id": key_id, "sig": sig, "readings": readings}, stored
 
 
