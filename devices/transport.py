@@ -102,16 +102,6 @@ class _LeanMessage(mqtt.MQTTMessage):
         self.properties = None
 
 
-def _remaining_length(n: int) -> bytes:
-    """MQTT's variable byte integer (1.5.5), as paho's ``_pack_remaining_length`` writes it."""
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | 0x80 if n else byte)
-        if not n:
-            return bytes(out)
-
-
 class LinkDown(Unavailable):
     """The connection is gone (or never came up); pending publishes are unacknowledged."""
 
@@ -194,8 +184,8 @@ class _Client(mqtt.Client):
             message = self._out_messages[mid] = _LeanMessage(mid, topic, payload)
             self._inflight_messages += 1
             self.lean_publishes += 1
-            packet = b"".join((b"\x32", _remaining_length(size), head, mid.to_bytes(2, "big"),
-                               b"\x00", payload))  # PUBLISH, QoS 1 (0x32)
+            packet = self._pack_remaining_length(bytearray(b"\x32"), size)  # PUBLISH, QoS 1
+            packet += head + mid.to_bytes(2, "big") + b"\x00" + payload
             rc = self._packet_queue(mqtt.PUBLISH, packet, mid, 1, message.info)
             message.info.rc = rc
             return rc, mid
