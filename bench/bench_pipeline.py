@@ -36,6 +36,14 @@ user+system seconds read from ``/proc`` before and after the row, per 1,000 read
 machine is shared and noisy: these per-reading figures, and ratios taken in one run, are what to
 compare, never a wall-clock rate alone.
 
+Steady span: the whole-run figures above include connecting every device (a cost per device, not
+per reading), the ramp and the drain's tail, and the end-to-end rate counts from before the first
+device connects to the last reading queryable, so it stays below the offered rate however fast the
+pipeline is. Each row therefore also prints a span inside the run (``SteadySpan``: 99 % of the devices
+connected, from a fifth to nine tenths of the run): readings acknowledged and readings sealed and
+stored per second in it (the rate the box sustains: offer more than the pipeline takes to see its
+limit), and CPU per reading by process over the same span.
+
 Every row also checks exactly once: each acknowledged reading is sealed in the ledger, and InfluxDB
 holds as many points for the fleet as the ledger holds sealed readings (one row per device and seq),
 so nothing is stored twice or stored unsealed. Readings a device published but had not seen
@@ -67,7 +75,7 @@ from vitalchain.app.pipeline import Pipeline, wait_flowing
 from vitalchain.app.stack.ports import free_ports
 from vitalchain.app.stack.supervisor import Stack
 from vitalchain.config import ConfigError, Settings, load_settings
-from vitalchain.devices.fleet import run_fleet
+from vitalchain.devices.fleet import FleetStats, run_fleet
 from vitalchain.devices.registry import DeviceIdentity, provision_devices
 from vitalchain.storage.apistore import ApiStore
 from vitalchain.storage.influx import rows_of
@@ -135,6 +143,77 @@ class Row:
     # column (the clinician API's poll every 0.2 s, the window poller, the stored-seq poll).
     influx_poll_ms_s: float = float("nan")
     cpu_span_s: float = float("nan")
+    # The steady span (SteadySpan): 99 % of the devices connected, the fleet still sampling. What the
+    # row's whole-run figures mix in (connecting every device, the ramp, the drain's tail) is
+    # left out, so these say what the box sustains and what a reading costs once running.
+    steady_s: float = float("nan")
+    steady_counts: tuple[int, int] = (0, 0)  # readings acknowledged, sealed and stored in the span
+    steady_acked_rate: float = float("nan")
+    steady_stored_rate: float = float("nan")
+    steady_cpu_ms_per_1k: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SpanMark:
+    t: float  # wall clock, as the window poller stamps
+    elapsed_s: float  # into the fleet's run
+    acked: int
+    sim_cpu: float  # the fleet thread's CPU seconds
+    cpu: dict[str, float]  # cpu_snapshot()
+
+
+class SteadySpan:
+    """Two marks taken from the fleet's own progress callback (so in its thread, once a second):
+    the first once 99 % of the devices are connected and at least a fifth of the run has passed, the
+    second at nine tenths of the run, while the fleet still samples.
+
+    Between them the simulator's and Mosquitto's CPU is divided by the readings acknowledged, and
+    the pipeline's processes' by the readings of the windows that became visible in InfluxDB
+    (sealed and stored), which is also the steady stored rate. Where the pipeline falls behind,
+    a stage ahead of the slowest (the bridge, say) is charged for fewer readings than it handled:
+    its figure is then an upper bound, never flattering.
+    """
+
+    def __init__(self, stack: Stack, pipeline: Pipeline, seconds: float) -> None:
+        self.stack, self.pipeline, self.seconds = stack, pipeline, seconds
+        self.start_after = max(5.0, 0.2 * seconds)
+        self.end_at = 0.9 * seconds
+        self.first: SpanMark | None = None
+        self.last: SpanMark | None = None
+
+    def on_progress(self, stats: FleetStats) -> None:
+        if stats.elapsed_s >= self.seconds:  # sampling is over: the drain is not steady
+            return
+        if self.first is None:
+            # 99 %: with thousands of devices on a loaded box a few are always reconnecting
+            # (their reconnects are then part of the steady cost, as they would be in a ward).
+            if stats.connected >= 0.99 * stats.devices and stats.elapsed_s >= self.start_after:
+                self.first = self._mark(stats)
+        elif self.last is None and stats.elapsed_s >= self.end_at:
+            self.last = self._mark(stats)
+
+    def _mark(self, stats: FleetStats) -> SpanMark:
+        return SpanMark(time.time(), stats.elapsed_s, stats.acked, time.thread_time(),
+                        cpu_snapshot(self.stack, self.pipeline))
+
+    def fill(self, row: Row, poller: WindowPoller) -> None:
+        first, last = self.first, self.last
+        if first is None or last is None or last.t <= first.t:
+            row.note += "no steady span (under 99 % of the devices connected by nine tenths of the run); "
+            return
+        span = last.t - first.t
+        acked = last.acked - first.acked
+        stored = poller.readings_seen_between(first.t, last.t)
+        row.steady_s = span
+        row.steady_counts = (acked, stored)
+        row.steady_acked_rate = acked / span
+        row.steady_stored_rate = stored / span
+        per_acked = 1e6 / acked if acked else float("nan")
+        per_stored = 1e6 / stored if stored else float("nan")
+        row.steady_cpu_ms_per_1k = {"simulator": (last.sim_cpu - first.sim_cpu) * per_acked}
+        for name, after in last.cpu.items():
+            per = per_acked if name == "mosquitto" else per_stored
+            row.steady_cpu_ms_per_1k[name] = (after - first.cpu.get(name, 0.0)) * per
 
 
 def influx_query(settings: Settings, query: str) -> list[dict]:
@@ -150,6 +229,7 @@ class WindowPoller:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.seen: dict[str, float] = {}
+        self.sizes: dict[str, int] = {}  # readings per window, for the steady span's rate
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="window-poller", daemon=True)
@@ -163,12 +243,20 @@ class WindowPoller:
             now = time.time()
             with self._lock:
                 for row in rows:
-                    self.seen.setdefault(str(row["window_id"]), now)
+                    window_id = str(row["window_id"])
+                    if window_id not in self.seen:
+                        self.seen[window_id] = now
+                        self.sizes[window_id] = int(row.get("size") or 0)
             self._stop.wait(POLL_S)
 
     def first_seen(self, window_id: str) -> float | None:
         with self._lock:
             return self.seen.get(window_id)
+
+    def readings_seen_between(self, t0: float, t1: float) -> int:
+        """Readings of the windows that first became visible in InfluxDB within [t0, t1)."""
+        with self._lock:
+            return sum(self.sizes.get(w, 0) for w, t in self.seen.items() if t0 <= t < t1)
 
     def __enter__(self) -> WindowPoller:
         self._thread.start()
@@ -349,7 +437,9 @@ def run_pipeline_row(settings: Settings, stack: Stack, pipeline: Pipeline, polle
     cpu_before = cpu_snapshot(stack, pipeline)
     started = time.time()
     sim_before = time.thread_time()
-    stats = asyncio.run(run_fleet(settings, identities, rate=row.rate, duration=seconds, batch=row.batch))
+    span = SteadySpan(stack, pipeline, seconds)
+    stats = asyncio.run(run_fleet(settings, identities, rate=row.rate, duration=seconds, batch=row.batch,
+                                  on_progress=span.on_progress))
     sim_cpu = time.thread_time() - sim_before
     published_end = time.time()
     print(f"  publishing done ({stats.acked} acked); cumulative counters now:\n"
@@ -372,6 +462,7 @@ def run_pipeline_row(settings: Settings, stack: Stack, pipeline: Pipeline, polle
             time.sleep(0.5)
     cpu_after = cpu_snapshot(stack, pipeline)
     row.cpu_span_s = time.time() - started
+    span.fill(row, poller)
     poll_before, poll_t0 = group_cpu_seconds(stack.pid("influxdb") or 0), time.time()
     time.sleep(POLL_PROBE_S)  # the pipeline is idle: what influxd spends now is the pollers'
     row.influx_poll_ms_s = ((group_cpu_seconds(stack.pid("influxdb") or 0)
@@ -483,6 +574,27 @@ def print_table(rows: list[Row], seconds: float, window_seconds: float,
                   f"{r.influx_poll_ms_s:.1f} ms CPU/s (after the drain, {POLL_PROBE_S:g} s); over "
                   f"the row's {r.cpu_span_s:.0f} s that is ~{share:.1f} of its InfluxDB "
                   f"{r.cpu_ms_per_1k.get('influxdb', float('nan')):.1f} µs per reading")
+    print()
+    print("Steady span (99 % of the devices connected, before the fleet stops; SteadySpan): rates, and CPU "
+          "ms per 1,000 readings (simulator and Mosquitto per reading acknowledged, the pipeline's "
+          "per reading sealed and stored in the span):")
+    print(f"{'devices':>7} {'span s':>6} {'acked/s':>9} {'stored/s':>9} "
+          + " ".join(f"{c:>10}" for c in CPU_COLUMNS) + f" {'pipeline':>10}")
+    for r in rows:
+        if not r.steady_cpu_ms_per_1k:
+            continue
+        own = sum(r.steady_cpu_ms_per_1k.get(c, 0.0)
+                  for c in ("bridge", "kafka", "stream", "influxdb", "postgres"))
+        print(f"{r.devices:>7} {r.steady_s:>6.1f} {r.steady_acked_rate:>9.1f} "
+              f"{r.steady_stored_rate:>9.1f} "
+              + " ".join(f"{r.steady_cpu_ms_per_1k.get(c, float('nan')):>10.1f}" for c in CPU_COLUMNS)
+              + f" {own:>10.1f}")
+    for r in rows:
+        if r.steady_cpu_ms_per_1k:
+            print(f"{r.devices:>7} devices: span {r.steady_counts[0]} readings acknowledged, "
+                  f"{r.steady_counts[1]} sealed and stored")
+    print("(stored/s below acked/s: the pipeline fell behind in the span, and its CPU figures are "
+          "per reading it completed there)")
     if ceiling is not None:
         devices, rate, acked_per_s = ceiling
         best = max((r for r in rows if r.complete), key=lambda r: r.pipeline_rate, default=None)
