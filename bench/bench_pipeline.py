@@ -224,30 +224,49 @@ def influx_query(settings: Settings, query: str) -> list[dict]:
 
 
 class WindowPoller:
-    """Records when each sealed window first became visible in InfluxDB (wall clock)."""
+    """Records when each sealed window first became visible in InfluxDB (wall clock).
+
+    It asks InfluxDB only about the windows the ledger has sealed and InfluxDB has not yet shown,
+    by their ``window_id`` tag: the poll is an instrument, and a scan of the whole ``windows``
+    measurement every 0.2 s grew with the run and was charged to influxd's column (about a third
+    of the bench's polling share, docs/PERFORMANCE.md, "influx3"). A window counts as seen once it
+    is in both, which is also what a row's drain waits for.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.seen: dict[str, float] = {}
         self.sizes: dict[str, int] = {}  # readings per window, for the steady span's rate
+        self._pending: dict[str, int] = {}  # sealed in the ledger, not yet seen in InfluxDB
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="window-poller", daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                rows = influx_query(self.settings, "SELECT size, window_id FROM windows")
-            except (httpx.HTTPError, ValueError):
-                rows = []
-            now = time.time()
-            with self._lock:
-                for row in rows:
-                    window_id = str(row["window_id"])
-                    if window_id not in self.seen:
-                        self.seen[window_id] = now
-                        self.sizes[window_id] = int(row.get("size") or 0)
-            self._stop.wait(POLL_S)
+        next_index = 0
+        with Ledger(self.settings.ledger_target) as ledger:
+            while not self._stop.is_set():
+                size = ledger.log_size()
+                while next_index < size:
+                    window = ledger.window_by_index(next_index)
+                    if window is not None:
+                        self._pending[window.window_id] = int(window.header["size"])
+                    next_index += 1
+                if self._pending:
+                    names = "|".join(sorted(self._pending))
+                    try:
+                        rows = influx_query(self.settings, "SELECT size, window_id FROM windows "
+                                            f"WHERE window_id =~ /^({names})$/")
+                    except (httpx.HTTPError, ValueError):
+                        rows = []
+                    now = time.time()
+                    with self._lock:
+                        for row in rows:
+                            window_id = str(row["window_id"])
+                            if window_id in self._pending and window_id not in self.seen:
+                                self.seen[window_id] = now
+                                self.sizes[window_id] = self._pending.pop(window_id)
+                self._stop.wait(POLL_S)
 
     def first_seen(self, window_id: str) -> float | None:
         with self._lock:
