@@ -148,6 +148,7 @@ class Row:
     # left out, so these say what the box sustains and what a reading costs once running.
     steady_s: float = float("nan")
     steady_counts: tuple[int, int] = (0, 0)  # readings acknowledged, sealed and stored in the span
+    steady_missing: str = ""  # why a row has no steady span
     steady_acked_rate: float = float("nan")
     steady_stored_rate: float = float("nan")
     steady_cpu_ms_per_1k: dict[str, float] = field(default_factory=dict)
@@ -180,10 +181,13 @@ class SteadySpan:
         self.end_at = 0.9 * seconds
         self.first: SpanMark | None = None
         self.last: SpanMark | None = None
+        self.most_connected = (0, 0.0)  # the most devices seen connected, and when
 
     def on_progress(self, stats: FleetStats) -> None:
         if stats.elapsed_s >= self.seconds:  # sampling is over: the drain is not steady
             return
+        if stats.connected > self.most_connected[0]:
+            self.most_connected = (stats.connected, stats.elapsed_s)
         if self.first is None:
             # 99 %: with thousands of devices on a loaded box a few are always reconnecting
             # (their reconnects are then part of the steady cost, as they would be in a ward).
@@ -199,7 +203,10 @@ class SteadySpan:
     def fill(self, row: Row, poller: WindowPoller) -> None:
         first, last = self.first, self.last
         if first is None or last is None or last.t <= first.t:
-            row.note += "no steady span (under 99 % of the devices connected by nine tenths of the run); "
+            most, at = self.most_connected
+            row.steady_missing = (f"no steady span: at most {most} of {row.devices} devices "
+                                  f"connected at once (first at {at:.0f} s), the span needs 99 % "
+                                  f"from {self.start_after:.0f} s to {self.end_at:.0f} s")
             return
         span = last.t - first.t
         acked = last.acked - first.acked
@@ -612,6 +619,8 @@ def print_table(rows: list[Row], seconds: float, window_seconds: float,
         if r.steady_cpu_ms_per_1k:
             print(f"{r.devices:>7} devices: span {r.steady_counts[0]} readings acknowledged, "
                   f"{r.steady_counts[1]} sealed and stored")
+        elif r.steady_missing:
+            print(f"{r.devices:>7} devices: {r.steady_missing}")
     print("(stored/s below acked/s: the pipeline fell behind in the span, and its CPU figures are "
           "per reading it completed there)")
     if ceiling is not None:
