@@ -182,10 +182,12 @@ class SteadySpan:
         self.first: SpanMark | None = None
         self.last: SpanMark | None = None
         self.most_connected = (0, 0.0)  # the most devices seen connected, and when
+        self.trace: list[tuple[float, int]] = []  # (elapsed s, devices connected) per callback
 
     def on_progress(self, stats: FleetStats) -> None:
         if stats.elapsed_s >= self.seconds:  # sampling is over: the drain is not steady
             return
+        self.trace.append((stats.elapsed_s, stats.connected))
         if stats.connected > self.most_connected[0]:
             self.most_connected = (stats.connected, stats.elapsed_s)
         if self.first is None:
@@ -206,7 +208,9 @@ class SteadySpan:
             most, at = self.most_connected
             row.steady_missing = (f"no steady span: at most {most} of {row.devices} devices "
                                   f"connected at once (first at {at:.0f} s), the span needs 99 % "
-                                  f"from {self.start_after:.0f} s to {self.end_at:.0f} s")
+                                  f"from {self.start_after:.0f} s to {self.end_at:.0f} s; connected "
+                                  "at each progress call: "
+                                  + ", ".join(f"{n}@{t:.0f}s" for t, n in self.trace[::5]))
             return
         span = last.t - first.t
         acked = last.acked - first.acked
