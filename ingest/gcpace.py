@@ -8,7 +8,8 @@ reading survives several young collections and is promoted to the oldest generat
 promotions trigger full collections, each walking the whole heap (Faust, aiokafka, the open
 windows): measured at the issue's row (2,000 devices x 5 Hz x 10, 40 s), the collector took
 3.8 s of the worker's 18.4 s of CPU (21 %), 2.9 s of it in 18 full collections
-(docs/PERFORMANCE.md, "Stream worker: the collector's pace"; docs/DECISIONS.md D51).
+(docs/PERFORMANCE.md, "Stream worker: the collector's pace and a leaner `offer`";
+docs/DECISIONS.md D51).
 
 A first-generation threshold of :data:`STREAM_GEN0_THRESHOLD` lets a window's readings die
 young, by reference count when it seals, instead of being walked again and again. Only the pace
