@@ -18,6 +18,8 @@ The ledger is a real SQLite file that already holds ``--history`` sealed reading
 own editable install, e.g. the branch before a change) in a child process, round by round
 interleaved with this tree (A B A B ...), so both are measured in one run on a noisy machine.
 Figures: ``time.process_time()`` of the feeding loop, CPU µs per reading, median over rounds.
+Each tree runs with its stream worker's collector pace (``ingest/gcpace.py`` where it has one:
+the garbage collector's work is part of the worker's CPU per reading).
 ``--parts`` times the steps of ``offer`` one by one instead (best of ``--rounds``, per tree).
 """
 
@@ -170,10 +172,20 @@ def parts(args: argparse.Namespace) -> dict[str, float]:
     return best
 
 
+def stream_gc_pace() -> None:
+    """The collector's pace of this tree's stream worker (D51), none in a tree from before."""
+    try:
+        from vitalchain.ingest.gcpace import set_stream_gc_pace
+    except ImportError:
+        return
+    set_stream_gc_pace()
+
+
 def run(args: argparse.Namespace) -> list[float]:
     """This tree: the µs per reading of each round (printed as JSON by ``--child``)."""
     from vitalchain.storage.ledger import Ledger
 
+    stream_gc_pace()
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Ledger(Path(tmp) / "ledger.sqlite")
         history = records(args.devices, args.devices * args.history, 0, args.rate, seed=1,

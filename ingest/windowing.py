@@ -236,48 +236,54 @@ class PartitionWindower:
         tail = record_hash(key, value)
         parts = split_bundle(value)
         bundle = len(parts) > 1
-        fates: list[str] = []
+        first_fate: str | None = None  # the record's outcome when nothing is kept
+        duplicates = conflicts = invalid = 0
         letters: list[DeadLetter] = []
-        # (canonical, leaf, index in its message, which of `records` its message is)
-        fresh: list[tuple[dict[str, Any], bytes, int, int]] = []
+        # (canonical, leaf, (device_id, seq), index in its message, which of `records`)
+        fresh: list[tuple[dict[str, Any], bytes, tuple[str, int], int, int]] = []
         records: list[RawRecord] = []
         here: dict[tuple[str, int], bytes] = {}  # readings of this record so far
+        salt_key = self._salt_key
         # A bundle's messages in order, each one's readings in order: as if each message were
         # its own record, except that the event-time cut below is decided once for the whole.
         for m, part in enumerate(parts):
-            at = f"messages[{m}]: " if bundle else ""
             try:
                 record = decode(part)
             except RecordError as exc:
-                fates.append("invalid")
-                letters.append(dead_letter("invalid_record", at + str(exc), self.topic, part,
-                                           _received_us(part), key))
+                invalid += 1
+                first_fate = first_fate or "invalid"
+                letters.append(dead_letter("invalid_record", _where(bundle, m, None) + str(exc),
+                                           self.topic, part, _received_us(part), key))
                 continue
             records.append(record)
             batch = record.version > 1
             for index, item in enumerate(record.readings):
-                where = at + (f"readings[{index}]: " if batch else "")
                 try:
-                    canonical, leaf = reading_leaf(item, self._salt_key)
+                    canonical, leaf = reading_leaf(item, salt_key)
                 except (ValueError, KeyError, CanonicalError) as exc:
-                    fates.append("invalid")
-                    letters.append(dead_letter("invalid_record", where + str(exc), self.topic,
-                                               part, record.received_us, key))
+                    invalid += 1
+                    first_fate = first_fate or "invalid"
+                    letters.append(dead_letter(
+                        "invalid_record", _where(bundle, m, index if batch else None) + str(exc),
+                        self.topic, part, record.received_us, key))
                     continue
                 identity = (canonical["device_id"], canonical["seq"])
                 known = self._known_leaf(identity, here)
                 if known is None:
                     here[identity] = leaf
-                    fresh.append((canonical, leaf, index, len(records) - 1))
-                    fates.append("kept")
+                    fresh.append((canonical, leaf, identity, index, len(records) - 1))
+                    first_fate = first_fate or "kept"
                 elif known == leaf:
-                    fates.append("duplicate")
+                    duplicates += 1
+                    first_fate = first_fate or "duplicate"
                 else:
-                    fates.append("conflict")
+                    conflicts += 1
+                    first_fate = first_fate or "conflict"
                     letters.append(dead_letter(
                         "seq_conflict",
-                        f"{where}device {identity[0]} seq {identity[1]} already has a different "
-                        f"reading (leaf {known.hex()[:16]}..., this one {leaf.hex()[:16]}...)",
+                        f"{_where(bundle, m, index if batch else None)}device {identity[0]} seq "
+                        f"{identity[1]} already has a different reading (leaf "
+                        f"{known.hex()[:16]}..., this one {leaf.hex()[:16]}...)",
                         self.topic, part, record.received_us, key or identity[0].encode()))
         closed = None
         if (fresh and self._open is not None and self._open.first_ts is not None
@@ -285,7 +291,6 @@ class PartitionWindower:
             closed = self._close(idle_cut=False)
         window = self._extend(offset, tail)
         window.dead_letters.extend(letters)
-        duplicates = fates.count("duplicate")
         window.duplicates += duplicates
         kept: list[WindowReading] = []
         late_count = 0
@@ -294,7 +299,8 @@ class PartitionWindower:
         # each, so made once per message and shared (never changed downstream).
         rest: dict[int, dict[str, Any] | None] = {}
         late_before = self.late_before
-        for canonical, leaf, index, m in fresh:
+        readings, leaves = window.readings, window.leaves
+        for canonical, leaf, identity, index, m in fresh:
             record = records[m]
             ts = canonical["ts_us"]
             if window.first_ts is None:
@@ -311,15 +317,15 @@ class PartitionWindower:
             else:
                 signed = rest[m] = record.signed_part(index, False)
             reading = WindowReading(offset, canonical, leaf, late, record.received_us, signed)
-            window.readings.append(reading)
-            window.leaves[(canonical["device_id"], canonical["seq"])] = leaf
+            readings.append(reading)
+            leaves[identity] = leaf
             kept.append(reading)
         window.late += late_count
-        outcome = "kept" if kept else fates[0]
+        # A record holds at least one message, so first_fate is set.
+        outcome = "kept" if kept else first_fate or "invalid"
         return Offered(outcome, closed, late_count > 0, kept[0] if kept else None,
                        window_id(self.partition, window.first_offset, self.epoch) if kept else None,
-                       tuple(kept), duplicates, fates.count("conflict"), fates.count("invalid"),
-                       late_count)
+                       tuple(kept), duplicates, conflicts, invalid, late_count)
 
     def _known_leaf(self, identity: tuple[str, int],
                     here: dict[tuple[str, int], bytes]) -> bytes | None:
@@ -402,6 +408,13 @@ class PartitionWindower:
                             tuple(window.readings), header, idle_cut,
                             tuple(window.dead_letters), window.duplicates, self.epoch,
                             window.tail_hash)
+
+
+def _where(bundle: bool, message: int, index: int | None) -> str:
+    """Where in a record a refusal is (its dead letter's detail starts with it): the message of
+    a bundle, the reading of a batch.  Made only for a refusal, not for every reading."""
+    at = f"messages[{message}]: " if bundle else ""
+    return at if index is None else f"{at}readings[{index}]: "
 
 
 def _received_us(value: bytes) -> int:

@@ -86,3 +86,12 @@ def test_edges_of_the_fast_path() -> None:
         assert outcome(reading_leaf, item) == outcome(slow_reading_leaf, item)
     for key in (bytes(31), bytearray(32), "k" * 32):  # a bad salt key is refused the same way
         assert outcome(reading_leaf, base, key) == outcome(slow_reading_leaf, base, key)  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(readings, st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=3))
+def test_each_salt_key_salts_with_its_own_key(reading: dict, keys: list[bytes]) -> None:
+    """The keyed hasher remembered per salt key (copied per reading) salts exactly as a keyed
+    hasher made for the reading, key after key in one process."""
+    for key in keys + keys[::-1]:
+        assert outcome(reading_leaf, reading, key) == outcome(slow_reading_leaf, reading, key)
