@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from vitalchain.config import Settings
+from vitalchain.core.gcpace import gen0_raised
 from vitalchain.devices.firmware import Device, DeviceConfig, Tally
-from vitalchain.devices.gcpace import fleet_gc_pace
 from vitalchain.devices.physiology import Deterioration
 from vitalchain.devices.registry import DeviceIdentity, identities
 from vitalchain.devices.sampler import sample_fleet
@@ -147,8 +147,8 @@ async def run_fleet(settings: Settings, device_ids: Sequence[str | DeviceIdentit
     if twice:
         raise ValueError(f"devices listed twice (they would keep kicking each other off): {twice}")
 
-    # The collector at a fleet's pace while it runs (devices/gcpace.py).
-    with fleet_gc_pace():
+    # The collector at a fleet's pace while it runs (vitalchain/core/gcpace.py, D48).
+    with gen0_raised():
         stats = FleetStats()
 
         def on_ack(device_id: str, seqs: list[int]) -> None:

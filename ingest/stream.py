@@ -34,8 +34,8 @@ from aiokafka.errors import IllegalStateError
 from faust.types import TP
 
 from vitalchain.config import Settings
+from vitalchain.core.gcpace import raise_gen0
 from vitalchain.core.integrity import salt_key_id
-from vitalchain.ingest.gcpace import set_stream_gc_pace
 from vitalchain.ingest.kafka_compat import guard_connection_close, shorten_fetch_wait
 from vitalchain.ingest.processor import StreamProcessor
 from vitalchain.ingest.receipts import ReceiptWriter
@@ -227,7 +227,7 @@ def create_app(settings: Settings, worker_name: str | None = None,
 def run_worker(settings: Settings, worker_name: str | None = None, loglevel: str = "warning",
                progress_every_s: float = 2.0) -> None:
     """Run one stream worker until SIGTERM/SIGINT (blocks; exits the process)."""
-    set_stream_gc_pace()  # D51: a window's readings die young instead of being walked
+    raise_gen0()  # D51: a window's readings die young instead of being walked
     app = create_app(settings, worker_name, progress_every_s)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -1,4 +1,4 @@
-"""The stream worker's collector pace (ingest/gcpace.py, D51): raised for the worker process,
+"""The stream worker's collector pace (vitalchain/core/gcpace.py, D51): raised for the worker process,
 a switched-off or already slower collector left alone, nothing else of the collector changed."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import gc
 
 import pytest
 
-from vitalchain.ingest.gcpace import STREAM_GEN0_THRESHOLD, set_stream_gc_pace
+from vitalchain.core.gcpace import GEN0_THRESHOLD, raise_gen0
 
 
 @pytest.fixture
@@ -23,19 +23,19 @@ def saved_threshold():
 @pytest.mark.usefixtures("saved_threshold")
 def test_raised_from_the_default_keeping_the_older_generations() -> None:
     gc.set_threshold(700, 10, 10)
-    assert set_stream_gc_pace() == (STREAM_GEN0_THRESHOLD, 10, 10)
-    assert gc.get_threshold() == (STREAM_GEN0_THRESHOLD, 10, 10)
+    assert raise_gen0() == (GEN0_THRESHOLD, 10, 10)
+    assert gc.get_threshold() == (GEN0_THRESHOLD, 10, 10)
     assert gc.isenabled()
     gc.set_threshold(500, 7, 9)
-    assert set_stream_gc_pace() == (STREAM_GEN0_THRESHOLD, 7, 9)
+    assert raise_gen0() == (GEN0_THRESHOLD, 7, 9)
 
 
 @pytest.mark.usefixtures("saved_threshold")
-@pytest.mark.parametrize("setting", [(0, 10, 10), (STREAM_GEN0_THRESHOLD, 10, 10),
+@pytest.mark.parametrize("setting", [(0, 10, 10), (GEN0_THRESHOLD, 10, 10),
                                      (50_000, 20, 10)])
 def test_a_switched_off_or_slower_collector_is_left_alone(setting: tuple[int, int, int]) -> None:
     gc.set_threshold(*setting)
-    assert set_stream_gc_pace() == setting
+    assert raise_gen0() == setting
     assert gc.get_threshold() == setting
 
 
@@ -43,7 +43,7 @@ def test_a_switched_off_or_slower_collector_is_left_alone(setting: tuple[int, in
 def test_cycles_are_still_collected_at_the_stream_pace() -> None:
     """Only the pace changes: garbage cycles made under it are found by a collection."""
     gc.set_threshold(700, 10, 10)
-    set_stream_gc_pace()
+    raise_gen0()
 
     class Node:
         pass
