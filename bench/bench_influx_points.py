@@ -3,13 +3,16 @@ lengths, lines per POST, series order within a body, timestamp precision, gzip'd
 per series per body (issue #14, InfluxDB's share).
 
     .venv/bin/python bench/bench_influx_points.py [--points 100000] [--rounds 2] [--only NAME ...]
+    .venv/bin/python bench/bench_influx_points.py --cold --points 400000 --rounds 3 --only NAME ...
     .venv/bin/python bench/bench_influx_points.py --build-trees BEFORE_TREE AFTER_TREE [--rounds 5]
     .venv/bin/python bench/bench_influx_points.py --queries 20 --points 600000
 
 Starts a private ``influxd`` (InfluxDB 1.x, the local stack's settings: inmem index) per variant
 and round on free loopback ports, writes ``--points`` readings of 2,000 devices (5 Hz) in the
 readings measurement's shape, and reads influxd's user + system CPU from ``/proc`` before and
-after (2 s after the last write, for the WAL's work); the writer's CPU to build and encode the
+after (2 s after the last write, for the WAL's work; with ``--cold``, once influxd is quiet after
+snapshotting its cache 1 s after the last write, so every snapshot the writes cause is counted:
+compare shapes that way, at several snapshots' worth of points); the writer's CPU to build and encode the
 bodies (gzip included) is the bench process's own, measured around that work only. Variants
 alternate within each round, so their ratios come from one machine state. Values have the real
 shape: integer vitals written as floats (``72.0``), a one-decimal temperature, a 64-hex salt (a
