@@ -3,13 +3,16 @@ lengths, lines per POST, series order within a body, timestamp precision, gzip'd
 per series per body (issue #14, InfluxDB's share).
 
     .venv/bin/python bench/bench_influx_points.py [--points 100000] [--rounds 2] [--only NAME ...]
+    .venv/bin/python bench/bench_influx_points.py --cold --points 400000 --rounds 3 --only NAME ...
     .venv/bin/python bench/bench_influx_points.py --build-trees BEFORE_TREE AFTER_TREE [--rounds 5]
     .venv/bin/python bench/bench_influx_points.py --queries 20 --points 600000
 
 Starts a private ``influxd`` (InfluxDB 1.x, the local stack's settings: inmem index) per variant
 and round on free loopback ports, writes ``--points`` readings of 2,000 devices (5 Hz) in the
 readings measurement's shape, and reads influxd's user + system CPU from ``/proc`` before and
-after (2 s after the last write, for the WAL's work); the writer's CPU to build and encode the
+after (2 s after the last write, for the WAL's work; with ``--cold``, once influxd is quiet after
+snapshotting its cache 1 s after the last write, so every snapshot the writes cause is counted:
+compare shapes that way, at several snapshots' worth of points); the writer's CPU to build and encode the
 bodies (gzip included) is the bench process's own, measured around that work only. Variants
 alternate within each round, so their ratios come from one machine state. Values have the real
 shape: integer vitals written as floats (``72.0``), a one-decimal temperature, a 64-hex salt (a
@@ -19,6 +22,7 @@ BLAKE2/BLAKE3 digest is incompressible), a 64-hex leaf, a ``p<partition>-<offset
 from __future__ import annotations
 
 import argparse
+import base64
 import gzip
 import hashlib
 import os
@@ -42,6 +46,8 @@ class Shape:
 
     leaf: bool = True
     window_id: bool = True
+    salt: bool = True             # the salt field (derivable from the salt key, and only there)
+    salt_b64: bool = False        # the salt's 32 bytes as 43 base64url characters, not 64 hex
     long_floats: bool = False     # random 17-digit floats instead of the devices' values
     int_vitals: bool = False      # the five integer vitals as InfluxDB integers (``72i``)
     body_lines: int = 5000        # lines per POST
@@ -54,6 +60,8 @@ class Shape:
     sig_inline: bool = False      # key id and signature as fields of the message's first reading
     signed_fields: str = "key_id,sig"  # the message point's fields besides readings (D45: +count)
     data_conf: str = ""           # extra [data] settings of influxd (the stack's: none)
+    go_env: str = ""              # influxd's Go runtime settings, "GOGC=400 GOMEMLIMIT=1GiB"
+    late_if_true: bool = False    # ``late`` written only when true (absent reads as false)
 
 
 VARIANTS: dict[str, Shape] = {
@@ -113,6 +121,38 @@ VARIANTS: dict[str, Shape] = {
                                            signed_readings=False, sig_inline=True),
     "signed 10, no window_id": Shape(leaf=False, window_id=False, per_series=10,
                                      signed_every=10),
+    # influx4: the per-reading strings of the D45 mix (the stream's writes at 55aad29).
+    "D45 (a second copy)": Shape(leaf=False, per_series=10, signed_every=10,
+                                 signed_readings=False, signed_fields="key_id,sig,count,last_at"),
+    "D45, GOGC=200": Shape(leaf=False, per_series=10, signed_every=10, signed_readings=False,
+                           signed_fields="key_id,sig,count,last_at", go_env="GOGC=200"),
+    "D45, GOGC=400": Shape(leaf=False, per_series=10, signed_every=10, signed_readings=False,
+                           signed_fields="key_id,sig,count,last_at", go_env="GOGC=400"),
+    "D45, GOGC=800": Shape(leaf=False, per_series=10, signed_every=10, signed_readings=False,
+                           signed_fields="key_id,sig,count,last_at", go_env="GOGC=800"),
+    "D45, salt base64url": Shape(leaf=False, per_series=10, signed_every=10,
+                                 signed_readings=False, signed_fields="key_id,sig,count,last_at",
+                                 salt_b64=True),
+    "D45, salt base64url, GOGC=400": Shape(leaf=False, per_series=10, signed_every=10,
+                                           signed_readings=False,
+                                           signed_fields="key_id,sig,count,last_at",
+                                           salt_b64=True, go_env="GOGC=400"),
+    "D45, GOGC=400, GOMEMLIMIT=512MiB": Shape(
+        leaf=False, per_series=10, signed_every=10, signed_readings=False,
+        signed_fields="key_id,sig,count,last_at", go_env="GOGC=400 GOMEMLIMIT=512MiB"),
+    "D45, GOGC=off, GOMEMLIMIT=1GiB": Shape(
+        leaf=False, per_series=10, signed_every=10, signed_readings=False,
+        signed_fields="key_id,sig,count,last_at", go_env="GOGC=off GOMEMLIMIT=1GiB"),
+    "D45, late only if true": Shape(leaf=False, per_series=10, signed_every=10,
+                                    signed_readings=False,
+                                    signed_fields="key_id,sig,count,last_at", late_if_true=True),
+    "D45, no salt": Shape(leaf=False, salt=False, per_series=10, signed_every=10,
+                          signed_readings=False, signed_fields="key_id,sig,count,last_at"),
+    "D45, no window_id": Shape(leaf=False, window_id=False, per_series=10, signed_every=10,
+                               signed_readings=False, signed_fields="key_id,sig,count,last_at"),
+    "D45, no salt, no window_id": Shape(leaf=False, salt=False, window_id=False, per_series=10,
+                                        signed_every=10, signed_readings=False,
+                                        signed_fields="key_id,sig,count,last_at"),
 }
 
 
@@ -144,7 +184,8 @@ def _wait_quiet(pid: int, timeout: float = 60.0, step: float = 0.5,
         last = now
 
 
-def _start(base: str, data_conf: str = "") -> tuple[subprocess.Popen[bytes], str]:
+def _start(base: str, data_conf: str = "",
+           go_env: str = "") -> tuple[subprocess.Popen[bytes], str]:
     port, bind_port = _free_port(), _free_port()
     conf = (f'reporting-disabled = true\nbind-address = "127.0.0.1:{bind_port}"\n'
             f'[meta]\n  dir = "{base}/meta"\n'
@@ -156,8 +197,10 @@ def _start(base: str, data_conf: str = "") -> tuple[subprocess.Popen[bytes], str
             '[continuous_queries]\n  enabled = false\n[subscriber]\n  enabled = false\n')
     with open(f"{base}/influxdb.conf", "w") as f:
         f.write(conf)
+    env = {k: v for k, v in os.environ.items() if k not in ("GOGC", "GOMEMLIMIT")}
+    env.update(item.split("=", 1) for item in go_env.split())
     proc = subprocess.Popen(["influxd", "run", "-config", f"{base}/influxdb.conf"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -172,6 +215,10 @@ def _start(base: str, data_conf: str = "") -> tuple[subprocess.Popen[bytes], str
         time.sleep(0.1)
     httpx.post(url + "/query", data={"q": "CREATE DATABASE bench"}).raise_for_status()
     return proc, url
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def _vital(x: float, shape: Shape) -> str:
@@ -199,14 +246,18 @@ def lines(n: int, shape: Shape, rng: random.Random) -> list[tuple[str, str]]:
                 f"spo2={_vital(95 + rng.random() * 4, shape)},"
                 f"rr={_vital(12 + rng.random() * 6, shape)},temp_c={temp_s},")
         line += (f"sys={_vital(110 + rng.random() * 20, shape)},"
-                 f"dia={_vital(70 + rng.random() * 10, shape)},seq={seq}i,"
-                 f'salt="{digest[:64]}",')
+                 f"dia={_vital(70 + rng.random() * 10, shape)},seq={seq}i,")
+        if shape.salt and shape.salt_b64:
+            line += f'salt="{_b64(bytes.fromhex(digest[:64]))}",'
+        elif shape.salt:
+            line += f'salt="{digest[:64]}",'
         if shape.leaf:
             line += f'leaf="{digest[64:]}",'
         if shape.window_id:
             line += f'window_id="p0-{(i // 10_000) * 10_000}",'
         stamp = ts_us if shape.precision_us else ts_us * 1000 + seq % 1000
-        line += f"late=false,received_us={ts_us + 5000}i,sig_at={ts_us * 1000}i {stamp}"
+        line += "" if shape.late_if_true else "late=false,"
+        line += f"received_us={ts_us + 5000}i,sig_at={ts_us * 1000}i {stamp}"
         if shape.signed_every and seq % shape.signed_every == 0:
             signed_key, signed_line = _signed_line(device, seq, ts_us, shape, rng)
             if shape.sig_inline:
@@ -257,13 +308,20 @@ def bodies(points: list[tuple[str, str]], shape: Shape) -> list[bytes]:
 
 
 SETTLE_S = 2.0  # influxd's CPU is read this long after the last write (--settle)
+# --cold: every variant's cache is snapshotted to TSM 1 s after its last write, and influxd's CPU
+# is read once it is quiet after that, so each run pays for all the snapshots its bytes cause.
+# Without it a run of 100,000 readings (~25 MB of cache, the default snapshot size) pays for one
+# snapshot or none depending on a few bytes per point (influx4's finding).
+COLD_CONF = '  cache-snapshot-write-cold-duration = "1s"\n'
+COLD = False
+LAST_PEAK_MB = [0.0]  # influxd's VmHWM in the last run, MB
 
 
 def one_run(points: list[tuple[str, str]], shape: Shape) -> tuple[float, float, int]:
     """influxd's CPU µs per point, the writer's CPU µs per point to build the bodies, and the
     bytes sent per point, for writing ``points`` into a fresh server."""
     base = tempfile.mkdtemp(prefix="bench-influx-points-")
-    proc, url = _start(base, shape.data_conf)
+    proc, url = _start(base, shape.data_conf + (COLD_CONF if COLD else ""), shape.go_env)
     headers = {"Content-Encoding": "gzip"} if shape.gzip else {}
     params = {"db": "bench", "precision": "u" if shape.precision_us else "ns"}
     try:
@@ -278,12 +336,20 @@ def one_run(points: list[tuple[str, str]], shape: Shape) -> tuple[float, float, 
                 if response.status_code != 204:
                     raise SystemExit(f"write refused: {response.status_code} {response.text}")
             time.sleep(SETTLE_S)  # the WAL's and the cache's work after the last write
+            if COLD:
+                _wait_quiet(proc.pid)  # the cold snapshot (1 s after the last write) is done
             count = client.post("/query", data={"db": "bench",
                                                 "q": "SELECT count(seq) FROM readings"}).json()
             stored = count["results"][0]["series"][0]["values"][0][1]
             readings = sum(1 for key, _ in points if key.startswith("readings,"))
             if stored != readings:
                 raise SystemExit(f"{stored} points stored of {readings}")
+            if COLD and not any(name.endswith(".tsm") for _d, _s, names in os.walk(base)
+                                for name in names):
+                raise SystemExit("--cold: no TSM file after the settle (no snapshot taken)")
+            with open(f"/proc/{proc.pid}/status") as f:  # influxd's peak resident memory
+                LAST_PEAK_MB[0] = next(int(x.split()[1]) for x in f
+                                       if x.startswith("VmHWM:")) / 1024
             # Per reading point: a signed_messages point's cost is charged to its readings.
             return ((_cpu_s(proc.pid) - before) / readings * 1e6,
                     writer_s / readings * 1e6, sent // readings)
@@ -412,8 +478,11 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=240, help="--queries: window points")
     parser.add_argument("--settle", type=float, default=SETTLE_S,
                         help="seconds after the last write before influxd's CPU is read")
+    parser.add_argument("--cold", action="store_true",
+                        help="snapshot every cache 1 s after the last write and count it")
     args = parser.parse_args()
-    globals()["SETTLE_S"] = args.settle
+    globals()["SETTLE_S"] = max(args.settle, 3.0) if args.cold else args.settle
+    globals()["COLD"] = args.cold
     if args.queries:
         query_cpu(lines(args.points, Shape(leaf=False, per_series=10), random.Random(7)),
                   args.queries, args.sample, args.windows)
@@ -427,12 +496,18 @@ def main() -> int:
     data = {name: lines(args.points, shape, random.Random(7))
             for name, shape in variants.items()}
     results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in variants}
+    names = list(variants)
     for round_no in range(args.rounds):
-        for name, shape in variants.items():
+        # Each round starts with another variant, so no variant always runs first (the first
+        # run of a round measured slower in influx4's runs: position, not shape).
+        shift = round_no % len(names)
+        for name in names[shift:] + names[:shift]:
+            shape = variants[name]
             result = one_run(data[name], shape)
             results[name].append(result)
             print(f"round {round_no + 1} {name:<24} influxd {result[0]:6.1f} µs/point, writer "
-                  f"{result[1]:5.2f} µs/point, {result[2]} B/point", flush=True)
+                  f"{result[1]:5.2f} µs/point, {result[2]} B/point, influxd peak RSS "
+                  f"{LAST_PEAK_MB[0]:.0f} MB", flush=True)
     base = "as stored (db004e2)"
     base_mean = (sum(r[0] for r in results[base]) / len(results[base])
                  if base in results else None)

@@ -235,3 +235,28 @@ def test_settings_come_from_the_environment_and_the_state_file(tmp_path: Path) -
     with pytest.raises(ConfigError, match="VITALCHAIN_MQTT_PORT"):
         load_settings(environ={"VITALCHAIN_STATE_DIR": str(tmp_path), "VITALCHAIN_MQTT_PORT": "x"})
     assert json.loads(json.dumps(str(settings.state_dir)))
+
+
+def test_influxd_runs_with_the_stacks_go_runtime_settings(stack: Stack) -> None:
+    """D53: the stack's influxd collects garbage less often (GOGC) within a memory bound
+    (GOMEMLIMIT); a value set in the stack's own environment is kept instead."""
+    from vitalchain.app.stack.services import INFLUXD_GO_ENV
+
+    pid = stack.pid("influxdb")
+    assert pid is not None
+    environ = dict(item.split("=", 1) for item in
+                   Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+    for name, value in INFLUXD_GO_ENV:
+        assert environ.get(name) == os.environ.get(name, value)
+
+
+def test_a_go_setting_in_the_stacks_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vitalchain.app.stack.services import service
+    from vitalchain.app.stack.supervisor import service_env
+
+    monkeypatch.setenv("GOGC", "150")
+    monkeypatch.delenv("GOMEMLIMIT", raising=False)
+    env = service_env(service("influxdb"))
+    assert env["GOGC"] == "150"
+    assert env["GOMEMLIMIT"] == dict(service("influxdb").env)["GOMEMLIMIT"]
+    assert "GOMEMLIMIT" not in service_env(service("mosquitto"))  # influxd's own, no one else's

@@ -61,6 +61,15 @@ def process_start_ticks(pid: int) -> int | None:
         return None
 
 
+def service_env(svc: Service) -> dict[str, str]:
+    """The environment ``svc`` starts with: the stack's, plus the service's own settings
+    (:attr:`Service.env`) for what the stack's environment does not set already."""
+    env = dict(os.environ)
+    for name, value in svc.env:
+        env.setdefault(name, value)
+    return env
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -129,7 +138,7 @@ class Stack:
         with log_file:
             process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True,
-                                       cwd=self.settings.state_dir)
+                                       cwd=self.settings.state_dir, env=service_env(svc))
         self._record_path(name).write_text(json.dumps(
             {"pid": process.pid, "argv": argv, "port": svc.port(self.settings),
              "started": time.time(), "start_ticks": process_start_ticks(process.pid)}))
