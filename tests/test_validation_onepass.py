@@ -1,6 +1,7 @@
-"""validate()'s one pass over a message's readings (``passing_texts``) gives exactly the verdicts
-of the per-reading checks (``check_reading`` then the context) and the texts ``rfc8785`` writes;
-and validate()'s whole outcome is the same with it and without it (pure, no services).
+"""validate()'s one pass over a message's readings (``all_pass``) gives exactly the verdict of
+the per-reading checks (``check_reading`` then the context); the signed bytes written in one call
+(``checked_signed_bytes``) are exactly ``rfc8785``'s and ``signed_envelope``'s; and validate()'s
+whole outcome is the same with the one pass and without it (pure, no services).
 
 Why: validate() is the gate every device message passes and the signed bytes it writes are what
 the device's signature is checked over: one verdict moved or one byte off and a genuine reading
@@ -12,7 +13,7 @@ import json
 from typing import Any
 
 import rfc8785
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 import vitalchain.core.payload.validation as validation
@@ -20,7 +21,7 @@ from tests.test_leafpath import odd_values
 from tests.test_payload_fastparse import DEVICE, NOW, PATIENT, SIGNING, T0, TOPIC, payloads
 from tests.test_record_fastparse import typed
 from vitalchain.core.integrity.canonical import CanonicalError
-from vitalchain.core.integrity.devicekeys import check_signature, load_public_key
+from vitalchain.core.integrity.devicekeys import check_signature, load_public_key, signed_envelope
 from vitalchain.core.payload.limits import ID_PATTERN, MAX_JSON_INT, MIN_TS_US, VITAL_LIMITS
 from vitalchain.devices.wire import MessageWriter
 
@@ -38,15 +39,26 @@ readings = st.fixed_dictionaries({
     "vitals": vitals})
 
 
-def slow(items: list[Any]) -> list[str] | None:
-    """The per-reading way: every reading through check_reading and the context check, then
-    checked_reading_json; None if one is refused."""
+def slow(items: list[Any]) -> bool:
+    """The per-reading way: every reading through check_reading and the context check."""
     try:
         for item in items:
             validation._check_context(validation.check_reading(item), DEVICE, NOW, LATEST)
     except validation._Reject:
-        return None
-    return [validation.checked_reading_json(item) for item in items]
+        return False
+    return True
+
+
+def fast(items: list[Any]) -> bool:
+    return validation.all_pass(items, DEVICE, LATEST)
+
+
+def _valid(reading: Any) -> bool:
+    try:
+        validation.check_reading(reading)
+    except validation._Reject:
+        return False
+    return True
 
 
 def altered(reading: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
@@ -73,12 +85,30 @@ def altered(reading: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
 
 @settings(max_examples=1500, deadline=None)
 @given(st.lists(readings, min_size=1, max_size=5))
-def test_schema_readings_pass_exactly_when_the_checks_pass_with_rfc8785s_texts(
-        batch: list[dict[str, Any]]) -> None:
-    texts = validation.passing_texts(batch, DEVICE, LATEST)
-    assert texts == slow(batch)
-    if texts is not None:
-        assert texts == [rfc8785.dumps(r).decode() for r in batch]
+def test_schema_readings_pass_exactly_when_the_checks_pass(batch: list[dict[str, Any]]) -> None:
+    assert fast(batch) == slow(batch)
+
+
+# temp_c at its edges, integral floats (JCS "37", orjson "37.0"), integers, one decimal.
+temps = (st.floats(25.0, 45.0) | st.integers(25, 45).map(float) | st.integers(25, 45)
+         | st.integers(250, 450).map(lambda t: t / 10) | st.sampled_from([25.0, 45.0, 37.0]))
+key_ids = st.from_regex(r"[0-9a-f]{32}", fullmatch=True)
+
+
+@example("0" * 32, [{"device_id": "a.0", "patient_id": "b.0", "seq": 0, "ts_us": MIN_TS_US,
+                     "vitals": {"hr": 20, "spo2": 100, "rr": 80, "temp_c": 37.0, "sys": 300,
+                                "dia": 200}}], [37.0, 25.0, 45.0, 36.6])
+@settings(max_examples=2000, deadline=None)
+@given(key_ids, st.lists(readings, min_size=1, max_size=4), st.lists(temps, min_size=4,
+                                                                     max_size=4))
+def test_the_signed_bytes_of_checked_readings_are_rfc8785s(
+        key_id: str, batch: list[dict[str, Any]], temps_: list[Any]) -> None:
+    for reading, temp in zip(batch, temps_, strict=False):
+        reading["vitals"]["temp_c"] = temp
+    assume(all(_valid(r) for r in batch))  # dia >= sys is drawn too
+    data = validation.checked_signed_bytes(key_id, batch)
+    assert data == rfc8785.dumps({"key_id": key_id, "readings": batch})
+    assert data == signed_envelope(key_id, [validation.checked_reading_json(r) for r in batch])
 
 
 @settings(max_examples=2000, deadline=None)
@@ -87,7 +117,7 @@ def test_altered_readings_are_refused_or_written_exactly_as_before(
         batch: list[dict[str, Any]], data: st.DataObject) -> None:
     i = data.draw(st.integers(0, len(batch) - 1))
     batch[i] = altered(batch[i], data)
-    assert validation.passing_texts(batch, DEVICE, LATEST) == slow(batch)
+    assert fast(batch) == slow(batch)
 
 
 @example(["not a reading"])
@@ -95,7 +125,7 @@ def test_altered_readings_are_refused_or_written_exactly_as_before(
 @settings(max_examples=300, deadline=None)
 @given(st.lists(odd_values, min_size=1, max_size=3))
 def test_any_value_is_refused_or_written_exactly_as_before(items: list[Any]) -> None:
-    assert validation.passing_texts(items, DEVICE, LATEST) == slow(items)
+    assert fast(items) == slow(items)
 
 
 def _signatures(device_id: str, key_id: str, sig: Any, given_: list[Any]) -> str | None:
@@ -109,16 +139,16 @@ def _signatures(device_id: str, key_id: str, sig: Any, given_: list[Any]) -> str
 
 def run(payload: bytes, one_pass: bool) -> Any:
     """validate()'s outcome, typed, with the one pass or with every message sent the per-reading
-    way (``passing_texts`` answering None)."""
-    fast = validation.passing_texts
+    way (``all_pass`` answering False)."""
+    one = validation.all_pass
     if not one_pass:
-        validation.passing_texts = lambda items, device_id, latest_us: None
+        validation.all_pass = lambda items, device_id, latest_us: False
     try:
         out = validation.validate(TOPIC, payload, NOW, max_payload_bytes=65536,
                                   max_future_seconds=5.0, signatures=_signatures,
                                   require_signature=False)
     finally:
-        validation.passing_texts = fast
+        validation.all_pass = one
     signed = None if out.signed is None else (out.signed.key_id, out.signed.sig,
                                               typed(out.signed.readings))
     return (typed(out.readings), out.reading_indexes,
@@ -130,7 +160,7 @@ def test_the_firmwares_messages_take_the_one_pass() -> None:
     batch = [{"device_id": DEVICE, "patient_id": PATIENT, "seq": i, "ts_us": T0 + i,
               "vitals": {"hr": 70, "spo2": 97, "rr": 15, "temp_c": 36.8, "sys": 120, "dia": 80}}
              for i in range(10)]
-    assert validation.passing_texts(batch, DEVICE, LATEST) is not None
+    assert fast(batch)
     out = run(MessageWriter(DEVICE, PATIENT, SIGNING).write(batch), one_pass=True)
     assert len(out[0][1]) == 10 and not out[2] and out[3] is not None
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from vitalchain.core.integrity.devicekeys import KEY_ID, signed_envelope
+from vitalchain.core.integrity.devicekeys import KEY_ID
 from vitalchain.core.payload.limits import ID_PATTERN, MAX_BATCH, MAX_JSON_INT, MIN_TS_US, VITAL_LIMITS
 from vitalchain.core.payload.shards import split_topic
 
@@ -151,24 +151,21 @@ _HR, _SPO2, _RR, _TEMP, _SYS, _DIA = (VITAL_LIMITS[k] for k in
 _SEQ_RANGE, _TS_RANGE = _INT_RANGES["seq"], _INT_RANGES["ts_us"]
 
 
-def passing_texts(items: list[Any], device_id: str, latest_us: int) -> list[str] | None:
-    """The JCS texts of ``items`` (as :func:`checked_reading_json` writes them) when every one
-    passes :func:`check_reading` and names ``device_id`` (a device id that matches
-    ``ID_PATTERN``, the topic's) with ``ts_us <= latest_us``; None as soon as one does not.
+def all_pass(items: list[Any], device_id: str, latest_us: int) -> bool:
+    """Whether every one of ``items`` passes :func:`check_reading` and names ``device_id`` (a
+    device id that matches ``ID_PATTERN``: the topic's) with ``ts_us <= latest_us``.
 
-    Why: the bridge checked each reading (its keys, types, ids, limits), then its context, then
-    wrote its signed text, one function each, every one looking the same values up again: about
-    4 us per reading, the largest per-reading cost of validation after the parse (docs/
-    PERFORMANCE.md, branch ``bridge5``). This is the same verdict in one pass, for the common
-    case only: a None sends the message through :func:`_check_items`, which finds the refusal
-    and its detail as before. A ``device_id`` equal to the topic's matches ``ID_PATTERN`` as
-    the topic's does, and a message's readings usually share one patient id, checked once.
-    tests/test_validation_onepass.py checks the verdicts and texts by hypothesis."""
-    texts: list[str] = []
+    Why: the bridge checked each reading (keys, types, ids, limits) and then its context, one
+    function each, looking the same values up again: the largest per-reading cost of validation
+    after the parse (docs/PERFORMANCE.md, branch ``bridge5``). This is the same verdict in one
+    pass for the common case; False sends the message through :func:`_check_items`, which finds
+    each refusal and its detail as before. A ``device_id`` equal to the topic's matches
+    ``ID_PATTERN`` as the topic's does, and a message's readings usually share one patient id,
+    matched once. tests/test_validation_onepass.py checks the verdicts by hypothesis."""
     patient_ok = None
     for item in items:
         if type(item) is not dict or item.keys() != READING_FIELDS:
-            return None
+            return False
         patient_id, seq, ts_us, vitals = (item["patient_id"], item["seq"], item["ts_us"],
                                           item["vitals"])
         if (type(item["device_id"]) is not str or item["device_id"] != device_id
@@ -176,10 +173,10 @@ def passing_texts(items: list[Any], device_id: str, latest_us: int) -> list[str]
                 or type(vitals) is not dict or vitals.keys() != _VITAL_SET
                 or not _SEQ_RANGE[0] <= seq <= _SEQ_RANGE[1]
                 or not _TS_RANGE[0] <= ts_us <= _TS_RANGE[1] or ts_us > latest_us):
-            return None
+            return False
         if patient_id != patient_ok:
             if _ID.fullmatch(patient_id) is None:
-                return None
+                return False
             patient_ok = patient_id
         hr, spo2, rr, temp, sys_, dia = (vitals["hr"], vitals["spo2"], vitals["rr"],
                                          vitals["temp_c"], vitals["sys"], vitals["dia"])
@@ -191,13 +188,23 @@ def passing_texts(items: list[Any], device_id: str, latest_us: int) -> list[str]
                 or not _RR[0] <= rr <= _RR[1] or not _SYS[0] <= sys_ <= _SYS[1]
                 or not _DIA[0] <= dia <= _DIA[1] or dia >= sys_
                 or not _TEMP[0] <= temp <= _TEMP[1]):  # NaN fails this too
-            return None
-        # Within its limits temp_c's JCS text is repr, or the integer when it is integral.
-        temp_text = str(int(temp)) if kind is int or temp.is_integer() else repr(temp)
-        texts.append(f'{{"device_id":"{device_id}","patient_id":"{patient_id}",'
-                     f'"seq":{seq},"ts_us":{ts_us},"vitals":{{"dia":{dia},"hr":{hr},'
-                     f'"rr":{rr},"spo2":{spo2},"sys":{sys_},"temp_c":{temp_text}}}}}')
-    return texts
+            return False
+    return True
+
+
+def checked_signed_bytes(key_id: str, readings: list[dict[str, Any]]) -> bytes:
+    """``signed_envelope(key_id, [checked_reading_json(r) for r in readings])`` in one call of
+    orjson: only for readings that passed :func:`check_reading` and a key id matching
+    ``KEY_ID`` (32 lower-case hex digits).
+
+    Why the same bytes: for such values orjson with sorted keys writes JCS (ASCII ids with
+    nothing to escape, integers within 2**53 - 1, ``temp_c`` finite within 25..45 in its
+    shortest round-trip digits, as ``repr``), except an integral float, which it writes ``37.0``
+    where JCS writes ``37``. ``temp_c`` is the last member of a reading's sorted vitals and
+    ``}}`` occurs only where a reading closes, so ``.0}}`` is exactly such a float's tail.
+    tests/test_validation_onepass.py checks the bytes against ``rfc8785`` by hypothesis."""
+    return orjson.dumps({"key_id": key_id, "readings": readings},
+                        option=orjson.OPT_SORT_KEYS).replace(b".0}}", b"}}")
 
 
 class _Reject(Exception):
@@ -438,7 +445,7 @@ def validate(topic: str, payload: bytes, now_us: int, *, max_payload_bytes: int,
         signed = "sig" in doc or "key_id" in doc
         if "readings" not in doc:
             items, batch = [doc], False
-            texts = passing_texts(items, device_id, latest_us)
+            passed = all_pass(items, device_id, latest_us)
             if signed and signatures is not None:
                 raise _Reject("bad_signature", "a signed message must be {key_id, sig, readings}")
         else:
@@ -453,9 +460,9 @@ def validate(topic: str, payload: bytes, now_us: int, *, max_payload_bytes: int,
                 raise _Reject("batch_empty", "readings is empty")
             if len(items) > MAX_BATCH:
                 raise _Reject("batch_too_large", f"{len(items)} readings, limit {MAX_BATCH}")
-            texts = passing_texts(items, device_id, latest_us)
+            passed = all_pass(items, device_id, latest_us)
             # Readings that all pass name the topic's device: mixed only when some do not.
-            named = set() if texts is not None else {
+            named = set() if passed else {
                 r["device_id"] for r in items
                 if type(r) is dict and type(r.get("device_id")) is str}
             if len(named) > 1:
@@ -467,7 +474,7 @@ def validate(topic: str, payload: bytes, now_us: int, *, max_payload_bytes: int,
     # The readings are checked before the signature (pure checks, so the outcome is the same
     # as checking them after it): when all are valid, the signed bytes are written from them
     # without checking them again (SignedReadings).
-    if texts is not None:  # every reading passed every check (the common case, one pass)
+    if passed:  # every reading passed every check (the common case, one pass)
         readings, indexes, rejections = list(items), list(range(len(items))), []
     else:
         readings, indexes, rejections = _check_items(items, batch, device_id, now_us, latest_us)
@@ -475,9 +482,7 @@ def validate(topic: str, payload: bytes, now_us: int, *, max_payload_bytes: int,
         given: list[Any] = items
         key_id = doc.get("key_id")
         if signed and not rejections and type(key_id) is str and KEY_ID.fullmatch(key_id):
-            given = SignedReadings(items, signed_envelope(
-                key_id, texts if texts is not None else [checked_reading_json(r)
-                                                         for r in readings]))
+            given = SignedReadings(items, checked_signed_bytes(key_id, readings))
         try:
             outcome.signed = _check_signed(doc, items, given, signed, device_id, signatures,
                                            require_signature)
