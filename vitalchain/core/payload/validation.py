@@ -369,7 +369,9 @@ def check_reading(obj: Any) -> dict[str, Any]:
         if name in _NUMBER_VITALS:
             if kind is not float and kind is not int:
                 raise _Reject("schema", f"vitals.{name} must be a number, got {kind.__name__}")
-            if not math.isfinite(value):
+            # Only a float can be non-finite; math.isfinite of an integer beyond a double's
+            # range (a 400-digit literal parses to one) raises OverflowError instead of answering.
+            if kind is float and not math.isfinite(value):
                 raise _Reject("out_of_range", f"vitals.{name}={value} is not finite")
         elif kind is not int:
             raise _Reject("schema", f"vitals.{name} must be an integer, got {kind.__name__}")
