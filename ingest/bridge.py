@@ -78,8 +78,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -541,9 +540,8 @@ class Bridge:
     def _flush_bundles(self) -> None:
         if self._bundles:
             bundles, self._bundles = self._bundles, {}
-            with wakes_sender_at_most_twice(self._producer):
-                for bundle in bundles.values():
-                    self._send_bundle(bundle)
+            for bundle in bundles.values():
+                self._send_bundle(bundle)
 
     def _send_bundle(self, bundle: _Bundle) -> None:
         # The key says whose messages these are when they are one device's (always so for a
@@ -729,41 +727,6 @@ class Bridge:
         if producer is not None:
             producer.close(timeout=flush_timeout)
         log.info("bridge stopped: %s", self.progress_line())
-
-
-@contextmanager
-def wakes_sender_at_most_twice(producer: Any) -> Iterator[None]:
-    """While in the block, kafka-python's ``send`` wakes its sender thread on the first call
-    only, and once more at the end if a later call asked to.
-
-    Why: each bundle of a flush is another partition's, so nearly every ``send`` opens a new
-    batch and writes a byte to the sender's wake-up socket; the sender thread then takes the GIL
-    and runs a pass that finds the batches still lingering (``linger_ms``). One wake-up at the
-    start and one after the last send give the sender the same view (every batch of the flush
-    in its accumulator, the linger timer running), with a pass or two instead of one per
-    partition. The first one stays immediate because ``send`` waits on it when the topic's
-    metadata is unknown. Relies on kafka-python's ``KafkaProducer._sender.wakeup`` (shadowed on
-    the instance, restored after; anything else is left alone, and without it nothing changes).
-    """
-    sender = getattr(producer, "_sender", None)
-    real = getattr(sender, "wakeup", None)
-    if real is None or "wakeup" in getattr(sender, "__dict__", {"wakeup": None}):
-        yield
-        return
-    asked = [0]
-
-    def wakeup() -> None:
-        asked[0] += 1
-        if asked[0] == 1:
-            real()
-
-    sender.wakeup = wakeup
-    try:
-        yield
-    finally:
-        del sender.wakeup
-        if asked[0] > 1:
-            real()
 
 
 def subscription_plan(shard_count: int, shards: list[int] | None, group: str | None
