@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from vitalchain.core.integrity.devicekeys import KEY_ID, signed_envelope
+from vitalchain.core.integrity.devicekeys import KEY_ID
 from vitalchain.core.payload.limits import ID_PATTERN, MAX_BATCH, MAX_JSON_INT, MIN_TS_US, VITAL_LIMITS
 from vitalchain.core.payload.shards import split_topic
 
@@ -144,6 +144,67 @@ def checked_reading_json(reading: dict[str, Any]) -> str:
             f'"seq":{reading["seq"]},"ts_us":{reading["ts_us"]},"vitals":{{"dia":{v["dia"]},'
             f'"hr":{v["hr"]},"rr":{v["rr"]},"spo2":{v["spo2"]},"sys":{v["sys"]},'
             f'"temp_c":{temp!r}}}}}')
+
+
+_HR, _SPO2, _RR, _TEMP, _SYS, _DIA = (VITAL_LIMITS[k] for k in
+                                      ("hr", "spo2", "rr", "temp_c", "sys", "dia"))
+_SEQ_RANGE, _TS_RANGE = _INT_RANGES["seq"], _INT_RANGES["ts_us"]
+
+
+def all_pass(items: list[Any], device_id: str, latest_us: int) -> bool:
+    """Whether every one of ``items`` passes :func:`check_reading` and names ``device_id`` (a
+    device id that matches ``ID_PATTERN``: the topic's) with ``ts_us <= latest_us``.
+
+    Why: the bridge checked each reading (keys, types, ids, limits) and then its context, one
+    function each, looking the same values up again: the largest per-reading cost of validation
+    after the parse (docs/PERFORMANCE.md, branch ``bridge5``). This is the same verdict in one
+    pass for the common case; False sends the message through :func:`_check_items`, which finds
+    each refusal and its detail as before. A ``device_id`` equal to the topic's matches
+    ``ID_PATTERN`` as the topic's does, and a message's readings usually share one patient id,
+    matched once. tests/test_validation_onepass.py checks the verdicts by hypothesis."""
+    patient_ok = None
+    for item in items:
+        if type(item) is not dict or item.keys() != READING_FIELDS:
+            return False
+        patient_id, seq, ts_us, vitals = (item["patient_id"], item["seq"], item["ts_us"],
+                                          item["vitals"])
+        if (type(item["device_id"]) is not str or item["device_id"] != device_id
+                or type(patient_id) is not str or type(seq) is not int or type(ts_us) is not int
+                or type(vitals) is not dict or vitals.keys() != _VITAL_SET
+                or not _SEQ_RANGE[0] <= seq <= _SEQ_RANGE[1]
+                or not _TS_RANGE[0] <= ts_us <= _TS_RANGE[1] or ts_us > latest_us):
+            return False
+        if patient_id != patient_ok:
+            if _ID.fullmatch(patient_id) is None:
+                return False
+            patient_ok = patient_id
+        hr, spo2, rr, temp, sys_, dia = (vitals["hr"], vitals["spo2"], vitals["rr"],
+                                         vitals["temp_c"], vitals["sys"], vitals["dia"])
+        kind = type(temp)
+        if (type(hr) is not int or type(spo2) is not int or type(rr) is not int
+                or type(sys_) is not int or type(dia) is not int
+                or (kind is not float and kind is not int)
+                or not _HR[0] <= hr <= _HR[1] or not _SPO2[0] <= spo2 <= _SPO2[1]
+                or not _RR[0] <= rr <= _RR[1] or not _SYS[0] <= sys_ <= _SYS[1]
+                or not _DIA[0] <= dia <= _DIA[1] or dia >= sys_
+                or not _TEMP[0] <= temp <= _TEMP[1]):  # NaN fails this too
+            return False
+    return True
+
+
+def checked_signed_bytes(key_id: str, readings: list[dict[str, Any]]) -> bytes:
+    """``signed_envelope(key_id, [checked_reading_json(r) for r in readings])`` in one call of
+    orjson: only for readings that passed :func:`check_reading` and a key id matching
+    ``KEY_ID`` (32 lower-case hex digits).
+
+    Why the same bytes: for such values orjson with sorted keys writes JCS (ASCII ids with
+    nothing to escape, integers within 2**53 - 1, ``temp_c`` finite within 25..45 in its
+    shortest round-trip digits, as ``repr``), except an integral float, which it writes ``37.0``
+    where JCS writes ``37``. ``temp_c`` is the last member of a reading's sorted vitals and
+    ``}}`` occurs only where a reading closes, so ``.0}}`` is exactly such a float's tail.
+    tests/test_validation_onepass.py checks the bytes against ``rfc8785`` by hypothesis."""
+    return orjson.dumps({"key_id": key_id, "readings": readings},
+                        option=orjson.OPT_SORT_KEYS).replace(b".0}}", b"}}")
 
 
 class _Reject(Exception):
@@ -308,7 +369,9 @@ def check_reading(obj: Any) -> dict[str, Any]:
         if name in _NUMBER_VITALS:
             if kind is not float and kind is not int:
                 raise _Reject("schema", f"vitals.{name} must be a number, got {kind.__name__}")
-            if not math.isfinite(value):
+            # Only a float can be non-finite; math.isfinite of an integer beyond a double's
+            # range (a 400-digit literal parses to one) raises OverflowError instead of answering.
+            if kind is float and not math.isfinite(value):
                 raise _Reject("out_of_range", f"vitals.{name}={value} is not finite")
         elif kind is not int:
             raise _Reject("schema", f"vitals.{name} must be an integer, got {kind.__name__}")
@@ -384,6 +447,7 @@ def validate(topic: str, payload: bytes, now_us: int, *, max_payload_bytes: int,
         signed = "sig" in doc or "key_id" in doc
         if "readings" not in doc:
             items, batch = [doc], False
+            passed = all_pass(items, device_id, latest_us)
             if signed and signatures is not None:
                 raise _Reject("bad_signature", "a signed message must be {key_id, sig, readings}")
         else:
@@ -398,8 +462,11 @@ def validate(topic: str, payload: bytes, now_us: int, *, max_payload_bytes: int,
                 raise _Reject("batch_empty", "readings is empty")
             if len(items) > MAX_BATCH:
                 raise _Reject("batch_too_large", f"{len(items)} readings, limit {MAX_BATCH}")
-            named = {r["device_id"] for r in items
-                     if type(r) is dict and type(r.get("device_id")) is str}
+            passed = all_pass(items, device_id, latest_us)
+            # Readings that all pass name the topic's device: mixed only when some do not.
+            named = set() if passed else {
+                r["device_id"] for r in items
+                if type(r) is dict and type(r.get("device_id")) is str}
             if len(named) > 1:
                 raise _Reject("batch_mixed_devices",
                               f"readings name devices {sorted(named)[:5]}")
@@ -409,13 +476,15 @@ def validate(topic: str, payload: bytes, now_us: int, *, max_payload_bytes: int,
     # The readings are checked before the signature (pure checks, so the outcome is the same
     # as checking them after it): when all are valid, the signed bytes are written from them
     # without checking them again (SignedReadings).
-    readings, indexes, rejections = _check_items(items, batch, device_id, now_us, latest_us)
+    if passed:  # every reading passed every check (the common case, one pass)
+        readings, indexes, rejections = list(items), list(range(len(items))), []
+    else:
+        readings, indexes, rejections = _check_items(items, batch, device_id, now_us, latest_us)
     if signatures is not None:
         given: list[Any] = items
         key_id = doc.get("key_id")
         if signed and not rejections and type(key_id) is str and KEY_ID.fullmatch(key_id):
-            given = SignedReadings(items, signed_envelope(
-                key_id, [checked_reading_json(r) for r in readings]))
+            given = SignedReadings(items, checked_signed_bytes(key_id, readings))
         try:
             outcome.signed = _check_signed(doc, items, given, signed, device_id, signatures,
                                            require_signature)
