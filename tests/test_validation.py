@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from typing import Any
 
 import pytest
@@ -228,12 +227,3 @@ def test_fuzz_never_raises(payload: bytes, topic: str) -> None:
     assert outcome.readings or outcome.rejections
     for rejection in outcome.rejections:
         assert rejection.reason in REASONS and rejection.detail
-
-
-def test_validation_is_fast() -> None:
-    payload = json.dumps({"readings": [reading(seq=i) for i in range(100)]}).encode()
-    start = time.perf_counter()
-    for _ in range(50):
-        assert len(run(payload).readings) == 100
-    per_reading_us = (time.perf_counter() - start) / 5000 * 1e6
-    assert per_reading_us < 100, f"{per_reading_us:.1f}us per reading"
