@@ -106,7 +106,7 @@ def reading_leaf(item: Any, salt_key: bytes) -> tuple[dict[str, Any], bytes]:
             or not _HR[0] <= hr <= _HR[1] or not _SPO2[0] <= spo2 <= _SPO2[1]
             or not _RR[0] <= rr <= _RR[1] or not _SYS[0] <= sys_ <= _SYS[1]
             or not _DIA[0] <= dia <= _DIA[1] or dia >= sys_
-            or not math.isfinite(temp) or not _TEMP[0] <= temp <= _TEMP[1]):
+            or (kind is float and not math.isfinite(temp)) or not _TEMP[0] <= temp <= _TEMP[1]):
         return slow_reading_leaf(item, salt_key)
     # temp_c within its limits: an integral value is written as an integer (JCS), any other
     # as Python's shortest repr, which is the ES6 text for magnitudes in [1e-4, 1e16).

@@ -88,6 +88,19 @@ def test_edges_of_the_fast_path() -> None:
         assert outcome(reading_leaf, base, key) == outcome(slow_reading_leaf, base, key)  # type: ignore[arg-type]
 
 
+
+def test_an_integer_beyond_a_doubles_range_is_refused_not_raised() -> None:
+    """A raw record is not trusted blindly: an integer temp_c of 400 digits (valid JSON) made
+    ``math.isfinite`` raise OverflowError out of ``offer``, which catches only refusals, and the
+    record would have stopped the worker again after every restart."""
+    base = {"device_id": "w-1", "patient_id": "p-1", "seq": 0, "ts_us": MIN_TS_US,
+            "vitals": {"hr": 60, "spo2": 97, "rr": 14, "temp_c": 10**400, "sys": 120, "dia": 80}}
+    for temp in (10**400, -(10**400), 2**1024):
+        item = {**base, "vitals": {**base["vitals"], "temp_c": temp}}
+        got = outcome(reading_leaf, item)
+        assert got[0] == "ValueError" and "temp_c" in got[1]
+        assert got == outcome(slow_reading_leaf, item)
+
 @settings(max_examples=300, deadline=None)
 @given(readings, st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=3))
 def test_each_salt_key_salts_with_its_own_key(reading: dict, keys: list[bytes]) -> None:
