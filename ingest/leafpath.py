@@ -19,7 +19,6 @@ leaf, or the same refusal.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -28,13 +27,10 @@ import blake3
 from vitalchain.core.integrity import canonical_reading, reading_leaf_hash
 from vitalchain.core.integrity.hashing import LEAF_PREFIX
 from vitalchain.core.integrity.salt import KEY_BYTES, SALT_DOMAIN
-from vitalchain.core.payload.limits import ID_PATTERN, MAX_JSON_INT, MIN_TS_US, VITAL_LIMITS
-from vitalchain.core.payload.validation import READING_FIELDS, check_reading
+from vitalchain.core.payload.limits import ID_PATTERN, MAX_JSON_INT, MIN_TS_US
+from vitalchain.core.payload.validation import READING_FIELDS, check_reading, plain_vitals
 
 _ID = re.compile(ID_PATTERN.removeprefix("^").removesuffix("$"))
-_VITAL_SET = frozenset(VITAL_LIMITS)
-_HR, _SPO2, _RR, _TEMP, _SYS, _DIA = (VITAL_LIMITS[k] for k in
-                                      ("hr", "spo2", "rr", "temp_c", "sys", "dia"))
 _SALT_HEAD = f'["{SALT_DOMAIN}","'
 # Ids seen to match ID_PATTERN: a device's readings repeat its device and patient ids, and a set
 # lookup is a tenth of the regex's cost.  Bounded: cleared past _PLAIN_IDS_MAX (a new fleet).
@@ -91,8 +87,8 @@ def reading_leaf(item: Any, salt_key: bytes) -> tuple[dict[str, Any], bytes]:
     device_id, patient_id, seq, ts_us, vitals = (
         item["device_id"], item["patient_id"], item["seq"], item["ts_us"], item["vitals"])
     if (type(device_id) is not str or type(patient_id) is not str or type(seq) is not int
-            or type(ts_us) is not int or type(vitals) is not dict
-            or vitals.keys() != _VITAL_SET or not 0 <= seq <= MAX_JSON_INT
+            or type(ts_us) is not int
+            or not plain_vitals(vitals) or not 0 <= seq <= MAX_JSON_INT
             or not MIN_TS_US <= ts_us <= MAX_JSON_INT
             or (device_id not in _PLAIN_IDS and not _plain_id(device_id))
             or (patient_id not in _PLAIN_IDS and not _plain_id(patient_id))):
@@ -100,14 +96,6 @@ def reading_leaf(item: Any, salt_key: bytes) -> tuple[dict[str, Any], bytes]:
     hr, spo2, rr, temp, sys_, dia = (vitals["hr"], vitals["spo2"], vitals["rr"],
                                      vitals["temp_c"], vitals["sys"], vitals["dia"])
     kind = type(temp)
-    if (type(hr) is not int or type(spo2) is not int or type(rr) is not int
-            or type(sys_) is not int or type(dia) is not int
-            or (kind is not float and kind is not int)
-            or not _HR[0] <= hr <= _HR[1] or not _SPO2[0] <= spo2 <= _SPO2[1]
-            or not _RR[0] <= rr <= _RR[1] or not _SYS[0] <= sys_ <= _SYS[1]
-            or not _DIA[0] <= dia <= _DIA[1] or dia >= sys_
-            or (kind is float and not math.isfinite(temp)) or not _TEMP[0] <= temp <= _TEMP[1]):
-        return slow_reading_leaf(item, salt_key)
     # temp_c within its limits: an integral value is written as an integer (JCS), any other
     # as Python's shortest repr, which is the ES6 text for magnitudes in [1e-4, 1e16).
     temp_text = str(int(temp)) if kind is int or temp.is_integer() else repr(temp)

@@ -151,6 +151,29 @@ _HR, _SPO2, _RR, _TEMP, _SYS, _DIA = (VITAL_LIMITS[k] for k in
 _SEQ_RANGE, _TS_RANGE = _INT_RANGES["seq"], _INT_RANGES["ts_us"]
 
 
+def plain_vitals(vitals: Any) -> bool:
+    """Whether ``vitals`` pass what :func:`check_reading` asks of them: exactly the six, the
+    five integer ones of type ``int`` and ``temp_c`` an ``int`` or a ``float``, each within its
+    limits, ``dia`` below ``sys`` (NaN and the infinities fail the range test; an integer beyond
+    a double's range is compared exactly and fails it too).
+
+    The one test of the common case for both one-pass paths, the bridge's :func:`all_pass` and
+    the stream's ``reading_leaf`` (ingest/leafpath.py): anything it refuses goes the checking
+    way, which says why."""
+    if type(vitals) is not dict or vitals.keys() != _VITAL_SET:
+        return False
+    hr, spo2, rr, temp, sys_, dia = (vitals["hr"], vitals["spo2"], vitals["rr"],
+                                     vitals["temp_c"], vitals["sys"], vitals["dia"])
+    kind = type(temp)
+    return (type(hr) is int and type(spo2) is int and type(rr) is int
+            and type(sys_) is int and type(dia) is int
+            and (kind is float or kind is int)
+            and _HR[0] <= hr <= _HR[1] and _SPO2[0] <= spo2 <= _SPO2[1]
+            and _RR[0] <= rr <= _RR[1] and _SYS[0] <= sys_ <= _SYS[1]
+            and _DIA[0] <= dia <= _DIA[1] and dia < sys_
+            and _TEMP[0] <= temp <= _TEMP[1])
+
+
 def all_pass(items: list[Any], device_id: str, latest_us: int) -> bool:
     """Whether every one of ``items`` passes :func:`check_reading` and names ``device_id`` (a
     device id that matches ``ID_PATTERN``: the topic's) with ``ts_us <= latest_us``.
@@ -170,25 +193,14 @@ def all_pass(items: list[Any], device_id: str, latest_us: int) -> bool:
                                           item["vitals"])
         if (type(item["device_id"]) is not str or item["device_id"] != device_id
                 or type(patient_id) is not str or type(seq) is not int or type(ts_us) is not int
-                or type(vitals) is not dict or vitals.keys() != _VITAL_SET
                 or not _SEQ_RANGE[0] <= seq <= _SEQ_RANGE[1]
-                or not _TS_RANGE[0] <= ts_us <= _TS_RANGE[1] or ts_us > latest_us):
+                or not _TS_RANGE[0] <= ts_us <= _TS_RANGE[1] or ts_us > latest_us
+                or not plain_vitals(vitals)):
             return False
         if patient_id != patient_ok:
             if _ID.fullmatch(patient_id) is None:
                 return False
             patient_ok = patient_id
-        hr, spo2, rr, temp, sys_, dia = (vitals["hr"], vitals["spo2"], vitals["rr"],
-                                         vitals["temp_c"], vitals["sys"], vitals["dia"])
-        kind = type(temp)
-        if (type(hr) is not int or type(spo2) is not int or type(rr) is not int
-                or type(sys_) is not int or type(dia) is not int
-                or (kind is not float and kind is not int)
-                or not _HR[0] <= hr <= _HR[1] or not _SPO2[0] <= spo2 <= _SPO2[1]
-                or not _RR[0] <= rr <= _RR[1] or not _SYS[0] <= sys_ <= _SYS[1]
-                or not _DIA[0] <= dia <= _DIA[1] or dia >= sys_
-                or not _TEMP[0] <= temp <= _TEMP[1]):  # NaN fails this too
-            return False
     return True
 
 
