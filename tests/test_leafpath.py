@@ -31,6 +31,8 @@ odd_values = (st.none() | st.booleans() | st.integers(-2**64, 2**64)
               | st.lists(st.integers(), max_size=2) | st.dictionaries(st.text(max_size=3),
                                                                       st.integers(), max_size=2))
 
+ALTERATIONS = ("top", "vitals", "drop", "drop_vital", "extra", "extra_vital", "dia_sys")
+
 
 def outcome(fn: Any, item: Any, key: bytes = KEY) -> tuple[str, Any]:
     try:
@@ -50,27 +52,34 @@ def test_schema_readings_give_the_same_object_and_leaf(reading: dict) -> None:
         assert leaf == blake3_hasher.leaf(rfc8785.dumps(canonical))
 
 
+def altered(reading: dict[str, Any], data: st.DataObject,
+            where: tuple[str, ...] = ALTERATIONS) -> dict[str, Any]:
+    """``reading`` with one check broken, drawn from ``where`` (an odd value may still be a valid
+    one; ``"none"`` leaves it as it was). Shared with tests/test_validation_onepass.py."""
+    item: dict[str, Any] = {**reading, "vitals": dict(reading["vitals"])}
+    kind = data.draw(st.sampled_from(where))
+    if kind == "top":
+        item[data.draw(st.sampled_from(sorted(item)))] = data.draw(odd_values)
+    elif kind == "vitals":
+        item["vitals"][data.draw(st.sampled_from(sorted(VITAL_LIMITS)))] = data.draw(odd_values)
+    elif kind == "drop":
+        del item[data.draw(st.sampled_from(sorted(item)))]
+    elif kind == "drop_vital":
+        del item["vitals"][data.draw(st.sampled_from(sorted(VITAL_LIMITS)))]
+    elif kind == "extra":
+        item[data.draw(st.sampled_from(["salt", "received_us", "x"]))] = 1
+    elif kind == "extra_vital":
+        item["vitals"]["bp"] = 1
+    elif kind == "dia_sys":
+        item["vitals"]["dia"] = item["vitals"]["sys"] + data.draw(st.integers(-1, 0)) + 1
+    return item
+
+
 @settings(max_examples=2000, deadline=None)
 @given(readings, st.data())
 def test_altered_readings_are_refused_or_taken_exactly_as_before(reading: dict,
                                                                  data: st.DataObject) -> None:
-    item: dict[str, Any] = {**reading, "vitals": dict(reading["vitals"])}
-    where = data.draw(st.sampled_from(["top", "vitals", "drop", "drop_vital", "extra",
-                                       "extra_vital", "dia_sys"]))
-    if where == "top":
-        item[data.draw(st.sampled_from(sorted(item)))] = data.draw(odd_values)
-    elif where == "vitals":
-        item["vitals"][data.draw(st.sampled_from(sorted(VITAL_LIMITS)))] = data.draw(odd_values)
-    elif where == "drop":
-        del item[data.draw(st.sampled_from(sorted(item)))]
-    elif where == "drop_vital":
-        del item["vitals"][data.draw(st.sampled_from(sorted(VITAL_LIMITS)))]
-    elif where == "extra":
-        item[data.draw(st.sampled_from(["salt", "received_us", "x"]))] = 1
-    elif where == "extra_vital":
-        item["vitals"]["bp"] = 1
-    else:
-        item["vitals"]["dia"] = item["vitals"]["sys"] + data.draw(st.integers(-1, 0)) + 1
+    item = altered(reading, data)
     assert outcome(reading_leaf, item) == outcome(slow_reading_leaf, item)
 
 

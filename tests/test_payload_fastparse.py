@@ -42,6 +42,15 @@ def _signatures(device_id: str, key_id: str, sig: Any, readings: list[Any]) -> s
     return None
 
 
+def typed_outcome(out: Any) -> tuple[Any, ...]:
+    """validate()'s outcome as plain values (readings typed as parsed, rejections, the signed
+    part), so two ways of validating compare with ``==``."""
+    signed = None if out.signed is None else (out.signed.key_id, out.signed.sig,
+                                              typed(out.signed.readings))
+    return (typed(out.readings), out.reading_indexes,
+            [(r.reason, r.detail, r.index) for r in out.rejections], signed)
+
+
 def run(payload: bytes, strict: bool) -> Any:
     """validate()'s outcome, typed, with the fast parse or with the strict parse in its place."""
     fast = validation.parse_canonical
@@ -53,10 +62,7 @@ def run(payload: bytes, strict: bool) -> Any:
                                   require_signature=False)
     finally:
         validation.parse_canonical = fast
-    signed = None if out.signed is None else (out.signed.key_id, out.signed.sig,
-                                              typed(out.signed.readings))
-    return (typed(out.readings), out.reading_indexes,
-            [(r.reason, r.detail, r.index) for r in out.rejections], signed)
+    return typed_outcome(out)
 
 
 def assert_agree(payload: bytes) -> None:

@@ -17,9 +17,8 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 import vitalchain.core.payload.validation as validation
-from tests.test_leafpath import odd_values
-from tests.test_payload_fastparse import DEVICE, NOW, PATIENT, SIGNING, T0, TOPIC, payloads
-from tests.test_record_fastparse import typed
+from tests.test_leafpath import ALTERATIONS, altered, odd_values
+from tests.test_payload_fastparse import DEVICE, NOW, PATIENT, SIGNING, T0, TOPIC, payloads, typed_outcome
 from vitalchain.core.integrity.canonical import CanonicalError
 from vitalchain.core.integrity.devicekeys import check_signature, load_public_key, signed_envelope
 from vitalchain.core.payload.limits import ID_PATTERN, MAX_JSON_INT, MIN_TS_US, VITAL_LIMITS
@@ -61,28 +60,6 @@ def _valid(reading: Any) -> bool:
     return True
 
 
-def altered(reading: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
-    """``reading`` with one check broken (or not: an odd value may still be a valid one)."""
-    item: dict[str, Any] = {**reading, "vitals": dict(reading["vitals"])}
-    where = data.draw(st.sampled_from(["top", "vitals", "drop", "drop_vital", "extra",
-                                       "extra_vital", "dia_sys", "none"]))
-    if where == "top":
-        item[data.draw(st.sampled_from(sorted(item)))] = data.draw(odd_values)
-    elif where == "vitals":
-        item["vitals"][data.draw(st.sampled_from(sorted(VITAL_LIMITS)))] = data.draw(odd_values)
-    elif where == "drop":
-        del item[data.draw(st.sampled_from(sorted(item)))]
-    elif where == "drop_vital":
-        del item["vitals"][data.draw(st.sampled_from(sorted(VITAL_LIMITS)))]
-    elif where == "extra":
-        item[data.draw(st.sampled_from(["salt", "received_us", "x"]))] = 1
-    elif where == "extra_vital":
-        item["vitals"]["bp"] = 1
-    elif where == "dia_sys":
-        item["vitals"]["dia"] = item["vitals"]["sys"] + data.draw(st.integers(-1, 0)) + 1
-    return item
-
-
 @settings(max_examples=1500, deadline=None)
 @given(st.lists(readings, min_size=1, max_size=5))
 def test_schema_readings_pass_exactly_when_the_checks_pass(batch: list[dict[str, Any]]) -> None:
@@ -116,7 +93,7 @@ def test_the_signed_bytes_of_checked_readings_are_rfc8785s(
 def test_altered_readings_are_refused_or_written_exactly_as_before(
         batch: list[dict[str, Any]], data: st.DataObject) -> None:
     i = data.draw(st.integers(0, len(batch) - 1))
-    batch[i] = altered(batch[i], data)
+    batch[i] = altered(batch[i], data, (*ALTERATIONS, "none"))
     assert fast(batch) == slow(batch)
 
 
@@ -149,10 +126,7 @@ def run(payload: bytes, one_pass: bool) -> Any:
                                   require_signature=False)
     finally:
         validation.all_pass = one
-    signed = None if out.signed is None else (out.signed.key_id, out.signed.sig,
-                                              typed(out.signed.readings))
-    return (typed(out.readings), out.reading_indexes,
-            [(r.reason, r.detail, r.index) for r in out.rejections], signed)
+    return typed_outcome(out)
 
 
 def test_the_firmwares_messages_take_the_one_pass() -> None:
@@ -183,7 +157,7 @@ def test_validate_agrees_on_messages_with_altered_readings(
         batch: list[dict[str, Any]], data: st.DataObject, signed: bool) -> None:
     """Mixed devices, invalid readings among valid ones, future timestamps, signed or not."""
     i = data.draw(st.integers(0, len(batch) - 1))
-    batch[i] = altered(batch[i], data)
+    batch[i] = altered(batch[i], data, (*ALTERATIONS, "none"))
     try:
         payload = MessageWriter(DEVICE, PATIENT, SIGNING if signed else None).write(batch)
     except CanonicalError:  # nothing to sign (a huge integer): a signature that cannot verify
