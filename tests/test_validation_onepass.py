@@ -85,7 +85,19 @@ def test_the_signed_bytes_of_checked_readings_are_rfc8785s(
     assume(all(_valid(r) for r in batch))  # dia >= sys is drawn too
     data = validation.checked_signed_bytes(key_id, batch)
     assert data == rfc8785.dumps({"key_id": key_id, "readings": batch})
-    assert data == signed_envelope(key_id, [validation.checked_reading_json(r) for r in batch])
+    assert data == signed_envelope(key_id, [rfc8785.dumps(r).decode() for r in batch])
+
+
+def test_the_signed_bytes_at_temp_c_edges_are_rfc8785s() -> None:
+    """The values where orjson and JCS part ways or a limit sits: an integral float ("37" in JCS,
+    "37.0" in repr), both limits, the shortest round trip, an integer."""
+    for temp in (37.0, 25.0, 45.0, 36.6, 44.99999999999999, 37):
+        batch = [{"device_id": DEVICE, "patient_id": PATIENT, "seq": 1, "ts_us": T0,
+                  "vitals": {"hr": 70, "spo2": 97, "rr": 15, "temp_c": temp, "sys": 120,
+                             "dia": 80}}]
+        key_id = "0123456789abcdef" * 2
+        assert validation.checked_signed_bytes(key_id, batch) == rfc8785.dumps(
+            {"key_id": key_id, "readings": batch})
 
 
 @settings(max_examples=2000, deadline=None)

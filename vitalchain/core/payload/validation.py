@@ -129,23 +129,6 @@ class SignedReadings(list[Any]):
         self.signed_bytes = signed_bytes
 
 
-def checked_reading_json(reading: dict[str, Any]) -> str:
-    """JCS text of a reading that passed :func:`check_reading`, without checking it again.
-
-    Only for checked readings: then the ids are ASCII without characters JCS escapes, the
-    integers are JSON-safe, the vitals' keys are exactly the six, and ``temp_c`` is an integer or
-    a finite float within its limits (25..45), which JCS writes as ``repr`` does unless it is
-    integral. tests/test_payload_signed.py checks it against ``rfc8785`` by hypothesis."""
-    v = reading["vitals"]
-    temp = v["temp_c"]
-    if type(temp) is float and temp.is_integer():
-        temp = int(temp)
-    return (f'{{"device_id":"{reading["device_id"]}","patient_id":"{reading["patient_id"]}",'
-            f'"seq":{reading["seq"]},"ts_us":{reading["ts_us"]},"vitals":{{"dia":{v["dia"]},'
-            f'"hr":{v["hr"]},"rr":{v["rr"]},"spo2":{v["spo2"]},"sys":{v["sys"]},'
-            f'"temp_c":{temp!r}}}}}')
-
-
 _HR, _SPO2, _RR, _TEMP, _SYS, _DIA = (VITAL_LIMITS[k] for k in
                                       ("hr", "spo2", "rr", "temp_c", "sys", "dia"))
 _SEQ_RANGE, _TS_RANGE = _INT_RANGES["seq"], _INT_RANGES["ts_us"]
@@ -205,9 +188,9 @@ def all_pass(items: list[Any], device_id: str, latest_us: int) -> bool:
 
 
 def checked_signed_bytes(key_id: str, readings: list[dict[str, Any]]) -> bytes:
-    """``signed_envelope(key_id, [checked_reading_json(r) for r in readings])`` in one call of
-    orjson: only for readings that passed :func:`check_reading` and a key id matching
-    ``KEY_ID`` (32 lower-case hex digits).
+    """The signed object's bytes (``devicekeys.signed_envelope`` around each reading's JCS text)
+    in one call of orjson: only for readings that passed :func:`check_reading` and a key id
+    matching ``KEY_ID`` (32 lower-case hex digits).
 
     Why the same bytes: for such values orjson with sorted keys writes JCS (ASCII ids with
     nothing to escape, integers within 2**53 - 1, ``temp_c`` finite within 25..45 in its
