@@ -32,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from vitalchain.ingest.sink import Sealer, SealRefused
+from vitalchain.ingest.sink import Sealer, SealRefused, SealResult
 from vitalchain.ingest.windowing import ClosedWindow, PartitionWindower, record_hash
 from vitalchain.storage.ledger import Ledger
 
@@ -135,6 +135,11 @@ class _Partition:
     backwards_since: float | None = None
     # Highest log end seen in this epoch: what the old Kafka held, if the epoch has to end.
     end_seen: int | None = None
+    # The window cut by a record, sealing while the partition's next records are taken (see
+    # StreamProcessor._seal_in_background); what became of it, for the partition's lock holder.
+    sealing: asyncio.Task[None] | None = None
+    refused: bool = False
+    failed: BaseException | None = None
 
 
 class StreamProcessor:
@@ -213,6 +218,9 @@ class StreamProcessor:
         async with self._lock(partition):
             self._unstarted.pop(partition, None)
             state = await self._state(partition)
+            if state.sealing is not None and state.sealing.done() and not await self._drain(
+                    partition, state):
+                return  # its window was refused: resynced, this record comes again
             state.last_record = time.monotonic()
             if state.verify_offset is not None:
                 await self._verify(partition, state, offset, key, value, ack)
@@ -254,8 +262,10 @@ class StreamProcessor:
             stats.duplicates += result.duplicates
             stats.conflicts += result.conflicts
             stats.invalid += result.invalid
-            if result.closed is not None:
-                await self._seal(partition, state, result.closed)
+            # One window seals in the background at a time: a partition whose previous window
+            # is still sealing waits for it here (so the backlog stays one window).
+            if result.closed is not None and await self._drain(partition, state):
+                self._seal_in_background(partition, state, result.closed)
 
     def _hole(self, partition: int, state: _Partition, expected: int, offset: int) -> bool:
         """True if ``offset`` is to be taken although ``expected`` is below it: the records
@@ -284,6 +294,11 @@ class StreamProcessor:
         await self._check_log_ends()
         now = time.monotonic()
         for partition, state in list(self._states.items()):
+            if state.sealing is not None and state.sealing.done():
+                async with self._lock(partition):
+                    if self._states.get(partition) is state and not await self._drain(
+                            partition, state):
+                        continue  # its window was refused: resynced from the ledger
             if not state.windower.has_open or now - state.last_arrival < self.idle_seal_seconds:
                 continue
             highwater = self._highwater(partition)
@@ -489,6 +504,8 @@ class StreamProcessor:
         async with self._lock(partition):
             if self._states.get(partition) is not state or state.verify_offset is not None:
                 return False
+            if not await self._drain(partition, state):
+                return False
             position = self.ledger.position(self.topic, partition)
             if position.epoch != state.epoch or position.sealed_offset is None:
                 return False  # nothing sealed in this epoch: the log-end rule decides
@@ -552,6 +569,8 @@ class StreamProcessor:
             self.stats.idle_cuts += 1
 
     async def _new_epoch(self, partition: int, state: _Partition, reason: str) -> None:
+        if not await self._drain(partition, state):
+            return  # a window sealing in the background was refused: resynced instead
         orphan = self._orphans.get(partition)
         seen = [e for e in (state.end_seen, orphan and orphan.end_seen) if e is not None]
         await self._seal_orphan(partition, state)
@@ -596,6 +615,9 @@ class StreamProcessor:
         for partition in partitions:
             self._unstarted.pop(partition, None)
             async with self._lock(partition):
+                state = self._states.get(partition)
+                if state is not None and state.sealing is not None:
+                    await asyncio.shield(state.sealing)  # never races the partition's new owner
                 state = self._states.pop(partition, None)
                 if (state is not None and state.windower.has_open
                         and state.verify_offset is None):
@@ -604,16 +626,82 @@ class StreamProcessor:
                     self._orphans.pop(partition, None)
 
     # --- sealing ------------------------------------------------------------------------------
+    # A window cut by a record seals in the background (``_seal_in_background``) while the
+    # partition's next records are taken and written to InfluxDB as received: sealing (the
+    # receipt flush, the ledger append, the ``windows`` point) took 80-130 ms a window, and with
+    # every partition's window cut at the same event-time boundary the worker used to take no
+    # record for 300-600 ms every window (docs/PERFORMANCE.md, D55). Nothing else changes: a
+    # partition still seals its windows one at a time and in order, acks only what is sealed,
+    # in offset order, and every path that reads or changes what is sealed (an idle cut, a new
+    # epoch, a recheck, a revocation) first waits for the window in flight (``_drain``).
+    def _seal_in_background(self, partition: int, state: _Partition, closed: ClosedWindow) -> None:
+        state.sealing = asyncio.get_running_loop().create_task(
+            self._seal_quietly(partition, state, closed), name=f"seal-{self.topic}-{partition}")
+
+    async def _seal_quietly(self, partition: int, state: _Partition, closed: ClosedWindow) -> None:
+        """Seal ``closed``; a refusal or a failure is left on ``state`` for the lock holder."""
+        try:
+            result = await self._seal_attempts(partition, closed)
+        except SealRefused as exc:
+            log.warning("partition %s: %s; resyncing from the ledger", partition, exc)
+            self.stats.resyncs += 1
+            state.refused = True
+            return
+        except Exception as exc:  # stopping, or a bug: raised to the agent by the next record
+            if not self.stopping:
+                log.exception("partition %s: sealing %s failed", partition,
+                              closed.header["window_id"] if closed.header else "range")
+            state.failed = exc
+            return
+        self._sealed(state, closed, result)
+
+    async def _drain(self, partition: int, state: _Partition) -> bool:
+        """Wait for the window ``state`` seals in the background (the caller holds the
+        partition's lock); False if it was refused, the partition then resynced from the ledger
+        (``state`` is gone).  Raises what a background seal failed with."""
+        task = state.sealing
+        if task is not None:
+            await asyncio.shield(task)  # a cancelled caller must not cancel the seal
+            state.sealing = None
+        if state.failed is not None:
+            failed, state.failed = state.failed, None
+            raise failed
+        if state.refused:
+            state.refused = False
+            if self._states.get(partition) is state:
+                await self._restart_from_ledger(partition)
+            return False
+        return self._states.get(partition) is state
+
+    async def settle(self) -> None:
+        """Wait until no partition has a window sealing in the background (tests, shutdown)."""
+        for partition, state in list(self._states.items()):
+            if state.sealing is not None:
+                async with self._lock(partition):
+                    if self._states.get(partition) is state:
+                        await self._drain(partition, state)
+
     async def _seal(self, partition: int, state: _Partition, closed: ClosedWindow) -> None:
+        """Seal ``closed`` now (idle cuts, salvage), after the window in flight if any."""
+        if not await self._drain(partition, state):
+            return
+        try:
+            result = await self._seal_attempts(partition, closed)
+        except SealRefused as exc:
+            log.warning("partition %s: %s; resyncing from the ledger", partition, exc)
+            self.stats.resyncs += 1
+            await self._restart_from_ledger(partition)
+            return
+        self._sealed(state, closed, result)
+
+    async def _seal_attempts(self, partition: int, closed: ClosedWindow) -> SealResult:
+        """The sealer's result, retried while InfluxDB or the ledger is in trouble; raises
+        :class:`SealRefused`, and anything else once the worker is stopping."""
         while True:
             try:
-                result = await self.sealer.seal(closed)
-                break
-            except SealRefused as exc:
-                log.warning("partition %s: %s; resyncing from the ledger", partition, exc)
-                self.stats.resyncs += 1
-                await self._restart_from_ledger(partition)
-                return
+                return await self.sealer.seal(closed)
+            except SealRefused:
+                raise
             except Exception as exc:  # InfluxDB/Kafka trouble: keep the window, try again
                 if self.stopping:
                     raise
@@ -622,6 +710,8 @@ class StreamProcessor:
                             closed.header["window_id"] if closed.header else "range",
                             type(exc).__name__, exc)
                 await asyncio.sleep(self._retry_delay_s)
+
+    def _sealed(self, state: _Partition, closed: ClosedWindow, result: SealResult) -> None:
         state.windower.mark_sealed(closed)
         done = [a for a in state.acks if a[0] <= closed.last_offset]
         state.acks = [a for a in state.acks if a[0] > closed.last_offset]

@@ -11,8 +11,13 @@ partition's *last* window can be missing its point, since a partition seals one 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 from vitalchain.errors import Refused
 from vitalchain.ingest.receipts import ReceiptWriter, by_message
@@ -39,14 +44,51 @@ class SealResult:
     readings: int
 
 
+class LedgerAppender:
+    """Appends windows to the ledger on a thread of its own, through a connection of its own.
+
+    Why: an append (the window's row, its reading index in key order, each device's newest
+    sealed reading, SQLite's fsync) took ~50 ms for a window of ~2,700 readings, and made on the
+    worker's event loop it stopped everything else there: taking records, writing them to
+    InfluxDB as received, the other partitions' seals (D55).  On this thread the loop goes on;
+    SQLite's fsync and most of the insert release the GIL.  A connection of its own, because
+    the worker's connection serves the loop's reads meanwhile (SQLite's WAL lets them read the
+    last committed state while the append writes; PostgreSQL's connections are independent).
+    One thread: the ledger takes one writer at a time anyway, and a partition's windows reach
+    it one at a time and in order (the processor seals a partition's windows one by one)."""
+
+    def __init__(self, target: str | Path) -> None:
+        self._ledger = Ledger(target)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="ledger-append")
+
+    async def append_window(self, topic: str, partition: int, header: Mapping[str, Any],
+                            leaf_hashes: Sequence[bytes], readings: Sequence[ReadingIndexRow],
+                            idle_cut: bool, tail_hash: bytes | None = None) -> int:
+        """:meth:`Ledger.append_window` on the appender's thread (same result, same errors)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, partial(self._ledger.append_window, topic, partition, header,
+                                  leaf_hashes, readings, idle_cut, tail_hash))
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        self._ledger.close()
+
+
 class Sealer:
     def __init__(self, ledger: Ledger, influx: InfluxClient, send_dead_letter: DeadLetterSend,
-                 receipts: ReceiptWriter | None = None):
+                 receipts: ReceiptWriter | None = None, appender: LedgerAppender | None = None):
         self.ledger = ledger
         self.influx = influx
         self.send_dead_letter = send_dead_letter
         # None: readings are written at seal only (tests that drive the sealer alone).
         self.receipts = receipts
+        # None: windows are appended through ``ledger`` on the caller's loop (tests, tools).
+        self.appender = appender
+
+    async def _append_window(self, *args: Any) -> int:
+        if self.appender is not None:
+            return await self.appender.append_window(*args)
+        return self.ledger.append_window(*args)
 
     def received_many(self, readings: Iterable[WindowReading], window_id: str) -> None:
         """A record's readings were kept in open window ``window_id``: queue their points."""
@@ -108,7 +150,7 @@ class Sealer:
                                 r.canonical["ts_us"], i, r.leaf)
                 for i, r in enumerate(closed.readings)]
         try:
-            index = self.ledger.append_window(closed.topic, closed.partition, header,
+            index = await self._append_window(closed.topic, closed.partition, header,
                                               closed.leaf_hashes, rows, closed.idle_cut,
                                               closed.tail_hash)
         except (StaleWindow, WindowConflict) as exc:

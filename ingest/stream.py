@@ -39,7 +39,7 @@ from vitalchain.core.integrity import salt_key_id
 from vitalchain.ingest.kafka_compat import guard_connection_close, shorten_fetch_wait
 from vitalchain.ingest.processor import StreamProcessor
 from vitalchain.ingest.receipts import ReceiptWriter
-from vitalchain.ingest.sink import Sealer
+from vitalchain.ingest.sink import LedgerAppender, Sealer
 from vitalchain.ingest.windowing import DeadLetter
 from vitalchain.storage.influx import InfluxClient
 from vitalchain.storage.ledger import Ledger
@@ -87,11 +87,13 @@ def progress_line(proc: StreamProcessor) -> str:
     """The processor's counters plus the receipt writer's (``received_queued`` holds readings
     back from the screen: taken, not yet in InfluxDB; ``received_flushes`` the writes that took
     them to InfluxDB, each one POST of up to 5,000 lines: written/flushes is the readings per
-    POST influxd got)."""
+    POST influxd got; ``age_taken_ms`` and ``age_written_ms``, p50/p99 since the last line, how
+    old readings were, from the bridge's stamp, when taken and when written: where a reading's
+    way to the screen spends its time after the bridge)."""
     receipts = proc.sealer.receipts
     extra = ("" if receipts is None else
              f" received_written={receipts.stats.written} received_queued={receipts.queued}"
-             f" received_flushes={receipts.stats.flushes}")
+             f" received_flushes={receipts.stats.flushes} {receipts.ages.line()}")
     return proc.stats.line() + extra
 
 
@@ -100,7 +102,7 @@ def create_app(settings: Settings, worker_name: str | None = None,
     """The Faust app of one stream worker (several workers share partitions via the group)."""
     worker_name = worker_name or str(os.getpid())
     guard_connection_close()
-    shorten_fetch_wait()
+    shorten_fetch_wait(settings.kafka_fetch_wait_ms)
     # Faust creates only the last level of its data dir.
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -182,7 +184,8 @@ def create_app(settings: Settings, worker_name: str | None = None,
             state["processor"] = StreamProcessor(
                 settings.raw_topic, ledger=ledger,
                 sealer=Sealer(ledger, influx, send_dead_letter,
-                              ReceiptWriter(influx, flush_s=settings.receipt_flush_seconds)),
+                              ReceiptWriter(influx, flush_s=settings.receipt_flush_seconds),
+                              LedgerAppender(settings.ledger_target)),
                 window_seconds=settings.window_seconds,
                 idle_seal_seconds=settings.idle_seal_seconds, salt_key=key,
                 salt_key_id=salt_key_id(key), seek=seek, earliest=earliest,

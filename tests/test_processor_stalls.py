@@ -67,6 +67,7 @@ async def running(settings: Settings, tmp_path: Path, consumer: Consumer, record
         proc = make_processor(settings, ledger, influx, consumer)
         for offset in range(records):
             await proc.handle(0, offset, b"d0", value("d0", offset), lambda: None)
+        await proc.settle()  # a cut window seals in the background
         yield proc, ledger
 
 
@@ -214,6 +215,7 @@ async def test_a_hole_in_the_log_is_passed_after_a_few_seeks(
         await proc.handle(0, 4, b"d0", value("d0", 3), lambda: None)  # the lowest: taken
         await proc.handle(0, 5, b"d0", value("d0", 4), lambda: None)  # seq 4 at 2.0 s: cuts
         assert proc.stats.holes == 1 and proc.stats.readings_in == 5
+        await proc.settle()
     [w] = ledger.windows()
     assert (w.header["first_offset"], w.header["last_offset"], w.header["size"]) == (0, 4, 4)
 
@@ -239,6 +241,7 @@ async def test_a_hole_at_the_sealed_offset_is_a_new_incarnation(
         first = make_processor(isolated, ledger, influx, consumer)
         for offset in range(5):  # seqs 0..4 at 0.5 s: window 0..3 sealed at seq 4's arrival
             await first.handle(0, offset, b"d0", value("d0", offset), lambda: None)
+        await first.settle()
         assert ledger.position(isolated.raw_topic, 0).sealed_offset == 3
 
         second = make_processor(isolated, ledger, influx, consumer)  # takes the partition over
