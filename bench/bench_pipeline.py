@@ -19,10 +19,15 @@ and tears it down at the end. For each device count, in the same run:
 Latency to *queryable* is what a clinician sees: from the device's sample time (``ts_us``, taken
 just before the PUBLISH on the same clock) to the moment the reading was first returned by the
 clinician API (``GET /clinician/patients``, the ``vitalchain api`` process an operator starts),
-polled every 0.2 s by a clinician granted ``--api-sample`` of the fleet's patients (polling every
-patient of a large fleet would load the box being measured).  A device's readings are returned
-in order, so when the API's latest reading of a device is seq N, every sample of that device up
-to N counts as queryable then.  Resolution: the poll interval plus one request.
+polled every ``--poll-seconds`` (0.2 s) by a clinician granted ``--api-sample`` of the fleet's
+patients (polling every patient of a large fleet would load the box being measured).  A device's
+readings are returned in order, so when the API's latest reading of a device is seq N, every
+sample of that device up to N counts as queryable then.  Resolution: the poll interval plus one
+request, so each reading's instant is bracketed: it was queryable by the response that first
+showed it (the *upper* bound, the q columns) and not yet when the previous answered request was
+sent (the *lower* bound).  Both bounds' p50 and p99 are printed; the true percentile lies between
+them, and a finer ``--poll-seconds`` narrows the bracket (at the cost of more load on the API and
+InfluxDB, which the row's CPU figures then include).
 
 A second latency, to *sealed*, is taken from the ledger (a poller notes when each window first
 appears in the log); a row is drained when every acknowledged reading is sealed and its window's
@@ -59,6 +64,7 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -132,6 +138,11 @@ class Row:
     cpu_ms_per_1k: dict[str, float] = field(default_factory=dict)
     api_sampled: int = 0  # readings whose queryable latency was measured through the API
     api_request_p50: float = float("nan")  # one GET /clinician/patients, seconds
+    # The same percentiles from each reading's lower bound: sent before the previous answered
+    # request that did not show it, so the true percentile lies in [lower, upper].
+    p50_lower: float = float("nan")
+    p99_lower: float = float("nan")
+    stored_p99_lower: float = float("nan")
     bridge_p50: float = float("nan")  # sample -> the bridge's received_us, sampled devices
     bridge_p99: float = float("nan")
     stored_p50: float = float("nan")  # sample -> in InfluxDB (polled), sampled devices
@@ -337,80 +348,108 @@ class SealPoller:
 class ApiPoller:
     """When each sampled reading was first returned by the clinician API (wall clock).
 
-    ``seen[device]`` lists ``(seq, t)``: the API's latest seq of the device first seen at ``t``,
-    so a reading ``(device, s)`` became queryable at the first ``t`` whose seq is ``>= s``.
+    ``seen[device]`` lists ``(seq, t, before)``: the API's latest seq of the device first seen in
+    the answer received at ``t``, so a reading ``(device, s)`` was queryable by the first ``t``
+    whose seq is ``>= s``; and it was not yet queryable when the previous answered request was
+    sent, at ``before`` (that answer's latest seq was lower, or the device had none).
     """
 
-    def __init__(self, settings: Settings, base_url: str, token: str) -> None:
+    def __init__(self, settings: Settings, base_url: str, token: str,
+                 interval_s: float = POLL_S) -> None:
         self.settings = settings
         self.base_url = base_url
         self.token = token
-        self.seen: dict[str, list[tuple[int, float]]] = {}
-        self.stored: dict[str, list[tuple[int, float]]] = {}  # the same, from InfluxDB directly
+        self.interval_s = interval_s
+        self.seen: dict[str, list[tuple[int, float, float]]] = {}
+        self.stored: dict[str, list[tuple[int, float, float]]] = {}  # the same, from InfluxDB
         self.devices: list[str] = []  # sampled devices, for the InfluxDB side
         self.requests = 0
         self.request_s: list[float] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="api-poller", daemon=True)
+        # Two threads: the API's answers are bracketed by its own requests only, however long
+        # the InfluxDB query of the other takes.
+        self._threads = [threading.Thread(target=self._run_api, name="api-poller", daemon=True),
+                         threading.Thread(target=self._run_stored, name="stored-poller",
+                                          daemon=True)]
 
-    def _run(self) -> None:
+    def _run_api(self) -> None:
         with httpx.Client(base_url=self.base_url, timeout=30,
                           headers={"Authorization": f"Bearer {self.token}"}) as client:
+            before = time.time()  # nothing sampled was queryable before the poller started
             while not self._stop.is_set():
                 began = time.time()
                 try:
                     response = client.get("/clinician/patients")
-                    patients = response.json()["patients"] if response.status_code == 200 else []
+                    patients = response.json()["patients"] if response.status_code == 200 else None
                 except (httpx.HTTPError, ValueError, KeyError):
-                    patients = []
+                    patients = None
                 now = time.time()
                 self.requests += 1
                 self.request_s.append(now - began)
-                stored = self._stored_now()
-                stored_at = time.time()
-                with self._lock:
-                    for patient in patients:
-                        latest = patient.get("latest")
-                        if latest:
-                            self._mark(self.seen, latest["device_id"], int(latest["seq"]), now)
-                    for device, seq in stored.items():
-                        self._mark(self.stored, device, seq, stored_at)
-                self._stop.wait(POLL_S)
+                if patients is not None:
+                    with self._lock:
+                        for patient in patients:
+                            latest = patient.get("latest")
+                            if latest:
+                                self._mark(self.seen, latest["device_id"], int(latest["seq"]),
+                                           now, before)
+                    before = began
+                self._stop.wait(self.interval_s)
 
-    def _stored_now(self) -> dict[str, int]:
-        """Newest seq in InfluxDB of each sampled device (one query): where the stream's part
-        ends and the API's begins."""
+    def _run_stored(self) -> None:
+        before = time.time()
+        while not self._stop.is_set():
+            began = time.time()
+            stored = self._stored_now()
+            now = time.time()
+            if stored is not None:
+                with self._lock:
+                    for device, seq in stored.items():
+                        self._mark(self.stored, device, seq, now, before)
+                before = began
+            self._stop.wait(self.interval_s)
+
+    def _stored_now(self) -> dict[str, int] | None:
+        """Newest seq in InfluxDB of each sampled device (one query), None if the query failed:
+        where the stream's part ends and the API's begins."""
         if not self.devices:
             return {}
         names = "|".join(self.devices)
         try:
             rows = influx_query(self.settings, "SELECT last(seq) AS seq FROM readings WHERE "
-                                f"device_id =~ /^({names})$/ GROUP BY device_id")
+                                f"device_id =~ /^({names})$/ AND time > now() - 300s "
+                                "GROUP BY device_id")
         except (httpx.HTTPError, ValueError):
-            return {}
+            return None
         return {str(r["device_id"]): int(r["seq"]) for r in rows if r.get("seq") is not None}
 
     @staticmethod
-    def _mark(marks: dict[str, list[tuple[int, float]]], device: str, seq: int, t: float) -> None:
+    def _mark(marks: dict[str, list[tuple[int, float, float]]], device: str, seq: int, t: float,
+              before: float) -> None:
         mine = marks.setdefault(device, [])
         if not mine or seq > mine[-1][0]:
-            mine.append((seq, t))
+            mine.append((seq, t, before))
 
-    def queryable_at(self, device_id: str, seq: int, source: str = "api") -> float | None:
+    def queryable_between(self, device_id: str, seq: int,
+                          source: str = "api") -> tuple[float, float] | None:
+        """(not yet queryable at, queryable by) for reading ``seq`` of ``device_id``; None while
+        no answer has shown it."""
         with self._lock:
-            for top, t in (self.seen if source == "api" else self.stored).get(device_id, ()):
+            for top, t, before in (self.seen if source == "api" else self.stored).get(device_id, ()):
                 if top >= seq:
-                    return t
+                    return before, t
         return None
 
     def __enter__(self) -> ApiPoller:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(10)
+        for thread in self._threads:
+            thread.join(10)
 
 
 def grant_sample(settings: Settings, fleets: dict[int, list[DeviceIdentity]], sample: int) -> str:
@@ -431,7 +470,8 @@ def grant_sample(settings: Settings, fleets: dict[int, list[DeviceIdentity]], sa
 
 def bench_settings(folder: Path, window_seconds: float, idle_seal_seconds: float,
                    ledger: str = "sqlite", unsigned: bool = False,
-                   receipt_flush_seconds: float = 0.1) -> Settings:
+                   receipt_flush_seconds: float = Settings.receipt_flush_seconds,
+                   fetch_wait_ms: int = Settings.kafka_fetch_wait_ms) -> Settings:
     mqtt, kafka, influx, eth, rpc, pg, api = free_ports(7)
     url = f"postgresql://vitalchain@127.0.0.1:{pg}/ledger" if ledger == "postgresql" else ""
     return load_settings(environ={}, state_dir=folder, mqtt_port=mqtt, kafka_port=kafka,
@@ -439,7 +479,8 @@ def bench_settings(folder: Path, window_seconds: float, idle_seal_seconds: float
                          window_seconds=window_seconds, idle_seal_seconds=idle_seal_seconds,
                          stream_app_id="vitalchain-bench", ledger_url=url,
                          device_signatures="optional" if unsigned else "required",
-                         receipt_flush_seconds=receipt_flush_seconds)
+                         receipt_flush_seconds=receipt_flush_seconds,
+                         kafka_fetch_wait_ms=fetch_wait_ms)
 
 
 def _unsigned(identities: list[DeviceIdentity]) -> list[DeviceIdentity]:
@@ -529,12 +570,13 @@ def run_pipeline_row(settings: Settings, stack: Stack, pipeline: Pipeline, polle
     sampled = {identity.device_id for identity in identities[:sample]}
     deadline = time.monotonic() + 5.0  # the poller's next round after the drain
     while True:
-        queryable = [(api.queryable_at(d, s), ts_us) for (d, s), (_, ts_us) in located.items()
+        queryable = [(api.queryable_between(d, s), ts_us) for (d, s), (_, ts_us) in located.items()
                      if d in sampled]
         if all(t is not None for t, _ in queryable) or time.monotonic() > deadline:
             break
-        time.sleep(POLL_S)
-    latencies = sorted(t - ts_us / 1e6 for t, ts_us in queryable if t is not None)
+        time.sleep(api.interval_s)
+    latencies = sorted(t[1] - ts_us / 1e6 for t, ts_us in queryable if t is not None)
+    lower = sorted(max(0.0, t[0] - ts_us / 1e6) for t, ts_us in queryable if t is not None)
     row.api_sampled = len(latencies)
     if api.request_s:
         row.api_request_p50 = statistics.median(api.request_s)
@@ -552,11 +594,16 @@ def run_pipeline_row(settings: Settings, stack: Stack, pipeline: Pipeline, polle
         row.p50 = statistics.median(latencies)
         row.p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
         row.worst = latencies[-1]
-    stored_lat = sorted(t - ts_us / 1e6 for (d, s), (_, ts_us) in located.items()
-                        if d in sampled and (t := api.queryable_at(d, s, "influx")) is not None)
+        row.p50_lower = statistics.median(lower)
+        row.p99_lower = lower[min(len(lower) - 1, int(0.99 * len(lower)))]
+    stored_at = [(t, ts_us) for (d, s), (_, ts_us) in located.items()
+                 if d in sampled and (t := api.queryable_between(d, s, "influx")) is not None]
+    stored_lat = sorted(t[1] - ts_us / 1e6 for t, ts_us in stored_at)
+    stored_lower = sorted(max(0.0, t[0] - ts_us / 1e6) for t, ts_us in stored_at)
     if stored_lat:
         row.stored_p50 = statistics.median(stored_lat)
         row.stored_p99 = stored_lat[min(len(stored_lat) - 1, int(0.99 * len(stored_lat)))]
+        row.stored_p99_lower = stored_lower[min(len(stored_lower) - 1, int(0.99 * len(stored_lower)))]
     sealed = sorted((sealer.first_seen(wid) or seen[wid]) - ts_us / 1e6 for wid, ts_us in located.values())
     row.sealed_p50 = statistics.median(sealed)
     row.sealed_p99 = sealed[min(len(sealed) - 1, int(0.99 * len(sealed)))]
@@ -564,10 +611,11 @@ def run_pipeline_row(settings: Settings, stack: Stack, pipeline: Pipeline, polle
 
 
 def print_table(rows: list[Row], seconds: float, window_seconds: float,
-                ceiling: tuple[int, float, float] | None, ledger: str = "sqlite") -> None:
+                ceiling: tuple[int, float, float] | None, ledger: str = "sqlite",
+                poll_s: float = POLL_S) -> None:
     print()
     print(f"pipeline vs. raw simulator, {seconds:.0f} s per run, window {window_seconds:g} s, ledger {ledger}, "
-          f"q = sample → returned by the clinician API (sampled devices, poll {POLL_S} s), "
+          f"q = sample → returned by the clinician API (sampled devices, poll {poll_s:g} s), "
           "s = sample → sealed in the ledger")
     header = (f"{'devices':>7} {'Hz':>4} {'batch':>5} {'wrk':>3} {'offered/s':>9} {'raw acked/s':>11} "
               f"{'e2e stored/s':>12} {'ratio':>6} {'q p50':>6} {'q p99':>6} {'q max':>6} {'s p50':>6} "
@@ -587,6 +635,9 @@ def print_table(rows: list[Row], seconds: float, window_seconds: float,
         print(f"{r.devices:>7} devices: sample -> bridge receipt p50 {r.bridge_p50:.2f} s, p99 "
               f"{r.bridge_p99:.2f} s; -> in InfluxDB p50 {r.stored_p50:.2f} s, p99 "
               f"{r.stored_p99:.2f} s; one GET /clinician/patients p50 {r.api_request_p50:.3f} s")
+        print(f"{r.devices:>7} devices: poll bracket (true value between): q p50 "
+              f"[{r.p50_lower:.2f}, {r.p50:.2f}] s, q p99 [{r.p99_lower:.2f}, {r.p99:.2f}] s; "
+              f"in InfluxDB p99 [{r.stored_p99_lower:.2f}, {r.stored_p99:.2f}] s")
     print()
     print("CPU ms per 1,000 readings stored, by process (user+system from /proc):")
     print(f"{'devices':>7} " + " ".join(f"{c:>10}" for c in CPU_COLUMNS) + f" {'pipeline':>10}")
@@ -651,15 +702,24 @@ def main() -> int:
     parser.add_argument("--unsigned", action="store_true",
                         help="devices publish unsigned (VITALCHAIN_DEVICE_SIGNATURES=optional): "
                              "the baseline of device signatures' cost")
-    parser.add_argument("--receipt-flush-seconds", type=float, default=0.1,
+    parser.add_argument("--receipt-flush-seconds", type=float,
+                        default=Settings.receipt_flush_seconds,
                         help="VITALCHAIN_RECEIPT_FLUSH_SECONDS of the stream: how often it writes "
                              "the readings it took to InfluxDB")
+    parser.add_argument("--fetch-wait-ms", type=int, default=Settings.kafka_fetch_wait_ms,
+                        help="VITALCHAIN_KAFKA_FETCH_WAIT_MS of the stream: the longest its fetch "
+                             "waits for records (tansu answers only at this deadline)")
+    parser.add_argument("--keep-logs", type=Path, default=None, metavar="DIR",
+                        help="copy the bridge's, stream's and API's logs (their progress lines, "
+                             "one a second) to DIR before the temporary folder goes")
     parser.add_argument("--window-seconds", type=float, default=2.0)
     parser.add_argument("--idle-seal-seconds", type=float, default=1.0)
     parser.add_argument("--ceiling-rate", type=float, default=20.0,
                         help="readings/s per device of the raw ceiling run (0: skip it)")
     parser.add_argument("--api-sample", type=int, default=20,
                         help="devices per fleet whose patients the polling clinician is granted")
+    parser.add_argument("--poll-seconds", type=float, default=POLL_S,
+                        help="the clinician API poller's interval (the q latency's resolution)")
     parser.add_argument("--drain-timeout", type=float, default=90.0,
                         help="how long a row may take to store everything after publishing ends")
     args = parser.parse_args()
@@ -672,6 +732,8 @@ def main() -> int:
     if args.rate <= 0 or args.seconds <= 0:
         parser.error("--rate and --seconds must be positive")
 
+    if not 0 < args.poll_seconds <= 5:
+        parser.error("--poll-seconds must be in (0, 5]")
     if args.batch < 1 or args.workers < 1:
         parser.error("--batch and --workers must be at least 1")
     rows = [Row(n, args.rate, args.batch, args.workers) for n in counts]
@@ -679,7 +741,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as folder:
         try:
             settings = bench_settings(Path(folder), args.window_seconds, args.idle_seal_seconds,
-                                      args.ledger, args.unsigned, args.receipt_flush_seconds)
+                                      args.ledger, args.unsigned, args.receipt_flush_seconds,
+                                      args.fetch_wait_ms)
         except ConfigError as exc:
             parser.error(str(exc))
         services = (*SERVICES, "postgres") if args.ledger == "postgresql" else SERVICES
@@ -711,7 +774,8 @@ def main() -> int:
                 pipeline.start("api", None, "--seal-seconds", "30")
                 wait_flowing(settings, probe, pipeline, timeout=60)
                 api_url = f"http://{settings.host}:{settings.api_port}"
-                with SealPoller(settings) as sealer, ApiPoller(settings, api_url, token) as api:
+                with SealPoller(settings) as sealer, ApiPoller(settings, api_url, token,
+                                                                    args.poll_seconds) as api:
                     for row in rows:
                         run_pipeline_row(settings, stack, pipeline, poller, sealer, api, row,
                                          fleets[row.devices], args.seconds, args.drain_timeout,
@@ -730,7 +794,10 @@ def main() -> int:
                             break
         finally:
             stack.down()
-    print_table(rows, args.seconds, args.window_seconds, ceiling, args.ledger)
+            if args.keep_logs is not None:
+                shutil.copytree(settings.logs_dir, args.keep_logs, dirs_exist_ok=True)
+                print(f"the pipeline's logs are in {args.keep_logs}")
+    print_table(rows, args.seconds, args.window_seconds, ceiling, args.ledger, args.poll_seconds)
     return 0 if all(r.complete for r in rows) else 1
 
 
