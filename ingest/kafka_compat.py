@@ -62,7 +62,7 @@ def guard_connection_close() -> None:
 # wait, which is most of a clinician's one-second budget.  An idle worker pays for it with a few
 # more empty fetches per second.
 # The stream takes it from VITALCHAIN_KAFKA_FETCH_WAIT_MS (the same default, vitalchain.config).
-FETCH_MAX_WAIT_MS = 50
+FETCH_MAX_WAIT_MS = 100
 _FETCH_MARK = "_vitalchain_fetch_wait"
 _fetch_wait_ms = FETCH_MAX_WAIT_MS  # what the next worker consumer created asks for
 

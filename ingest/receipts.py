@@ -36,7 +36,7 @@ log = logging.getLogger("vitalchain.stream")
 # Fast enough for "on screen within a second" (the dashboard polls every second), slow enough
 # that a busy stream writes hundreds of points per request rather than a few. The
 # stream takes it from VITALCHAIN_RECEIPT_FLUSH_SECONDS (the same default, vitalchain.config).
-FLUSH_S = 0.05
+FLUSH_S = 0.1
 MAX_BATCH = 5000
 
 

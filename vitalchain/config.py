@@ -81,13 +81,14 @@ class Settings:
     # often, from the start of one write to the start of the next: the longest a taken reading
     # waits for its write to begin. (0.5 s saved InfluxDB no measurable CPU at 10,000
     # readings/s; 0.05 s with a 50 ms fetch wait, against 0.1 s and 100 ms, made readings ~40 ms
-    # younger in InfluxDB at 5,000 readings/s: docs/PERFORMANCE.md.)
-    receipt_flush_seconds: float = 0.05
+    # younger in InfluxDB at 5,000 readings/s and cost ~7 % of the pipeline's CPU per reading
+    # at 10,000 readings/s: docs/PERFORMANCE.md.)
+    receipt_flush_seconds: float = 0.1
     # The longest a stream worker's fetch waits for records. A broker that answers a fetch only
     # at this deadline when records arrive during it (tansu, measured: docs/PERFORMANCE.md) adds
     # up to this much to every reading's way to the screen; Apache Kafka answers as soon as
     # records arrive, so there a longer wait only saves idle fetches.
-    kafka_fetch_wait_ms: int = 50
+    kafka_fetch_wait_ms: int = 100
 
     eth_chain_id: int = 31337
     eth_block_time: float = 1.0
