@@ -12,6 +12,8 @@ window p0-0, and offset 4 (at 2.0 s) cuts it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,23 @@ def processor(settings: Settings, sealer: Sealer, consumer: Consumer) -> StreamP
                            retry_delay_s=0.05)
 
 
+@asynccontextmanager
+async def gated(settings: Settings, tmp_path: Path, kind: type[GatedSealer] = GatedSealer
+                ) -> AsyncIterator[tuple[StreamProcessor, GatedSealer, Ledger, list[int]]]:
+    """A processor on a fresh ledger whose sealer waits at its gate; the offsets it acked."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    async with InfluxClient(settings) as influx:
+        sealer = kind(ledger, influx, no_dead_letters)
+        yield processor(settings, sealer, Consumer()), sealer, ledger, []
+
+
+async def still_held(task: asyncio.Task[Any]) -> bool:
+    """True if ``task`` has not finished after every chance to run (50 turns of the loop)."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+    return not task.done()
+
+
 async def feed(proc: StreamProcessor, offsets: range, acked: list[int]) -> None:
     for offset in offsets:
         await proc.handle(0, offset, b"d0", value("d0", offset),
@@ -122,17 +141,11 @@ async def test_a_window_cut_while_the_previous_one_seals_waits_for_it(
     """At most one window seals in the background: the record that cuts the next one waits
     (so the backlog, and the memory it holds, stay one window), and the ledger gets them in
     order."""
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    acked: list[int] = []
-    async with InfluxClient(isolated) as influx:
-        sealer = GatedSealer(ledger, influx, no_dead_letters)
-        proc = processor(isolated, sealer, Consumer())
+    async with gated(isolated, tmp_path) as (proc, sealer, ledger, acked):
         # p0-0 sealing (held); offsets 4..7 in p0-4
         await asyncio.wait_for(feed(proc, range(8), acked), DEADLINE_S)
         cutting = asyncio.create_task(feed(proc, range(8, 9), acked))  # offset 8 cuts p0-4
-        for _ in range(50):  # give it every chance to run
-            await asyncio.sleep(0)
-        assert not cutting.done() and sealer.started == ["p0-0"]
+        assert await still_held(cutting) and sealer.started == ["p0-0"]
         sealer.gate.set()
         await asyncio.wait_for(cutting, DEADLINE_S)
         await asyncio.wait_for(proc.settle(), DEADLINE_S)
@@ -168,16 +181,10 @@ async def test_a_revoked_partition_waits_for_its_window_in_flight(
         isolated: Settings, tmp_path: Path) -> None:
     """Revocation never races the partition's next owner: it returns only once the window
     sealing in the background is in the ledger (and its records acked)."""
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    acked: list[int] = []
-    async with InfluxClient(isolated) as influx:
-        sealer = GatedSealer(ledger, influx, no_dead_letters)
-        proc = processor(isolated, sealer, Consumer())
+    async with gated(isolated, tmp_path) as (proc, sealer, ledger, acked):
         await asyncio.wait_for(feed(proc, range(5), acked), DEADLINE_S)
         revoking = asyncio.create_task(proc.revoke({0}))
-        for _ in range(50):
-            await asyncio.sleep(0)
-        assert not revoking.done() and list(ledger.windows()) == []
+        assert await still_held(revoking) and list(ledger.windows()) == []
         sealer.gate.set()
         await asyncio.wait_for(revoking, DEADLINE_S)
     assert [w.window_id for w in ledger.windows()] == ["p0-0"] and acked == [0, 1, 2, 3]
@@ -187,11 +194,7 @@ async def test_a_background_seal_that_fails_while_stopping_is_raised_to_the_agen
         isolated: Settings, tmp_path: Path) -> None:
     """Stopping, a seal that fails is not retried; the next record raises it, as a seal
     made in the record's own turn did (the worker's agent stops on it)."""
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    acked: list[int] = []
-    async with InfluxClient(isolated) as influx:
-        sealer = FailingSealer(ledger, influx, no_dead_letters)
-        proc = processor(isolated, sealer, Consumer())
+    async with gated(isolated, tmp_path, FailingSealer) as (proc, sealer, ledger, acked):
         await asyncio.wait_for(feed(proc, range(5), acked), DEADLINE_S)
         proc.stopping = True
         sealer.gate.set()
