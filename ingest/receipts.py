@@ -66,12 +66,17 @@ class ReadingAges:
         self.written_us: list[int] = []  # one per reading written
 
     def line(self) -> str:
-        """``age_taken_ms=p50/p99 age_written_ms=p50/p99`` since the last call."""
+        """``age_taken_ms=p50/p99 age_written_ms=p50/p99`` since the last call (``-`` for a
+        stage no reading passed)."""
         taken, written = self.taken_us, self.written_us
         self.taken_us, self.written_us = [], []
-        return (f"age_taken_ms={percentile_ms(taken, 0.5):.0f}/{percentile_ms(taken, 0.99):.0f} "
-                f"age_written_ms={percentile_ms(written, 0.5):.0f}/"
-                f"{percentile_ms(written, 0.99):.0f}")
+        return f"age_taken_ms={_p50_p99(taken)} age_written_ms={_p50_p99(written)}"
+
+
+def _p50_p99(ages_us: list[int]) -> str:
+    if not ages_us:
+        return "-"
+    return f"{percentile_ms(ages_us, 0.5):.0f}/{percentile_ms(ages_us, 0.99):.0f}"
 
 
 def by_message(readings: Iterable[WindowReading]) -> dict[tuple[str, Any], list[Any]]:

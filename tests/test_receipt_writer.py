@@ -88,3 +88,16 @@ def test_a_fast_post_keeps_the_interval_from_start_to_start(isolated: Settings) 
     assert len(periods) >= 3, writes
     assert all(0.3 < p < 0.5 for p in periods), periods
     assert stored == sum(n for _, _, n in writes)
+
+
+def test_the_progress_lines_ages_are_per_line_and_say_when_nothing_passed() -> None:
+    """p50/p99 in ms of the ages collected since the last line; a stage no reading passed says
+    ``-`` (not ``nan``), and reading the line starts the next period."""
+    from vitalchain.ingest.receipts import ReadingAges
+
+    ages = ReadingAges()
+    assert ages.line() == "age_taken_ms=- age_written_ms=-"
+    ages.taken_us = [1_000 * n for n in range(1, 101)]  # 1..100 ms
+    ages.written_us = [250_000]
+    assert ages.line() == "age_taken_ms=51/100 age_written_ms=250/250"
+    assert ages.line() == "age_taken_ms=- age_written_ms=-"
