@@ -643,8 +643,7 @@ class StreamProcessor:
         try:
             result = await self._seal_attempts(partition, closed)
         except SealRefused as exc:
-            log.warning("partition %s: %s; resyncing from the ledger", partition, exc)
-            self.stats.resyncs += 1
+            self._say_refused(partition, exc)
             state.refused = True
             return
         except Exception as exc:  # stopping, or a bug: raised to the agent by the next record
@@ -688,11 +687,14 @@ class StreamProcessor:
         try:
             result = await self._seal_attempts(partition, closed)
         except SealRefused as exc:
-            log.warning("partition %s: %s; resyncing from the ledger", partition, exc)
-            self.stats.resyncs += 1
+            self._say_refused(partition, exc)
             await self._restart_from_ledger(partition)
             return
         self._sealed(state, closed, result)
+
+    def _say_refused(self, partition: int, exc: SealRefused) -> None:
+        log.warning("partition %s: %s; resyncing from the ledger", partition, exc)
+        self.stats.resyncs += 1
 
     async def _seal_attempts(self, partition: int, closed: ClosedWindow) -> SealResult:
         """The sealer's result, retried while InfluxDB or the ledger is in trouble; raises
