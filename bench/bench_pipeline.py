@@ -95,6 +95,11 @@ CPU_COLUMNS = ("simulator", "mosquitto", "bridge", "kafka", "stream", "influxdb"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def p99(ordered: list[float]) -> float:
+    """The 99th percentile of a sorted, non-empty list (nearest rank), as every row reports it."""
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
 def group_cpu_seconds(leader: int) -> float:
     """user+system seconds of every live process in ``leader``'s process group, plus what their
     reaped children used (``cutime``/``cstime``); 0 for a group that is gone."""
@@ -587,26 +592,26 @@ def run_pipeline_row(settings: Settings, stack: Stack, pipeline: Pipeline, polle
             settings, f"SELECT received_us FROM readings WHERE device_id = '{d}'"))
     if bridge_lag:
         row.bridge_p50 = statistics.median(bridge_lag)
-        row.bridge_p99 = bridge_lag[min(len(bridge_lag) - 1, int(0.99 * len(bridge_lag)))]
+        row.bridge_p99 = p99(bridge_lag)
     if len(latencies) < len(queryable):
         row.note += f"{len(queryable) - len(latencies)} sampled readings never seen via the API; "
     if latencies:
         row.p50 = statistics.median(latencies)
-        row.p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+        row.p99 = p99(latencies)
         row.worst = latencies[-1]
         row.p50_lower = statistics.median(lower)
-        row.p99_lower = lower[min(len(lower) - 1, int(0.99 * len(lower)))]
+        row.p99_lower = p99(lower)
     stored_at = [(t, ts_us) for (d, s), (_, ts_us) in located.items()
                  if d in sampled and (t := api.queryable_between(d, s, "influx")) is not None]
     stored_lat = sorted(t[1] - ts_us / 1e6 for t, ts_us in stored_at)
     stored_lower = sorted(max(0.0, t[0] - ts_us / 1e6) for t, ts_us in stored_at)
     if stored_lat:
         row.stored_p50 = statistics.median(stored_lat)
-        row.stored_p99 = stored_lat[min(len(stored_lat) - 1, int(0.99 * len(stored_lat)))]
-        row.stored_p99_lower = stored_lower[min(len(stored_lower) - 1, int(0.99 * len(stored_lower)))]
+        row.stored_p99 = p99(stored_lat)
+        row.stored_p99_lower = p99(stored_lower)
     sealed = sorted((sealer.first_seen(wid) or seen[wid]) - ts_us / 1e6 for wid, ts_us in located.values())
     row.sealed_p50 = statistics.median(sealed)
-    row.sealed_p99 = sealed[min(len(sealed) - 1, int(0.99 * len(sealed)))]
+    row.sealed_p99 = p99(sealed)
     row.sealed_max = sealed[-1]
 
 
