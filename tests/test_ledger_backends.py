@@ -28,13 +28,14 @@ from vitalchain.storage.anchors import AnchorStore, AnchorTx
 from vitalchain.storage.apistore import ApiStore, StoreError
 from vitalchain.storage.ledger import (
     WORKERS_ROLE,
+    EpochStart,
     Ledger,
     ReadingIndexRow,
     StaleWindow,
     WindowConflict,
 )
 from vitalchain.storage.ledger_view import LedgerUnavailable, LedgerView
-from vitalchain.storage.sqldb import LOCK_ANCHOR_WORKER, SessionLock, is_postgres_url
+from vitalchain.storage.sqldb import LOCK_ANCHOR_WORKER, SessionLock, connect, is_postgres_url
 
 ROOT = Path(__file__).parent.parent
 
@@ -234,8 +235,10 @@ def test_workers_role_may_insert_but_not_update_or_delete(postgres) -> None:
     h, leaves, rows = window(0, 0, 2)
     assert worker.append_window("raw", 0, h, leaves, rows, idle_cut=False) == 0
     assert worker.begin_epoch("raw", 0, 0, "by the worker role") == 1
+    assert worker.note_epoch_start("raw", 0, 1, 0, b"\x05" * 32)
     for statement in ("UPDATE ledger_windows SET root='00'", "DELETE FROM ledger_readings",
-                      "DELETE FROM ledger_epochs", "TRUNCATE ledger_windows"):
+                      "DELETE FROM ledger_epochs", "TRUNCATE ledger_windows",
+                      "DELETE FROM ledger_epoch_starts"):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             worker._db.execute(statement)
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -318,3 +321,41 @@ def test_index_rows_keep_their_window_positions_whatever_the_insert_order(ledger
             assert (loc.index_in_window, loc.leaf_hash, loc.ts_us, loc.window_id) == (
                 i, leaves[i], r["ts_us"], header["window_id"])
         assert ledger.reading_count() == len(readings)
+
+
+def test_an_epochs_start_is_noted_once_and_fenced_by_the_epoch(ledger_target: str | Path) -> None:
+    """D56: the first record read in an epoch, noted by whichever worker reads it first; a
+    different start in the same epoch, or a note for an epoch that is over, is refused."""
+    a, b = Ledger(ledger_target), Ledger(ledger_target)
+    first, other = b"\x02" * 32, b"\x03" * 32
+    assert a.epoch_start("raw", 0, 0) is None
+    assert a.note_epoch_start("raw", 0, 0, 5, first)
+    assert b.note_epoch_start("raw", 0, 0, 5, first)  # the same start: agreed
+    assert not b.note_epoch_start("raw", 0, 0, 5, other)  # another incarnation's record
+    assert not b.note_epoch_start("raw", 0, 0, 6, first)
+    assert b.epoch_start("raw", 0, 0) == EpochStart(5, first)
+    assert a.begin_epoch("raw", 0, 0, "restarted") == 1
+    assert not a.note_epoch_start("raw", 0, 0, 5, first)  # epoch 0 is over
+    assert a.note_epoch_start("raw", 0, 1, 0, other)
+    assert [b.epoch_start("raw", 0, e) for e in (0, 1)] == [EpochStart(5, first),
+                                                            EpochStart(0, other)]
+    assert b.epoch_start("raw", 1, 0) is None
+    with pytest.raises(Exception, match="append-only"):
+        a._db.execute("DELETE FROM ledger_epoch_starts")
+    with pytest.raises(Exception, match="append-only"):
+        a._db.execute("UPDATE ledger_epoch_starts SET first_offset = 9")
+
+
+def test_a_ledger_from_before_epoch_starts_gets_the_table_on_open(ledger_target: str | Path) -> None:
+    ledger = Ledger(ledger_target)
+    h, leaves, rows = window(0, 0, 2)
+    ledger.append_window("raw", 0, h, leaves, rows, idle_cut=False)
+    ledger.close()
+    db = connect(ledger_target)  # the layout before D56: no epoch starts
+    db.execute("DROP TABLE ledger_epoch_starts")
+    db.close()
+    upgraded = Ledger(ledger_target)
+    assert upgraded.log_size() == 1
+    assert upgraded.note_epoch_start("raw", 1, 0, 0, b"\x04" * 32)
+    with pytest.raises(Exception, match="append-only"):
+        upgraded._db.execute("DELETE FROM ledger_epoch_starts")

@@ -109,6 +109,15 @@ CREATE TABLE IF NOT EXISTS ledger_epochs (
     prior_end_offset     INTEGER,
     PRIMARY KEY (topic, partition, epoch)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ledger_epoch_starts (
+    topic         TEXT    NOT NULL,
+    partition     INTEGER NOT NULL,
+    epoch         INTEGER NOT NULL,
+    first_offset  INTEGER NOT NULL,
+    record_hash   BLOB    NOT NULL,
+    noted_at_us   INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition, epoch)
+) WITHOUT ROWID;
 """
 
 SQLITE_TRIGGERS = """
@@ -116,6 +125,10 @@ CREATE TRIGGER IF NOT EXISTS ledger_epochs_no_update BEFORE UPDATE ON ledger_epo
 BEGIN SELECT RAISE(ABORT, 'ledger_epochs is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_epochs_no_delete BEFORE DELETE ON ledger_epochs
 BEGIN SELECT RAISE(ABORT, 'ledger_epochs is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_epoch_starts_no_update BEFORE UPDATE ON ledger_epoch_starts
+BEGIN SELECT RAISE(ABORT, 'ledger_epoch_starts is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_epoch_starts_no_delete BEFORE DELETE ON ledger_epoch_starts
+BEGIN SELECT RAISE(ABORT, 'ledger_epoch_starts is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_windows_no_update BEFORE UPDATE ON ledger_windows
 BEGIN SELECT RAISE(ABORT, 'ledger_windows is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_windows_no_delete BEFORE DELETE ON ledger_windows
@@ -150,7 +163,7 @@ LATEST_FILL = LATEST_UPSERT.format(source=(
     "MAX(ts_us) AS ts_us FROM ledger_readings GROUP BY device_id) m ON m.device_id = "
     "r.device_id AND m.ts_us = r.ts_us WHERE true GROUP BY r.device_id, r.ts_us"))
 
-APPEND_ONLY_TABLES = ("ledger_windows", "ledger_readings", "ledger_epochs")
+APPEND_ONLY_TABLES = ("ledger_windows", "ledger_readings", "ledger_epochs", "ledger_epoch_starts")
 # PostgreSQL: one statement-level trigger per append-only table refuses UPDATE, DELETE and
 # TRUNCATE (even by the owner), and the workers' role may only read and insert there; the
 # partition positions move (sealed offset, tail), so that table also allows UPDATE.
@@ -185,6 +198,14 @@ PG_ROLE = [
   END IF;
 END $$""",
 ]
+
+
+def pg_epoch_starts_migration() -> list[str]:
+    """A PostgreSQL ledger installed before epoch starts were noted (D56): the table, its
+    append-only trigger and the workers' grants (once, under the schema lock)."""
+    table = next(st for st in SCHEMA.split(";\n") if "ledger_epoch_starts" in st)
+    trigger = next(st for st in PG_APPEND_ONLY if " ledger_epoch_starts_append_only " in st)
+    return [pg_ddl(table), PG_APPEND_ONLY[0], trigger, *PG_ROLE]
 
 
 # Columns added to ledger_partitions after the first release; added on open when missing, so a
@@ -280,6 +301,15 @@ class EpochRecord:
                                                if self.prior_sealed_offset is not None else -1) - 1)
 
 
+@dataclass(frozen=True, slots=True)
+class EpochStart:
+    """The first record a worker read in an epoch of a partition (``record_hash`` as a tail's):
+    the incarnation check of a partition that has nothing sealed in its epoch yet."""
+
+    offset: int
+    record_hash: bytes
+
+
 EPOCH_COLUMNS = "topic, partition, epoch, started_at_us, reason, prior_sealed_offset, prior_end_offset"
 
 
@@ -349,6 +379,7 @@ class Ledger:
         if not isinstance(self._db, SqliteDb):
             install_pg_schema(self._db, "ledger_partitions", pg_schema())
             install_pg_schema(self._db, "ledger_device_latest", pg_latest_migration())
+            install_pg_schema(self._db, "ledger_epoch_starts", pg_epoch_starts_migration())
             self._rows_name_window = self._db.one(
                 "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
                 "AND table_name = 'ledger_readings' AND column_name = 'window_id'") is not None
@@ -442,6 +473,37 @@ class Ledger:
                 (topic, partition, from_epoch + 1, time.time_ns() // 1000, reason,
                  current.sealed_offset, prior_end_offset))
             return from_epoch + 1
+
+    def epoch_start(self, topic: str, partition: int, epoch: int) -> EpochStart | None:
+        """The record the partition's ``epoch`` was first read from, if a worker noted one."""
+        row = self._one("SELECT first_offset, record_hash FROM ledger_epoch_starts WHERE "
+                        "topic=? AND partition=? AND epoch=?", (topic, partition, epoch))
+        return None if row is None else EpochStart(int(row[0]), bytes(row[1]))
+
+    def note_epoch_start(self, topic: str, partition: int, epoch: int, first_offset: int,
+                         record_hash: bytes) -> bool:
+        """Note the first record read in ``epoch`` of the partition, before anything read from
+        it is stored; True if that is the start now noted (ours, or the same one noted before).
+
+        False when the partition moved to another epoch or a different start is noted: the
+        caller's view is stale, or the incarnation changed while nothing was sealed.  Without
+        this note, a broker restart before a partition's first seal would go unseen: its new
+        records would be sealed under the window ids the lost ones were stored under (D56).
+        """
+        _check_int("first_offset", first_offset)
+        with self._db.write(LOCK_LEDGER):
+            if self._epoch_locked(topic, partition) != epoch:
+                return False
+            row = self._db.execute(
+                "SELECT first_offset, record_hash FROM ledger_epoch_starts WHERE topic=? AND "
+                "partition=? AND epoch=?", (topic, partition, epoch)).fetchone()
+            if row is not None:
+                return int(row[0]) == first_offset and bytes(row[1]) == record_hash
+            self._db.execute(
+                "INSERT INTO ledger_epoch_starts (topic, partition, epoch, first_offset, "
+                "record_hash, noted_at_us) VALUES (?,?,?,?,?,?)",
+                (topic, partition, epoch, first_offset, record_hash, time.time_ns() // 1000))
+            return True
 
     def epochs(self, topic: str | None = None) -> list[EpochRecord]:
         """Every epoch start (epoch 0 is implicit), by topic, partition and epoch."""
