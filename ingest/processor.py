@@ -127,9 +127,13 @@ class _Partition:
     hole_at: int | None = None
     hole_seeks: int = 0
     hole_next: int = 0
-    # Incarnation check pending: the sealed offset whose record must match the ledger's tail.
+    # Incarnation check pending: the sealed offset whose record must match the ledger's tail,
+    # or (``verify_start``) with nothing sealed in the epoch, the offset of its noted start.
     verify_offset: int | None = None
     verify_hash: bytes | None = None
+    verify_start: bool = False
+    # Nothing sealed and no start noted in the epoch: the first record taken is noted first.
+    note_start: bool = False
     verify_earliest_checked: bool = False
     seeked_at: float = 0.0
     backwards_since: float | None = None
@@ -189,8 +193,12 @@ class StreamProcessor:
             return state
         position = self.ledger.position(self.topic, partition)
         sealed = position.sealed_offset
-        if sealed is None:
-            # Nothing sealed in this epoch yet: the partition starts at the log's first offset.
+        start = None if sealed is not None else self.ledger.epoch_start(self.topic, partition,
+                                                                        position.epoch)
+        if start is not None:
+            sealed_floor = start.offset - 1  # the epoch's first window starts at its start
+        elif sealed is None:
+            # Nothing read in this epoch yet: the partition starts at the log's first offset.
             sealed_floor = await self._earliest(partition) - 1
         else:
             sealed_floor = sealed
@@ -201,7 +209,8 @@ class StreamProcessor:
             prev_end_us=self.ledger.previous_window_end_us(self.topic, partition),
             sealed_leaf=self.ledger.sealed_leaf, epoch=position.epoch,
             sealed_high=self.ledger.max_sealed_seq)
-        state = self._states[partition] = _Partition(windower, epoch=position.epoch)
+        state = self._states[partition] = _Partition(
+            windower, epoch=position.epoch, note_start=sealed is None and start is None)
         if sealed is not None:
             # Nothing below S may be skipped until the record at S proves this is the
             # incarnation S was sealed from.
@@ -210,6 +219,15 @@ class StreamProcessor:
             log.info("partition %s: checking the record at sealed offset %s (epoch %s)",
                      partition, sealed, position.epoch)
             await self._seek(partition, sealed)
+        elif start is not None:
+            # Read (and maybe stored as received) in this epoch but nothing sealed: the record
+            # at the noted start proves the incarnation before anything is taken (D56).
+            state.verify_offset, state.verify_hash = start.offset, start.record_hash
+            state.verify_start = True
+            state.seek_target, state.seeked_at = start.offset, time.monotonic()
+            log.info("partition %s: checking the record at the epoch's noted start, offset %s "
+                     "(epoch %s)", partition, start.offset, position.epoch)
+            await self._seek(partition, start.offset)
         return state
 
     # --- records ------------------------------------------------------------------------------
@@ -222,8 +240,8 @@ class StreamProcessor:
                     partition, state):
                 return  # its window was refused: resynced, this record comes again
             state.last_record = time.monotonic()
-            if state.verify_offset is not None:
-                await self._verify(partition, state, offset, key, value, ack)
+            if state.verify_offset is not None and not await self._verify(
+                    partition, state, offset, key, value, ack):
                 return
             windower = state.windower
             expected = windower.expected_offset
@@ -243,6 +261,9 @@ class StreamProcessor:
                 return
             state.seek_target = None
             state.hole_at = None
+            if state.note_start and not await self._note_start(partition, state, offset, key,
+                                                               value):
+                return  # another start is noted: resynced, checking it; this record comes again
             result = windower.offer(offset, value, key)
             if result.outcome == "already_done":
                 self.stats.skipped += 1
@@ -313,13 +334,31 @@ class StreamProcessor:
                     await self._seal(partition, state, closed)
 
     # --- incarnations and epochs ---------------------------------------------------------------
+    async def _note_start(self, partition: int, state: _Partition, offset: int, key: bytes,
+                          value: bytes) -> bool:
+        """Note the epoch's first record in the ledger before anything of it is stored as
+        received; False (the partition resynced) if another start is noted or the epoch moved."""
+        if self.ledger.note_epoch_start(self.topic, partition, state.epoch, offset,
+                                        record_hash(key, value)):
+            state.note_start = False
+            return True
+        log.warning("partition %s: offset %s is not the start noted for epoch %s (or the epoch "
+                    "moved on); resyncing from the ledger", partition, offset, state.epoch)
+        self.stats.resyncs += 1
+        await self._restart_from_ledger(partition)
+        return False
+
     async def _verify(self, partition: int, state: _Partition, offset: int, key: bytes,
-                      value: bytes, ack: Ack) -> None:
-        """Check the record at the sealed offset against the ledger's tail (see module doc)."""
+                      value: bytes, ack: Ack) -> bool:
+        """Check the record at the sealed offset against the ledger's tail, or at the noted
+        start of an epoch with nothing sealed (see module doc); True if the record is to be
+        offered now (a start that matched: it was not sealed)."""
         target = state.verify_offset
         assert target is not None
+        what, read = ("the epoch's noted start", "first read") if state.verify_start else (
+            "sealed offset", "sealed")
         if offset < target:
-            return  # fetched before our seek took effect; it comes again if it is needed
+            return False  # fetched before our seek took effect; it comes again if it is needed
         if offset > target:
             # Either fetched before our seek took effect, or the record at S is gone (retention
             # deleted it): then nothing at or below S can be offered again, and nothing new can
@@ -333,7 +372,7 @@ class StreamProcessor:
                     self._verified(state)
                     self._orphans.pop(partition, None)
                     await self._seek(partition, target + 1)
-                    return
+                    return False
             if state.hole_at != target:
                 state.hole_at, state.hole_seeks = target, 0
             if state.hole_seeks >= HOLE_SEEKS:
@@ -342,33 +381,38 @@ class StreamProcessor:
                 if state.windower.has_open:
                     await self._salvage(partition, state)
                     if self._states.get(partition) is not state:
-                        return
-                await self._new_epoch(partition, state, f"the record at sealed offset {target} "
+                        return False
+                await self._new_epoch(partition, state, f"the record at {what} {target} "
                                       f"never came after {state.hole_seeks} seeks although "
                                       f"offset {offset} did (topic recreated or broker restarted)")
-                return
+                return False
             if state.seek_target != target or time.monotonic() - state.seeked_at > RESEEK_S:
                 state.hole_seeks += 1
                 state.seek_target, state.seeked_at = target, time.monotonic()
                 await self._seek(partition, target)
-            return
+            return False
         state.hole_at = None
         if state.verify_hash is not None and record_hash(key, value) != state.verify_hash:
             if state.windower.has_open:  # a recheck while running: those records were read
                 await self._salvage(partition, state)
                 if self._states.get(partition) is not state:
-                    return  # the seal was refused: the partition was resynced
-            await self._new_epoch(partition, state, f"the record at sealed offset {offset} is not "
-                                  "the one sealed there (topic recreated or broker restarted)")
-            return
+                    return False  # the seal was refused: the partition was resynced
+            await self._new_epoch(partition, state, f"the record at {what} {offset} is not the "
+                                  f"one {read} there (topic recreated or broker restarted)")
+            return False
+        start = state.verify_start
         self._verified(state)
         self._orphans.pop(partition, None)  # same incarnation: Kafka still has those records
+        if start:
+            return True  # the epoch's first record, not sealed: taken like any other
         self.stats.skipped += 1
         ack()  # the sealed record itself: done
+        return False
 
     @staticmethod
     def _verified(state: _Partition) -> None:
         state.verify_offset = state.verify_hash = None
+        state.verify_start = False
         state.seek_target = None
         state.end_seen = None  # same incarnation: a lagging high watermark is not a new dip
 
@@ -507,15 +551,22 @@ class StreamProcessor:
             if not await self._drain(partition, state):
                 return False
             position = self.ledger.position(self.topic, partition)
-            if position.epoch != state.epoch or position.sealed_offset is None:
-                return False  # nothing sealed in this epoch: the log-end rule decides
+            if position.epoch != state.epoch:
+                return False
+            if position.sealed_offset is not None:
+                target, tail, what = position.sealed_offset, position.tail_hash, "sealed offset"
+            else:
+                start = self.ledger.epoch_start(self.topic, partition, state.epoch)
+                if start is None:
+                    return False  # nothing read in this epoch: the log-end rule decides
+                target, tail, what = start.offset, start.record_hash, "the epoch's noted start"
+                state.verify_start = True
             log.warning("partition %s: Kafka's log end fell from %s to %s; checking the record "
-                        "at sealed offset %s again", partition, state.end_seen, highwater,
-                        position.sealed_offset)
-            state.verify_offset, state.verify_hash = position.sealed_offset, position.tail_hash
+                        "at %s %s again", partition, state.end_seen, highwater, what, target)
+            state.verify_offset, state.verify_hash = target, tail
             state.verify_earliest_checked = False
-            state.seek_target, state.seeked_at = position.sealed_offset, time.monotonic()
-            await self._seek(partition, position.sealed_offset)
+            state.seek_target, state.seeked_at = target, time.monotonic()
+            await self._seek(partition, target)
             return True
 
     async def _salvage(self, partition: int, state: _Partition) -> None:
@@ -600,8 +651,10 @@ class StreamProcessor:
     async def _take_claims(self) -> None:
         for partition in sorted(self._claimed - set(self._states)):
             self._claimed.discard(partition)
-            if self.ledger.position(self.topic, partition).sealed_offset is None:
-                # Nothing sealed in this epoch, nothing that could be skipped: the first record
+            position = self.ledger.position(self.topic, partition)
+            if position.sealed_offset is None and self.ledger.epoch_start(
+                    self.topic, partition, position.epoch) is None:
+                # Nothing read in this epoch, nothing that could be skipped: the first record
                 # sets the partition up, and asks Kafka for its first offset only then.
                 self._unstarted.setdefault(partition, time.monotonic())
                 continue

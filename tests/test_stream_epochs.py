@@ -73,6 +73,14 @@ def sealed_ids(settings: Settings) -> set[tuple[str, int]]:
     return {(str(d), int(s)) for d, s in rows}
 
 
+def partitions_read(settings: Settings) -> set[int]:
+    """Partitions with something sealed or a start noted in epoch 0 (D56)."""
+    with Ledger(settings.ledger_path) as ledger:
+        return {p for p in range(settings.partitions)
+                if ledger.position(settings.raw_topic, p).sealed_offset is not None
+                or ledger.epoch_start(settings.raw_topic, p, 0) is not None}
+
+
 def stored_ids(settings: Settings) -> set[tuple[str, int]]:
     return {(str(r["device_id"]), int(r["seq"]))
             for r in influx_rows(settings, "SELECT seq, device_id FROM readings")}
@@ -209,6 +217,7 @@ def test_kafka_restart_mid_run_keeps_every_later_reading(fresh_stack: Callable[.
             in_memory = steady(range(40, 45), T0 + 8 * SECOND)
             produce(settings, in_memory)
             sealed_at_restart = sealed_ids(settings)
+            read_at_restart = partitions_read(settings)
             stack.restart("kafka")
         finally:
             for worker in workers:
@@ -239,13 +248,15 @@ def test_kafka_restart_mid_run_keeps_every_later_reading(fresh_stack: Callable[.
     received_lost = stored_ids(settings) - sealed
     assert received_lost <= ids(before + in_memory), sorted(received_lost)[:5]
     check_sealed(settings, Input(before + in_memory + after, unique), frozenset(received_lost))
-    # A partition that had sealed something before the restart is in epoch 1, exactly (the
-    # workers agreed); one that had not needed no new epoch: nothing of it could be skipped.
+    # A partition that had read something before the restart (sealed, or noted its epoch's
+    # start: D56) is in epoch 1, exactly (the workers agreed); one that had read nothing needed
+    # no new epoch: nothing of it could be skipped, nothing of it was stored.
     with Ledger(settings.ledger_path) as ledger:
         epochs = ledger.epochs(settings.raw_topic)
         positions = {p: ledger.position(settings.raw_topic, p) for p in range(settings.partitions)}
         new_windows = [w for w in ledger.windows(topic=settings.raw_topic) if "epoch" in w.header]
     assert all(e.epoch == 1 for e in epochs) and len({e.partition for e in epochs}) == len(epochs)
+    assert read_at_restart <= {e.partition for e in epochs}, read_at_restart
     assert {e.partition for e in epochs} == {p for p, pos in positions.items() if pos.epoch == 1}
     for w in new_windows:
         assert w.window_id == f"p{w.header['partition']}e1-{w.header['first_offset']}"
