@@ -476,8 +476,13 @@ class Ledger:
 
     def epoch_start(self, topic: str, partition: int, epoch: int) -> EpochStart | None:
         """The record the partition's ``epoch`` was first read from, if a worker noted one."""
-        row = self._one("SELECT first_offset, record_hash FROM ledger_epoch_starts WHERE "
-                        "topic=? AND partition=? AND epoch=?", (topic, partition, epoch))
+        with self._lock:
+            return self._epoch_start_locked(topic, partition, epoch)
+
+    def _epoch_start_locked(self, topic: str, partition: int, epoch: int) -> EpochStart | None:
+        row = self._db.execute("SELECT first_offset, record_hash FROM ledger_epoch_starts WHERE "
+                               "topic=? AND partition=? AND epoch=?",
+                               (topic, partition, epoch)).fetchone()
         return None if row is None else EpochStart(int(row[0]), bytes(row[1]))
 
     def note_epoch_start(self, topic: str, partition: int, epoch: int, first_offset: int,
@@ -494,11 +499,9 @@ class Ledger:
         with self._db.write(LOCK_LEDGER):
             if self._epoch_locked(topic, partition) != epoch:
                 return False
-            row = self._db.execute(
-                "SELECT first_offset, record_hash FROM ledger_epoch_starts WHERE topic=? AND "
-                "partition=? AND epoch=?", (topic, partition, epoch)).fetchone()
-            if row is not None:
-                return int(row[0]) == first_offset and bytes(row[1]) == record_hash
+            noted = self._epoch_start_locked(topic, partition, epoch)
+            if noted is not None:
+                return noted == EpochStart(first_offset, record_hash)
             self._db.execute(
                 "INSERT INTO ledger_epoch_starts (topic, partition, epoch, first_offset, "
                 "record_hash, noted_at_us) VALUES (?,?,?,?,?,?)",
