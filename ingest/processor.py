@@ -15,9 +15,11 @@ Epochs (docs/STREAM.md): a sealed offset means "done" only in the incarnation of
 was read from.  So before skipping anything below what the ledger says is sealed, the processor
 checks that the partition is still that incarnation: when it takes a partition with a sealed
 offset S (on the first tick after the assignment, record or not) it seeks to S and compares the
-record there with the ledger's *tail* hash; whenever the partition's log end (high watermark)
-falls below one seen before it checks that record again; and when the log end is at or below
-what it has done, offsets went backwards.  Either finding starts a new epoch in the ledger
+record there with the ledger's *tail* hash (with nothing sealed in the epoch, the record at the
+epoch's noted start: the first record taken in an epoch is noted before anything of it is
+stored, D56); whenever the partition's log end (high watermark) falls below one seen before it
+checks that record again; and when the log end is at or below what it has done, offsets went
+backwards.  Either finding starts a new epoch in the ledger
 (compare-and-set: the ledger is the arbiter among workers) and the partition is read again from
 its first offset.  An open window of the old incarnation is sealed first (its records were read
 and can still be kept); whatever the old Kafka held beyond that is gone, and the audit reports
