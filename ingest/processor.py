@@ -33,10 +33,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from vitalchain.ingest.sink import Sealer, SealRefused, SealResult
 from vitalchain.ingest.windowing import ClosedWindow, PartitionWindower, record_hash
-from vitalchain.storage.ledger import Ledger
+from vitalchain.storage.ledger import Ledger, PartitionPosition
 
 log = logging.getLogger("vitalchain.stream")
 
@@ -112,6 +113,23 @@ class StreamStats:
                 f"resyncs={self.resyncs} epochs={self.epochs} salvaged={self.salvaged} "
                 f"stalls={self.stalls} holes={self.holes} "
                 f"rate={self.sealed_readings / elapsed:.0f}/s")
+
+
+class IncarnationCheck(NamedTuple):
+    """A record whose hash the ledger holds: the one at the sealed offset (its tail), or, with
+    nothing sealed in the epoch, the one at the epoch's noted start (D56)."""
+
+    offset: int
+    record_hash: bytes | None  # None: a range sealed before tails were recorded
+    at_start: bool
+
+    @staticmethod
+    def what_of(at_start: bool) -> str:
+        return "the epoch's noted start" if at_start else "sealed offset"
+
+    @property
+    def what(self) -> str:
+        return self.what_of(self.at_start)
 
 
 @dataclass
@@ -194,16 +212,14 @@ class StreamProcessor:
         if state is not None:
             return state
         position = self.ledger.position(self.topic, partition)
-        sealed = position.sealed_offset
-        start = None if sealed is not None else self.ledger.epoch_start(self.topic, partition,
-                                                                        position.epoch)
-        if start is not None:
-            sealed_floor = start.offset - 1  # the epoch's first window starts at its start
-        elif sealed is None:
+        check = self._incarnation_check(partition, position)
+        if check is None:
             # Nothing read in this epoch yet: the partition starts at the log's first offset.
             sealed_floor = await self._earliest(partition) - 1
+        elif check.at_start:
+            sealed_floor = check.offset - 1  # the epoch's first window starts at its start
         else:
-            sealed_floor = sealed
+            sealed_floor = check.offset
             await self.sealer.repair_window_point(self.topic, partition)
         windower = PartitionWindower(
             self.topic, partition, window_us=self.window_us, salt_key=self._salt_key,
@@ -211,26 +227,36 @@ class StreamProcessor:
             prev_end_us=self.ledger.previous_window_end_us(self.topic, partition),
             sealed_leaf=self.ledger.sealed_leaf, epoch=position.epoch,
             sealed_high=self.ledger.max_sealed_seq)
-        state = self._states[partition] = _Partition(
-            windower, epoch=position.epoch, note_start=sealed is None and start is None)
-        if sealed is not None:
+        state = self._states[partition] = _Partition(windower, epoch=position.epoch,
+                                                     note_start=check is None)
+        if check is not None:
             # Nothing below S may be skipped until the record at S proves this is the
-            # incarnation S was sealed from.
-            state.verify_offset, state.verify_hash = sealed, position.tail_hash
-            state.seek_target, state.seeked_at = sealed, time.monotonic()
-            log.info("partition %s: checking the record at sealed offset %s (epoch %s)",
-                     partition, sealed, position.epoch)
-            await self._seek(partition, sealed)
-        elif start is not None:
-            # Read (and maybe stored as received) in this epoch but nothing sealed: the record
-            # at the noted start proves the incarnation before anything is taken (D56).
-            state.verify_offset, state.verify_hash = start.offset, start.record_hash
-            state.verify_start = True
-            state.seek_target, state.seeked_at = start.offset, time.monotonic()
-            log.info("partition %s: checking the record at the epoch's noted start, offset %s "
-                     "(epoch %s)", partition, start.offset, position.epoch)
-            await self._seek(partition, start.offset)
+            # incarnation S was sealed from; with nothing sealed but a start noted (readings
+            # maybe stored as received), nothing is taken until the record there does (D56).
+            log.info("partition %s: checking the record at %s %s (epoch %s)", partition,
+                     check.what, check.offset, position.epoch)
+            await self._begin_check(partition, state, check)
         return state
+
+    def _incarnation_check(self, partition: int,
+                           position: PartitionPosition) -> IncarnationCheck | None:
+        """The record that proves the partition's incarnation in its current epoch: the one at
+        the sealed offset (the ledger's tail), else the one at the epoch's noted start, else
+        None (nothing read in the epoch: nothing could be skipped or was stored)."""
+        if position.sealed_offset is not None:
+            return IncarnationCheck(position.sealed_offset, position.tail_hash, at_start=False)
+        start = self.ledger.epoch_start(self.topic, partition, position.epoch)
+        return None if start is None else IncarnationCheck(start.offset, start.record_hash,
+                                                           at_start=True)
+
+    async def _begin_check(self, partition: int, state: _Partition,
+                           check: IncarnationCheck) -> None:
+        """Take nothing more of the partition until the record at ``check.offset`` is seen."""
+        state.verify_offset, state.verify_hash = check.offset, check.record_hash
+        state.verify_start = check.at_start
+        state.verify_earliest_checked = False
+        state.seek_target, state.seeked_at = check.offset, time.monotonic()
+        await self._seek(partition, check.offset)
 
     # --- records ------------------------------------------------------------------------------
     async def handle(self, partition: int, offset: int, key: bytes, value: bytes,
@@ -357,8 +383,8 @@ class StreamProcessor:
         offered now (a start that matched: it was not sealed)."""
         target = state.verify_offset
         assert target is not None
-        what, read = ("the epoch's noted start", "first read") if state.verify_start else (
-            "sealed offset", "sealed")
+        what = IncarnationCheck.what_of(state.verify_start)
+        read = "first read" if state.verify_start else "sealed"
         if offset < target:
             return False  # fetched before our seek took effect; it comes again if it is needed
         if offset > target:
@@ -555,20 +581,13 @@ class StreamProcessor:
             position = self.ledger.position(self.topic, partition)
             if position.epoch != state.epoch:
                 return False
-            if position.sealed_offset is not None:
-                target, tail, what = position.sealed_offset, position.tail_hash, "sealed offset"
-            else:
-                start = self.ledger.epoch_start(self.topic, partition, state.epoch)
-                if start is None:
-                    return False  # nothing read in this epoch: the log-end rule decides
-                target, tail, what = start.offset, start.record_hash, "the epoch's noted start"
-                state.verify_start = True
+            check = self._incarnation_check(partition, position)
+            if check is None:
+                return False  # nothing read in this epoch: the log-end rule decides
             log.warning("partition %s: Kafka's log end fell from %s to %s; checking the record "
-                        "at %s %s again", partition, state.end_seen, highwater, what, target)
-            state.verify_offset, state.verify_hash = target, tail
-            state.verify_earliest_checked = False
-            state.seek_target, state.seeked_at = target, time.monotonic()
-            await self._seek(partition, target)
+                        "at %s %s again", partition, state.end_seen, highwater, check.what,
+                        check.offset)
+            await self._begin_check(partition, state, check)
             return True
 
     async def _salvage(self, partition: int, state: _Partition) -> None:
@@ -653,9 +672,8 @@ class StreamProcessor:
     async def _take_claims(self) -> None:
         for partition in sorted(self._claimed - set(self._states)):
             self._claimed.discard(partition)
-            position = self.ledger.position(self.topic, partition)
-            if position.sealed_offset is None and self.ledger.epoch_start(
-                    self.topic, partition, position.epoch) is None:
+            if self._incarnation_check(
+                    partition, self.ledger.position(self.topic, partition)) is None:
                 # Nothing read in this epoch, nothing that could be skipped: the first record
                 # sets the partition up, and asks Kafka for its first offset only then.
                 self._unstarted.setdefault(partition, time.monotonic())
